@@ -1,0 +1,1 @@
+"""Fitness functions and the candidate evaluation engine."""

@@ -1,0 +1,1 @@
+"""Experiment configs, the runner, and run outputs (plans, tables, reports)."""

@@ -1,0 +1,128 @@
+"""Run-directory outputs: plan.json, per-searcher plans, candidates.parquet, summary.csv, report.md.
+
+Everything is written into a temporary sibling directory that is renamed into place at the end, so
+a run directory is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from layerbudget.profiles.cache import atomic_dir
+from layerbudget.profiles.profile import Profile, write_profile
+from layerbudget.search.base import Evaluation
+from layerbudget.search.problem import INACTIVE, Problem
+
+if TYPE_CHECKING:
+    from layerbudget.config import ExperimentConfig
+    from layerbudget.experiments.runner import RunResult
+
+
+class CandidateLog:
+    """Every evaluated candidate with its searcher, budget, fidelity, costs and fitness."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self.rows: list[dict] = []
+
+    def add(self, budget: int, searcher: str, evaluations: list[Evaluation]) -> None:
+        p = self.problem
+        for e in evaluations:
+            cand = e.candidate
+            options = [None if c == INACTIVE else s.options[c] for s, c in zip(p.slots, cand)]
+            self.rows.append(
+                {
+                    "budget": budget,
+                    "searcher": searcher,
+                    "eval": len(self.rows),
+                    "windows": -1 if e.request.windows is None else e.request.windows,
+                    "batch": e.request.batch,
+                    "fitness": e.fitness,
+                    **p.metrics(cand),
+                    "proxy": p.proxy_score(cand),
+                    "options": json.dumps(options),
+                }
+            )
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+def _markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if math.isfinite(v) else str(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = ["budget", "searcher", "avg_bits", "fitness", "heldout", "evaluations", "seconds"]
+
+
+def best_plan_index(result: RunResult) -> int:
+    """The plan of the first budget with the lowest measured fitness (ties: the first searcher)."""
+    first_budget = result.rows[0]["budget"]
+    idx = [i for i, r in enumerate(result.rows) if r["budget"] == first_budget]
+    return min(idx, key=lambda i: (result.rows[i]["fitness"], i))
+
+
+def write_run_dir(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    result: RunResult,
+    candidates: CandidateLog,
+    profile: Profile,
+    *,
+    overwrite: bool,
+) -> None:
+    best = best_plan_index(result)
+    with atomic_dir(run_dir) as tmp:
+        result.plans[best].save(tmp / "plan.json")
+        (tmp / "plans").mkdir()
+        budgets = {str(b): i for i, b in enumerate(cfg.budget)}
+        for row, plan in zip(result.rows, result.plans):
+            plan.save(tmp / "plans" / f"{row['searcher']}-b{budgets[row['budget']]}.json")
+        candidates.frame().to_parquet(tmp / "candidates.parquet", index=False)
+        write_profile(profile, tmp / "profile.parquet", {"run": cfg.name})
+        pd.DataFrame(result.rows).to_csv(tmp / "summary.csv", index=False)
+        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (tmp / "report.md").write_text(report_markdown(cfg, result, best))
+
+
+def report_markdown(cfg: ExperimentConfig, result: RunResult, best: int) -> str:
+    plan = result.plans[best]
+    counts: dict[str, int] = {}
+    for opt in plan.units.values():
+        counts[opt] = counts.get(opt, 0) + 1
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    return "\n".join(
+        [
+            f"# layerbudget run: {cfg.name}",
+            "",
+            f"- model: `{plan.model['id']}` (weights sha256 `{plan.model['weight_hash'][:16]}`)",
+            f"- fitness: `{plan.provenance.get('fitness')}` on {cfg.data.calib_windows}×{cfg.data.seq_len} "
+            f"calibration tokens; held-out: the same on {cfg.data.heldout_windows} held-out windows",
+            f"- seed: {cfg.seed}; profile `{str(plan.provenance.get('profile_hash'))[:16]}`",
+            f"- timings: {timing}",
+            "",
+            "## Results",
+            "",
+            _markdown_table(result.rows, SUMMARY_COLUMNS),
+            "",
+            f"`plan.json` is the `{plan.searcher}` plan at budget {plan.budget} "
+            f"(lowest calibration fitness at the first budget); every plan is under `plans/`.",
+            "",
+            "## Options in plan.json",
+            "",
+            _markdown_table([{"option": k, "units": v} for k, v in sorted(counts.items())], ["option", "units"]),
+            "",
+        ]
+    )

@@ -1,0 +1,202 @@
+"""Experiment configuration: typed, frozen sections loaded from TOML and validated on load.
+
+Unknown keys, wrong types, unknown option/searcher/fitness names and malformed budgets raise
+:class:`LayerbudgetError` naming the key and what is expected. See ``experiments/default.toml``
+for a complete, commented example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerbudget.budget import Budget
+from layerbudget.errors import LayerbudgetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_OPTIONS: tuple[str, ...] = tuple(
+    ["dense"] + [f"rtn-b{b}-g{g}" for b in (2, 3, 4, 5, 6, 8) for g in (64, 128)]
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str = "default"  # "default" = the embedded all-MiniLM-L6-v2; else a directory or hub id
+    family: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "pydoc"  # "pydoc" or a path to a UTF-8 text file
+    seq_len: int = 128
+    calib_windows: int = 16
+    heldout_windows: int = 16
+    heldout_fraction: float = 0.2
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class OptionsConfig:
+    names: tuple[str, ...] = DEFAULT_OPTIONS
+    tie: bool = True  # q/k/v and gate/up share one option (what vLLM requires)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    searchers: tuple[str, ...] = ("uniform", "ilp")
+    fitness: str = "auto"
+    params: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = ""  # empty: runs/<name>-<timestamp>
+    cache_dir: str = ""  # empty: $LAYERBUDGET_CACHE or ~/.cache/layerbudget
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    options: OptionsConfig = field(default_factory=OptionsConfig)
+    budget: tuple[Budget, ...] = (Budget.from_dict({"avg_bits": 3.5}),)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict:
+        """Plain data that :func:`config_from_dict` reads back to an equal config."""
+        d = dataclasses.asdict(self)
+        d["budget"] = [b.to_dict() for b in self.budget]
+        d["options"]["names"] = list(self.options.names)
+        d["search"]["searchers"] = list(self.search.searchers)
+        d["search"]["params"] = {k: dict(v) for k, v in self.search.params.items()}
+        return d
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "options": OptionsConfig, "search": SearchConfig, "output": OutputConfig}
+
+
+def _typename(tp: object) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: object, tp: object, where: str) -> object:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value  # type: ignore[arg-type]
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value  # type: ignore[arg-type]
+        tp = "list of strings"
+    elif origin is Mapping:
+        ok = isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values())
+        tp = "table of tables"
+    else:  # pragma: no cover - a config field with an unsupported annotation
+        raise TypeError(f"unsupported config type {tp}")
+    if not ok:
+        raise LayerbudgetError(f"config key {where} must be a {_typename(tp)}, but got {value!r}")
+    return value
+
+
+def _section(cls: type, data: object, where: str) -> object:
+    if not isinstance(data, Mapping):
+        raise LayerbudgetError(f"config section [{where}] must be a table, but got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise LayerbudgetError(f"unknown config key(s) {', '.join(where + '.' + k for k in unknown)}; known: {', '.join(names)}")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def config_from_dict(data: Mapping[str, object]) -> ExperimentConfig:
+    """Build and validate a config from plain data (a parsed TOML document)."""
+    top = {"name", "seed", "budget", *_SECTIONS}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise LayerbudgetError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}")
+    kwargs: dict[str, object] = {}
+    if "name" in data:
+        kwargs["name"] = _coerce(data["name"], str, "name")
+    if "seed" in data:
+        kwargs["seed"] = _coerce(data["seed"], int, "seed")
+    for key, cls in _SECTIONS.items():
+        if key in data:
+            kwargs[key] = _section(cls, data[key], key)
+    if "budget" in data:
+        raw = data["budget"]
+        if isinstance(raw, Mapping):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise LayerbudgetError("config key budget must be one or more tables like [[budget]] avg_bits = 3.5")
+        kwargs["budget"] = tuple(Budget.from_dict(b) for b in raw)
+    return ExperimentConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def load_config(path: str | Path | None = None) -> ExperimentConfig:
+    """Load a TOML experiment config; ``None`` loads the embedded default."""
+    if path is None:
+        from importlib.resources import files
+
+        text = (files("layerbudget.experiments") / "default.toml").read_text()
+        where = "the default config"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise LayerbudgetError(f"config file {str(path)!r} does not exist")
+        text = p.read_text(encoding="utf-8")
+        where = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LayerbudgetError(f"{where} is not valid TOML: {exc}") from None
+    return config_from_dict(data)
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    from layerbudget.evaluators.fitness import known_fitness
+    from layerbudget.profiles.options import parse_options
+    from layerbudget.search import known_searchers
+
+    if cfg.seed < 0:
+        raise LayerbudgetError(f"seed must be a non-negative integer, but got {cfg.seed}")
+    parse_options(list(cfg.options.names))
+    if not cfg.options.names:
+        raise LayerbudgetError("options.names must list at least one option")
+    if not cfg.search.searchers:
+        raise LayerbudgetError("search.searchers must list at least one searcher")
+    for s in (*cfg.search.searchers, *cfg.search.params):
+        if s not in known_searchers():
+            raise LayerbudgetError(f"unknown searcher {s!r}; known: {', '.join(known_searchers())}")
+    if cfg.search.fitness not in ("auto", *known_fitness()):
+        raise LayerbudgetError(f"unknown fitness {cfg.search.fitness!r}; known: auto, {', '.join(known_fitness())}")
+    d = cfg.data
+    for key in ("seq_len", "calib_windows", "heldout_windows", "batch_size"):
+        if getattr(d, key) < 1:
+            raise LayerbudgetError(f"data.{key} must be a positive integer, but got {getattr(d, key)}")
+    if not 0 < d.heldout_fraction < 1:
+        raise LayerbudgetError(f"data.heldout_fraction must be in (0, 1), but got {d.heldout_fraction}")
+    if cfg.model.dtype not in ("float32", "float16", "bfloat16"):
+        raise LayerbudgetError(f"model.dtype must be float32, float16 or bfloat16, but got {cfg.model.dtype!r}")

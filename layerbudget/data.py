@@ -1,0 +1,135 @@
+"""Calibration and held-out token windows from pydoc topics (default), a text file, or strings.
+
+The text is tokenized as one stream (documents joined by blank lines); the last ``heldout_fraction``
+of the tokens is the held-out part and the rest the calibration part, so the two never overlap and
+the split does not depend on the seed. Each part is cut into non-overlapping windows of
+``seq_len`` tokens (special tokens such as [CLS]/[SEP] or BOS included); the seed picks which
+windows are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layerbudget.errors import LayerbudgetError
+
+PYDOC = "pydoc"
+
+
+@dataclass(frozen=True)
+class TokenSets:
+    """Calibration pool, the calibration and held-out windows drawn from it, and their provenance."""
+
+    calib_pool: torch.Tensor  # [P, S] every calibration window, in text order
+    calib: torch.Tensor  # [C, S] the windows used for fitness and profiling
+    heldout: torch.Tensor  # [H, S] held-out windows, disjoint from the calibration part
+    text_hash: str  # sha256 of the source text
+    source: str
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.calib.shape[1])
+
+    def fresh_calib(self, n: int, generator: np.random.Generator) -> torch.Tensor:
+        """``n`` calibration windows drawn from the whole pool (for staged selection on fresh batches)."""
+        if n > len(self.calib_pool):
+            raise LayerbudgetError(f"asked for {n} calibration windows but the text gives {len(self.calib_pool)}")
+        idx = np.sort(generator.choice(len(self.calib_pool), size=n, replace=False))
+        return self.calib_pool[torch.from_numpy(idx)]
+
+
+def load_documents(source: str | Sequence[str]) -> tuple[list[str], str]:
+    """Documents of a text source: ``"pydoc"``, a path to a UTF-8 text file, or a list of strings."""
+    if isinstance(source, str):
+        if source == PYDOC:
+            from pydoc_data import topics
+
+            return [topics.topics[k] for k in sorted(topics.topics)], PYDOC
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise LayerbudgetError(f"text source {source!r} is neither 'pydoc' nor an existing text file")
+        try:
+            return [path.read_text(encoding="utf-8")], str(path)
+        except UnicodeDecodeError:
+            raise LayerbudgetError(f"text file {source!r} is not UTF-8 text") from None
+    docs = list(source)
+    if not all(isinstance(d, str) for d in docs):
+        raise LayerbudgetError("a text source given as a list must hold only strings")
+    return docs, f"{len(docs)} strings"
+
+
+def _special_affixes(tokenizer: object) -> tuple[list[int], list[int]]:
+    """Token ids the tokenizer puts before and after a text ([CLS]/[SEP], BOS, or none)."""
+    probe = "layerbudget"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]  # type: ignore[operator]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare) :])
+    return [], []
+
+
+def _windows(ids: list[int], seq_len: int, affixes: tuple[list[int], list[int]]) -> torch.Tensor:
+    prefix, suffix = affixes
+    body = seq_len - len(prefix) - len(suffix)
+    if body < 1:
+        raise LayerbudgetError(f"data.seq_len={seq_len} leaves no room next to {len(prefix) + len(suffix)} special tokens")
+    rows = [prefix + ids[i : i + body] + suffix for i in range(0, len(ids) - body + 1, body)]
+    if not rows:
+        return torch.empty(0, seq_len, dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def build_token_sets(
+    tokenizer: object,
+    source: str | Sequence[str] = PYDOC,
+    *,
+    seq_len: int = 128,
+    calib_windows: int = 16,
+    heldout_windows: int = 16,
+    heldout_fraction: float = 0.2,
+    seed: int = 0,
+    max_positions: int | None = None,
+) -> TokenSets:
+    """Tokenize ``source`` and draw ``calib_windows`` and ``heldout_windows`` windows of ``seq_len``."""
+    if not 0.0 < heldout_fraction < 1.0:
+        raise LayerbudgetError(f"data.heldout_fraction must be in (0, 1), but got {heldout_fraction}")
+    if seq_len < 2:
+        raise LayerbudgetError(f"data.seq_len must be at least 2, but got {seq_len}")
+    if max_positions is not None and seq_len > max_positions:
+        raise LayerbudgetError(f"data.seq_len={seq_len} exceeds the model's {max_positions} positions")
+    if calib_windows < 1 or heldout_windows < 1:
+        raise LayerbudgetError("data.calib_windows and data.heldout_windows must be at least 1")
+    docs, name = load_documents(source)
+    text = "\n\n".join(docs)
+    ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
+    cut = int(round(len(ids) * (1.0 - heldout_fraction)))
+    affixes = _special_affixes(tokenizer)
+    pool = _windows(ids[:cut], seq_len, affixes)
+    held_pool = _windows(ids[cut:], seq_len, affixes)
+    if len(pool) < calib_windows:
+        raise LayerbudgetError(
+            f"text {name!r} is too short: {len(ids)} tokens give {len(pool)} calibration windows of "
+            f"{seq_len} tokens but data.calib_windows={calib_windows}; use a longer text or smaller windows"
+        )
+    if len(held_pool) < heldout_windows:
+        raise LayerbudgetError(
+            f"text {name!r} is too short: its held-out part gives {len(held_pool)} windows of {seq_len} "
+            f"tokens but data.heldout_windows={heldout_windows}; use a longer text or smaller windows"
+        )
+    rng = np.random.default_rng(seed)
+    calib_idx = np.sort(rng.choice(len(pool), size=calib_windows, replace=False))
+    held_idx = np.sort(rng.choice(len(held_pool), size=heldout_windows, replace=False))
+    return TokenSets(
+        calib_pool=pool,
+        calib=pool[torch.from_numpy(calib_idx)],
+        heldout=held_pool[torch.from_numpy(held_idx)],
+        text_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        source=name,
+    )

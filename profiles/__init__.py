@@ -1,0 +1,1 @@
+"""Compressed-variant database, cost table and sensitivity profiles for every (unit, option)."""

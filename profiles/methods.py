@@ -1,0 +1,127 @@
+"""Compression-method registries (pruners, quantizers) and the stored form of one compressed weight.
+
+An option is applied in two steps: an optional pruner (``magnitude``, ``wanda``, ``sparsegpt``) and an
+optional quantizer (``rtn``, ``gptq``), each looked up by name. The result is a dict of tensors that
+the database stores and :func:`decode` turns back into the exact weight the search evaluates:
+
+- quantized: ``codes`` (uint8 ``[N, K]``), ``scales``/``zeros`` (fp16 ``[N, K // g]``);
+- sparse fp16: ``values`` (fp16, kept weights in row-major order) and ``mask`` (bit-packed ``[N*K]``);
+- sparse + quantized: ``codes``, ``scales``, ``zeros`` and ``mask`` (pruned weights decode to 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from layerbudget.errors import LayerbudgetError
+from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
+from layerbudget.profiles.options import Option
+
+
+@dataclass
+class UnitStats:
+    """Calibration statistics of one unit's input activations (what GPTQ/SparseGPT/Wanda need)."""
+
+    hessian: torch.Tensor | None = None  # [K, K]  2/n Σ x xᵀ
+    x_sqnorm: torch.Tensor | None = None  # [K]     Σ x_j² over calibration tokens
+
+
+Pruner = Callable[[torch.Tensor, "UnitStats | None", Option], tuple[torch.Tensor, torch.Tensor]]
+Quantizer = Callable[[torch.Tensor, "UnitStats | None", Option], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+_PRUNERS: dict[str, Pruner] = {}
+_QUANTIZERS: dict[str, Quantizer] = {}
+
+
+def register_pruner(name: str) -> Callable[[Pruner], Pruner]:
+    def deco(fn: Pruner) -> Pruner:
+        _PRUNERS[name] = fn
+        return fn
+
+    return deco
+
+
+def register_quantizer(name: str) -> Callable[[Quantizer], Quantizer]:
+    def deco(fn: Quantizer) -> Quantizer:
+        _QUANTIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _lookup(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise LayerbudgetError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))}") from None
+
+
+@register_pruner("magnitude")
+def magnitude_prune(w: torch.Tensor, stats: UnitStats | None, option: Option) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the smallest-|w| weights: ``round(sparsity·K)`` per output row, or 2 of every 4 along K."""
+    return _prune_by_score(w, w.abs(), option)
+
+
+def _prune_by_score(w: torch.Tensor, score: torch.Tensor, option: Option) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the highest-scoring weights; returns (pruned weight, keep mask)."""
+    n, k = w.shape
+    if option.pattern == "2:4":
+        s4 = score.reshape(n, k // 4, 4)  # [N, K/4, 4]
+        drop = s4.argsort(dim=-1, stable=True)[..., :2]
+        mask = torch.ones_like(s4, dtype=torch.bool).scatter_(-1, drop, False).reshape(n, k)
+    else:
+        n_zero = round(option.sparsity * k)  # type: ignore[operator]
+        drop = score.argsort(dim=1, stable=True)[:, :n_zero]
+        mask = torch.ones_like(w, dtype=torch.bool).scatter_(1, drop, False)
+    return w * mask, mask
+
+
+@register_quantizer("rtn")
+def rtn_quantize(w: torch.Tensor, stats: UnitStats | None, option: Option):
+    """Round-to-nearest on the project grid (:mod:`layerbudget.kernels.quant`)."""
+    return quantize_groupwise(w, option.bits, option.group_size)  # type: ignore[arg-type]
+
+
+def compress(option: Option, weight: torch.Tensor, stats: UnitStats | None = None) -> dict[str, torch.Tensor]:
+    """Compress a dense ``[N, K]`` weight under ``option`` into the tensors the database stores."""
+    reason = option.applies_to(tuple(weight.shape))  # type: ignore[arg-type]
+    if reason:
+        raise LayerbudgetError(f"option {option.name!r} does not apply: {reason}")
+    w = weight.float()
+    if not torch.isfinite(w).all():
+        raise LayerbudgetError(f"weight to compress with {option.name!r} contains NaN or Inf")
+    out: dict[str, torch.Tensor] = {}
+    mask = None
+    if option.sparse is not None:
+        w, mask = _lookup(_PRUNERS, option.sparse, "pruning method")(w, stats, option)
+        if option.quant is None:
+            out["values"] = w[mask].to(torch.float16)
+    if option.quant is not None:
+        codes, scales, zeros = _lookup(_QUANTIZERS, option.quant, "quantization method")(w, stats, option)
+        out.update(codes=codes, scales=scales, zeros=zeros)
+    if mask is not None:
+        out["mask"] = torch.from_numpy(np.packbits(mask.reshape(-1).numpy()))
+    if not out:
+        raise LayerbudgetError(f"option {option.name!r} has nothing to compress (dense and drop are not stored)")
+    return out
+
+
+def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """The float32 ``[N, K]`` weight described by stored tensors (inverse of :func:`compress`)."""
+    n, k = shape
+    mask = None
+    if "mask" in tensors:
+        bits = np.unpackbits(tensors["mask"].numpy(), count=n * k)
+        mask = torch.from_numpy(bits.astype(bool)).reshape(n, k)
+    if "codes" in tensors:
+        w = dequantize_groupwise(tensors["codes"], tensors["scales"], tensors["zeros"])
+        return w * mask if mask is not None else w
+    if "values" in tensors and mask is not None:
+        w = torch.zeros(n, k, dtype=torch.float32)
+        w[mask] = tensors["values"].float()
+        return w
+    raise LayerbudgetError(f"stored variant has unknown tensors {sorted(tensors)}")

@@ -1,0 +1,152 @@
+"""The profile: cost and sensitivity of every (slot, option), cached as ``profile.parquet``.
+
+Also builds the search :class:`~layerbudget.search.problem.Problem` from a model and its database:
+one slot per tie group (options = ``dense`` plus every stored option that applies to all its
+units) and, when ``drop`` is among the options, one keep/drop slot per attention/MLP sub-block.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from layerbudget.errors import LayerbudgetError
+from layerbudget.model import ModelAdapter
+from layerbudget.profiles.cache import content_hash, file_hash
+from layerbudget.profiles.database import CorruptCache, Database
+from layerbudget.profiles.options import DENSE, DROP
+from layerbudget.profiles.sensitivity import one_at_a_time, weight_error
+from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
+
+PROFILE_VERSION = 1
+COLUMNS = ["slot", "option", "kind", "block", "numel", "bits", "bytes", "zeros", "avg_bits", "fitness", "weight_error"]
+
+
+def build_problem(adapter: ModelAdapter, database: Database, options: Sequence[str]) -> Problem:
+    """Slots for every tie group (and sub-block, when ``drop`` is an option) with their options."""
+    drop = DROP in options
+    stored = [o for o in options if o not in (DENSE, DROP)]
+    slots: list[Slot] = []
+    for sb_kind_block in _ordered_subblocks(adapter):
+        sb, groups = sb_kind_block
+        if drop and sb is not None:
+            units = tuple((u, adapter.unit(u).shape) for u in sb.units)
+            slots.append(Slot(sb.name, (KEEP, DROP), units, sb.block, is_subblock=True))
+        for g in groups:
+            have = [o for o in stored if all(o in database.unit_options(u.name) for u in g.units)]
+            units = tuple((u.name, u.shape) for u in g.units)
+            sub = g.subblock if (drop and sb is not None) else None
+            slots.append(Slot(g.name, (DENSE, *have), units, g.block, subblock=sub))
+    return Problem(slots, other_numel=adapter.non_unit_numel())
+
+
+def _ordered_subblocks(adapter: ModelAdapter):
+    by_sub: dict[str, list] = {}
+    for g in adapter.groups:
+        by_sub.setdefault(g.subblock, []).append(g)
+    droppable = {sb.name: sb for sb in adapter.subblocks}
+    return [(droppable.get(name), groups) for name, groups in by_sub.items()]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row per (slot, option) with exact costs and sensitivity measures."""
+
+    table: pd.DataFrame
+    key: str
+
+    def proxy(self, column: str = "fitness") -> dict[tuple[str, str], float]:
+        return {(r.slot, r.option): float(getattr(r, column)) for r in self.table.itertuples()}
+
+
+def profile_table(problem: Problem, fitness: dict[tuple[str, str], float], werr: dict[tuple[str, str], float]) -> pd.DataFrame:
+    rows = []
+    for i, s in enumerate(problem.slots):
+        for j, o in enumerate(s.options):
+            ref = o in (DENSE, KEEP)
+            rows.append(
+                {
+                    "slot": s.name,
+                    "option": o,
+                    "kind": "subblock" if s.is_subblock else "units",
+                    "block": s.block,
+                    "numel": s.numel,
+                    "bits": int(problem.coef["avg_bits"][i][j]),
+                    "bytes": int(problem.coef["bytes"][i][j]),
+                    "zeros": int(problem.coef["sparsity"][i][j]),
+                    "avg_bits": float(problem.coef["avg_bits"][i][j]) / s.numel if not s.is_subblock else 0.0,
+                    "fitness": 0.0 if ref else fitness[(s.name, o)],
+                    "weight_error": werr.get((s.name, o), 0.0),
+                }
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_profile(profile: Profile, path: Path, provenance: dict) -> None:
+    """Write ``profile.parquet`` (atomically) with the key and provenance in the schema metadata."""
+    table = pa.Table.from_pandas(profile.table, preserve_index=False)
+    meta = {b"layerbudget": json.dumps({"version": PROFILE_VERSION, "key": profile.key, **provenance}).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def read_profile(path: Path) -> tuple[Profile, dict]:
+    """Read a profile written by :func:`write_profile`; :class:`CorruptCache` if damaged."""
+    try:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"layerbudget"])
+    except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        raise CorruptCache(f"profile {path} is unreadable: {exc}") from None
+    if meta.get("version") != PROFILE_VERSION or list(table.column_names) != COLUMNS:
+        raise CorruptCache(f"profile {path} has an unexpected version or columns")
+    return Profile(table.to_pandas(), meta["key"]), meta
+
+
+def load_or_build_profile(
+    problem: Problem,
+    database: Database,
+    adapter: ModelAdapter,
+    score: Callable[[Candidate], float],
+    cache_dir: Path,
+    key_parts: dict,
+    *,
+    progress: bool = True,
+) -> tuple[Profile, bool]:
+    """Reuse the cached profile for this (database, data, fitness, slots) or measure it."""
+    slots = [(s.name, list(s.options)) for s in problem.slots]
+    key = content_hash({"version": PROFILE_VERSION, "db": database.key, "slots": slots, **key_parts})
+    path = Path(cache_dir) / "profile" / f"{key[:32]}.parquet"
+    sidecar = path.with_suffix(".sha256")
+    if path.exists() and sidecar.exists():
+        try:
+            if file_hash(path) != sidecar.read_text().strip():
+                raise CorruptCache(f"profile {path} does not match its recorded hash")
+            profile, meta = read_profile(path)
+            if meta["key"] != key:
+                raise CorruptCache(f"profile {path} belongs to another configuration")
+            return profile, True
+        except CorruptCache as exc:
+            warnings.warn(f"{exc}; measuring the profile again", stacklevel=2)
+    fitness = one_at_a_time(problem, score, progress=progress)
+    werr = weight_error(problem, database, adapter.dense_weight)
+    profile = Profile(profile_table(problem, fitness, werr), key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_profile(profile, path, {"db": database.key, **key_parts})
+    sidecar.write_text(file_hash(path))
+    return profile, False
+
+
+def require_finite(profile: Profile) -> None:
+    bad = profile.table[~profile.table["fitness"].map(lambda v: v == v and abs(v) != float("inf"))]
+    if len(bad):
+        rows = ", ".join(f"{r.slot}:{r.option}" for r in bad.itertuples())
+        raise LayerbudgetError(f"the profile has non-finite fitness for {rows}")

@@ -1,0 +1,59 @@
+"""Sensitivity measures of every (slot, option): one-at-a-time fitness and relative weight error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from layerbudget.profiles.database import Database
+from layerbudget.profiles.options import DENSE, DROP
+from layerbudget.search.problem import KEEP, Candidate, Problem
+
+
+def one_at_a_time(
+    problem: Problem,
+    score: Callable[[Candidate], float],
+    *,
+    progress: bool = True,
+) -> dict[tuple[str, str], float]:
+    """Fitness of the dense model with only one slot changed, for every (slot, option).
+
+    ``dense`` and ``keep`` are not scored (they are the reference, fitness 0 by construction).
+    """
+    base = problem.uniform(DENSE)
+    if base is None:
+        raise ValueError("every unit slot needs the 'dense' option to profile one-at-a-time sensitivity")
+    jobs = [
+        (i, j)
+        for i, s in enumerate(problem.slots)
+        for j, o in enumerate(s.options)
+        if o not in (DENSE, KEEP)
+    ]
+    out: dict[tuple[str, str], float] = {}
+    for i, j in tqdm(jobs, desc="sensitivity", unit="eval", disable=not progress, leave=False):
+        cand = list(base)
+        cand[i] = j
+        s = problem.slots[i]
+        out[(s.name, s.options[j])] = float(score(problem.canonical(cand)))
+    return out
+
+
+def weight_error(problem: Problem, database: Database, dense: Callable[[str], torch.Tensor]) -> dict[tuple[str, str], float]:
+    """Relative weight error ``Σ‖W − Ŵ‖² / Σ‖W‖²`` over the units of each (unit slot, option)."""
+    out: dict[tuple[str, str], float] = {}
+    for s in problem.slots:
+        if s.is_subblock:
+            out[(s.name, KEEP)] = 0.0
+            out[(s.name, DROP)] = 1.0
+            continue
+        ws = {u: dense(u) for u, _ in s.units}
+        norm = sum(float(w.pow(2).sum()) for w in ws.values())
+        for o in s.options:
+            if o == DENSE:
+                out[(s.name, o)] = 0.0
+                continue
+            err = sum(float((database.weight(u, o) - w).pow(2).sum()) for u, w in ws.items())
+            out[(s.name, o)] = err / norm if norm > 0 else 0.0
+    return out

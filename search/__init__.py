@@ -1,0 +1,24 @@
+"""Searchers that pick one option per unit under a budget, and the executors that score candidates."""
+
+from layerbudget.search import ilp as _ilp  # noqa: F401  (registers "ilp")
+from layerbudget.search import uniform as _uniform  # noqa: F401  (registers "uniform")
+from layerbudget.search.base import EvalRequest, Evaluation, Searcher, known_searchers, make_searcher, register_searcher
+from layerbudget.search.executor import Executor, InlineExecutor
+from layerbudget.search.loop import SearchOutcome, run_search
+from layerbudget.search.problem import Candidate, Problem, Slot
+
+__all__ = [
+    "Candidate",
+    "EvalRequest",
+    "Evaluation",
+    "Executor",
+    "InlineExecutor",
+    "Problem",
+    "SearchOutcome",
+    "Searcher",
+    "Slot",
+    "known_searchers",
+    "make_searcher",
+    "register_searcher",
+    "run_search",
+]

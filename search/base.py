@@ -1,0 +1,95 @@
+"""The searcher interface (ask/tell), evaluation requests and results, and the searcher registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from layerbudget.budget import Budget
+from layerbudget.errors import LayerbudgetError
+from layerbudget.search.problem import Candidate, Problem
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Score ``candidate`` on ``windows`` calibration windows of fresh batch ``batch``.
+
+    ``windows=None`` means the standard calibration set (the same for every request); otherwise the
+    evaluator draws ``windows`` windows from the calibration pool with a generator seeded by
+    ``batch``, so requests with the same batch see the same tokens.
+    """
+
+    candidate: Candidate
+    windows: int | None = None
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The fitness of one request (lower is better; NaN marks a broken candidate)."""
+
+    request: EvalRequest
+    fitness: float
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.request.candidate
+
+
+class Searcher(ABC):
+    """Proposes candidates (:meth:`ask`) and learns from their fitness (:meth:`tell`).
+
+    A searcher never evaluates anything itself: the loop in :mod:`layerbudget.search.loop` sends its
+    requests to an executor. All randomness comes from ``self.rng``, seeded by ``seed``.
+    """
+
+    name: str = ""
+
+    def __init__(self, problem: Problem, budget: Budget, *, seed: int = 0, **params: Any):
+        if params:
+            raise LayerbudgetError(f"searcher {self.name!r} got unknown parameters: {', '.join(sorted(params))}")
+        problem.check_budget(budget)
+        self.problem = problem
+        self.budget = budget
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    @abstractmethod
+    def ask(self) -> list[EvalRequest]:
+        """The next batch of requests; an empty list when the search is finished."""
+
+    @abstractmethod
+    def tell(self, evaluations: list[Evaluation]) -> None:
+        """Fitness for the requests of the last :meth:`ask`, in the same order."""
+
+    @abstractmethod
+    def result(self) -> Candidate:
+        """The best candidate found (it satisfies the budget)."""
+
+
+SearcherFactory = Callable[..., Searcher]
+_SEARCHERS: dict[str, type[Searcher]] = {}
+
+
+def register_searcher(cls: type[Searcher]) -> type[Searcher]:
+    """Class decorator: make a searcher available by its ``name``."""
+    if not cls.name or cls.name in _SEARCHERS:
+        raise ValueError(f"searcher name {cls.name!r} is empty or already registered")
+    _SEARCHERS[cls.name] = cls
+    return cls
+
+
+def known_searchers() -> list[str]:
+    return sorted(_SEARCHERS)
+
+
+def make_searcher(name: str, problem: Problem, budget: Budget, *, seed: int = 0, **params: Any) -> Searcher:
+    try:
+        cls = _SEARCHERS[name]
+    except KeyError:
+        raise LayerbudgetError(f"unknown searcher {name!r}; known: {', '.join(known_searchers())}") from None
+    return cls(problem, budget, seed=seed, **params)

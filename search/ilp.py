@@ -1,0 +1,89 @@
+"""ILP allocation with PuLP: minimise the summed additive proxy under every budget constraint.
+
+A multiple-choice knapsack: one binary per (unit slot, option) and one per droppable sub-block;
+each unit slot picks exactly one option unless its sub-block is dropped
+(``Σ_o x[s, o] = 1 - d[sub(s)]``), tie groups are single slots, and every budget constraint is
+one linear row with the problem's exact integer coefficients.
+"""
+
+from __future__ import annotations
+
+import pulp
+
+from layerbudget.budget import LE, Budget
+from layerbudget.errors import LayerbudgetError
+from layerbudget.profiles.options import DROP
+from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.problem import Candidate, Problem
+
+
+def _solver(name: str, time_limit: float | None) -> pulp.LpSolver:
+    if name == "cbc":
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+    if name == "highs":
+        if "HiGHS" not in pulp.listSolvers(onlyAvailable=True):
+            raise LayerbudgetError("solver 'highs' is not installed (pip install highspy); use 'cbc'")
+        return pulp.HiGHS(msg=False, timeLimit=time_limit)
+    raise LayerbudgetError(f"unknown ILP solver {name!r}; known: cbc, highs")
+
+
+def solve_ilp(problem: Problem, budget: Budget, *, solver: str = "cbc", time_limit: float | None = None) -> Candidate:
+    """The candidate minimising the proxy under ``budget``; raises a clear error when infeasible."""
+    problem.check_budget(budget)
+    lp = pulp.LpProblem("layerbudget", pulp.LpMinimize)
+    x: dict[tuple[int, int], pulp.LpVariable] = {}
+    for i, s in enumerate(problem.slots):
+        for j in range(len(s.options)):
+            x[i, j] = pulp.LpVariable(f"x_{i}_{j}", cat=pulp.LpBinary)
+    scale = max((abs(v) for p in problem.proxy for v in p), default=1.0) or 1.0
+    lp += pulp.lpSum((problem.proxy[i][j] / scale) * var for (i, j), var in x.items())
+    for i, s in enumerate(problem.slots):
+        choice = pulp.lpSum(x[i, j] for j in range(len(s.options)))
+        p = problem.parent[i]
+        if p is None:
+            lp += choice == 1, f"one_{i}"
+        else:
+            lp += choice == 1 - x[p, problem.slots[p].options.index(DROP)], f"one_{i}"
+    for c in budget.constraints:
+        row = pulp.lpSum(int(problem.coef[c.metric][i][j]) * var for (i, j), var in x.items())
+        rhs = problem.rhs(c)
+        lp += (row <= rhs) if c.sense == LE else (row >= rhs), f"budget_{c.metric}"
+    status = lp.solve(_solver(solver, time_limit))
+    if pulp.LpStatus[status] != "Optimal":
+        if pulp.LpStatus[status] == "Infeasible":
+            raise LayerbudgetError(
+                f"budget {budget} is infeasible for these options ({problem.describe_ranges(budget)})"
+            )
+        raise LayerbudgetError(f"the ILP solver ended with status {pulp.LpStatus[status]!r} for budget {budget}")
+    cand = []
+    for i, s in enumerate(problem.slots):
+        vals = [x[i, j].value() or 0.0 for j in range(len(s.options))]
+        cand.append(max(range(len(vals)), key=vals.__getitem__))
+    result = problem.canonical(cand)
+    if not problem.satisfies(result, budget):
+        raise RuntimeError(f"ILP solution violates budget {budget}: {problem.metrics(result)}")
+    return result
+
+
+@register_searcher
+class IlpSearcher(Searcher):
+    """Solves the ILP over the profile's additive proxy once and scores its solution."""
+
+    name = "ilp"
+
+    def __init__(self, problem, budget, *, seed: int = 0, solver: str = "cbc", time_limit: float | None = 60.0):
+        super().__init__(problem, budget, seed=seed)
+        self.solution = solve_ilp(problem, budget, solver=solver, time_limit=time_limit)
+        self._done = False
+
+    def ask(self) -> list[EvalRequest]:
+        if self._done:
+            return []
+        self._done = True
+        return [EvalRequest(self.solution)]
+
+    def tell(self, evaluations: list[Evaluation]) -> None:
+        pass
+
+    def result(self) -> Candidate:
+        return self.solution

@@ -1,0 +1,252 @@
+"""The search problem: decision slots, their options, exact linear costs, and the additive proxy.
+
+A *slot* is one search decision: a tie group of units that share one option, or (when depth is
+searched) a sub-block with options ``keep``/``drop``. A *candidate* is a tuple with one option
+index per slot; unit slots inside a dropped sub-block are inactive and hold ``-1``, so equal plans
+have equal tuples. Every budget metric is a sum of per-(slot, option) integer coefficients, which
+makes budget checks exact and lets the ILP and DP solvers use the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerbudget.budget import LE, Budget, Constraint
+from layerbudget.errors import LayerbudgetError
+from layerbudget.profiles.options import DROP, parse_option
+
+KEEP = "keep"
+INACTIVE = -1
+Candidate = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One decision: a tie group of units (``subblock`` set when it can be dropped) or a sub-block."""
+
+    name: str
+    options: tuple[str, ...]
+    units: tuple[tuple[str, tuple[int, int]], ...]  # (unit name, [N, K] shape)
+    block: int
+    subblock: str | None = None  # the droppable sub-block this unit slot lies in
+    is_subblock: bool = False  # a keep/drop slot
+
+    def __post_init__(self) -> None:
+        if not self.options:
+            raise LayerbudgetError(f"slot {self.name!r} has an empty option set")
+        if len(set(self.options)) != len(self.options):
+            raise LayerbudgetError(f"slot {self.name!r} lists an option twice: {self.options}")
+        if self.is_subblock and self.options != (KEEP, DROP):
+            raise LayerbudgetError(f"sub-block slot {self.name!r} must have options (keep, drop)")
+
+    @property
+    def numel(self) -> int:
+        return sum(n * k for _, (n, k) in self.units)
+
+
+class Problem:
+    """Slots, per-(slot, option) metric coefficients, and the additive proxy score of each option."""
+
+    def __init__(self, slots: Sequence[Slot], *, other_numel: int = 0, proxy: Mapping[tuple[str, str], float] | None = None):
+        self.slots: tuple[Slot, ...] = tuple(slots)
+        if not self.slots:
+            raise LayerbudgetError("the problem has no slots (no compressible units)")
+        names = [s.name for s in self.slots]
+        if len(set(names)) != len(names):
+            raise LayerbudgetError("slot names must be unique")
+        self.index = {s.name: i for i, s in enumerate(self.slots)}
+        self.other_numel = int(other_numel)
+        self.unit_numel = sum(s.numel for s in self.slots if not s.is_subblock)
+        # children[i]: unit slots inside sub-block slot i
+        self.children: dict[int, list[int]] = {}
+        self.parent: list[int | None] = []
+        sub_index = {s.name: i for i, s in enumerate(self.slots) if s.is_subblock}
+        for i, s in enumerate(self.slots):
+            p = sub_index.get(s.subblock) if (s.subblock and not s.is_subblock) else None
+            if s.subblock and not s.is_subblock and p is None:
+                raise LayerbudgetError(f"slot {s.name!r} names sub-block {s.subblock!r}, which has no slot")
+            self.parent.append(p)
+            if p is not None:
+                self.children.setdefault(p, []).append(i)
+        self.coef: dict[str, list[np.ndarray]] = {m: [] for m in ("avg_bits", "bytes", "sparsity", "dropped")}
+        for s in self.slots:
+            bits, nbytes, zeros, dropped = [], [], [], []
+            for o in s.options:
+                if s.is_subblock:
+                    drop = o == DROP
+                    bits.append(0)
+                    nbytes.append(0)
+                    zeros.append(s.numel if drop else 0)
+                    dropped.append(1 if drop else 0)
+                    continue
+                opt = parse_option(o)
+                if opt.is_drop:
+                    raise LayerbudgetError(f"'drop' is a sub-block option; slot {s.name!r} lists it")
+                b = [opt.cost_bits(shape) for _, shape in s.units]
+                bits.append(sum(b))
+                nbytes.append(sum(-(-x // 8) for x in b))
+                zeros.append(sum(opt.zeros(shape) for _, shape in s.units))
+                dropped.append(0)
+            for m, vals in zip(("avg_bits", "bytes", "sparsity", "dropped"), (bits, nbytes, zeros, dropped)):
+                self.coef[m].append(np.asarray(vals, dtype=np.int64))
+        self.proxy: list[np.ndarray] = [np.zeros(len(s.options)) for s in self.slots]
+        if proxy is not None:
+            self.set_proxy(proxy)
+
+    # ----- proxy -------------------------------------------------------------------------------
+    def set_proxy(self, proxy: Mapping[tuple[str, str], float]) -> None:
+        """Set the additive proxy score of every (slot, option); ``keep`` and missing dense are 0."""
+        for i, s in enumerate(self.slots):
+            vals = []
+            for o in s.options:
+                if o == KEEP:
+                    vals.append(0.0)
+                elif (s.name, o) in proxy:
+                    vals.append(float(proxy[(s.name, o)]))
+                elif o == "dense":
+                    vals.append(0.0)
+                else:
+                    raise LayerbudgetError(f"the profile has no score for slot {s.name!r} option {o!r}")
+            arr = np.asarray(vals, dtype=np.float64)
+            if not np.all(np.isfinite(arr)):
+                raise LayerbudgetError(f"the profile score of slot {s.name!r} is not finite: {arr}")
+            self.proxy[i] = arr
+
+    # ----- candidates --------------------------------------------------------------------------
+    def active(self, cand: Candidate) -> list[bool]:
+        act = []
+        for i, s in enumerate(self.slots):
+            p = self.parent[i]
+            act.append(p is None or self.slots[p].options[cand[p]] != DROP)
+        return act
+
+    def canonical(self, cand: Sequence[int]) -> Candidate:
+        """Validate indices and mark unit slots inside dropped sub-blocks inactive (-1)."""
+        if len(cand) != len(self.slots):
+            raise LayerbudgetError(f"a candidate has {len(self.slots)} entries, but got {len(cand)}")
+        out = list(int(c) for c in cand)
+        for i, s in enumerate(self.slots):
+            p = self.parent[i]
+            if p is not None and self.slots[p].options[out[p]] == DROP:
+                out[i] = INACTIVE
+            elif not 0 <= out[i] < len(s.options):
+                raise LayerbudgetError(f"option index {out[i]} out of range for slot {s.name!r}")
+        return tuple(out)
+
+    def raw(self, cand: Candidate, metric: str) -> int:
+        coef = self.coef[metric]
+        return int(sum(coef[i][c] for i, c in enumerate(cand) if c != INACTIVE))
+
+    def metric(self, cand: Candidate, metric: str) -> float:
+        """The achieved value of a budget metric (see :mod:`layerbudget.budget`)."""
+        raw = self.raw(cand, metric)
+        if metric == "avg_bits":
+            return raw / self.unit_numel
+        if metric == "sparsity":
+            return raw / self.unit_numel
+        if metric == "bytes":
+            return float(raw + 2 * self.other_numel)
+        return float(raw)
+
+    def metrics(self, cand: Candidate) -> dict[str, float]:
+        return {m: self.metric(cand, m) for m in self.coef}
+
+    def rhs(self, c: Constraint) -> float:
+        """Right-hand side of ``Σ coef · x (sense) rhs`` for one constraint."""
+        if c.metric in ("avg_bits", "sparsity"):
+            return c.value * self.unit_numel
+        if c.metric == "bytes":
+            return c.value - 2 * self.other_numel
+        return c.value
+
+    def satisfies(self, cand: Candidate, budget: Budget) -> bool:
+        return all(c.holds(self.metric(cand, c.metric)) for c in budget.constraints)
+
+    def proxy_score(self, cand: Candidate) -> float:
+        return float(sum(self.proxy[i][c] for i, c in enumerate(cand) if c != INACTIVE))
+
+    def uniform(self, option: str) -> Candidate | None:
+        """Every unit slot at ``option`` and every sub-block kept; ``None`` if a slot lacks it."""
+        out = []
+        for s in self.slots:
+            o = KEEP if s.is_subblock else option
+            if o not in s.options:
+                return None
+            out.append(s.options.index(o))
+        return tuple(out)
+
+    def assignment(self, cand: Candidate) -> tuple[dict[str, str], list[str]]:
+        """Per-unit option names (``drop`` inside dropped sub-blocks) and the dropped sub-blocks."""
+        units: dict[str, str] = {}
+        dropped: list[str] = []
+        for i, (s, c) in enumerate(zip(self.slots, cand)):
+            if s.is_subblock:
+                if s.options[c] == DROP:
+                    dropped.append(s.name)
+                continue
+            for u, _ in s.units:
+                units[u] = DROP if c == INACTIVE else s.options[c]
+        return units, dropped
+
+    def from_assignment(self, units: Mapping[str, str], dropped: Sequence[str] = ()) -> Candidate:
+        """Inverse of :meth:`assignment`; tie groups must agree."""
+        out = []
+        for s in self.slots:
+            if s.is_subblock:
+                out.append(s.options.index(DROP if s.name in dropped else KEEP))
+                continue
+            opts = {units.get(u) for u, _ in s.units}
+            if None in opts:
+                missing = [u for u, _ in s.units if u not in units]
+                raise LayerbudgetError(f"the plan gives no option for unit(s) {missing}")
+            if s.subblock in dropped:
+                out.append(0)
+                continue
+            if len(opts) != 1:
+                raise LayerbudgetError(f"tied units of {s.name!r} must share one option, but got {sorted(opts)}")
+            o = opts.pop()
+            if o not in s.options:
+                raise LayerbudgetError(f"option {o!r} is not available for {s.name!r}; available: {s.options}")
+            out.append(s.options.index(o))
+        return self.canonical(out)
+
+    # ----- feasibility -------------------------------------------------------------------------
+    def metric_range(self, metric: str) -> tuple[float, float]:
+        """Smallest and largest achievable value of one metric over all candidates."""
+        coef = self.coef[metric]
+        lo = hi = 0
+        for i, s in enumerate(self.slots):
+            if self.parent[i] is not None:
+                continue
+            if s.is_subblock:
+                kids = self.children.get(i, [])
+                keep_lo = coef[i][s.options.index(KEEP)] + sum(int(coef[k].min()) for k in kids)
+                keep_hi = coef[i][s.options.index(KEEP)] + sum(int(coef[k].max()) for k in kids)
+                drop = int(coef[i][s.options.index(DROP)])
+                lo += min(keep_lo, drop)
+                hi += max(keep_hi, drop)
+            else:
+                lo += int(coef[i].min())
+                hi += int(coef[i].max())
+        scale = self.unit_numel if metric in ("avg_bits", "sparsity") else 1
+        shift = 2 * self.other_numel if metric == "bytes" else 0
+        return (lo + shift) / scale, (hi + shift) / scale
+
+    def check_budget(self, budget: Budget) -> None:
+        """Raise a one-line error when a constraint on its own cannot be met by any candidate."""
+        for c in budget.constraints:
+            lo, hi = self.metric_range(c.metric)
+            if (c.sense == LE and not c.holds(lo)) or (c.sense != LE and not c.holds(hi)):
+                raise LayerbudgetError(
+                    f"budget {c} is infeasible: with these options {c.metric} ranges from {lo:.6g} to {hi:.6g}"
+                )
+
+    def describe_ranges(self, budget: Budget) -> str:
+        parts = []
+        for c in budget.constraints:
+            lo, hi = self.metric_range(c.metric)
+            parts.append(f"{c.metric} ranges from {lo:.6g} to {hi:.6g}")
+        return "; ".join(parts)
