@@ -144,7 +144,9 @@ def load_model(
 ) -> ModelAdapter:
     """Load a model and its tokenizer from a directory or hub id (the embedded MiniLM by default)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = resolve_model_path(model_id)
     torch_dtype = _parse_dtype(dtype)
     try:
