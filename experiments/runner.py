@@ -19,6 +19,7 @@ from layerbudget.experiments.outputs import CandidateLog, write_run_dir
 from layerbudget.model import load_model
 from layerbudget.plan import Plan, package_versions
 from layerbudget.profiles.cache import default_cache_dir
+from layerbudget.profiles.calibration import CalibrationStats
 from layerbudget.profiles.database import load_or_build_database
 from layerbudget.profiles.options import DENSE, parse_options
 from layerbudget.profiles.profile import build_problem, load_or_build_profile
@@ -83,8 +84,9 @@ def run_experiment(
     t = time.perf_counter()
     names = list(cfg.options.names) if DENSE in cfg.options.names else [DENSE, *cfg.options.names]
     calib_hash = hashlib.sha256(tokens.calib.numpy().tobytes()).hexdigest()
+    stats = CalibrationStats(adapter, tokens.calib, batch_size=cfg.data.batch_size, progress=progress)
     database, db_reused = load_or_build_database(
-        adapter, parse_options(names), cache_dir, calib_hash=calib_hash, progress=progress
+        adapter, parse_options(names), cache_dir, calib_hash=calib_hash, stats=stats, progress=progress
     )
     problem = build_problem(adapter, database, names)
     for budget in cfg.budget:

@@ -40,8 +40,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from layerbudget.config import load_config
-    from layerbudget.experiments.runner import run_experiment
     from layerbudget.experiments.outputs import SUMMARY_COLUMNS
+    from layerbudget.experiments.runner import run_experiment
 
     cfg = load_config(args.config)
     if args.seed is not None:

@@ -12,6 +12,7 @@ exactly the weights the sweep produced.
 from __future__ import annotations
 
 import torch
+
 from layerbudget.kernels.quant import check_grid, group_params, quantize_with
 from layerbudget.profiles.hessian import check_hessian, check_weight, inverse_hessian_cholesky
 

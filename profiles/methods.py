@@ -19,7 +19,10 @@ import torch
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
+from layerbudget.profiles.gptq import gptq_quantize
 from layerbudget.profiles.options import Option
+from layerbudget.profiles.sparsegpt import sparsegpt_prune_mask, sparsegpt_prune_quantize
+from layerbudget.profiles.wanda import lowest_per_row, num_pruned
 
 
 @dataclass
@@ -74,16 +77,40 @@ def _prune_by_score(w: torch.Tensor, score: torch.Tensor, option: Option) -> tup
         drop = s4.argsort(dim=-1, stable=True)[..., :2]
         mask = torch.ones_like(s4, dtype=torch.bool).scatter_(-1, drop, False).reshape(n, k)
     else:
-        n_zero = round(option.sparsity * k)  # type: ignore[operator]
-        drop = score.argsort(dim=1, stable=True)[:, :n_zero]
-        mask = torch.ones_like(w, dtype=torch.bool).scatter_(1, drop, False)
+        mask = ~lowest_per_row(score, num_pruned(k, option.sparsity))  # type: ignore[arg-type]
     return w * mask, mask
+
+
+def _need(stats: UnitStats | None, field: str, option: Option) -> torch.Tensor:
+    value = getattr(stats, field, None) if stats is not None else None
+    if value is None:
+        raise LayerbudgetError(f"option {option.name!r} needs calibration statistics ({field}) for this unit")
+    return value
+
+
+@register_pruner("wanda")
+def wanda(w: torch.Tensor, stats: UnitStats | None, option: Option) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wanda: score ``|W_ij|·‖X_j‖`` compared within each output row (or each group of 4 for 2:4)."""
+    xnorm = _need(stats, "x_sqnorm", option).float().sqrt()  # [K]
+    return _prune_by_score(w, w.abs() * xnorm[None, :], option)
+
+
+@register_pruner("sparsegpt")
+def sparsegpt(w: torch.Tensor, stats: UnitStats | None, option: Option) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT: OBS-updated pruning with the layer Hessian."""
+    return sparsegpt_prune_mask(w, _need(stats, "hessian", option), option.sparsity, pattern=option.pattern)
 
 
 @register_quantizer("rtn")
 def rtn_quantize(w: torch.Tensor, stats: UnitStats | None, option: Option):
     """Round-to-nearest on the project grid (:mod:`layerbudget.kernels.quant`)."""
     return quantize_groupwise(w, option.bits, option.group_size)  # type: ignore[arg-type]
+
+
+@register_quantizer("gptq")
+def gptq(w: torch.Tensor, stats: UnitStats | None, option: Option):
+    """GPTQ with the layer Hessian, on the project grid."""
+    return gptq_quantize(w, _need(stats, "hessian", option), option.bits, option.group_size)  # type: ignore[arg-type]
 
 
 def compress(option: Option, weight: torch.Tensor, stats: UnitStats | None = None) -> dict[str, torch.Tensor]:
@@ -96,11 +123,17 @@ def compress(option: Option, weight: torch.Tensor, stats: UnitStats | None = Non
         raise LayerbudgetError(f"weight to compress with {option.name!r} contains NaN or Inf")
     out: dict[str, torch.Tensor] = {}
     mask = None
-    if option.sparse is not None:
+    if option.sparse == "sparsegpt" and option.quant == "gptq":  # prune and quantize in one sweep
+        h = _need(stats, "hessian", option)
+        codes, scales, zeros, mask = sparsegpt_prune_quantize(
+            w, h, option.sparsity, option.bits, option.group_size, pattern=option.pattern  # type: ignore[arg-type]
+        )
+        out.update(codes=codes, scales=scales, zeros=zeros)
+    elif option.sparse is not None:
         w, mask = _lookup(_PRUNERS, option.sparse, "pruning method")(w, stats, option)
         if option.quant is None:
             out["values"] = w[mask].to(torch.float16)
-    if option.quant is not None:
+    if option.quant is not None and "codes" not in out:
         codes, scales, zeros = _lookup(_QUANTIZERS, option.quant, "quantization method")(w, stats, option)
         out.update(codes=codes, scales=scales, zeros=zeros)
     if mask is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.profiles.wanda import num_pruned
 
 DENSE = "dense"
 DROP = "drop"
@@ -80,7 +81,7 @@ class Option:
         if self.pattern == "2:4":
             return n * k // 2
         if self.sparsity is not None:
-            return n * round(self.sparsity * k)  # every output row keeps the same count
+            return n * num_pruned(k, self.sparsity)  # every output row loses the same count
         return 0
 
     def cost_bits(self, shape: tuple[int, int]) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+
 from layerbudget.kernels.quant import check_grid, group_params, quantize_with
 from layerbudget.profiles.gptq import current_columns
 from layerbudget.profiles.hessian import check_hessian, check_weight, inverse_hessian_cholesky
@@ -132,10 +133,23 @@ def sparsegpt_prune(
     Dampening and dead inputs are handled as in :func:`~layerbudget.profiles.gptq.gptq_quantize`.
     Returns the pruned, OBS-updated weight ``[N, K]`` in ``weight``'s dtype (pruned entries are 0).
     """
+    return sparsegpt_prune_mask(weight, H, sparsity, pattern=pattern, damp=damp, block_size=block_size)[0]
+
+
+def sparsegpt_prune_mask(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float | None,
+    *,
+    pattern: str | None = None,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sparsegpt_prune` that also returns the keep mask ``bool [N, K]`` (True = kept)."""
     w_hat, prune, *_ = _sparsegpt(
         weight, H, sparsity, pattern=pattern, damp=damp, block_size=block_size, quant=None
     )
-    return w_hat.masked_fill(prune, 0.0).to(weight.dtype)
+    return w_hat.masked_fill(prune, 0.0).to(weight.dtype), ~prune
 
 
 def sparsegpt_prune_quantize(

@@ -2,7 +2,14 @@
 
 from layerbudget.search import ilp as _ilp  # noqa: F401  (registers "ilp")
 from layerbudget.search import uniform as _uniform  # noqa: F401  (registers "uniform")
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, known_searchers, make_searcher, register_searcher
+from layerbudget.search.base import (
+    EvalRequest,
+    Evaluation,
+    Searcher,
+    known_searchers,
+    make_searcher,
+    register_searcher,
+)
 from layerbudget.search.executor import Executor, InlineExecutor
 from layerbudget.search.loop import SearchOutcome, run_search
 from layerbudget.search.problem import Candidate, Problem, Slot

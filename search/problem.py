@@ -118,7 +118,7 @@ class Problem:
     # ----- candidates --------------------------------------------------------------------------
     def active(self, cand: Candidate) -> list[bool]:
         act = []
-        for i, s in enumerate(self.slots):
+        for i in range(len(self.slots)):
             p = self.parent[i]
             act.append(p is None or self.slots[p].options[cand[p]] != DROP)
         return act
@@ -182,7 +182,7 @@ class Problem:
         """Per-unit option names (``drop`` inside dropped sub-blocks) and the dropped sub-blocks."""
         units: dict[str, str] = {}
         dropped: list[str] = []
-        for i, (s, c) in enumerate(zip(self.slots, cand)):
+        for s, c in zip(self.slots, cand):
             if s.is_subblock:
                 if s.options[c] == DROP:
                     dropped.append(s.name)
