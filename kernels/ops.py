@@ -1,0 +1,192 @@
+"""Input-checking wrappers and dispatch for the packed-weight matmuls (Triton, dequant + cuBLAS, or reference).
+
+Public entry points: :func:`lowbit_matmul`, :func:`sparse24_matmul`, :func:`sparse24_quant_matmul`
+and :func:`packed_matmul` (dispatch on the weight's type). Each takes ``x: [M, K]`` (2-D,
+contiguous), a packed weight and an optional ``bias: [N]``, and returns ``[M, N]`` in ``x.dtype``.
+Bad inputs raise ``ValueError`` naming the argument and what was expected, before any kernel runs.
+
+``path``:
+- ``"auto"`` (default): CPU tensors → ``"reference"``; CUDA tensors → ``"triton"`` when Triton is
+  installed, ``x`` is fp16/bf16 and ``M < DEQUANT_MIN_M[format]`` (:mod:`.configs`), else ``"dequant"``;
+- ``"triton"``: the fused kernel; on CPU tensors only when ``TRITON_INTERPRET=1`` was set before the
+  kernels were first loaded (tests do this in ``tests/kernels/conftest.py``);
+- ``"dequant"``: materialize ``W_hat`` in ``x.dtype`` and call ``F.linear`` (cuBLAS on GPU);
+- ``"reference"``: the pure-torch reference (:mod:`.reference`).
+
+The Triton modules are imported on first use of ``"triton"``, never at package import, so
+``layerbudget.kernels`` imports without a GPU or without Triton, and the interpreter setting is read
+only when a kernel is first needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from types import ModuleType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .configs import LaunchConfig, dequant_min_m
+from .quant_weight import PackedQuantWeight
+from .reference import linear_ref, lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
+from .sparse24 import Sparse24QuantWeight, Sparse24Weight
+
+Path = Literal["auto", "triton", "dequant", "reference"]
+PATHS = ("auto", "triton", "dequant", "reference")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+REFERENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+PackedWeight = PackedQuantWeight | Sparse24Weight | Sparse24QuantWeight
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_module(name: str) -> ModuleType:
+    if not triton_available():
+        raise ValueError("path='triton' needs the `triton` package, which is not installed.")
+    return importlib.import_module(f"{__package__}.triton_{name}")
+
+
+def _check_inputs(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None, path: str) -> None:
+    if path not in PATHS:
+        raise ValueError(f"`path` must be one of {PATHS}, but got path={path!r}.")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"`x` must be a torch.Tensor, but got {type(x).__name__}.")
+    n, k = weight.shape
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"`x` must be 2-D [M, K] with K={k}, but got shape {tuple(x.shape)}.")
+    if x.dtype not in REFERENCE_DTYPES:
+        raise ValueError(f"`x` must have dtype in {REFERENCE_DTYPES}, but got {x.dtype}.")
+    if not x.is_contiguous():
+        raise ValueError(f"`x` must be contiguous, but got strides {x.stride()} for shape {tuple(x.shape)}.")
+    if x.device != weight.device:
+        raise ValueError(f"`x` is on {x.device} but the weight is on {weight.device}.")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.ndim != 1 or bias.shape[0] != n:
+            got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ValueError(f"`bias` must be 1-D [N] with N={n}, but got {got}.")
+        if bias.dtype not in REFERENCE_DTYPES:
+            raise ValueError(f"`bias` must have dtype in {REFERENCE_DTYPES}, but got {bias.dtype}.")
+        if not bias.is_contiguous() or bias.device != x.device:
+            raise ValueError(f"`bias` must be contiguous and on {x.device}, but got device {bias.device}.")
+
+
+def choose_path(x: torch.Tensor, fmt: str, path: str = "auto") -> str:
+    """Resolve ``"auto"`` to the concrete path for activations ``x: [M, K]`` (see module docstring)."""
+    if path != "auto":
+        return path
+    if x.device.type != "cuda":
+        return "reference"
+    if not triton_available() or x.dtype not in KERNEL_DTYPES:
+        return "dequant"
+    return "triton" if x.shape[0] < dequant_min_m(fmt) else "dequant"
+
+
+def _triton_ready(x: torch.Tensor, module: ModuleType) -> None:
+    if x.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"path='triton' needs `x` in {KERNEL_DTYPES}, but got {x.dtype}.")
+    if x.device.type != "cuda" and not module.INTERPRET:
+        raise ValueError(
+            f"path='triton' on {x.device.type} tensors needs TRITON_INTERPRET=1 set before the Triton "
+            "kernels are first loaded; use CUDA tensors or path='reference'."
+        )
+
+
+def _run(
+    x: torch.Tensor,  # [M, K]
+    weight: PackedWeight,
+    bias: torch.Tensor | None,  # [N]
+    path: str,
+    fmt: str,
+    reference: Callable[[torch.Tensor, PackedWeight, torch.Tensor | None], torch.Tensor],
+    kernel_name: str,
+    config: LaunchConfig | None,
+) -> torch.Tensor:  # [M, N]
+    _check_inputs(x, weight, bias, path)
+    path = choose_path(x, fmt, path)
+    if x.shape[0] == 0:
+        return x.new_zeros(0, weight.n)
+    if path == "reference":
+        return reference(x, weight, bias)
+    if path == "dequant":
+        w = weight.dequantize(x.dtype) if isinstance(weight, PackedQuantWeight) else weight.to_dense(x.dtype)
+        if x.dtype == torch.float32 or x.device.type == "cuda":
+            return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+        return linear_ref(x, w, bias)
+    module = _triton_module("lowbit" if fmt == "lowbit" else "sparse")
+    _triton_ready(x, module)
+    return getattr(module, kernel_name)(x, weight, bias, config)
+
+
+def lowbit_matmul(
+    x: torch.Tensor,
+    weight: PackedQuantWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    path: Path = "auto",
+    config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """``y = x @ W_hat^T + bias`` for a 2/3/4/8-bit packed weight; ``x: [M, K]`` → ``[M, N]``."""
+    if not isinstance(weight, PackedQuantWeight):
+        raise ValueError(f"`weight` must be a PackedQuantWeight, but got {type(weight).__name__}.")
+    return _run(x, weight, bias, path, "lowbit", lowbit_matmul_ref, "lowbit_matmul", config)
+
+
+def sparse24_matmul(
+    x: torch.Tensor,
+    weight: Sparse24Weight,
+    bias: torch.Tensor | None = None,
+    *,
+    path: Path = "auto",
+    config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """``y = x @ W^T + bias`` for a 2:4 sparse weight; ``x: [M, K]`` → ``[M, N]``."""
+    if not isinstance(weight, Sparse24Weight):
+        raise ValueError(f"`weight` must be a Sparse24Weight, but got {type(weight).__name__}.")
+    return _run(x, weight, bias, path, "sparse24", sparse24_matmul_ref, "sparse24_matmul", config)
+
+
+def sparse24_quant_matmul(
+    x: torch.Tensor,
+    weight: Sparse24QuantWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    path: Path = "auto",
+    config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """``y = x @ W_hat^T + bias`` for a 2:4 + low-bit weight; ``x: [M, K]`` → ``[M, N]``."""
+    if not isinstance(weight, Sparse24QuantWeight):
+        raise ValueError(f"`weight` must be a Sparse24QuantWeight, but got {type(weight).__name__}.")
+    return _run(x, weight, bias, path, "sparse24_quant", sparse24_quant_matmul_ref, "sparse24_quant_matmul", config)
+
+
+def format_of(weight: PackedWeight) -> str:
+    """Format name used by the dispatch table (``"lowbit"``, ``"sparse24"``, ``"sparse24_quant"``)."""
+    if isinstance(weight, PackedQuantWeight):
+        return "lowbit"
+    if isinstance(weight, Sparse24QuantWeight):
+        return "sparse24_quant"
+    if isinstance(weight, Sparse24Weight):
+        return "sparse24"
+    raise ValueError(
+        "`weight` must be a PackedQuantWeight, Sparse24Weight or Sparse24QuantWeight, "
+        f"but got {type(weight).__name__}."
+    )
+
+
+def packed_matmul(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    path: Path = "auto",
+    config: LaunchConfig | None = None,
+) -> torch.Tensor:
+    """Dispatch on the weight's format to the matching matmul above."""
+    fn = {"lowbit": lowbit_matmul, "sparse24": sparse24_matmul, "sparse24_quant": sparse24_quant_matmul}
+    return fn[format_of(weight)](x, weight, bias, path=path, config=config)

@@ -1,0 +1,62 @@
+"""The benchmark refuses on a host without CUDA instead of reporting numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on CPU-only hosts")
+def test_bench_refuses_without_gpu(tmp_path) -> None:
+    out = tmp_path / "bench.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerbudget.kernels.bench", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "CUDA" in proc.stderr
+    assert not out.exists()
+
+
+def test_bench_rejects_unknown_format(tmp_path) -> None:
+    from layerbudget.kernels.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x.csv"), "--formats", "w5g7"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bench_small_run_on_gpu(tmp_path) -> None:
+    from layerbudget.kernels.bench import main
+
+    out = tmp_path / "bench.csv"
+    assert main(["--out", str(out), "--shapes", "1024x1024", "--ms", "1,64"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + 2 * 7
+
+
+def test_bench_rows_smoke_on_cpu() -> None:
+    """Every format and column of a row, with the interpreter and a fake timer standing in for the GPU."""
+    from layerbudget.kernels.bench import COLUMNS, FORMATS, bench_shape
+
+    calls = []
+
+    def fake_timer(fn) -> float:
+        fn()
+        calls.append(1)
+        return 1.0 + len(calls) % 2
+
+    rows = bench_shape(24, 128, (1,), list(FORMATS), copy_gbps=100.0, device="cpu", timer=fake_timer)
+    assert [r["format"] for r in rows] == list(FORMATS)
+    for row in rows:
+        assert set(row) | {"gpu", "date", "torch", "triton", "timer", "copy_gbps"} == set(COLUMNS)
+        assert row["max_rel_err"] < 2e-3
+        assert row["weight_bytes"] * 8 == pytest.approx(row["bits_per_weight"] * 24 * 128)
+    by_name = {r["format"]: r for r in rows}
+    assert by_name["w4g128"]["bits_per_weight"] == pytest.approx(4.25)
+    assert by_name["2:4"]["bits_per_weight"] == pytest.approx(9.0)
+    assert by_name["2:4+w4g64"]["bits_per_weight"] == pytest.approx(3.25)  # 4*0.5 + 2*0.5 (positions) + 32/64*0.5
