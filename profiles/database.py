@@ -30,7 +30,7 @@ from layerbudget.profiles.cache import atomic_dir, content_hash, file_hash
 from layerbudget.profiles.methods import UnitStats, compress, decode
 from layerbudget.profiles.options import Option
 
-DB_VERSION = 1
+DB_VERSION = 2
 
 
 class CorruptCache(LayerbudgetError):

@@ -4,9 +4,11 @@ An option is applied in two steps: an optional pruner (``magnitude``, ``wanda``,
 optional quantizer (``rtn``, ``gptq``), each looked up by name. The result is a dict of tensors that
 the database stores and :func:`decode` turns back into the exact weight the search evaluates:
 
-- quantized: ``codes`` (uint8 ``[N, K]``), ``scales``/``zeros`` (fp16 ``[N, K // g]``);
+- quantized: ``packed`` (the kernels' int32 layout for 2/3/4/8 bits) or ``planes`` (``bits``·N·K/8
+  bytes of bit planes for 5/6 bits or K the kernel layout does not cover), ``bits`` (int8 scalar),
+  ``scales``/``zeros`` (fp16 ``[N, K // g]``);
 - sparse fp16: ``values`` (fp16, kept weights in row-major order) and ``mask`` (bit-packed ``[N*K]``);
-- sparse + quantized: ``codes``, ``scales``, ``zeros`` and ``mask`` (pruned weights decode to 0).
+- sparse + quantized: the quantized tensors and ``mask`` (pruned weights decode to 0).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.kernels.packing import PACK_BITS, k_multiple, pack, unpack
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
 from layerbudget.profiles.gptq import gptq_quantize
 from layerbudget.profiles.options import Option
@@ -136,6 +139,8 @@ def compress(option: Option, weight: torch.Tensor, stats: UnitStats | None = Non
     if option.quant is not None and "codes" not in out:
         codes, scales, zeros = _lookup(_QUANTIZERS, option.quant, "quantization method")(w, stats, option)
         out.update(codes=codes, scales=scales, zeros=zeros)
+    if "codes" in out:
+        out.update(store_codes(out.pop("codes"), option.bits))  # type: ignore[arg-type]
     if mask is not None:
         out["mask"] = torch.from_numpy(np.packbits(mask.reshape(-1).numpy()))
     if not out:
@@ -150,11 +155,32 @@ def decode(tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Te
     if "mask" in tensors:
         bits = np.unpackbits(tensors["mask"].numpy(), count=n * k)
         mask = torch.from_numpy(bits.astype(bool)).reshape(n, k)
-    if "codes" in tensors:
-        w = dequantize_groupwise(tensors["codes"], tensors["scales"], tensors["zeros"])
+    if "bits" in tensors:
+        w = dequantize_groupwise(load_codes(tensors, shape), tensors["scales"], tensors["zeros"])
         return w * mask if mask is not None else w
     if "values" in tensors and mask is not None:
         w = torch.zeros(n, k, dtype=torch.float32)
         w[mask] = tensors["values"].float()
         return w
     raise LayerbudgetError(f"stored variant has unknown tensors {sorted(tensors)}")
+
+
+def store_codes(codes: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+    """Pack uint8 codes ``[N, K]`` into exactly ``bits``·N·K/8 bytes (kernel layout when it applies)."""
+    n, k = codes.shape
+    tag = {"bits": torch.tensor(bits, dtype=torch.int8)}
+    if bits in PACK_BITS and k % k_multiple(bits) == 0:
+        return {**tag, "packed": pack(codes, bits)}
+    low = np.unpackbits(codes.numpy().reshape(-1, 1), axis=1, bitorder="little")[:, :bits]  # [N*K, bits]
+    return {**tag, "planes": torch.from_numpy(np.packbits(low.reshape(-1), bitorder="little"))}
+
+
+def load_codes(tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`store_codes`: uint8 codes ``[N, K]``."""
+    n, k = shape
+    bits = int(tensors["bits"])
+    if "packed" in tensors:
+        return unpack(tensors["packed"], bits, k)
+    flat = np.unpackbits(tensors["planes"].numpy(), count=n * k * bits, bitorder="little").reshape(n * k, bits)
+    codes = np.packbits(np.pad(flat, ((0, 0), (0, 8 - bits))), axis=1, bitorder="little")
+    return torch.from_numpy(codes.reshape(n, k))

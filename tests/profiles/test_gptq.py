@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise, quantize_with
 from layerbudget.profiles.gptq import _gptq, gptq_quantize
 from layerbudget.profiles.hessian import HessianAccumulator, inverse_hessian_cholesky

@@ -10,7 +10,7 @@ import torch
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.quant import quantize_groupwise
 from layerbudget.profiles.database import CorruptCache, load_or_build_database, open_database
-from layerbudget.profiles.methods import UnitStats, compress, decode
+from layerbudget.profiles.methods import UnitStats, compress, decode, load_codes, store_codes
 from layerbudget.profiles.options import parse_option, parse_options
 
 
@@ -69,7 +69,8 @@ def test_compress_decode_exact_zero_counts(name):
         assert ((what.reshape(16, 16, 4) != 0).sum(-1) <= 2).all()
     if name == "rtn-b3-g32":
         codes, scales, zeros = quantize_groupwise(w, 3, 32)
-        assert torch.equal(tensors["codes"], codes) and torch.equal(tensors["scales"], scales)
+        assert torch.equal(load_codes(tensors, (16, 64)), codes) and torch.equal(tensors["scales"], scales)
+        assert tensors["packed"].numel() * 4 == 3 * 16 * 64 // 8  # exactly bits·N·K/8 bytes
     assert (what - w).pow(2).sum() < w.pow(2).sum()
 
 
@@ -129,3 +130,13 @@ def test_corrupted_database_is_detected_and_rebuilt(minilm_small_db, tmp_path):
     db3.verify()
     index = json.loads((db3.root / "index.json").read_text())
     assert index["model"]["weight_hash"] == adapter.weight_hash()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+@pytest.mark.parametrize("k", [64, 40])
+def test_code_storage_is_exact_and_minimal(bits, k):
+    codes = torch.randint(0, 2**bits, (6, k), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    stored = store_codes(codes, bits)
+    assert torch.equal(load_codes(stored, (6, k)), codes)
+    payload = stored.get("packed", stored.get("planes"))
+    assert payload.numel() * payload.element_size() == -(-bits * 6 * k // 8)

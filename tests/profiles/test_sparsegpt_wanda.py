@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
 from layerbudget.profiles.hessian import HessianAccumulator
 from layerbudget.profiles.sparsegpt import sparsegpt_prune, sparsegpt_prune_quantize
