@@ -52,7 +52,11 @@ def load_documents(source: str | Sequence[str]) -> tuple[list[str], str]:
 
             return [topics.topics[k] for k in sorted(topics.topics)], PYDOC
         path = Path(source).expanduser()
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # e.g. a long text passed where a path was expected
+            is_file = False
+        if not is_file:
             raise LayerbudgetError(f"text source {source!r} is neither 'pydoc' nor an existing text file")
         try:
             return [path.read_text(encoding="utf-8")], str(path)

@@ -37,6 +37,8 @@ class FamilySpec:
     drop: tuple[tuple[str, str, str], ...]  # (sub-block, module path inside a block, DROP_* rule)
     tail: tuple[str, ...] = ()  # dotted paths applied after the last block, in order (None skipped)
     transposed: bool = False  # GPT-2 Conv1D stores weights as [in, out]
+    # config attributes under which dropping is not the identity (post-LN variants): (name, value)
+    no_drop_when: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in ("encoder", "causal"):
@@ -46,6 +48,11 @@ class FamilySpec:
             missing = [p for p in group if p not in paths]
             if missing:
                 raise ValueError(f"tie group {group} of family {self.name!r} names unknown units {missing}.")
+
+
+    def drop_supported(self, config: object) -> bool:
+        """False when this model's config makes dropping a sub-block something other than the identity."""
+        return not any(getattr(config, k, None) == v for k, v in self.no_drop_when)
 
 
 _FAMILIES: dict[str, FamilySpec] = {}
@@ -154,5 +161,6 @@ register_family(
         ties=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),),
         drop=((ATTN, "self_attn.out_proj", DROP_ZERO), (MLP, "fc2", DROP_ZERO)),
         tail=("model.decoder.final_layer_norm", "model.decoder.project_out", "lm_head"),
+        no_drop_when=(("do_layer_norm_before", False),),  # post-LN OPT (e.g. opt-350m)
     )
 )

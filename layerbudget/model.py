@@ -157,7 +157,11 @@ def load_model(
     spec = family_by_name(family) if family != "auto" else family_for_model_type(config.model_type)
     loader = AutoModel if spec.task == "encoder" else AutoModelForCausalLM
     model = loader.from_pretrained(path, dtype=torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LayerbudgetError(f"model {model_id!r} has no usable tokenizer: {first}") from None
     name = DEFAULT_MODEL_NAME if model_id in (None, "", DEFAULT_MODEL) else str(model_id)
     return ModelAdapter(model.to(device).eval(), spec, tokenizer=tokenizer, model_id=name)
 
@@ -220,8 +224,11 @@ class ModelAdapter:
             kind = sub.rsplit(".", 1)[1]
             if kind in drop_rules:
                 self.subblocks.append(SubBlock(sub, block_idx, kind, tuple(names)))
+        if not self.spec.drop_supported(getattr(model, "config", None)):
+            self.subblocks = []
         self._dropped: dict[str, tuple[str, nn.Module]] = {}
         self._hash: str | None = None
+        self._other_numel = self._count_non_unit()
 
     # ----- structure -----------------------------------------------------------------------
     def _make_groups(self, tie: bool) -> list[UnitGroup]:
@@ -263,18 +270,31 @@ class ModelAdapter:
     def weight_hash(self) -> str:
         """sha256 over every parameter and buffer of the dense model (names, shapes, dtypes, bytes)."""
         if self._hash is None:
-            h = hashlib.sha256()
-            state = self.model.state_dict()
-            state.update({f"{name}.weight": w for name, w in self._dense.items()})
-            for name in sorted(state):
-                t = state[name]
-                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-            self._hash = h.hexdigest()
+            dropped = list(self._dropped)
+            for name in dropped:  # hash the full dense model, replaced modules included
+                self.undrop(name)
+            try:
+                self._hash = self._hash_state()
+            finally:
+                for name in dropped:
+                    self.drop(name)
         return self._hash
+
+    def _hash_state(self) -> str:
+        h = hashlib.sha256()
+        state = self.model.state_dict()
+        state.update({f"{name}.weight": w for name, w in self._dense.items()})
+        for name in sorted(state):
+            t = state[name]
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def non_unit_numel(self) -> int:
         """Number of parameters outside the compressible units (embeddings, norms, biases, heads)."""
+        return self._other_numel
+
+    def _count_non_unit(self) -> int:
         seen: set[int] = set()
         total = 0
         unit_weights = {id(m.weight) for m in self._modules.values()}
@@ -288,8 +308,8 @@ class ModelAdapter:
     # ----- weights --------------------------------------------------------------------------
     def dense_weight(self, name: str) -> torch.Tensor:
         """The original weight of a unit as float32 ``[N, K]`` (a copy)."""
-        w = self._dense[self.unit(name).name].float()
-        return (w.t() if self.spec.transposed else w).contiguous()
+        w = self._dense[self.unit(name).name]
+        return (w.t() if self.spec.transposed else w).to(torch.float32, copy=True).contiguous()
 
     def set_weight(self, name: str, weight: torch.Tensor) -> None:
         """Overwrite a unit's weight in place with ``weight: [N, K]``."""

@@ -32,6 +32,8 @@ COLUMNS = ["slot", "option", "kind", "block", "numel", "bits", "bytes", "zeros",
 def build_problem(adapter: ModelAdapter, database: Database, options: Sequence[str]) -> Problem:
     """Slots for every tie group (and sub-block, when ``drop`` is an option) with their options."""
     drop = DROP in options
+    if drop and not adapter.subblocks:
+        raise LayerbudgetError(f"option 'drop' needs droppable sub-blocks, but model {adapter.model_id!r} has none")
     stored = [o for o in options if o not in (DENSE, DROP)]
     slots: list[Slot] = []
     for sb_kind_block in _ordered_subblocks(adapter):
