@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from layerbudget.config import ExperimentConfig
-from layerbudget.data import build_token_sets
 from layerbudget.errors import LayerbudgetError
-from layerbudget.evaluators.engine import Evaluator
-from layerbudget.evaluators.fitness import make_fitness
 from layerbudget.experiments.outputs import CandidateLog, write_run_dir
-from layerbudget.model import load_model
 from layerbudget.plan import Plan, package_versions
-from layerbudget.profiles.cache import default_cache_dir
-from layerbudget.profiles.calibration import CalibrationStats
-from layerbudget.profiles.database import load_or_build_database
-from layerbudget.profiles.options import DENSE, parse_options
-from layerbudget.profiles.profile import build_problem, load_or_build_profile
+from layerbudget.prepare import prepare
+from layerbudget.profiles.profile import load_or_build_profile
 from layerbudget.search import InlineExecutor, make_searcher, run_search
 
 
@@ -61,46 +51,22 @@ def run_experiment(
 ) -> RunResult:
     """Run every searcher at every budget of ``cfg`` and write the run directory atomically."""
     run_dir = resolve_run_dir(cfg, out, overwrite)
-    cache_dir = Path(cfg.output.cache_dir).expanduser() if cfg.output.cache_dir else default_cache_dir()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-
-    adapter = load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype, device=cfg.model.device)
-    max_pos = getattr(adapter.model.config, "max_position_embeddings", None)
-    tokens = build_token_sets(
-        adapter.tokenizer,
-        cfg.data.source,
-        seq_len=cfg.data.seq_len,
-        calib_windows=cfg.data.calib_windows,
-        heldout_windows=cfg.data.heldout_windows,
-        heldout_fraction=cfg.data.heldout_fraction,
-        seed=cfg.seed,
-        max_positions=max_pos,
+    prep = prepare(cfg, progress=progress)
+    adapter, tokens, fitness, database, problem = prep.adapter, prep.tokens, prep.fitness, prep.database, prep.problem
+    calib_hash = prep.calib_hash
+    timings["prepare"] = time.perf_counter() - t0
+    log(
+        f"database: {len(adapter.units)} units, {len(prep.option_names)} options, "
+        f"{'reused' if prep.database_reused else 'built'} ({database.root})"
     )
-    fitness = make_fitness(cfg.search.fitness, adapter.task)
-    timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    names = list(cfg.options.names) if DENSE in cfg.options.names else [DENSE, *cfg.options.names]
-    calib_hash = hashlib.sha256(tokens.calib.numpy().tobytes()).hexdigest()
-    stats = CalibrationStats(adapter, tokens.calib, batch_size=cfg.data.batch_size, progress=progress)
-    database, db_reused = load_or_build_database(
-        adapter, parse_options(names), cache_dir, calib_hash=calib_hash, stats=stats, progress=progress
-    )
-    problem = build_problem(adapter, database, names)
-    for budget in cfg.budget:
-        problem.check_budget(budget)
-    timings["database"] = time.perf_counter() - t
-    log(f"database: {len(adapter.units)} units, {len(names)} options, {'reused' if db_reused else 'built'} ({database.root})")
-
-    t = time.perf_counter()
-    evaluator = Evaluator(
-        adapter, database, problem, tokens, fitness, batch_size=cfg.data.batch_size, data_seed=cfg.seed
-    )
+    evaluator = prep.evaluator()
     key_parts = {"calib": calib_hash, "fitness": fitness.name, "seq_len": tokens.seq_len}
     profile, prof_reused = load_or_build_profile(
-        problem, database, adapter, evaluator.score, cache_dir, key_parts, progress=progress
+        problem, database, adapter, evaluator.score, prep.cache_dir, key_parts, progress=progress
     )
     problem.set_proxy(profile.proxy())
     timings["profile"] = time.perf_counter() - t

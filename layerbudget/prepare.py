@@ -1,0 +1,93 @@
+"""Prepare an experiment's shared state from its config: model, tokens, database, problem, evaluator.
+
+The runner calls :func:`prepare` once; remote evaluation workers call :func:`prepare` with the same
+config (``build=False``: the database must already exist in the cache) and get an identical
+evaluator, which is what makes inline and distributed scoring give the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from layerbudget.config import ExperimentConfig
+from layerbudget.data import TokenSets, build_token_sets
+from layerbudget.errors import LayerbudgetError
+from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.fitness import Fitness, make_fitness
+from layerbudget.model import ModelAdapter, load_model
+from layerbudget.profiles.cache import default_cache_dir
+from layerbudget.profiles.calibration import CalibrationStats
+from layerbudget.profiles.database import Database, database_key, load_or_build_database, open_database
+from layerbudget.profiles.options import DENSE, parse_options
+from layerbudget.profiles.profile import build_problem
+from layerbudget.search.problem import Problem
+
+
+@dataclass
+class Prepared:
+    """Everything a search needs besides the searcher: built once per experiment (or per worker)."""
+
+    cfg: ExperimentConfig
+    adapter: ModelAdapter
+    tokens: TokenSets
+    fitness: Fitness
+    database: Database
+    problem: Problem
+    option_names: list[str]
+    calib_hash: str
+    cache_dir: Path
+    database_reused: bool
+
+    def evaluator(self) -> Evaluator:
+        return Evaluator(
+            self.adapter,
+            self.database,
+            self.problem,
+            self.tokens,
+            self.fitness,
+            batch_size=self.cfg.data.batch_size,
+            data_seed=self.cfg.seed,
+        )
+
+
+def cache_dir_of(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output.cache_dir).expanduser() if cfg.output.cache_dir else default_cache_dir()
+
+
+def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True) -> Prepared:
+    """Load the model and data, build (or reuse) the database, and set up the search problem."""
+    torch.manual_seed(cfg.seed)
+    adapter = load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype, device=cfg.model.device)
+    tokens = build_token_sets(
+        adapter.tokenizer,
+        cfg.data.source,
+        seq_len=cfg.data.seq_len,
+        calib_windows=cfg.data.calib_windows,
+        heldout_windows=cfg.data.heldout_windows,
+        heldout_fraction=cfg.data.heldout_fraction,
+        seed=cfg.seed,
+        max_positions=getattr(adapter.model.config, "max_position_embeddings", None),
+    )
+    fitness = make_fitness(cfg.search.fitness, adapter.task)
+    names = list(cfg.options.names) if DENSE in cfg.options.names else [DENSE, *cfg.options.names]
+    options = parse_options(names)
+    calib_hash = hashlib.sha256(tokens.calib.numpy().tobytes()).hexdigest()
+    cache_dir = cache_dir_of(cfg)
+    if build:
+        stats = CalibrationStats(adapter, tokens.calib, batch_size=cfg.data.batch_size, progress=progress)
+        database, reused = load_or_build_database(
+            adapter, options, cache_dir, calib_hash=calib_hash, stats=stats, progress=progress
+        )
+    else:
+        root = cache_dir / "db" / database_key(adapter, options, calib_hash)[:32]
+        if not root.exists():
+            raise LayerbudgetError(f"database {root} does not exist; run the experiment once to build it")
+        database, reused = open_database(root), True
+    problem = build_problem(adapter, database, names)
+    for budget in cfg.budget:
+        problem.check_budget(budget)
+    return Prepared(cfg, adapter, tokens, fitness, database, problem, names, calib_hash, cache_dir, reused)
