@@ -192,6 +192,7 @@ def _validate(cfg: ExperimentConfig) -> None:
             raise LayerbudgetError(f"unknown searcher {s!r}; known: {', '.join(known_searchers())}")
     if cfg.search.fitness not in ("auto", *known_fitness()):
         raise LayerbudgetError(f"unknown fitness {cfg.search.fitness!r}; known: auto, {', '.join(known_fitness())}")
+    _validate_sweep(cfg.budget)
     d = cfg.data
     for key in ("seq_len", "calib_windows", "heldout_windows", "batch_size"):
         if getattr(d, key) < 1:
@@ -200,3 +201,21 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise LayerbudgetError(f"data.heldout_fraction must be in (0, 1), but got {d.heldout_fraction}")
     if cfg.model.dtype not in ("float32", "float16", "bfloat16"):
         raise LayerbudgetError(f"model.dtype must be float32, float16 or bfloat16, but got {cfg.model.dtype!r}")
+
+
+def _validate_sweep(budgets: tuple[Budget, ...]) -> None:
+    """A sweep names the same metrics in every budget, with no duplicates, in monotone order."""
+    if len(budgets) < 2:
+        return
+    metrics = [tuple(sorted(b.to_dict())) for b in budgets]
+    if len(set(metrics)) != 1:
+        raise LayerbudgetError(f"every budget of a sweep must name the same metrics, but got {sorted(set(metrics))}")
+    keys = [tuple(b.to_dict()[m] for m in metrics[0]) for b in budgets]
+    if len(set(keys)) != len(keys):
+        raise LayerbudgetError(f"a budget sweep lists a budget twice: {[str(b) for b in budgets]}")
+    inc = all(a < b for a, b in zip(keys, keys[1:]))
+    dec = all(a > b for a, b in zip(keys, keys[1:]))
+    if not (inc or dec):
+        raise LayerbudgetError(
+            f"a budget sweep must be sorted (increasing or decreasing), but got {[str(b) for b in budgets]}"
+        )

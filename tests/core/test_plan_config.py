@@ -100,6 +100,9 @@ def test_config_round_trip_and_sections():
         ({"budget": []}, "one or more tables"),
         ({"budget": [{"avg_bits": "low"}]}, "finite number"),
         ({"model": {"dtype": "int8"}}, "model.dtype"),
+        ({"budget": [{"avg_bits": 3.0}, {"avg_bits": 3.0}]}, "lists a budget twice"),
+        ({"budget": [{"avg_bits": 3.0}, {"avg_bits": 4.0}, {"avg_bits": 3.5}]}, "must be sorted"),
+        ({"budget": [{"avg_bits": 3.0}, {"bytes": 4.0}]}, "same metrics"),
     ],
 )
 def test_config_errors(data, message):
