@@ -73,12 +73,12 @@ def test_config_round_trip_and_sections():
             "name": "x",
             "seed": 7,
             "data": {"seq_len": 64},
-            "budget": [{"avg_bits": 3.0}, {"avg_bits": 2.5, "bytes": 1e7}],
+            "budget": [{"avg_bits": 3.0, "bytes": 2e7}, {"avg_bits": 2.5, "bytes": 1e7}],
             "search": {"searchers": ["ilp"], "params": {"ilp": {"time_limit": 5}}},
         }
     )
     assert cfg.data.seq_len == 64 and cfg.data.calib_windows == 16
-    assert [b.to_dict() for b in cfg.budget] == [{"avg_bits": 3.0}, {"avg_bits": 2.5, "bytes": 1e7}]
+    assert [b.to_dict() for b in cfg.budget] == [{"avg_bits": 3.0, "bytes": 2e7}, {"avg_bits": 2.5, "bytes": 1e7}]
     assert config_from_dict(cfg.to_dict()) == cfg
     assert load_config() == config_from_dict(load_config().to_dict())
 
