@@ -71,8 +71,10 @@ class IlpSearcher(Searcher):
 
     name = "ilp"
 
-    def __init__(self, problem, budget, *, seed: int = 0, solver: str = "cbc", time_limit: float | None = 60.0):
-        super().__init__(problem, budget, seed=seed)
+    def __init__(
+        self, problem, budget, *, seed: int = 0, solver: str = "cbc", time_limit: float | None = 60.0, **params
+    ):
+        super().__init__(problem, budget, seed=seed, **params)
         self.solution = solve_ilp(problem, budget, solver=solver, time_limit=time_limit)
         self._done = False
 

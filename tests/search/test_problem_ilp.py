@@ -148,7 +148,8 @@ def test_assignment_round_trip_and_tie_check():
 def test_unknown_searcher_and_params():
     p = make_problem()
     b = Budget.from_dict({"avg_bits": 4})
-    with pytest.raises(LayerbudgetError, match="unknown searcher 'nope'; known: ilp, uniform"):
+    with pytest.raises(LayerbudgetError, match=r"unknown searcher 'nope'; known: .*ilp.*uniform"):
         make_searcher("nope", p, b)
-    with pytest.raises(LayerbudgetError, match="unknown parameters: bogus"):
-        make_searcher("uniform", p, b, bogus=1)
+    for name in ("uniform", "ilp"):
+        with pytest.raises(LayerbudgetError, match="unknown parameters: bogus"):
+            make_searcher(name, p, b, bogus=1)
