@@ -2,6 +2,7 @@
 
 from layerbudget.search import dp as _dp  # noqa: F401  (registers "dp")
 from layerbudget.search import evolution as _evolution  # noqa: F401  (registers "evolution")
+from layerbudget.search import hybrid as _hybrid  # noqa: F401  (registers "hybrid")
 from layerbudget.search import ilp as _ilp  # noqa: F401  (registers "ilp")
 from layerbudget.search import optuna_search as _optuna  # noqa: F401  (registers "optuna")
 from layerbudget.search import random_search as _random_search  # noqa: F401  (registers "random")

@@ -17,6 +17,7 @@ SMALL: dict[str, dict[str, object]] = {
     "evolution": {"generations": 4, "offspring": 6, "stages": [(3, 1), (1, 2)]},
     "random": {"n": 6},
     "optuna": {"max_evaluations": 16},
+    "hybrid": {"generations": 4, "offspring": 6, "stages": [(3, 1), (1, 2)]},
 }
 ONE_CONSTRAINT_ONLY = {"dp"}
 OPTIONS = ("dense", "rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "magnitude-0.5", "magnitude-0.5+rtn-b4-g128")

@@ -1,0 +1,435 @@
+"""Ray executor: scores evaluation requests in parallel on a pool of Ray actors, one model replica each.
+
+Every actor rebuilds the experiment's evaluator with ``prepare(cfg, build=False).evaluator()``, so
+each request's fitness is the number :class:`~layerbudget.search.executor.InlineExecutor` gives for
+the same request (the fitness depends only on the candidate and ``(windows, batch)``; each actor
+computes the dense references of a fresh batch itself). Actors check at start-up that they see the
+same calibration tokens, database and model weights (hashes) as each other and as the driver.
+
+Dispatch: a batch of requests is cut into contiguous chunks (``chunks_per_worker`` per actor) that
+are handed to idle actors, so consecutive requests -- usually neighbours in the search space -- land
+on the same actor and stitching swaps few units. An actor that dies mid-chunk (process exit, node
+loss, ``ray.kill``) is replaced by a new one and its chunk is retried, up to ``max_retries`` times
+per chunk; errors raised by the evaluator itself (bad input) are re-raised, never retried.
+
+Shared data and memory:
+
+- Object store, put once (``ray.put``) and passed by reference to every actor: the config as plain
+  data (a few kB) and, with ``ship_database=True``, the database files as one ``uint8`` numpy array
+  each (read zero-copy; an actor whose node lacks the database writes them into its cache dir once).
+  :meth:`RayExecutor.shared_bytes` reports these sizes; they count once per cluster (plus one copy
+  per node that reads them).
+- Per actor (counted ``num_workers`` times): the model replica (fp32 MiniLM about 90 MB), the dense
+  outputs and block inputs of the calibration/held-out windows and of up to 4 fresh batches, and the
+  decoded-weight LRU of the database (at most 1 GiB). Without shipping, database files are read
+  through safetensors ``mmap``, so actors on one node share them in the OS page cache (``RssFile`` in
+  :meth:`RayExecutor.worker_info`; ``RssAnon`` is what each actor adds on its own).
+- Requests and results travel per task (candidates are small integer tuples).
+
+A fractional GPU (``num_gpus = gpus / num_workers``) is requested when the model runs on CUDA; it is
+only a scheduling label, every actor still holds a full replica in GPU memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.exceptions
+
+from layerbudget.config import ExperimentConfig, config_from_dict
+from layerbudget.errors import LayerbudgetError
+from layerbudget.search.base import EvalRequest, Evaluation
+from layerbudget.search.executor import Executor
+
+_DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+
+
+# ----- the actor ---------------------------------------------------------------------------------
+def _memory() -> dict[str, int]:
+    """Resident memory of this process in bytes (``rss`` and, on Linux, its anon/file/shmem parts)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out["rss" if key == "VmRSS" else key.lower().replace("rss", "rss_")] = int(value.split()[0]) * 1024
+    if "rss" not in out:
+        import resource
+
+        out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, KiB on Linux
+    return out
+
+
+def _write_database(cache_dir: Path, name: str, files: Mapping[str, np.ndarray]) -> None:
+    """Materialise a shipped database under ``cache_dir/db/name`` unless it is already there."""
+    from layerbudget.profiles.cache import atomic_dir
+
+    root = cache_dir / "db" / name
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{name}.lock", "w") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # actors of one node write the database once
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        if (root / "index.json").exists():
+            return
+        with atomic_dir(root) as tmp:
+            for rel, data in files.items():
+                path = tmp / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data.tobytes())
+
+
+class _Worker:
+    """One evaluation actor: builds the experiment's evaluator once, then scores chunks of requests."""
+
+    def __init__(self, cfg_data: dict, threads: int, database: tuple[str, Mapping[str, np.ndarray]] | None):
+        import torch
+
+        from layerbudget.prepare import cache_dir_of, prepare
+
+        torch.set_num_threads(threads)
+        cfg = config_from_dict(cfg_data)
+        if database is not None:
+            _write_database(cache_dir_of(cfg), *database)
+        prep = prepare(cfg, progress=False, build=False)
+        self.evaluator = prep.evaluator()
+        self.identity = {
+            "calib_sha256": prep.calib_hash,
+            "database_key": prep.database.key,
+            "weight_hash": prep.adapter.weight_hash(),
+        }
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.threads = threads
+        self._exit_after: int | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.identity,
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "threads": self.threads,
+            "scored": self.evaluator.n_scored,
+            "memory": _memory(),
+        }
+
+    def score(self, requests: list[EvalRequest]) -> tuple[list[float], str]:
+        """Fitness of each request in order, and the node that computed them."""
+        out = []
+        for r in requests:
+            if self._exit_after is not None:
+                self._exit_after -= 1
+                if self._exit_after < 0:
+                    os._exit(1)  # fault injection (tests): die like a crashed or OOM-killed worker
+            out.append(float(self.evaluator.score(r.candidate, r.windows, r.batch)))
+        return out, self.node_id
+
+    def exit_after(self, n: int) -> None:
+        """Fault injection: exit the process when about to score the request after the next ``n``."""
+        self._exit_after = n
+
+
+_RemoteWorker = ray.remote(_Worker)
+
+
+# ----- connecting --------------------------------------------------------------------------------
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``."""
+    if address in ("auto", "local"):
+        return None
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LayerbudgetError(f"Ray address must look like host:port or ray://host:port, but got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast with a clear error when nothing listens at ``address`` (ray.init would retry for minutes)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as exc:
+        raise LayerbudgetError(
+            f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); start one with `ray start --head` "
+            "or pass the head node's host:port"
+        ) from None
+
+
+def _same_address(a: str, b: str) -> bool:
+    ha, hb = _host_port(a), _host_port(b)
+    if ha is None or hb is None:
+        return True
+    try:
+        return ha[1] == hb[1] and socket.gethostbyname(ha[0]) == socket.gethostbyname(hb[0])
+    except OSError:
+        return ha == hb
+
+
+def connect(address: str | None = None, *, timeout: float = 30.0) -> bool:
+    """Connect to the Ray cluster at ``address``, or reuse the current session, or start a local one.
+
+    Returns True when this call started (and so owns) a local Ray instance.
+    """
+    if address is not None:
+        _probe(address, timeout)
+    if ray.is_initialized():
+        if address is not None and "://" not in address:
+            current = ray.get_runtime_context().gcs_address
+            if not _same_address(address, current):
+                raise LayerbudgetError(
+                    f"this process is already connected to the Ray cluster at {current}, not {address!r}; "
+                    "call ray.shutdown() first or pass that address"
+                )
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LayerbudgetError(f"cannot connect to Ray at {address or 'a new local instance'!r}: {first}") from None
+    return address is None
+
+
+def _cause(exc: ray.exceptions.RayTaskError) -> BaseException:
+    """The evaluator's own exception inside a task error (a LayerbudgetError keeps its one-line message)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, LayerbudgetError):
+        return LayerbudgetError(str(cause))
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous [start, stop) ranges covering ``range(n)``, sizes differing by at most one."""
+    parts = max(1, min(n, parts))
+    size, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + size + (1 if i < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def _database_files(root: Path) -> dict[str, np.ndarray]:
+    return {
+        p.relative_to(root).as_posix(): np.frombuffer(p.read_bytes(), dtype=np.uint8)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ----- the executor ------------------------------------------------------------------------------
+class RayExecutor(Executor):
+    """Scores requests on ``num_workers`` Ray actors built from ``cfg`` (see the module docstring).
+
+    ``address``: a running cluster (``host:port``, ``ray://host:port`` or ``auto``); ``None`` reuses the
+    current Ray session or starts a local one (shut down again by :meth:`close`). ``threads_per_worker``
+    is both each actor's CPU request and its ``torch.set_num_threads``; by default the cluster's CPUs
+    are split evenly. ``worker_resources`` gives each actor extra custom resources (one mapping per
+    worker, e.g. to pin actors to nodes). ``prepared`` (the driver's :class:`~layerbudget.prepare.Prepared`)
+    lets actors be checked against the driver and is needed for ``ship_database``.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        num_workers: int | None = None,
+        address: str | None = None,
+        threads_per_worker: int | None = None,
+        max_retries: int = 3,
+        chunks_per_worker: int = 2,
+        worker_resources: Sequence[Mapping[str, float]] | None = None,
+        prepared: Any = None,
+        ship_database: bool = False,
+        connect_timeout_s: float = 30.0,
+        start_timeout_s: float = 600.0,
+    ):
+        from layerbudget.prepare import cache_dir_of
+
+        for name, value, low in (("num_workers", num_workers, 1), ("threads_per_worker", threads_per_worker, 1),
+                                 ("max_retries", max_retries, 0), ("chunks_per_worker", chunks_per_worker, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise LayerbudgetError(f"RayExecutor {name} must be an integer >= {low}, but got {value!r}")
+        if ship_database and prepared is None:
+            raise LayerbudgetError("ship_database=True needs prepared= (the driver's Prepared, which knows the database)")
+        self.max_retries = max_retries
+        self.chunks_per_worker = chunks_per_worker
+        self.restarts = 0
+        self.last_nodes: list[str] = []
+        self._closed = False
+        self._actors: list[Any] = []
+        self._owns_ray = connect(address, timeout=connect_timeout_s)
+        try:
+            self._setup(cfg, num_workers, threads_per_worker, worker_resources, prepared, ship_database,
+                        cache_dir_of(cfg), start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg, num_workers, threads, worker_resources, prepared, ship_database, cache_dir, start_timeout_s):
+        total = ray.cluster_resources()
+        cpus = float(total.get("CPU", 0.0))
+        if num_workers is None and worker_resources is not None:
+            num_workers = len(worker_resources)
+        if threads is None:
+            threads = max(1, int(cpus // (num_workers or 1))) if num_workers else 1
+        if num_workers is None:
+            num_workers = max(1, int(cpus // threads))
+        if worker_resources is not None and len(worker_resources) != num_workers:
+            raise LayerbudgetError(
+                f"worker_resources must give one mapping per worker ({num_workers}), but got {len(worker_resources)}"
+            )
+        if num_workers * threads > cpus:
+            raise LayerbudgetError(
+                f"{num_workers} workers x {threads} threads need {num_workers * threads} CPUs, but the Ray cluster has "
+                f"{cpus:g}; lower num_workers or threads_per_worker"
+            )
+        gpus = float(total.get("GPU", 0.0))
+        on_gpu = cfg.model.device.startswith("cuda")
+        if on_gpu and gpus <= 0:
+            raise LayerbudgetError(f"model.device is {cfg.model.device!r}, but the Ray cluster has no GPU; use device = 'cpu'")
+        self.num_workers, self.threads_per_worker = num_workers, threads
+        self._options = {
+            "num_cpus": threads,
+            "num_gpus": min(1.0, gpus / num_workers) if on_gpu else 0,
+            "max_restarts": 0,  # replaced by hand: the retry count is per chunk, and errors stay clear
+        }
+        self._resources = [dict(r) for r in worker_resources] if worker_resources is not None else [{}] * num_workers
+
+        data = cfg.to_dict()
+        data["output"]["cache_dir"] = str(Path(cache_dir).expanduser().resolve())  # the driver's, not the worker's env
+        self._shared = {"config": len(repr(data).encode())}
+        self._cfg_ref = ray.put(data)
+        self._db_ref = None
+        if ship_database:
+            root = Path(prepared.database.root)
+            files = _database_files(root)
+            self._shared["database"] = sum(a.nbytes for a in files.values())
+            self._db_ref = ray.put((root.name, files))
+        self._actors = [self._spawn(i) for i in range(num_workers)]
+        try:
+            infos = ray.get([a.info.remote() for a in self._actors], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise LayerbudgetError(
+                f"{num_workers} evaluation actors did not start within {start_timeout_s:g} s; the cluster has "
+                f"{ray.available_resources()} free, each actor needs {self._options} {self._resources[0]}"
+            ) from None
+        except _DIED as exc:
+            raise LayerbudgetError(f"an evaluation actor failed to start: {_actor_error(exc)}") from None
+        expected = infos[0] if prepared is None else {
+            "calib_sha256": prepared.calib_hash,
+            "database_key": prepared.database.key,
+            "weight_hash": prepared.adapter.weight_hash(),
+        }
+        for info in infos:
+            diff = [k for k in expected if info[k] != expected[k]]
+            if diff:
+                raise LayerbudgetError(
+                    f"an evaluation actor on node {info['node_id'][:12]} sees different {', '.join(diff)} than the "
+                    "driver; install the same model, data and layerbudget version on every node"
+                )
+
+    def _spawn(self, i: int) -> Any:
+        opts = dict(self._options)
+        if self._resources[i]:
+            opts["resources"] = self._resources[i]
+        return _RemoteWorker.options(**opts).remote(self._cfg_ref, self.threads_per_worker, self._db_ref)
+
+    def _replace(self, i: int) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(self._actors[i], no_restart=True)
+        self._actors[i] = self._spawn(i)
+        self.restarts += 1
+
+    # ----- Executor ------------------------------------------------------------------------------
+    def evaluate(self, requests: list[EvalRequest]) -> list[Evaluation]:
+        if self._closed:
+            raise LayerbudgetError("this RayExecutor is closed; create a new one")
+        requests = list(requests)
+        if not requests:
+            return []
+        chunks = _chunks(len(requests), self.num_workers * self.chunks_per_worker)
+        todo = deque(range(len(chunks)))
+        attempts = [0] * len(chunks)
+        fitness: list[float] = [float("nan")] * len(requests)
+        nodes = [""] * len(requests)
+        idle = deque(range(len(self._actors)))
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (chunk, worker); one chunk per actor at a time
+        while todo or running:
+            while todo and idle:
+                c, w = todo.popleft(), idle.popleft()
+                start, stop = chunks[c]
+                running[self._actors[w].score.remote(requests[start:stop])] = (c, w)
+            done, _ = ray.wait(list(running), num_returns=1)
+            c, w = running.pop(done[0])
+            start, stop = chunks[c]
+            try:
+                values, node = ray.get(done[0])
+            except _DIED as exc:
+                self._replace(w)
+                idle.append(w)
+                attempts[c] += 1
+                if attempts[c] > self.max_retries:
+                    raise LayerbudgetError(
+                        f"requests {start}..{stop - 1} failed: their evaluation actor died {attempts[c]} times "
+                        f"(max_retries={self.max_retries}); last error: {_actor_error(exc)}"
+                    ) from None
+                todo.appendleft(c)  # retry first, on whichever actor is idle next
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                raise _cause(exc) from None
+            fitness[start:stop] = values
+            nodes[start:stop] = [node] * (stop - start)
+            idle.append(w)
+        self.last_nodes = nodes
+        return [Evaluation(r, f) for r, f in zip(requests, fitness)]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for actor in self._actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        self._actors = []
+        self._cfg_ref = self._db_ref = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # ----- inspection and fault injection ------------------------------------------------------
+    def worker_info(self) -> list[dict[str, Any]]:
+        """Per actor: node id, pid, threads, candidates scored, memory (bytes) and identity hashes."""
+        return ray.get([a.info.remote() for a in self._actors])
+
+    def shared_bytes(self) -> dict[str, int]:
+        """Bytes this executor put in the object store, by item (``config``; ``database`` when shipped)."""
+        return dict(self._shared)
+
+    def inject_crash(self, worker: int, after: int = 0) -> None:
+        """Testing: make actor ``worker`` exit (``os._exit(1)``) when it is about to score its ``after+1``-th
+        next request, as a crashed or OOM-killed process would."""
+        ray.get(self._actors[worker].exit_after.remote(after))
+
+
+def _actor_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the innermost "SomeError: message" line of a traceback, if any
+        if "Error:" in ln and not ln.startswith("File "):
+            return ln[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,60 @@
+"""The hybrid searcher: solver seeds at neighbouring budgets, evolution from the best, never worse."""
+
+from __future__ import annotations
+
+import pytest
+from test_problem_ilp import make_problem
+
+from layerbudget.budget import Budget
+from layerbudget.errors import LayerbudgetError
+from layerbudget.search import InlineExecutor, make_searcher, run_search
+from layerbudget.search.hybrid import scaled_budget, solver_seeds
+from layerbudget.search.ilp import solve_ilp
+
+EVO = {"generations": 6, "offspring": 8, "stages": [(3, 1), (1, 2)]}
+
+
+class Interacting:
+    """Fitness = proxy plus a pairwise penalty the additive proxy cannot see."""
+
+    def __init__(self, problem):
+        self.p = problem
+
+    def score(self, cand, windows=None, batch=0):
+        low = sum(1 for s, c in zip(self.p.slots, cand) if c >= 0 and s.options[c] == "rtn-b2-g64")
+        return self.p.proxy_score(cand) + 0.3 * low * (low - 1)
+
+
+def test_seeds_are_feasible_distinct_and_include_the_ilp_plan():
+    p = make_problem(n_slots=8, seed=4)
+    b = Budget.from_dict({"avg_bits": 3.5})
+    seeds = solver_seeds(p, b, (0.97, 0.94, 1.03), "ilp")
+    assert seeds[0] == solve_ilp(p, b)
+    assert len(set(seeds)) == len(seeds) >= 2
+    assert all(p.satisfies(c, b) for c in seeds)
+    assert scaled_budget(Budget.from_dict({"avg_bits": 4.0, "sparsity": 0.5}), 0.5).to_dict() == {"avg_bits": 2.0, "sparsity": 0.999}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hybrid_is_never_worse_than_the_ilp_plan(seed):
+    p = make_problem(n_slots=10, seed=seed)
+    b = Budget.from_dict({"avg_bits": 3.2})
+    scorer = Interacting(p)
+    ilp = solve_ilp(p, b)
+    out = run_search(make_searcher("hybrid", p, b, seed=seed, **EVO), InlineExecutor(scorer))
+    assert p.satisfies(out.result, b)
+    assert scorer.score(out.result) <= scorer.score(ilp) + 1e-12
+    assert all(p.satisfies(e.candidate, b) for e in out.evaluations)
+
+
+def test_hybrid_parameter_errors():
+    p = make_problem()
+    b = Budget.from_dict({"avg_bits": 4})
+    with pytest.raises(LayerbudgetError, match="sets the evolution's start"):
+        make_searcher("hybrid", p, b, init="random")
+    with pytest.raises(LayerbudgetError, match="'ilp' or 'dp'"):
+        make_searcher("hybrid", p, b, solver="cplex")
+    with pytest.raises(LayerbudgetError, match="positive budget factors"):
+        make_searcher("hybrid", p, b, neighbours=[0.9, -1])
+    with pytest.raises(LayerbudgetError, match="unknown evolution preset"):
+        make_searcher("hybrid", p, b, preset="fast")
