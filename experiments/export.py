@@ -32,7 +32,7 @@ FORMATS = ("llmcompressor", "gptqmodel", "checkpoint")
 GPTQ_BITS = (2, 3, 4, 8)  # what vLLM's GPTQ path runs
 # vLLM fuses these Hugging Face projections into one layer; GPTQModel's dynamic rules are matched
 # against module names in GPTQModel (HF names) and in vLLM (fused names), so rules name both.
-FUSED_NAMES = {("q_proj", "k_proj", "v_proj"): "qkv_proj", ("gate_proj", "up_proj"): "gate_up_proj"}
+FUSED_NAMES = {frozenset({"q_proj", "k_proj", "v_proj"}): "qkv_proj", frozenset({"gate_proj", "up_proj"}): "gate_up_proj"}
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,14 @@ def unit_regex(names: list[str], *, fused: bool = False) -> str:
     fused module (``qkv_proj``).
     """
     parents = {n.rpartition(".")[0] for n in names}
-    if len(names) == 1 or len(parents) != 1:
+    if len(parents) != 1 or "" in parents:
         return "^(?:" + "|".join(re.escape(n) for n in names) + ")$" if len(names) > 1 else f"^{re.escape(names[0])}$"
-    parent = parents.pop()
     leaves = [n.rpartition(".")[2] for n in names]
-    if fused and tuple(leaves) in FUSED_NAMES:
-        leaves.append(FUSED_NAMES[tuple(leaves)])
-    return f"^{re.escape(parent)}\\.(?:{'|'.join(re.escape(leaf) for leaf in leaves)})$"
+    if fused and frozenset(leaves) in FUSED_NAMES:
+        leaves.append(FUSED_NAMES[frozenset(leaves)])
+    if len(leaves) == 1:
+        return f"^{re.escape(names[0])}$"
+    return f"^{re.escape(parents.pop())}\\.(?:{'|'.join(re.escape(leaf) for leaf in leaves)})$"
 
 
 def model_order(plan: Plan) -> list[str]:

@@ -95,6 +95,10 @@ def write_run_dir(
         pd.DataFrame(result.rows).to_csv(tmp / "summary.csv", index=False)
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(cfg, result, best))
+        if len(cfg.budget) > 1 or len(cfg.search.searchers) > 1:
+            from layerbudget.experiments.plots import write_run_plots
+
+            write_run_plots(tmp, name=run_dir.name)
 
 
 def report_markdown(cfg: ExperimentConfig, result: RunResult, best: int) -> str:

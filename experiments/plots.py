@@ -123,11 +123,12 @@ def _fitness_name(run_dir: Path) -> str:
         return "fitness"
 
 
-def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
+def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None) -> list[Path]:
     """Pareto frontiers of every (run, searcher) of ``run_dirs`` in one figure; returns the written files.
 
     Top row: calibration fitness of every evaluated candidate vs each cost; bottom row: held-out
-    measure of each chosen plan vs the same costs. Lower is better everywhere.
+    measure of each chosen plan vs the same costs. Lower is better everywhere. Runs are labelled
+    by ``names`` (default: their directory names).
     """
     if not run_dirs:
         raise LayerbudgetError("plot needs at least one run directory")
@@ -135,9 +136,12 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
     from matplotlib.lines import Line2D
 
     runs = [(Path(d), *_read_run(Path(d))) for d in run_dirs]
-    names = [r[0].resolve().name for r in runs]
-    if len(set(names)) != len(names):  # same leaf name in different places: use the given paths
-        names = [str(r[0]) for r in runs]
+    if names is None:
+        names = [r[0].resolve().name for r in runs]
+        if len(set(names)) != len(names):  # same leaf name in different places: use the given paths
+            names = [str(r[0]) for r in runs]
+    elif len(names) != len(runs):
+        raise LayerbudgetError(f"got {len(names)} names for {len(runs)} run directories")
     costs = cost_columns([f for _, c, s in runs for f in (c, s)])
     searchers = list(dict.fromkeys(s for _, c, summ in runs for s in summ["searcher"]))
     colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(searchers)}
@@ -195,19 +199,22 @@ def option_bits_per_weight(option: str, k: int = NOMINAL_K) -> float:
     return opt.cost_bits((128, k)) / (128 * k)
 
 
+METHOD_LETTERS = {"rtn": "R", "gptq": "G", "magnitude": "M", "wanda": "W", "sparsegpt": "S"}
+LABEL_KEY = "R/G: RTN/GPTQ bits/group · M/W/S: magnitude/Wanda/SparseGPT sparsity · D: dense"
+
+
 def _short(option: str) -> str:
-    """Short cell label: ``4/128``, ``3/ch``, ``2:4``, ``.5``, ``2:4+4/64``, ``D``, ``×``."""
+    """Short cell label: ``R4/128``, ``G3/ch``, ``M2:4``, ``W.5``, ``S2:4+G4/64``, ``D`` (dense)."""
     if option == DENSE:
         return "D"
     if option == DROP:
-        return "×"
+        return ""
     parts = []
     for part in option.split("+"):
-        m = re.match(r"^[a-z]+-b(\d+)-g(\d+|ch)$", part)
-        if m:
-            parts.append(f"{m[1]}/{m[2]}")
-        else:
-            parts.append(part.split("-", 1)[1].lstrip("0"))
+        method, _, rest = part.partition("-")
+        m = re.match(r"^b(\d+)-g(\d+|ch)$", rest)
+        value = f"{m[1]}/{m[2]}" if m else rest.removeprefix("0")
+        parts.append(METHOD_LETTERS.get(method, method[:1].upper()) + value)
     return "+".join(parts)
 
 
@@ -237,7 +244,7 @@ def _budget_label(plan: Plan) -> str:
     return ", ".join(f"{k}≤{v:g}" if k in ("avg_bits", "bytes") else f"{k}≥{v:g}" for k, v in plan.budget.items())
 
 
-def plot_plan_heatmap(run_dir: str | Path, out: str | Path) -> list[Path]:
+def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None = None) -> list[Path]:
     """Heatmap of the chosen option of every unit (rows) in every plan of a run (columns)."""
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch, Rectangle
@@ -265,7 +272,7 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path) -> list[Path]:
         elif opt == DROP:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", edgecolor="#b22222",
                                    hatch="xxx", linewidth=0))
-        if n_units * n_plans <= 1200 and opt != DROP:
+        if n_units * n_plans <= 1200:
             value = bpw[i, j]
             dark = not special[i, j] and norm(value) < 0.6
             ax.text(j, i, _short(opt), ha="center", va="center", fontsize=6.5,
@@ -284,7 +291,8 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path) -> list[Path]:
                        Patch(facecolor="white", edgecolor="#b22222", hatch="xxx", label="dropped")],
               loc="upper left", bbox_to_anchor=(1.0 + 0.9 / max(n_plans, 1), 1.0), frameon=False, fontsize=8)
     ax.set_ylabel(f"unit ({prefix}…)" if prefix else "unit")
-    ax.set_title(f"plans of {run_dir.resolve().name}", pad=34)
+    ax.set_xlabel(LABEL_KEY, fontsize=8)
+    ax.set_title(f"plans of {name or run_dir.resolve().name}", pad=34)
     fig.tight_layout()
     return _save(fig, Path(out))
 
@@ -300,7 +308,13 @@ def _common_prefix(names: Sequence[str]) -> str:
     return first[: first.rfind(".", 0, i) + 1] if "." in first[:i] else ""
 
 
-def write_run_plots(run_dir: str | Path) -> list[Path]:
-    """``pareto.png``/``pareto.svg`` and ``plan_heatmap.png`` in ``run_dir``; returns the written files."""
+def write_run_plots(run_dir: str | Path, *, name: str | None = None) -> list[Path]:
+    """``pareto.png``/``pareto.svg`` and ``plan_heatmap.png`` in ``run_dir``; returns the written files.
+
+    ``name`` labels the run (default: the directory name; the runner passes the final name while it
+    writes into a temporary directory).
+    """
     run_dir = Path(run_dir)
-    return [*plot_pareto([run_dir], run_dir / "pareto.png"), *plot_plan_heatmap(run_dir, run_dir / "plan_heatmap.png")]
+    names = None if name is None else [name]
+    return [*plot_pareto([run_dir], run_dir / "pareto.png", names=names),
+            *plot_plan_heatmap(run_dir, run_dir / "plan_heatmap.png", name=name)]

@@ -1,4 +1,4 @@
-"""The ``layerbudget`` command line: run experiments (more subcommands build on the same parser)."""
+"""The ``layerbudget`` command line: run experiments, show and plot runs, export and apply plans."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from layerbudget.errors import LayerbudgetError
 
+if TYPE_CHECKING:
+    from layerbudget.config import ExperimentConfig
+    from layerbudget.plan import Plan
+
 EXIT_USAGE = 2
+EXIT_MISMATCH = 1
+EXPORT_FORMATS = ("llmcompressor", "gptqmodel", "checkpoint")  # experiments.export.FORMATS, without importing it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    plot = sub.add_parser("plot", help="Pareto frontiers of one or more run directories (and a plan heatmap of one)")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
+    plot.add_argument("--out", help="figure file (default: RUN_DIR/pareto.png for one run, ./pareto.png for several)")
+
+    show = sub.add_parser("show", help="print a run's summary table and the option counts of its plan")
+    show.add_argument("run_dir", metavar="RUN_DIR")
+
+    export = sub.add_parser("export", help="export a run's plan to a deployment format")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    export.add_argument("--out", help="output path (default: RUN_DIR/export/<recipe.yaml|quantize_config.json|checkpoint>)")
+    export.add_argument("--plan", help="plan file to export instead of RUN_DIR/plan.json (e.g. plans/ilp-b1.json)")
+    export.add_argument("--allow-drop", action="store_true",
+                        help="export plans with dropped sub-blocks to formats that cannot drop (they are left out)")
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    apply = sub.add_parser("apply", help="rebuild a plan's compressed model and re-measure its fitness")
+    apply.add_argument("plan", metavar="PLAN", help="plan.json (or a run directory holding one)")
+    apply.add_argument("model", nargs="?", metavar="MODEL", help="model directory or hub id (default: the plan's)")
+    apply.add_argument("--config", help="experiment TOML to use instead of the config stored in the plan")
+    apply.add_argument("--tolerance", type=float, default=1e-4, help="relative tolerance on fitness (default 1e-4)")
+    apply.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -68,6 +99,130 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from layerbudget.experiments.plots import plot_pareto, plot_plan_heatmap
+
+    runs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else (runs[0] / "pareto.png" if len(runs) == 1 else Path("pareto.png"))
+    written = plot_pareto(runs, out)
+    if len(runs) == 1:
+        written += plot_plan_heatmap(runs[0], runs[0] / "plan_heatmap.png")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _load_run_plan(run_dir: str, plan_file: str | None = None) -> Plan:
+    """The plan of a run directory (``plan.json``, or ``plan_file`` resolved against the run directory)."""
+    from layerbudget.plan import Plan
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise LayerbudgetError(f"run directory {run_dir!r} does not exist")
+    if plan_file is None:
+        if not (root / "plan.json").is_file():
+            raise LayerbudgetError(f"{run_dir!r} has no finished plan.json (is the run complete?)")
+        return Plan.load(root / "plan.json")
+    for path in (Path(plan_file), root / plan_file, root / "plans" / plan_file, root / "plans" / f"{plan_file}.json"):
+        if path.is_file():
+            return Plan.load(path)
+    raise LayerbudgetError(f"plan {plan_file!r} not found (looked in {run_dir!r} and its plans/)")
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    plan = _load_run_plan(args.run_dir)
+    root = Path(args.run_dir)
+    print(f"run {root.resolve().name}: model {plan.model['id']} ({plan.model.get('family', '?')}), "
+          f"fitness {plan.provenance.get('fitness', '?')}")
+    if (root / "summary.csv").is_file():
+        summary = pd.read_csv(root / "summary.csv")
+        if "bytes" in summary.columns:
+            summary["MB"] = summary["bytes"] / 1e6
+        columns = [c for c in ("budget", "searcher", "avg_bits", "MB", "fitness", "heldout", "evaluations", "seconds")
+                   if c in summary.columns]
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    measured = ", ".join(f"{k} {v:.4g}" for k, v in plan.measured.items())
+    budget = ", ".join(f"{k} {v:g}" for k, v in plan.budget.items())
+    print(f"\nplan.json: {plan.searcher} at budget {budget}; {measured}")
+    counts = pd.Series(list(plan.units.values())).value_counts()
+    print(counts.rename_axis("option").reset_index(name="units").to_string(index=False))
+    if plan.dropped:
+        print(f"dropped sub-blocks: {', '.join(plan.dropped)}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from layerbudget.experiments.export import PLAN_EXPORTERS, export_checkpoint
+
+    plan = _load_run_plan(args.run_dir, args.plan)
+    default = {"llmcompressor": "recipe.yaml", "gptqmodel": "quantize_config.json", "checkpoint": "checkpoint"}
+    out = Path(args.out) if args.out else Path(args.run_dir) / "export" / default[args.format]
+    if args.format == "checkpoint":
+        from layerbudget.apply import check_checkpoint_dir, check_ties
+        from layerbudget.prepare import prepare
+
+        check_ties(plan)  # fail fast, before the model and database are prepared
+        check_checkpoint_dir(out)
+        prep = prepare(_plan_config(plan, None), progress=not args.quiet)
+        exported = export_checkpoint(plan, prep.adapter, prep.database, out)
+    else:
+        exported = PLAN_EXPORTERS[args.format](plan, out, allow_drop=args.allow_drop)
+    for note in exported.notes:
+        _note(f"note: {note}")
+    print(f"wrote {exported.path}")
+    return 0
+
+
+def _plan_config(plan: Plan, config_file: str | None, model: str | None = None) -> ExperimentConfig:
+    """The experiment config of a plan: ``config_file``, else the one stored in its provenance."""
+    import dataclasses
+
+    from layerbudget.config import config_from_dict, load_config
+
+    if config_file is not None:
+        cfg = load_config(config_file)
+    elif isinstance(plan.provenance.get("config"), dict):
+        cfg = config_from_dict(plan.provenance["config"])
+    else:
+        raise LayerbudgetError("the plan stores no experiment config; pass --config EXPERIMENT.toml")
+    if model is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, id=model))
+    return cfg
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from layerbudget.apply import reproduce
+    from layerbudget.plan import Plan
+
+    if not args.tolerance >= 0:
+        raise LayerbudgetError(f"--tolerance must be a non-negative number, but got {args.tolerance}")
+    path = Path(args.plan)
+    plan = Plan.load(path / "plan.json" if path.is_dir() else path)
+    result = reproduce(plan, _plan_config(plan, args.config, args.model), progress=not args.quiet)
+    if not result.same_calibration:
+        _note("note: the calibration tokens differ from those the plan was measured on")
+    recorded, held = plan.measured.get("fitness"), plan.measured.get("heldout")
+    print(f"{result.fitness_name} (calibration): reproduced {result.fitness:.6g}, plan {recorded if recorded is None else f'{recorded:.6g}'}")
+    print(f"{result.fitness_name} (held-out):    reproduced {result.heldout:.6g}, plan {held if held is None else f'{held:.6g}'}")
+    if recorded is None:
+        _note("note: the plan records no fitness; nothing to compare")
+        return 0
+    diff = result.rel_diff(recorded)
+    if diff <= args.tolerance:
+        print(f"reproduced: relative difference {diff:.2g} <= {args.tolerance:g}")
+        return 0
+    print(f"error: reproduced fitness differs from the plan's by {diff:.3g} (relative), more than {args.tolerance:g}",
+          file=sys.stderr)
+    return EXIT_MISMATCH
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -80,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        return {"run": _cmd_run}[args.command](args)
+        commands = {"run": _cmd_run, "plot": _cmd_plot, "show": _cmd_show, "export": _cmd_export, "apply": _cmd_apply}
+        return commands[args.command](args)
     except LayerbudgetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,508 @@
+"""Apply a plan to a model: ``compress_`` (the weights the search scored) and packed checkpoints.
+
+- :func:`compress_` swaps every unit of a model for the variant its plan names (decoded from the
+  variant database, or computed on the spot for options that need no calibration) and drops the
+  plan's sub-blocks, in place. Its outputs are exactly those of the model the search evaluated.
+- :func:`save_compressed` writes a checkpoint directory that stores every unit whose option has a
+  kernel format in that format (:mod:`layerbudget.kernels`), and :func:`load_compressed` rebuilds
+  the Hugging Face model from it with ``QuantLinear``/``SparseLinear``/``Sparse24QuantLinear``
+  modules (torch reference on CPU, Triton on GPU) whose outputs match :func:`compress_`.
+
+Checkpoint layout (``CHECKPOINT_VERSION``)::
+
+    config.json                  the model's config, plus a ``quantization_config`` naming layerbudget
+    tokenizer files              when the model has a tokenizer
+    model.safetensors            dense tensors under their usual names; a packed unit ``U`` stores
+                                 ``U.packed``/``U.scales``/... as written by the kernels' ``to_tensors``
+    layerbudget_checkpoint.json  family, dtype, per-unit option and storage format, notes
+    layerbudget_plan.json        the plan
+
+Storage formats: ``dense`` (the original weight), ``lowbit`` (2/3/4/8-bit ``PackedQuantWeight``),
+``sparse24`` (``Sparse24Weight``), ``sparse24_quant`` (``Sparse24QuantWeight``), ``fakequant`` (an
+option without a kernel format — 5/6 bits, unstructured sparsity — stored as the dense weight it
+decodes to) and ``drop`` (nothing stored; the module computes zeros).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from layerbudget.errors import LayerbudgetError
+from layerbudget.families import DROP_ZERO, FamilySpec, family_by_name, family_for_model_type, known_families
+from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
+from layerbudget.kernels.ops import PackedWeight, format_of
+from layerbudget.kernels.packing import PACK_BITS, k_multiple, pack
+from layerbudget.kernels.quant_weight import PackedQuantWeight
+from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
+from layerbudget.model import ModelAdapter, _ResidualPassthrough, _ZeroOutput, load_model
+from layerbudget.plan import Plan
+from layerbudget.profiles.cache import atomic_dir, atomic_write_text
+from layerbudget.profiles.database import Database
+from layerbudget.profiles.methods import compress, decode, load_codes
+from layerbudget.profiles.options import DENSE, DROP, Option, parse_option
+
+if TYPE_CHECKING:
+    from layerbudget.config import ExperimentConfig
+    from layerbudget.evaluators.fitness import Fitness
+
+CHECKPOINT_SCHEMA = "layerbudget.checkpoint"
+CHECKPOINT_VERSION = 1
+MANIFEST = "layerbudget_checkpoint.json"
+PLAN_FILE = "layerbudget_plan.json"
+WEIGHTS = "model.safetensors"
+PACKED_FORMATS = ("lowbit", "sparse24", "sparse24_quant")
+_MODULES = {"lowbit": QuantLinear, "sparse24": SparseLinear, "sparse24_quant": Sparse24QuantLinear}
+_WEIGHTS = {"lowbit": PackedQuantWeight, "sparse24": Sparse24Weight, "sparse24_quant": Sparse24QuantWeight}
+
+
+# ----- plan ↔ model checks -------------------------------------------------------------------------
+def plan_family(plan: Plan) -> FamilySpec:
+    """The plan's model family (``plan.model["family"]``, else the family whose block path fits)."""
+    name = plan.model.get("family")
+    if name:
+        return family_by_name(str(name))
+    for fam in known_families():
+        spec = family_by_name(fam)
+        if all(u.startswith(spec.blocks + ".") for u in plan.units):
+            return spec
+    raise LayerbudgetError("the plan names no model family and its unit names fit none of the known families")
+
+
+def tie_groups(plan: Plan) -> list[tuple[str, ...]]:
+    """Groups of the plan's units that deployment engines run as one fused layer (q/k/v, gate/up)."""
+    spec = plan_family(plan)
+    tie_of = {p: group for group in spec.ties for p in group}
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    prefix = spec.blocks + "."
+    for unit in plan.units:
+        block, _, path = unit[len(prefix):].partition(".") if unit.startswith(prefix) else ("", "", unit)
+        if path in tie_of:
+            groups.setdefault((block, tie_of[path]), []).append(unit)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
+
+
+def check_ties(plan: Plan) -> None:
+    """Raise unless every tie group shares one option (vLLM refuses mixed q/k/v or gate/up schemes)."""
+    for group in tie_groups(plan):
+        options = {plan.units[u] for u in group}
+        if len(options) > 1:
+            detail = ", ".join(f"{u.rsplit('.', 1)[-1]}={plan.units[u]}" for u in group)
+            raise LayerbudgetError(
+                f"tied units must share one option, but {group[0].rsplit('.', 1)[0]} has {detail}"
+            )
+
+
+def check_plan(adapter: ModelAdapter, plan: Plan, database: Database | None = None, *, check_hash: bool = True) -> None:
+    """Raise a one-line error unless ``plan`` (and ``database``) were made for this model."""
+    names = {u.name for u in adapter.units}
+    missing = [u.name for u in adapter.units if u.name not in plan.units]
+    unknown = [n for n in plan.units if n not in names]
+    if missing or unknown:
+        parts = []
+        if unknown:
+            parts.append(f"{len(unknown)} plan unit(s) not in the model (e.g. {unknown[0]!r})")
+        if missing:
+            parts.append(f"{len(missing)} model unit(s) not in the plan (e.g. {missing[0]!r})")
+        raise LayerbudgetError(f"the plan is for a different model ({plan.model.get('id')!r}): {'; '.join(parts)}")
+    if check_hash and plan.model["weight_hash"] != adapter.weight_hash():
+        raise LayerbudgetError(
+            f"the plan is for a different model: its weight hash {plan.model['weight_hash'][:16]} differs from "
+            f"{adapter.model_id!r} ({adapter.weight_hash()[:16]})"
+        )
+    if database is not None:
+        db_hash = database.index.get("model", {}).get("weight_hash")
+        if db_hash != adapter.weight_hash():
+            raise LayerbudgetError(f"the database {database.root} was built for another model (weight hash {str(db_hash)[:16]})")
+        for u in database.index["units"]:
+            if tuple(u["shape"]) != adapter.unit(u["name"]).shape:
+                raise LayerbudgetError(
+                    f"the database stores {u['name']} with shape {tuple(u['shape'])}, but the model has "
+                    f"{adapter.unit(u['name']).shape}"
+                )
+    droppable = {sb.name: sb for sb in adapter.subblocks}
+    for name in plan.dropped:
+        if name not in droppable:
+            raise LayerbudgetError(f"the plan drops {name!r}, which is not a droppable sub-block of this model")
+    in_dropped = {u for name in plan.dropped for u in droppable[name].units}
+    for unit, opt in plan.units.items():
+        if (opt == DROP) != (unit in in_dropped):
+            why = "but its sub-block is kept" if opt == DROP else "but its sub-block is dropped"
+            raise LayerbudgetError(f"the plan gives {unit} option {opt!r} {why}")
+        reason = None if opt in (DENSE, DROP) else parse_option(opt).applies_to(adapter.unit(unit).shape)
+        if reason:
+            raise LayerbudgetError(f"option {opt!r} does not apply to {unit}: {reason}")
+    for group in adapter.groups:
+        options = {plan.units[u.name] for u in group.units}
+        if len(options) > 1:
+            raise LayerbudgetError(f"tied units {group.name} must share one option, but the plan gives {sorted(options)}")
+
+
+# ----- compress_ ----------------------------------------------------------------------------------
+def adapter_for(model: nn.Module | ModelAdapter) -> ModelAdapter:
+    """``model`` itself when it is an adapter, else a new adapter (family from ``config.model_type``)."""
+    if isinstance(model, ModelAdapter):
+        return model
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise LayerbudgetError(f"cannot tell the family of a {type(model).__name__}; pass a ModelAdapter")
+    name = str(getattr(config, "_name_or_path", "") or type(model).__name__)
+    return ModelAdapter(model, family_for_model_type(model_type), model_id=name)
+
+
+def variant_tensors(adapter: ModelAdapter, database: Database | None, unit: str, option: str) -> dict[str, torch.Tensor]:
+    """The stored tensors of ``unit`` under ``option`` (from the database, or computed when it needs no data)."""
+    if database is not None:
+        return database.tensors(unit, option)
+    opt = parse_option(option)
+    if opt.needs_calibration:
+        raise LayerbudgetError(
+            f"option {option!r} needs calibration statistics; pass the database the plan was searched with "
+            "(`layerbudget apply PLAN` rebuilds it)"
+        )
+    return compress(opt, adapter.dense_weight(unit))
+
+
+def compress_(
+    model: nn.Module | ModelAdapter,
+    plan: Plan,
+    database: Database | None = None,
+    *,
+    check_hash: bool = True,
+) -> ModelAdapter:
+    """Make ``model`` hold ``plan`` in place: every unit at its option, the plan's sub-blocks dropped.
+
+    Weights come from ``database`` (the variants the search scored); without one, options that need
+    no calibration (``rtn``, ``magnitude``) are computed on the spot. Returns the adapter; its
+    :meth:`~layerbudget.model.ModelAdapter.restore` brings back the dense model.
+    """
+    adapter = adapter_for(model)
+    check_plan(adapter, plan, database, check_hash=check_hash)
+    adapter.restore()
+    try:
+        for name in plan.dropped:
+            adapter.drop(name)
+        for unit, option in plan.units.items():
+            if option in (DENSE, DROP):
+                continue
+            if database is not None:
+                weight = database.weight(unit, option)
+            else:
+                weight = decode(variant_tensors(adapter, None, unit, option), adapter.unit(unit).shape)
+            adapter.set_weight(unit, weight)
+    except BaseException:
+        adapter.restore()  # never leave a half-applied plan behind
+        raise
+    return adapter
+
+
+# ----- packed formats -----------------------------------------------------------------------------
+def _mask(tensors: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    n, k = shape
+    bits = np.unpackbits(tensors["mask"].numpy(), count=n * k)
+    return torch.from_numpy(bits.astype(bool)).reshape(n, k)
+
+
+def _positions_24(mask: torch.Tensor) -> torch.Tensor | None:
+    """uint8 ``[N, K/2]`` kept positions of a mask with exactly two kept values per group of four."""
+    n, k = mask.shape
+    groups = mask.reshape(n, k // 4, 4)  # [N, K/4, 4]
+    if not bool((groups.sum(-1) == 2).all()):
+        return None
+    key = groups.to(torch.int64) * 4 + (3 - torch.arange(4))  # kept first, then lowest position
+    pos = key.topk(2, dim=-1).indices.sort(dim=-1).values  # [N, K/4, 2]
+    return pos.reshape(n, k // 2).to(torch.uint8)
+
+
+def pack_variant(
+    option: Option, tensors: Mapping[str, torch.Tensor], shape: tuple[int, int]
+) -> tuple[PackedWeight | None, str]:
+    """The kernels' packed form of a stored variant, or ``(None, reason)`` when no kernel format fits.
+
+    Packing is lossless: the packed weight dequantizes to exactly what :func:`decode` returns.
+    """
+    n, k = shape
+    if option.bits is not None and option.bits not in PACK_BITS:
+        return None, f"{option.bits}-bit codes have no kernel format (kernels pack {'/'.join(map(str, PACK_BITS))} bits)"
+    if option.sparse is not None and option.pattern != "2:4":
+        return None, "unstructured sparsity has no kernel format (kernels run 2:4 only)"
+    if option.pattern == "2:4":
+        if k % 32:
+            return None, f"2:4 kernels need K divisible by 32, but K={k}"
+        pos = _positions_24(_mask(tensors, shape))
+        if pos is None:
+            return None, "the stored mask is not exactly two of every four"
+        meta = pack(pos, 2).contiguous()
+        if option.bits is None:
+            return Sparse24Weight.from_parts(tensors["values"].reshape(n, k // 2).contiguous(), meta, shape), ""
+        g = option.group_size
+        if (g is not None and g % 2) or (k // 2) % k_multiple(option.bits):
+            return None, f"2:4 + {option.bits}-bit kernels need an even group size and K/2 divisible by {k_multiple(option.bits)}"
+        codes = load_codes(dict(tensors), shape)  # [N, K]
+        kept = codes.reshape(n, k // 4, 4).gather(-1, pos.reshape(n, k // 4, 2).long()).reshape(n, k // 2)
+        # a dense group of g columns holds exactly g/2 kept values, so the scales line up unchanged
+        values = PackedQuantWeight.from_codes(kept, tensors["scales"], tensors["zeros"], option.bits,
+                                              None if g is None else g // 2)
+        return Sparse24QuantWeight(values, meta, shape), ""
+    if "packed" not in tensors:
+        return None, f"K={k} is not a multiple of {k_multiple(option.bits)} needed to pack {option.bits}-bit codes"  # type: ignore[arg-type]
+    return PackedQuantWeight(tensors["packed"].contiguous(), tensors["scales"].contiguous(),
+                             tensors["zeros"].contiguous(), option.bits, option.group_size, shape), ""  # type: ignore[arg-type]
+
+
+# ----- save ---------------------------------------------------------------------------------------
+def check_checkpoint_dir(out: str | Path) -> None:
+    """Raise unless ``out`` is free or an earlier layerbudget checkpoint (which may be replaced)."""
+    path = Path(out)
+    if path.exists() and not (path.is_dir() and (path / MANIFEST).is_file()):
+        raise LayerbudgetError(f"output {str(out)!r} exists and is not a layerbudget checkpoint; choose another path")
+
+
+def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors to save (each storage once) and aliases ``name -> saved name`` for tied weights."""
+    out: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in state.items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        t = t.clone() if (t.numel() and ptr in storages) or not t.is_contiguous() else t
+        storages.add(ptr)
+        seen[key] = name
+        out[name] = t
+    return out, aliases
+
+
+def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None, out: str | Path) -> dict:
+    """Write the packed checkpoint of ``plan`` on ``adapter``'s model to ``out``; returns the manifest.
+
+    ``out`` must not exist, or be an earlier layerbudget checkpoint (it is replaced atomically). The
+    adapter is restored to the dense model afterwards.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    check_checkpoint_dir(out)
+    compress_(adapter, plan, database)
+    try:
+        state = dict(adapter.model.state_dict())
+        units: dict[str, dict] = {}
+        fallbacks: dict[tuple[str, str], list[str]] = {}
+        for unit, option in plan.units.items():
+            shape = adapter.unit(unit).shape
+            entry = {"option": option, "shape": list(shape)}
+            if option == DENSE:
+                entry["format"] = "dense"
+            elif option == DROP:
+                state.pop(f"{unit}.weight", None)
+                state.pop(f"{unit}.bias", None)
+                entry["format"] = "drop"
+            else:
+                packed, reason = pack_variant(parse_option(option), variant_tensors(adapter, database, unit, option), shape)
+                if packed is None:
+                    entry["format"] = "fakequant"
+                    fallbacks.setdefault((option, reason), []).append(unit)
+                else:
+                    del state[f"{unit}.weight"]
+                    state.update(packed.to_tensors(f"{unit}."))
+                    entry["format"] = format_of(packed)
+            units[unit] = entry
+        tensors, aliases = _dedupe(state)
+        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+        notes = [
+            f"{opt} ({len(us)} unit(s)) stored as dense fake-quantized {dtype} weights: {why}"
+            for (opt, why), us in sorted(fallbacks.items())
+        ]
+        manifest = {
+            "schema": CHECKPOINT_SCHEMA,
+            "version": CHECKPOINT_VERSION,
+            "model": dict(plan.model),
+            "family": adapter.spec.name,
+            "dtype": dtype,
+            "dropped": list(plan.dropped),
+            "units": units,
+            "aliases": aliases,
+            "notes": notes,
+        }
+        with atomic_dir(out) as tmp:
+            save_file({k: v.to("cpu") for k, v in tensors.items()}, str(tmp / WEIGHTS),
+                      metadata={"format": "pt", "layerbudget_checkpoint": str(CHECKPOINT_VERSION)})
+            adapter.model.config.save_pretrained(tmp)
+            config = json.loads((tmp / "config.json").read_text())
+            # makes other loaders warn instead of silently using random weights for packed units
+            config["quantization_config"] = {"quant_method": "layerbudget", "version": CHECKPOINT_VERSION,
+                                             "loader": "layerbudget.apply.load_compressed"}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if adapter.tokenizer is not None and hasattr(adapter.tokenizer, "save_pretrained"):
+                adapter.tokenizer.save_pretrained(str(tmp))
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            plan.save(tmp / PLAN_FILE)
+    finally:
+        adapter.restore()
+    return manifest
+
+
+# ----- load ---------------------------------------------------------------------------------------
+def read_manifest(path: str | Path) -> dict:
+    """The checkpoint manifest of ``path``, validated (schema, version, formats)."""
+    root = Path(path)
+    if not (root / MANIFEST).is_file() or not (root / WEIGHTS).is_file():
+        raise LayerbudgetError(f"{str(path)!r} is not a layerbudget checkpoint (no {MANIFEST} or {WEIGHTS})")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise LayerbudgetError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
+    if manifest.get("schema") != CHECKPOINT_SCHEMA or manifest.get("version") != CHECKPOINT_VERSION:
+        raise LayerbudgetError(
+            f"{root / MANIFEST} has schema/version {manifest.get('schema')!r}/{manifest.get('version')!r}; "
+            f"expected {CHECKPOINT_SCHEMA!r}/{CHECKPOINT_VERSION}"
+        )
+    formats = ("dense", "fakequant", "drop", *PACKED_FORMATS)
+    for unit, entry in manifest.get("units", {}).items():
+        if entry.get("format") not in formats:
+            raise LayerbudgetError(f"{root / MANIFEST}: unit {unit} has unknown format {entry.get('format')!r}")
+    return manifest
+
+
+def _out_features(module: nn.Module) -> int:
+    if hasattr(module, "out_features"):
+        return int(module.out_features)
+    if hasattr(module, "nf"):  # GPT-2 Conv1D
+        return int(module.nf)
+    raise LayerbudgetError(f"cannot tell the output size of {type(module).__name__}")
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model of a checkpoint written by :func:`save_compressed`, in eval mode on ``device``.
+
+    Packed units become ``QuantLinear``/``SparseLinear``/``Sparse24QuantLinear`` modules, dropped
+    sub-blocks the identity on the residual stream, as in :meth:`ModelAdapter.drop`.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    spec = family_by_name(manifest["family"])
+    config = AutoConfig.from_pretrained(str(root))
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(manifest["dtype"])
+    if dtype is None:
+        raise LayerbudgetError(f"{root / MANIFEST} names unsupported dtype {manifest['dtype']!r}")
+    loader = AutoModel if spec.task == "encoder" else AutoModelForCausalLM
+    model = loader.from_config(config, dtype=dtype)
+    blocks = model.get_submodule(spec.blocks)
+    rules = {kind: (p, rule) for kind, p, rule in spec.drop}
+    for name in manifest["dropped"]:
+        block, _, kind = name[len(spec.blocks) + 1:].partition(".")
+        if kind not in rules:
+            raise LayerbudgetError(f"{root / MANIFEST} drops {name!r}, which family {spec.name!r} cannot drop")
+        sub_path, rule = rules[kind]
+        target = blocks[int(block)]
+        original = target.get_submodule(sub_path)
+        _replace(target, sub_path, _ZeroOutput(_out_features(original)) if rule == DROP_ZERO else _ResidualPassthrough())
+    tensors = load_file(str(root / WEIGHTS))
+    packed_units: list[str] = []
+    for unit, entry in manifest["units"].items():
+        fmt = entry["format"]
+        if fmt == "drop":
+            try:
+                model.get_submodule(unit)
+            except AttributeError:
+                continue  # replaced by its sub-block's drop rule
+            _replace(model, unit, _ZeroOutput(int(entry["shape"][0])))
+        elif fmt in PACKED_FORMATS:
+            prefix = f"{unit}."
+            own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+            bias = own.pop("bias", None)
+            try:
+                weight = _WEIGHTS[fmt].from_tensors(own)
+            except ValueError as exc:
+                raise LayerbudgetError(f"checkpoint tensors of {unit} are damaged: {exc}") from None
+            if list(weight.shape) != list(entry["shape"]):
+                raise LayerbudgetError(f"checkpoint stores {unit} with shape {weight.shape}, expected {entry['shape']}")
+            _replace(model, unit, _MODULES[fmt].from_packed(weight, bias))
+            packed_units.append(prefix)
+    for alias, saved in manifest.get("aliases", {}).items():
+        tensors[alias] = tensors[saved]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.startswith(tuple(packed_units))]  # loaded by from_packed
+    if missing or unexpected:
+        raise LayerbudgetError(
+            f"checkpoint {str(path)!r} does not fit its config: {len(missing)} missing tensor(s) "
+            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}"
+        )
+    return model.to(device).eval()
+
+
+# ----- reproduce ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reproduction:
+    """A plan re-applied from scratch and re-measured on its calibration and held-out windows."""
+
+    fitness: float
+    heldout: float
+    fitness_name: str
+    same_calibration: bool  # the calibration tokens hash to what the plan recorded
+
+    def rel_diff(self, recorded: float) -> float:
+        return abs(self.fitness - recorded) / max(abs(recorded), 1e-30)
+
+
+def _measure(adapter: ModelAdapter, ids: torch.Tensor, fitness: Fitness, batch_size: int,
+             refs: list[torch.Tensor]) -> float:
+    num = den = 0.0
+    for chunk, ref in zip(torch.split(ids, batch_size), refs):
+        n, d = fitness.partial(adapter.forward(chunk), ref)
+        num, den = num + n, den + d
+    return num / den if den > 0 else float("nan")
+
+
+def reproduce(plan: Plan, cfg: ExperimentConfig, *, progress: bool = False) -> Reproduction:
+    """Rebuild the model of ``plan`` from ``cfg`` (its database reused from the cache or rebuilt) and re-measure.
+
+    The model is compressed with :func:`compress_` and scored by full forward passes, independently
+    of the search's evaluator.
+    """
+    from layerbudget.prepare import prepare
+
+    try:  # reuse the cached database without building anything
+        prep = prepare(cfg, progress=progress, build=False)
+    except LayerbudgetError:  # no database yet: check the model before paying for one
+        probe = load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype, device=cfg.model.device)
+        check_plan(probe, plan)
+        del probe
+        prep = prepare(cfg, progress=progress, build=True)
+    adapter, tokens, fitness, bs = prep.adapter, prep.tokens, prep.fitness, cfg.data.batch_size
+    check_plan(adapter, plan, prep.database)
+    adapter.restore()
+    refs = {name: [fitness.reference(adapter.forward(c)) for c in torch.split(ids, bs)]
+            for name, ids in (("calib", tokens.calib), ("heldout", tokens.heldout))}
+    compress_(adapter, plan, prep.database)
+    try:
+        fit = _measure(adapter, tokens.calib, fitness, bs, refs["calib"])
+        held = _measure(adapter, tokens.heldout, fitness, bs, refs["heldout"])
+    finally:
+        adapter.restore()
+    recorded = plan.provenance.get("data", {})
+    same = not isinstance(recorded, Mapping) or recorded.get("calib_sha256") in (None, prep.calib_hash)
+    return Reproduction(fit, held, fitness.name, same)
