@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -49,6 +49,9 @@ from layerbudget.config import ExperimentConfig, config_from_dict
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search.base import EvalRequest, Evaluation
 from layerbudget.search.executor import Executor
+
+if TYPE_CHECKING:
+    from layerbudget.prepare import Prepared
 
 _DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
 
@@ -112,6 +115,7 @@ class _Worker:
         }
         self.node_id = ray.get_runtime_context().get_node_id()
         self.threads = threads
+        self.busy_s = 0.0  # seconds spent scoring (the rest of a task's wall time is Ray's)
         self._exit_after: int | None = None
 
     def info(self) -> dict[str, Any]:
@@ -121,11 +125,13 @@ class _Worker:
             "pid": os.getpid(),
             "threads": self.threads,
             "scored": self.evaluator.n_scored,
+            "busy_s": self.busy_s,
             "memory": _memory(),
         }
 
     def score(self, requests: list[EvalRequest]) -> tuple[list[float], str]:
         """Fitness of each request in order, and the node that computed them."""
+        start = time.perf_counter()
         out = []
         for r in requests:
             if self._exit_after is not None:
@@ -133,6 +139,7 @@ class _Worker:
                 if self._exit_after < 0:
                     os._exit(1)  # fault injection (tests): die like a crashed or OOM-killed worker
             out.append(float(self.evaluator.score(r.candidate, r.windows, r.batch)))
+        self.busy_s += time.perf_counter() - start
         return out, self.node_id
 
     def exit_after(self, n: int) -> None:
@@ -254,7 +261,7 @@ class RayExecutor(Executor):
         max_retries: int = 3,
         chunks_per_worker: int = 2,
         worker_resources: Sequence[Mapping[str, float]] | None = None,
-        prepared: Any = None,
+        prepared: Prepared | None = None,
         ship_database: bool = False,
         connect_timeout_s: float = 30.0,
         start_timeout_s: float = 600.0,
@@ -281,7 +288,17 @@ class RayExecutor(Executor):
             self.close()
             raise
 
-    def _setup(self, cfg, num_workers, threads, worker_resources, prepared, ship_database, cache_dir, start_timeout_s):
+    def _setup(
+        self,
+        cfg: ExperimentConfig,
+        num_workers: int | None,
+        threads: int | None,
+        worker_resources: Sequence[Mapping[str, float]] | None,
+        prepared: Prepared | None,
+        ship_database: bool,
+        cache_dir: Path,
+        start_timeout_s: float,
+    ) -> None:
         total = ray.cluster_resources()
         cpus = float(total.get("CPU", 0.0))
         if num_workers is None and worker_resources is not None:
@@ -316,7 +333,7 @@ class RayExecutor(Executor):
         self._shared = {"config": len(repr(data).encode())}
         self._cfg_ref = ray.put(data)
         self._db_ref = None
-        if ship_database:
+        if ship_database and prepared is not None:
             root = Path(prepared.database.root)
             files = _database_files(root)
             self._shared["database"] = sum(a.nbytes for a in files.values())
@@ -413,7 +430,8 @@ class RayExecutor(Executor):
 
     # ----- inspection and fault injection ------------------------------------------------------
     def worker_info(self) -> list[dict[str, Any]]:
-        """Per actor: node id, pid, threads, candidates scored, memory (bytes) and identity hashes."""
+        """Per actor: node id, pid, threads, candidates scored, seconds spent scoring (``busy_s``), memory
+        (bytes: ``rss`` and on Linux ``rss_anon``/``rss_file``/``rss_shmem``) and identity hashes."""
         return ray.get([a.info.remote() for a in self._actors])
 
     def shared_bytes(self) -> dict[str, int]:

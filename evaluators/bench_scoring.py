@@ -1,0 +1,327 @@
+"""Benchmark of candidate scoring: engine vs naive re-evaluation, Ray actors vs inline, shared memory.
+
+Usage::
+
+    python -m layerbudget.evaluators.bench_scoring [--out bench-scoring.json] [--candidates 64]
+        [--seq-len 32] [--windows 4] [--repeats 3] [--no-ray]
+
+On the embedded MiniLM with a small config it measures, in one run:
+
+a) the evaluation engine (stitching + block restart) against a naive full re-evaluation (restore and
+   swap every weight, full forward on the same tokens, same cached dense reference) on two candidate
+   sequences in which each candidate differs from the previous one in 1-3 slots: a *quantization
+   walk* (every block compressed, as an evolutionary search at 3.5 bits produces) and the
+   *one-at-a-time profile* sequence (one slot compressed, dense elsewhere, as the sensitivity
+   profile scores them). Goal: at least 2x. The two must agree on every fitness (checked).
+b) candidates/s of :class:`~layerbudget.search.ray_executor.RayExecutor` with 2 actors vs 1 actor on
+   one batch of the quantization walk (goal: at least 1.7x);
+c) the per-candidate overhead of the Ray executor with 1 actor vs the inline executor (goal: at
+   most 10 %);
+d) memory: bytes the Ray executor puts in the object store (config, shipped database) vs each
+   actor's resident memory.
+
+Each timing is the best of ``--repeats`` passes after one warm-up pass (decoded weights cached), so
+other load on a shared machine inflates the numbers less; the load average is reported beside them.
+Torch runs on one thread in the driver and in every actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerbudget.config import ExperimentConfig, config_from_dict
+from layerbudget.prepare import Prepared, prepare
+from layerbudget.profiles.options import DENSE, DROP
+from layerbudget.search.base import EvalRequest
+from layerbudget.search.executor import Executor, InlineExecutor
+from layerbudget.search.problem import Candidate, Problem
+
+BENCH_OPTIONS = ("rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "rtn-b8-g128")
+
+
+def bench_config(cache_dir: str | Path, *, seq_len: int = 32, windows: int = 4, options: Sequence[str] = BENCH_OPTIONS) -> ExperimentConfig:
+    return config_from_dict(
+        {
+            "name": "bench-scoring",
+            "data": {"seq_len": seq_len, "calib_windows": windows, "heldout_windows": 2, "batch_size": 8},
+            "options": {"names": list(options)},
+            "budget": {"avg_bits": 3.5},
+            "search": {"searchers": ["evolution"]},
+            "output": {"cache_dir": str(cache_dir)},
+        }
+    )
+
+
+# ----- candidate sequences -------------------------------------------------------------------------
+def quantization_walk(problem: Problem, n: int, rng: np.random.Generator, start: str = "rtn-b3-g64") -> list[Candidate]:
+    """``n`` candidates, each with 1-3 unit slots of the previous one set to another non-dense option."""
+    units = [i for i, s in enumerate(problem.slots) if not s.is_subblock]
+    cur = list(problem.uniform(start) or problem.uniform(DENSE))
+    out = []
+    for _ in range(n):
+        for i in rng.choice(units, size=int(rng.integers(1, 4)), replace=False):
+            opts = [j for j, o in enumerate(problem.slots[i].options) if o not in (DENSE, DROP) and j != cur[i]]
+            cur[i] = int(rng.choice(opts))
+        out.append(problem.canonical(cur))
+    return out
+
+
+def profile_walk(problem: Problem, n: int, rng: np.random.Generator) -> list[Candidate]:
+    """``n`` one-at-a-time candidates (one unit slot compressed, dense elsewhere) in profile order.
+
+    The profile scores every (slot, option) slot by slot; ``n`` of them are taken evenly spread over
+    that order, so every block is represented and consecutive candidates differ in at most 2 slots.
+    """
+    base = problem.uniform(DENSE)
+    jobs = []
+    for i, s in enumerate(problem.slots):
+        if not s.is_subblock:
+            jobs += [(i, j) for j in rng.permutation([j for j, o in enumerate(s.options) if o != DENSE]).tolist()]
+    out = []
+    for k in np.linspace(0, len(jobs) - 1, num=min(n, len(jobs))).round().astype(int):
+        i, j = jobs[k]
+        cand = list(base)
+        cand[i] = j
+        out.append(problem.canonical(cand))
+    return out
+
+
+# ----- naive scoring -------------------------------------------------------------------------------
+class NaiveScorer:
+    """Restore the dense model, swap every unit's weight, run the whole model: no stitching, no restart.
+
+    Uses its own model replica (``prep``) and caches the dense reference of the calibration windows,
+    as any evaluator would; decoded weights come from the same kind of cached database.
+    """
+
+    def __init__(self, prep: Prepared):
+        self.prep = prep
+        self.batches = list(torch.split(prep.tokens.calib, prep.cfg.data.batch_size))
+        prep.adapter.restore()
+        self.refs = [prep.fitness.reference(prep.adapter.forward(b)) for b in self.batches]
+
+    def score(self, candidate: Candidate, windows: int | None = None, batch: int = 0) -> float:
+        if windows is not None:
+            raise ValueError("the naive scorer only scores the calibration set")
+        ad, db = self.prep.adapter, self.prep.database
+        ad.restore()
+        units, dropped = self.prep.problem.assignment(candidate)
+        for sb in dropped:
+            ad.drop(sb)
+        for unit, option in units.items():
+            if option not in (DENSE, DROP):
+                ad.set_weight(unit, db.weight(unit, option))
+        num = den = 0.0
+        for ids, ref in zip(self.batches, self.refs):
+            n, d = self.prep.fitness.partial(ad.forward(ids), ref)
+            num, den = num + n, den + d
+        return num / den if den > 0 else float("nan")
+
+
+# ----- timing --------------------------------------------------------------------------------------
+def best_time(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Seconds of the fastest of ``repeats`` passes of each run, after one warm-up pass; runs interleave."""
+    for fn in runs.values():
+        fn()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def measure_engine(prep: Prepared, naive_prep: Prepared, sequences: dict[str, list[Candidate]], repeats: int) -> dict[str, Any]:
+    """(a): seconds per candidate of the engine and of naive scoring, and their agreement."""
+    engine, naive = prep.evaluator(), NaiveScorer(naive_prep)
+    out: dict[str, Any] = {}
+    for name, cands in sequences.items():
+        got = [engine.score(c) for c in cands]
+        want = [naive.score(c) for c in cands]
+        err = max(abs(g - w) / max(abs(w), 1e-12) for g, w in zip(got, want))
+        if err > 1e-4:
+            raise RuntimeError(f"engine and naive scores disagree on {name}: max relative error {err:.3g}")
+        t = best_time(
+            {"engine": lambda c=cands: [engine.score(x) for x in c], "naive": lambda c=cands: [naive.score(x) for x in c]},
+            repeats,
+        )
+        out[name] = {
+            "candidates": len(cands),
+            "engine_ms": 1e3 * t["engine"] / len(cands),
+            "naive_ms": 1e3 * t["naive"] / len(cands),
+            "speedup": t["naive"] / t["engine"],
+            "max_rel_diff": err,
+        }
+    naive_prep.adapter.restore()
+    return out
+
+
+def measure_ray(prep: Prepared, cands: list[Candidate], repeats: int, workers: Sequence[int] = (1, 2)) -> dict[str, Any]:
+    """(b), (c), (d): inline vs Ray with 1 and 2 actors on one batch of requests; memory of each."""
+    import ray
+
+    from layerbudget.search.ray_executor import RayExecutor
+
+    owns = not ray.is_initialized()
+    if owns:  # executors of every size stay alive together, so ask for enough (logical) CPUs
+        ray.init(num_cpus=max(os.cpu_count() or 1, sum(workers)), include_dashboard=False, logging_level="ERROR")
+    requests = [EvalRequest(c) for c in cands]
+    reference = [e.fitness for e in InlineExecutor(prep.evaluator()).evaluate(requests)]
+    executors: dict[str, Executor] = {"inline": InlineExecutor(prep.evaluator())}
+    out: dict[str, Any] = {"cluster_cpus": ray.cluster_resources().get("CPU", 0.0)}
+    try:
+        for n in workers:
+            t = time.perf_counter()
+            ex = RayExecutor(prep.cfg, num_workers=n, threads_per_worker=1, prepared=prep, ship_database=True)
+            out[f"start_{n}_actors_s"] = time.perf_counter() - t
+            if [e.fitness for e in ex.evaluate(requests)] != reference:
+                raise RuntimeError(f"Ray with {n} actors scored differently from inline")
+            executors[f"ray{n}"] = ex
+        t = best_time({k: (lambda ex=ex: ex.evaluate(requests)) for k, ex in executors.items()}, repeats)
+        for k, seconds in t.items():
+            out[k] = {"seconds": seconds, "candidates_per_s": len(requests) / seconds, "ms_per_candidate": 1e3 * seconds / len(requests)}
+        for n in workers:  # one more pass: how much of the wall time the actors spent scoring
+            ex = executors[f"ray{n}"]
+            busy = sum(i["busy_s"] for i in ex.worker_info())
+            t0 = time.perf_counter()
+            ex.evaluate(requests)
+            wall = time.perf_counter() - t0
+            busy = sum(i["busy_s"] for i in ex.worker_info()) - busy
+            out[f"ray{n}"].update(
+                {"check_pass_s": wall, "actor_busy_s": busy, "outside_scoring_ms_per_candidate": 1e3 * (wall - busy / n) / len(requests)}
+            )
+        if "ray1" in t:
+            out["overhead_ray1_vs_inline"] = t["ray1"] / t["inline"] - 1.0
+        if "ray1" in t and "ray2" in t:
+            out["speedup_ray2_vs_ray1"] = t["ray1"] / t["ray2"]
+        last = executors.get(f"ray{workers[-1]}")
+        if isinstance(last, RayExecutor):
+            out["memory"] = {
+                "object_store_bytes": last.shared_bytes(),
+                "actors": [{"node": i["node_id"][:12], "pid": i["pid"], **i["memory"]} for i in last.worker_info()],
+                "driver": _driver_memory(),
+            }
+    finally:
+        for ex in executors.values():
+            ex.close()
+        if owns:
+            ray.shutdown()
+    return out
+
+
+def _driver_memory() -> dict[str, int]:
+    from layerbudget.search.ray_executor import _memory
+
+    return _memory()
+
+
+# ----- report --------------------------------------------------------------------------------------
+def _mb(x: float) -> str:
+    return f"{x / 2**20:8.1f} MiB"
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_start']} -> {result['machine']['load_end']}"]
+    lines.append(f"{'(a) sequence':<24}{'engine ms':>10}{'naive ms':>10}{'speedup':>9}   goal >= 2x")
+    for name, r in result["engine"].items():
+        lines.append(f"    {name:<20}{r['engine_ms']:>10.1f}{r['naive_ms']:>10.1f}{r['speedup']:>8.2f}x")
+    ray_r = result.get("ray")
+    if ray_r:
+        lines.append(f"{'(b,c) executor':<24}{'cand/s':>10}{'ms/cand':>10}{'  ms/cand outside scoring':>26}")
+        for k in ("inline", "ray1", "ray2"):
+            if k in ray_r:
+                r = ray_r[k]
+                extra = f"{r['outside_scoring_ms_per_candidate']:>26.2f}" if "outside_scoring_ms_per_candidate" in r else ""
+                lines.append(f"    {k:<20}{r['candidates_per_s']:>10.2f}{r['ms_per_candidate']:>10.1f}{extra}")
+        if "speedup_ray2_vs_ray1" in ray_r:
+            lines.append(f"(b) 2 actors vs 1 actor : {ray_r['speedup_ray2_vs_ray1']:.2f}x   goal >= 1.7x")
+        if "overhead_ray1_vs_inline" in ray_r:
+            lines.append(f"(c) Ray 1 actor vs inline: {100 * ray_r['overhead_ray1_vs_inline']:+.1f} %   goal <= 10 %")
+        mem = ray_r.get("memory")
+        if mem:
+            for k, v in mem["object_store_bytes"].items():
+                lines.append(f"(d) object store, {k:<10}: {_mb(v)} (once per cluster)")
+            for a in mem["actors"]:
+                lines.append(
+                    f"(d) actor pid {a['pid']:<8}: rss {_mb(a['rss'])}  anon {_mb(a.get('rss_anon', 0))}  "
+                    f"file {_mb(a.get('rss_file', 0))}  shmem {_mb(a.get('rss_shmem', 0))}"
+                )
+            lines.append(f"(d) driver            : rss {_mb(mem['driver']['rss'])}")
+    return "\n".join(lines)
+
+
+def run(
+    cache_dir: str | Path,
+    *,
+    candidates: int = 64,
+    seq_len: int = 32,
+    windows: int = 4,
+    repeats: int = 3,
+    use_ray: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cfg = bench_config(cache_dir, seq_len=seq_len, windows=windows)
+    prep = prepare(cfg, progress=False)
+    naive_prep = prepare(cfg, progress=False, build=False)
+    rng = np.random.default_rng(seed)
+    sequences = {
+        "quantization walk": quantization_walk(prep.problem, candidates, rng),
+        "profile (one-at-a-time)": profile_walk(prep.problem, candidates, rng),
+    }
+    result: dict[str, Any] = {
+        "config": {"seq_len": seq_len, "calib_windows": windows, "batch_size": cfg.data.batch_size,
+                   "options": list(cfg.options.names), "candidates": candidates, "repeats": repeats, "torch_threads": 1},
+        "engine": measure_engine(prep, naive_prep, sequences, repeats),
+    }
+    del naive_prep
+    if use_ray:
+        result["ray"] = measure_ray(prep, sequences["quantization walk"], repeats)
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_start": [round(x, 2) for x in load_start] if load_start else None,
+        "load_end": [round(x, 2) for x in os.getloadavg()] if load_start else None,
+    }
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench-scoring.json", help="where to write the JSON results")
+    parser.add_argument("--candidates", type=int, default=64, help="candidates per sequence (and per Ray batch)")
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--windows", type=int, default=4, help="calibration windows scored per candidate")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement (best is kept)")
+    parser.add_argument("--cache-dir", default=None, help="database cache (default: a temporary directory)")
+    parser.add_argument("--no-ray", action="store_true", help="only measure (a), the engine against naive scoring")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(
+            args.cache_dir or tmp,
+            candidates=args.candidates,
+            seq_len=args.seq_len,
+            windows=args.windows,
+            repeats=args.repeats,
+            use_ray=not args.no_ray,
+        )
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The Ray executor: same numbers as inline, request order, every node used, actor deaths survived.
+
+All tests share the session's two-node cluster (``ray_cluster`` in ``conftest.py``) and one executor
+with one actor pinned to each node, so the suite pays for Ray and the actors' model loading once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from layerbudget.config import config_from_dict  # noqa: E402
+from layerbudget.errors import LayerbudgetError  # noqa: E402
+from layerbudget.prepare import prepare  # noqa: E402
+from layerbudget.search import EvalRequest, InlineExecutor, make_searcher, run_search  # noqa: E402
+from layerbudget.search.ray_executor import RayExecutor, _chunks  # noqa: E402
+
+SMALL_EVOLUTION = {"generations": 3, "offspring": 4, "stages": [(2, 1), (1, 2)]}
+
+
+def small_config(cache_dir) -> object:
+    return config_from_dict(
+        {
+            "name": "ray-test",
+            "data": {"seq_len": 32, "calib_windows": 4, "heldout_windows": 2, "batch_size": 4},
+            "options": {"names": ["rtn-b2-g64", "rtn-b4-g128", "drop"]},
+            "budget": {"avg_bits": 3.5},
+            "search": {"searchers": ["evolution"]},
+            "output": {"cache_dir": str(cache_dir)},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    prep = prepare(small_config(tmp_path_factory.mktemp("ray-cache")), progress=False)
+    yield prep
+    prep.adapter.restore()
+
+
+@pytest.fixture(scope="module")
+def inline(prepared):
+    return InlineExecutor(prepared.evaluator())
+
+
+@pytest.fixture(scope="module")
+def shipped_cache(tmp_path_factory):
+    """An empty cache dir for the actors: they get the database through the object store."""
+    return tmp_path_factory.mktemp("actor-cache")
+
+
+@pytest.fixture(scope="module")
+def executor(ray_cluster, prepared, shipped_cache):
+    """Two actors, one pinned to each node, given the database through the object store."""
+    cfg = dataclasses.replace(prepared.cfg, output=dataclasses.replace(prepared.cfg.output, cache_dir=str(shipped_cache)))
+    ex = RayExecutor(
+        cfg,
+        address=ray_cluster.address,
+        num_workers=2,
+        threads_per_worker=1,
+        worker_resources=[{r: 1} for r in ray_cluster.node_resources],
+        prepared=prepared,
+        ship_database=True,
+    )
+    yield ex
+    ex.close()
+
+
+def requests(problem, n: int, seed: int) -> list[EvalRequest]:
+    """Random candidates on the calibration set and on two fresh batches, interleaved."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        cand = problem.canonical([int(rng.integers(len(s.options))) for s in problem.slots])
+        out.append(EvalRequest(cand) if i % 3 == 0 else EvalRequest(cand, windows=2, batch=i % 2))
+    return out
+
+
+def fitness(evaluations) -> list[float]:
+    return [e.fitness for e in evaluations]
+
+
+def test_chunks_are_contiguous_and_balanced():
+    assert _chunks(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert _chunks(2, 4) == [(0, 1), (1, 2)]
+    assert _chunks(5, 1) == [(0, 5)]
+
+
+def test_matches_inline_in_request_order_on_every_node(executor, inline, prepared, shipped_cache):
+    reqs = requests(prepared.problem, 12, seed=0)
+    got = executor.evaluate(reqs)
+    assert [e.request for e in got] == reqs
+    assert fitness(got) == fitness(inline.evaluate(reqs))  # bit-identical, not approximately equal
+    infos = executor.worker_info()
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert {i["node_id"] for i in infos} == nodes == set(executor.last_nodes)
+    # contiguous chunks: the scoring node changes only at chunk boundaries (2 per actor)
+    switches = sum(a != b for a, b in zip(executor.last_nodes, executor.last_nodes[1:]))
+    assert switches <= 2 * executor.num_workers - 1
+    assert all(i["threads"] == 1 and i["memory"]["rss"] > 0 for i in infos)
+    assert len({i["pid"] for i in infos}) == 2
+    # the actors found no database in their cache dir and wrote the shipped one
+    assert (shipped_cache / "db" / prepared.database.root.name / "index.json").is_file()
+    assert executor.shared_bytes()["database"] >= prepared.database.size_bytes() > 0
+    assert executor.evaluate([]) == []
+
+
+def test_search_survives_dead_actors(executor, inline, prepared):
+    """One actor exits mid-chunk, another was killed while idle: both replaced, same search result."""
+    budget = prepared.cfg.budget[0]
+
+    def search(ex):
+        searcher = make_searcher("evolution", prepared.problem, budget, seed=3, **SMALL_EVOLUTION)
+        return run_search(searcher, ex)
+
+    expected = search(inline)
+    before = executor.restarts
+    executor.inject_crash(0, after=2)
+    ray.kill(executor._actors[1], no_restart=True)
+    got = search(executor)
+    assert executor.restarts - before == 2
+    assert got.result == expected.result
+    assert fitness(got.evaluations) == fitness(expected.evaluations)
+    assert [e.request for e in got.evaluations] == [e.request for e in expected.evaluations]
+
+
+def test_gives_up_after_max_retries_with_a_clear_error(executor, inline, prepared):
+    reqs = requests(prepared.problem, 4, seed=1)
+    executor.max_retries = 0
+    try:
+        executor.inject_crash(1, after=0)
+        with pytest.raises(LayerbudgetError, match=r"died 1 times \(max_retries=0\)"):
+            executor.evaluate(reqs)
+    finally:
+        executor.max_retries = 3
+    assert fitness(executor.evaluate(reqs)) == fitness(inline.evaluate(reqs))  # replaced, usable again
+
+
+def test_evaluator_errors_are_reraised_not_retried(executor, prepared):
+    cand = prepared.problem.uniform("rtn-b4-g128")
+    before = executor.restarts
+    with pytest.raises(LayerbudgetError, match="calibration windows"):
+        executor.evaluate([EvalRequest(cand, windows=10**6, batch=0)])
+    assert executor.restarts == before
+
+
+def test_unreachable_address_fails_fast(prepared):
+    with socket.socket() as s:  # a local port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    with pytest.raises(LayerbudgetError, match=f"cannot reach a Ray cluster at '127.0.0.1:{port}'"):
+        RayExecutor(prepared.cfg, address=f"127.0.0.1:{port}")
+    assert time.perf_counter() - t < 30
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_workers": 3, "threads_per_worker": 1}, "need 3 CPUs, but the Ray cluster has 2"),
+        ({"num_workers": 0}, "num_workers must be an integer >= 1"),
+        ({"max_retries": -1}, "max_retries must be an integer >= 0"),
+        ({"num_workers": 2, "worker_resources": [{}]}, "one mapping per worker"),
+        ({"ship_database": True}, "needs prepared="),
+        ({"address": "nonsense"}, "host:port"),
+    ],
+    ids=["too-many-cpus", "zero-workers", "negative-retries", "resources-length", "ship-without-prepared", "address"],
+)
+def test_bad_arguments_are_refused(ray_cluster, prepared, kwargs, match):
+    with pytest.raises(LayerbudgetError, match=match):
+        RayExecutor(prepared.cfg, **kwargs)
+
+
+
+def test_bench_engine_matches_naive_smoke(prepared):
+    """The benchmark's naive re-evaluation agrees with the engine (2 candidates per sequence)."""
+    from layerbudget.evaluators.bench_scoring import measure_engine, profile_walk, quantization_walk
+
+    rng = np.random.default_rng(0)
+    seqs = {"walk": quantization_walk(prepared.problem, 2, rng), "profile": profile_walk(prepared.problem, 2, rng)}
+    assert all(sum(a != b for a, b in zip(s[0], s[1])) <= 3 for s in seqs.values())
+    out = measure_engine(prepared, prepare(prepared.cfg, progress=False, build=False), seqs, repeats=1)
+    assert {k: v["candidates"] for k, v in out.items()} == {"walk": 2, "profile": 2}
+    assert all(v["max_rel_diff"] <= 1e-4 and v["speedup"] > 0 for v in out.values())
+
+
+@pytest.mark.slow
+def test_bench_scoring_runs_end_to_end(tmp_path):
+    """The whole benchmark on 3 candidates, with its own local Ray instance (a subprocess)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "-m", "layerbudget.evaluators.bench_scoring", "--out", str(out), "--candidates", "3",
+         "--repeats", "1", "--cache-dir", str(tmp_path / "cache")],
+        check=True, env=env, timeout=600,
+    )
+    result = json.loads(out.read_text())
+    assert set(result["engine"]) == {"quantization walk", "profile (one-at-a-time)"}
+    assert result["ray"]["speedup_ray2_vs_ray1"] > 0 and "overhead_ray1_vs_inline" in result["ray"]
+    assert result["ray"]["memory"]["object_store_bytes"]["database"] > 0
