@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,8 +14,10 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.experiments.outputs import CandidateLog, write_run_dir
 from layerbudget.plan import Plan, package_versions
 from layerbudget.prepare import prepare
+from layerbudget.profiles.cache import atomic_write_text
 from layerbudget.profiles.profile import load_or_build_profile
-from layerbudget.search import InlineExecutor, make_searcher, run_search
+from layerbudget.search import Executor, InlineExecutor, make_searcher
+from layerbudget.search.checkpoint import run_search_checkpointed
 
 
 @dataclass
@@ -26,19 +30,52 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bool) -> Path:
-    """The run directory; refuse an existing one unless ``overwrite``."""
+def partial_dir(run_dir: Path) -> Path:
+    """Where an unfinished run keeps its config and searcher checkpoints until it completes."""
+    return run_dir.with_name(run_dir.name + ".partial")
+
+
+def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bool, resume: bool = False) -> Path:
+    """The run directory; refuse an existing one unless ``overwrite`` (or ``resume`` an unfinished one)."""
     if out is None and cfg.output.dir:
         out = cfg.output.dir
     if out is None:
+        if resume:
+            raise LayerbudgetError("--resume needs the run directory of the interrupted run")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{cfg.name}-{stamp}"
     path = Path(out).expanduser()
+    if resume:
+        if not partial_dir(path).is_dir():
+            raise LayerbudgetError(f"{str(path)!r} has no unfinished run to resume ({partial_dir(path)} is missing)")
+        return path
     if path.exists() and not overwrite:
         raise LayerbudgetError(f"output directory {str(path)!r} exists; pass --overwrite or choose another --out")
     if path.exists() and not path.is_dir():
         raise LayerbudgetError(f"output path {str(path)!r} exists and is not a directory")
+    if partial_dir(path).exists() and not overwrite:
+        raise LayerbudgetError(
+            f"an interrupted run exists at {str(partial_dir(path))!r}; pass --resume {path} or --overwrite"
+        )
     return path
+
+
+def make_executor(cfg: ExperimentConfig, prep, evaluator) -> Executor:
+    """The executor named by ``cfg.executor`` (Ray is imported only when asked for)."""
+    if cfg.executor.kind == "inline":
+        return InlineExecutor(evaluator)
+    from layerbudget.search.ray_executor import RayExecutor
+
+    ex = cfg.executor
+    return RayExecutor(
+        cfg,
+        address=ex.address or None,
+        num_workers=ex.workers or None,
+        threads_per_worker=ex.threads_per_worker or None,
+        max_retries=ex.max_retries,
+        prepared=prep,
+        ship_database=ex.ship_database,
+    )
 
 
 def run_experiment(
@@ -48,9 +85,19 @@ def run_experiment(
     overwrite: bool = False,
     progress: bool = True,
     log=print,
+    resume: bool = False,
 ) -> RunResult:
-    """Run every searcher at every budget of ``cfg`` and write the run directory atomically."""
-    run_dir = resolve_run_dir(cfg, out, overwrite)
+    """Run every searcher at every budget of ``cfg`` and write the run directory atomically.
+
+    Searchers checkpoint after every round into ``<run dir>.partial/``; ``resume=True`` continues an
+    interrupted run from there and finishes with the plan an uninterrupted run would give.
+    """
+    run_dir = resolve_run_dir(cfg, out, overwrite, resume)
+    partial = partial_dir(run_dir)
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "checkpoints").mkdir(parents=True)
+        atomic_write_text(partial / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     prep = prepare(cfg, progress=progress)
@@ -84,14 +131,18 @@ def run_experiment(
         "versions": package_versions(),
     }
     model_info = {"id": adapter.model_id, "weight_hash": adapter.weight_hash(), "family": adapter.spec.name}
-    with InlineExecutor(evaluator) as executor:
+    with make_executor(cfg, prep, evaluator) as executor:
         for b_idx, budget in enumerate(cfg.budget):
             for name in cfg.search.searchers:
                 t = time.perf_counter()
                 params = dict(cfg.search.params.get(name, {}))
                 searcher = make_searcher(name, problem, budget, seed=cfg.seed, **params)
-                outcome = run_search(
-                    searcher, executor, on_evaluations=lambda evs, n=name, b=b_idx: candidates.add(b, n, evs)
+                outcome = run_search_checkpointed(
+                    searcher,
+                    executor,
+                    partial / "checkpoints" / f"b{b_idx}-{name}.ckpt",
+                    config=cfg,
+                    on_evaluations=lambda evs, n=name, b=b_idx: candidates.add(b, n, evs),
                 )
                 best = outcome.result
                 fit, held = evaluator.score(best), evaluator.heldout(best)
@@ -124,5 +175,6 @@ def run_experiment(
                     }
                 )
     timings["total"] = time.perf_counter() - t0
-    write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite)
+    write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite or resume)
+    shutil.rmtree(partial, ignore_errors=True)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=("inline", "ray"), help="override executor.kind of the config")
+    run.add_argument("--workers", type=int, help="Ray evaluation actors (implies --executor ray)")
+    run.add_argument("--ray-address", help="connect to this Ray cluster (implies --executor ray)")
+    run.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run (its config is read from RUN_DIR.partial/)"
+    )
 
     plot = sub.add_parser("plot", help="Pareto frontiers of one or more run directories (and a plan heatmap of one)")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
@@ -70,11 +77,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from layerbudget.config import load_config
+    from layerbudget.config import config_from_dict, load_config
     from layerbudget.experiments.outputs import SUMMARY_COLUMNS
-    from layerbudget.experiments.runner import run_experiment
+    from layerbudget.experiments.runner import partial_dir, run_experiment
 
-    cfg = load_config(args.config)
+    out = args.out
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise LayerbudgetError("--resume RUN_DIR already names the run directory; drop --out")
+        out = args.resume
+        saved = partial_dir(Path(args.resume)) / "config.json"
+        if args.config is None and saved.is_file():
+            try:
+                cfg = config_from_dict(json.loads(saved.read_text()))
+            except ValueError as exc:
+                raise LayerbudgetError(f"cannot resume: {saved} is unreadable ({exc})") from None
+        else:
+            cfg = load_config(args.config)
+    else:
+        cfg = load_config(args.config)
+    ray_wanted = args.executor == "ray" or args.workers is not None or args.ray_address is not None
+    if args.executor == "inline" and ray_wanted:
+        raise LayerbudgetError("--workers and --ray-address need the Ray executor, not --executor inline")
+    if args.workers is not None and args.workers < 1:
+        raise LayerbudgetError(f"--workers must be at least 1, but got {args.workers}")
+    if args.executor or ray_wanted:
+        ex = cfg.executor
+        cfg = dataclasses.replace(
+            cfg,
+            executor=dataclasses.replace(
+                ex,
+                kind="ray" if ray_wanted else args.executor,
+                workers=args.workers if args.workers is not None else ex.workers,
+                address=args.ray_address if args.ray_address is not None else ex.address,
+            ),
+        )
     if args.seed is not None:
         if args.seed < 0:
             raise LayerbudgetError(f"--seed must be a non-negative integer, but got {args.seed}")
@@ -84,7 +121,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise LayerbudgetError(f"--threads must be at least 1, but got {args.threads}")
         torch.set_num_threads(args.threads)
     result = run_experiment(
-        cfg, out=args.out, overwrite=args.overwrite, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr)
+        cfg,
+        out=out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        log=lambda m: print(m, file=sys.stderr),
+        resume=bool(args.resume),
     )
     widths = {c: max(len(c), 10) for c in SUMMARY_COLUMNS}
     widths["budget"] = max(len("budget"), *(len(r["budget"]) for r in result.rows))

@@ -59,6 +59,16 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str = "inline"  # "inline" (this process) or "ray" (a pool of evaluation actors)
+    address: str = ""  # Ray cluster: "" = reuse or start a local one; "host:port", "ray://host:port", "auto"
+    workers: int = 0  # 0 = cluster CPUs // threads_per_worker
+    threads_per_worker: int = 0  # 0 = cluster CPUs // workers
+    max_retries: int = 3  # re-runs of a chunk whose actor died
+    ship_database: bool = False  # put the database in the object store (nodes without a shared cache)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = ""  # empty: runs/<name>-<timestamp>
     cache_dir: str = ""  # empty: $LAYERBUDGET_CACHE or ~/.cache/layerbudget
@@ -73,6 +83,7 @@ class ExperimentConfig:
     options: OptionsConfig = field(default_factory=OptionsConfig)
     budget: tuple[Budget, ...] = (Budget.from_dict({"avg_bits": 3.5}),)
     search: SearchConfig = field(default_factory=SearchConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -88,7 +99,14 @@ class ExperimentConfig:
         return d
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "options": OptionsConfig, "search": SearchConfig, "output": OutputConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "options": OptionsConfig,
+    "search": SearchConfig,
+    "executor": ExecutorConfig,
+    "output": OutputConfig,
+}
 
 
 def _typename(tp: object) -> str:
@@ -193,6 +211,12 @@ def _validate(cfg: ExperimentConfig) -> None:
     if cfg.search.fitness not in ("auto", *known_fitness()):
         raise LayerbudgetError(f"unknown fitness {cfg.search.fitness!r}; known: auto, {', '.join(known_fitness())}")
     _validate_sweep(cfg.budget)
+    ex = cfg.executor
+    if ex.kind not in ("inline", "ray"):
+        raise LayerbudgetError(f"executor.kind must be 'inline' or 'ray', but got {ex.kind!r}")
+    for key in ("workers", "threads_per_worker", "max_retries"):
+        if getattr(ex, key) < 0:
+            raise LayerbudgetError(f"executor.{key} must be a non-negative integer, but got {getattr(ex, key)}")
     d = cfg.data
     for key in ("seq_len", "calib_windows", "heldout_windows", "batch_size"):
         if getattr(d, key) < 1:
