@@ -28,7 +28,7 @@ def small_cfg(cache) -> dict:
 
 def test_interrupted_run_resumes_to_the_same_plan(tmp_path, monkeypatch):
     cfg = config_from_dict(small_cfg(tmp_path / "cache"))
-    reference = run_experiment(cfg, out=tmp_path / "ref", progress=False, log=lambda m: None)
+    run_experiment(cfg, out=tmp_path / "ref", progress=False, log=lambda m: None)
 
     calls = {"n": 0}
     original = InlineExecutor.evaluate
