@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from smallrun import small_run_toml
 
 from layerbudget.apply import check_plan, compress_, reproduce
 from layerbudget.cli import main
@@ -16,22 +17,7 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.plan import Plan
 from layerbudget.search import known_searchers
 
-SMALL = """
-name = "apply"
-[data]
-seq_len = 32
-calib_windows = 4
-heldout_windows = 4
-batch_size = 4
-[options]
-names = ["rtn-b2-g64", "rtn-b4-g128", "rtn-b5-g128", "magnitude-0.5", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64", "drop"]
-[[budget]]
-avg_bits = 4.0
-[[budget]]
-avg_bits = 6.0
-[search]
-searchers = ["uniform", "ilp"]
-"""
+SMALL = small_run_toml("apply")
 EXPERIMENTS = Path(str(files("layerbudget.experiments")))
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from smallrun import small_run_toml
 
 from layerbudget.apply import compress_, load_compressed
 from layerbudget.cli import main
@@ -25,22 +26,7 @@ from layerbudget.experiments.export import (
 from layerbudget.kernels import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.plan import Plan
 
-SMALL = """
-name = "export"
-[data]
-seq_len = 32
-calib_windows = 4
-heldout_windows = 4
-batch_size = 4
-[options]
-names = ["rtn-b2-g64", "rtn-b4-g128", "rtn-b5-g128", "magnitude-0.5", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64", "drop"]
-[[budget]]
-avg_bits = 4.0
-[[budget]]
-avg_bits = 6.0
-[search]
-searchers = ["uniform", "ilp"]
-"""
+SMALL = small_run_toml("export")
 # one option per tie group, in turn; every kernel format and both dense fallbacks appear
 CYCLE = ["rtn-b4-g128", "rtn-b2-g64", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64", "rtn-b5-g128", "magnitude-0.5"]
 DROPPED = ("encoder.layer.4.attn", "encoder.layer.5.mlp")

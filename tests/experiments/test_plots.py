@@ -9,27 +9,13 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from smallrun import small_run_toml
 
 from layerbudget.cli import main
 from layerbudget.experiments.plots import option_bits_per_weight, pareto_front, plot_pareto, plot_plan_heatmap
 from layerbudget.plan import Plan
 
-SMALL = """
-name = "plots"
-[data]
-seq_len = 32
-calib_windows = 4
-heldout_windows = 4
-batch_size = 4
-[options]
-names = ["rtn-b2-g64", "rtn-b4-g128", "rtn-b5-g128", "magnitude-0.5", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64", "drop"]
-[[budget]]
-avg_bits = 4.0
-[[budget]]
-avg_bits = 6.0
-[search]
-searchers = ["uniform", "ilp"]
-"""
+SMALL = small_run_toml("plots")
 
 
 @pytest.fixture(scope="module")
