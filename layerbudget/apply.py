@@ -42,7 +42,7 @@ from layerbudget.kernels.ops import PackedWeight, format_of
 from layerbudget.kernels.packing import PACK_BITS, k_multiple, pack
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
-from layerbudget.model import ModelAdapter, _ResidualPassthrough, _ZeroOutput, load_model
+from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput, load_model
 from layerbudget.plan import Plan
 from layerbudget.profiles.cache import atomic_dir, atomic_write_text
 from layerbudget.profiles.database import Database
@@ -419,7 +419,7 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
         sub_path, rule = rules[kind]
         target = blocks[int(block)]
         original = target.get_submodule(sub_path)
-        _replace(target, sub_path, _ZeroOutput(_out_features(original)) if rule == DROP_ZERO else _ResidualPassthrough())
+        _replace(target, sub_path, ZeroOutput(_out_features(original)) if rule == DROP_ZERO else ResidualPassthrough())
     tensors = load_file(str(root / WEIGHTS))
     packed_units: list[str] = []
     for unit, entry in manifest["units"].items():
@@ -429,7 +429,7 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
                 model.get_submodule(unit)
             except AttributeError:
                 continue  # replaced by its sub-block's drop rule
-            _replace(model, unit, _ZeroOutput(int(entry["shape"][0])))
+            _replace(model, unit, ZeroOutput(int(entry["shape"][0])))
         elif fmt in PACKED_FORMATS:
             prefix = f"{unit}."
             own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}

@@ -82,7 +82,7 @@ class BlockInputs:
     calls: list[tuple[tuple, dict]] = field(default_factory=list)  # other args/kwargs of block i
 
 
-class _ZeroOutput(nn.Module):
+class ZeroOutput(nn.Module):
     """Stands in for a dropped sub-block's output projection: contributes nothing to the residual."""
 
     def __init__(self, out_features: int):
@@ -93,7 +93,7 @@ class _ZeroOutput(nn.Module):
         return x.new_zeros(*x.shape[:-1], self.out_features)
 
 
-class _ResidualPassthrough(nn.Module):
+class ResidualPassthrough(nn.Module):
     """Stands in for a post-LN ``f(hidden, input_tensor)`` module: returns the residual input."""
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
@@ -336,9 +336,9 @@ class ModelAdapter:
         if rule == DROP_ZERO:
             out = self._dense[f"{self.spec.blocks}.{sb.block}.{path}"]
             n_out = out.shape[1] if self.spec.transposed else out.shape[0]
-            replacement: nn.Module = _ZeroOutput(int(n_out))
+            replacement: nn.Module = ZeroOutput(int(n_out))
         elif rule == DROP_PASSTHROUGH:
-            replacement = _ResidualPassthrough()
+            replacement = ResidualPassthrough()
         else:  # pragma: no cover - FamilySpec data
             raise ValueError(f"unknown drop rule {rule!r}")
         _set(block, path, replacement)
