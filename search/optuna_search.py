@@ -1,11 +1,13 @@
 """Optuna searcher: a study over per-slot categorical choices with the budget as trial constraints.
 
 Every slot is one ``suggest_categorical``; each budget constraint becomes
-``trial.set_constraint(metric, violation)`` (feasible when ≤ 0), so NSGA-II and TPE prefer
-feasible trials. Infeasible trials are told a penalty without being evaluated, repeated
-candidates are told their known fitness, and only feasible, new candidates are sent to the
-executor — ``max_evaluations`` counts those. The study is seeded (``enqueue_trial``) with the
-ILP solution and the best-proxy uniform plan that fits.
+``trial.set_constraint(metric, violation)`` of the sampled parameters (feasible when ≤ 0). A
+sampled candidate outside the budget is repaired into it (greedy, proxy-guided) and the trial is
+told the repaired candidate's fitness (Baldwinian learning): at tight budgets almost every random
+draw is infeasible, and telling penalties instead floods the study with useless trials. Repeated
+candidates are told their known fitness; only new candidates are sent to the executor —
+``max_evaluations`` counts those. The study is seeded (``enqueue_trial``) with the ILP solution
+and the best-proxy uniform plan that fits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from optuna.trial import TrialState
 from layerbudget.budget import LE
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.evolution import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.problem import Candidate
 
@@ -55,6 +58,7 @@ class OptunaSearcher(Searcher):
         self.max_evaluations = max_evaluations
         self.batch = batch
         self.max_attempts = max_attempts
+        self.space = FeasibleSpace(problem, budget)
         self.scores: dict[Candidate, float] = {}
         self._pending: dict[Candidate, list[optuna.trial.Trial]] = {}
         self._asked = 0
@@ -95,10 +99,13 @@ class OptunaSearcher(Searcher):
             violations = self._violations(cand)
             for metric, v in violations.items():
                 trial.set_constraint(metric, v)
-            feasible = self.problem.satisfies(cand, self.budget)
-            if not feasible:
-                self.study.tell(trial, PENALTY * (1 + max(violations.values())))
-            elif cand in self.scores:
+            if not self.problem.satisfies(cand, self.budget):
+                repaired = self.space.repair(cand)
+                if repaired is None:
+                    self.study.tell(trial, PENALTY * (1 + max(violations.values())))
+                    continue
+                cand = repaired
+            if cand in self.scores:
                 self._tell_value(trial, self.scores[cand])
             elif cand in self._pending:
                 self._pending[cand].append(trial)
