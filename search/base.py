@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,42 @@ class Searcher(ABC):
     @abstractmethod
     def result(self) -> Candidate:
         """The best candidate found (it satisfies the budget)."""
+
+
+class ScoreOnceSearcher(Searcher):
+    """Scores a fixed list of candidates in one round and keeps the best (baselines and solvers).
+
+    Subclasses build their list and call :meth:`_candidates`; ties in fitness go to the lower
+    :meth:`tiebreak`, then to the earlier candidate.
+    """
+
+    def _candidates(self, candidates: list[Candidate]) -> None:
+        self.candidates = list(candidates)
+        self._asked = False
+        self._scores: dict[Candidate, float] = {}
+
+    def ask(self) -> list[EvalRequest]:
+        if self._asked:
+            return []
+        self._asked = True
+        return [EvalRequest(c) for c in self.candidates]
+
+    def tell(self, evaluations: list[Evaluation]) -> None:
+        for e in evaluations:
+            self._scores[e.candidate] = e.fitness
+
+    def tiebreak(self, candidate: Candidate) -> float:
+        return 0.0
+
+    def result(self) -> Candidate:
+        finite = [
+            (f, self.tiebreak(c), i)
+            for i, c in enumerate(self.candidates)
+            if math.isfinite(f := self._scores.get(c, math.nan))
+        ]
+        if not finite:
+            raise LayerbudgetError(f"every {self.name} candidate scored NaN or inf; the model cannot be evaluated")
+        return self.candidates[min(finite)[2]]
 
 
 SearcherFactory = Callable[..., Searcher]

@@ -26,7 +26,7 @@ import numpy as np
 from layerbudget.budget import LE, Budget, Constraint
 from layerbudget.errors import LayerbudgetError
 from layerbudget.profiles.options import DROP
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem
 
 _RETRIES = 2  # finer discretisations tried (x8 buckets each) when rounding up loses every plan
@@ -316,7 +316,7 @@ def _depth_only(problem: Problem) -> bool:
 
 
 @register_searcher
-class DpSearcher(Searcher):
+class DpSearcher(ScoreOnceSearcher):
     """Solves the DP over the profile's additive proxy once and scores its solution.
 
     ``pair`` (depth-only problems with one ``dropped`` budget): adjacent-pair corrections for
@@ -339,7 +339,7 @@ class DpSearcher(Searcher):
                     f"dp `pair` needs a depth-only problem with a `dropped` budget, but got budget {budget}"
                 )
             self.solution = self._solve_depth(problem, c, pair)
-        self._done = False
+        self._candidates([self.solution])
 
     @staticmethod
     def _solve_depth(problem: Problem, c: Constraint, pair: Sequence[float]) -> Candidate:
@@ -361,14 +361,3 @@ class DpSearcher(Searcher):
             cand[i] = opts.index(DROP) if best is not None and j in best else opts.index(KEEP)
         return problem.canonical(cand)
 
-    def ask(self) -> list[EvalRequest]:
-        if self._done:
-            return []
-        self._done = True
-        return [EvalRequest(self.solution)]
-
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        pass
-
-    def result(self) -> Candidate:
-        return self.solution

@@ -13,7 +13,7 @@ import pulp
 from layerbudget.budget import LE, Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.profiles.options import DROP
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 from layerbudget.search.problem import Candidate, Problem
 
 
@@ -66,7 +66,7 @@ def solve_ilp(problem: Problem, budget: Budget, *, solver: str = "cbc", time_lim
 
 
 @register_searcher
-class IlpSearcher(Searcher):
+class IlpSearcher(ScoreOnceSearcher):
     """Solves the ILP over the profile's additive proxy once and scores its solution."""
 
     name = "ilp"
@@ -76,16 +76,5 @@ class IlpSearcher(Searcher):
     ):
         super().__init__(problem, budget, seed=seed, **params)
         self.solution = solve_ilp(problem, budget, solver=solver, time_limit=time_limit)
-        self._done = False
+        self._candidates([self.solution])
 
-    def ask(self) -> list[EvalRequest]:
-        if self._done:
-            return []
-        self._done = True
-        return [EvalRequest(self.solution)]
-
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        pass
-
-    def result(self) -> Candidate:
-        return self.solution

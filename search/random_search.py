@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 from layerbudget.search.evolution import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.problem import Candidate
 
 
 @register_searcher
-class RandomSearcher(Searcher):
+class RandomSearcher(ScoreOnceSearcher):
     """Draws ``n`` distinct random candidates (random options repaired into the budget; for depth
     budgets the required number of random sub-blocks dropped) and keeps the best-scoring one."""
 
@@ -36,21 +34,4 @@ class RandomSearcher(Searcher):
         if not self.candidates:
             solve_ilp(problem, budget)  # raises a clear error when the constraints contradict each other
             raise LayerbudgetError(f"random repair found no candidate within budget {budget}; use evolution or ilp")
-        self._asked = False
-        self._scores: dict[Candidate, float] = {}
-
-    def ask(self) -> list[EvalRequest]:
-        if self._asked:
-            return []
-        self._asked = True
-        return [EvalRequest(c) for c in self.candidates]
-
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        for e in evaluations:
-            self._scores[e.candidate] = e.fitness
-
-    def result(self) -> Candidate:
-        finite = [(f, i) for i, c in enumerate(self.candidates) if math.isfinite(f := self._scores.get(c, math.nan))]
-        if not finite:
-            raise LayerbudgetError("every random candidate scored NaN or inf; the model cannot be evaluated")
-        return self.candidates[min(finite)[1]]
+        self._candidates(self.candidates)

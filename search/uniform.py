@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 from layerbudget.search.problem import Candidate
 
 
 @register_searcher
-class UniformSearcher(Searcher):
+class UniformSearcher(ScoreOnceSearcher):
     """Scores every option shared by all unit slots whose uniform use fits, keeps the best."""
 
     name = "uniform"
@@ -32,21 +32,7 @@ class UniformSearcher(Searcher):
             )
             detail = f"; the closest uniform plan reaches {problem.metrics(cheapest)}" if cheapest else ""
             raise LayerbudgetError(f"no uniform option fits budget {budget}{detail}")
-        self._asked = False
-        self._scores: dict[Candidate, float] = {}
+        self._candidates(self.candidates)
 
-    def ask(self) -> list[EvalRequest]:
-        if self._asked:
-            return []
-        self._asked = True
-        return [EvalRequest(c) for c in self.candidates]
-
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        for e in evaluations:
-            self._scores[e.candidate] = e.fitness
-
-    def result(self) -> Candidate:
-        finite = {c: f for c, f in self._scores.items() if math.isfinite(f)}
-        if not finite:
-            raise LayerbudgetError("every uniform candidate scored NaN or inf; the model cannot be evaluated")
-        return min(finite, key=lambda c: (finite[c], self.problem.metric(c, "avg_bits")))
+    def tiebreak(self, candidate: Candidate) -> float:
+        return self.problem.metric(candidate, "avg_bits")
