@@ -39,8 +39,22 @@ def _int_tensor(tensors: dict[str, torch.Tensor], key: str) -> int:
     return int(t.item())
 
 
+class ShapeNK:
+    """``n`` and ``k`` of a weight format whose ``shape`` is the dense ``(N, K)``."""
+
+    shape: tuple[int, int]
+
+    @property
+    def n(self) -> int:
+        return self.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.shape[1]
+
+
 @dataclass(frozen=True)
-class PackedQuantWeight:
+class PackedQuantWeight(ShapeNK):
     """Packed asymmetric group-wise quantized weight; validated on construction (shapes, dtypes, device)."""
 
     packed: torch.Tensor  # int32 [N, bits*K/32]
@@ -85,14 +99,6 @@ class PackedQuantWeight:
             raise ValueError(f"`zeros` dtype {self.zeros.dtype} differs from `scales` dtype {self.scales.dtype}.")
 
     # --- derived sizes -------------------------------------------------------------------------
-    @property
-    def n(self) -> int:
-        return self.shape[0]
-
-    @property
-    def k(self) -> int:
-        return self.shape[1]
-
     @property
     def group(self) -> int:
         """Effective group size along K (K itself for per-channel)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .packing import pack, unpack
-from .quant_weight import FORMAT_VERSION, PackedQuantWeight, _int_tensor
+from .quant_weight import FORMAT_VERSION, PackedQuantWeight, ShapeNK, _int_tensor
 
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -109,7 +109,7 @@ def _scatter_dense(values: torch.Tensor, meta: torch.Tensor, k: int) -> torch.Te
 
 
 @dataclass(frozen=True)
-class Sparse24Weight:
+class Sparse24Weight(ShapeNK):
     """2:4 sparse weight: kept values ``[N, K/2]`` + packed 2-bit positions ``[N, K/32]``."""
 
     values: torch.Tensor  # fp16|bf16|fp32 [N, K/2]
@@ -130,14 +130,6 @@ class Sparse24Weight:
         _check_meta(self.meta, n, k)
         if self.meta.device != self.values.device:
             raise ValueError(f"`meta` is on {self.meta.device} but `values` is on {self.values.device}.")
-
-    @property
-    def n(self) -> int:
-        return self.shape[0]
-
-    @property
-    def k(self) -> int:
-        return self.shape[1]
 
     @property
     def device(self) -> torch.device:
@@ -211,7 +203,7 @@ class Sparse24Weight:
 
 
 @dataclass(frozen=True)
-class Sparse24QuantWeight:
+class Sparse24QuantWeight(ShapeNK):
     """2:4 sparse weight whose kept values are low-bit quantized (groups along the compressed axis)."""
 
     values: PackedQuantWeight  # shape (N, K/2): codes, scales, zeros of the kept values
@@ -228,14 +220,6 @@ class Sparse24QuantWeight:
         _check_meta(self.meta, n, k)
         if self.meta.device != self.values.device:
             raise ValueError(f"`meta` is on {self.meta.device} but `values` is on {self.values.device}.")
-
-    @property
-    def n(self) -> int:
-        return self.shape[0]
-
-    @property
-    def k(self) -> int:
-        return self.shape[1]
 
     @property
     def bits(self) -> int:

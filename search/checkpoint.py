@@ -196,15 +196,9 @@ def load_checkpoint(searcher: Searcher, path: str | Path, *, config: Any = None)
     """
     path = Path(path)
     header, payload = _read(path)
-    cls = type(searcher)
-    expected = {
-        "searcher": searcher.name,
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "seed": searcher.seed,
-        "budget": searcher.budget.to_dict(),
-        "config_sha256": config_fingerprint(config),
-        "problem_sha256": problem_fingerprint(searcher.problem),
-    }
+    identity = ("searcher", "class", "seed", "budget", "config_sha256", "problem_sha256")
+    current = _header(searcher, config, [])
+    expected = {key: current[key] for key in identity}
     for key, want in expected.items():
         if header.get(key) != json.loads(json.dumps(want)):
             raise LayerbudgetError(
