@@ -82,6 +82,7 @@ def write_run_dir(
     profile: Profile,
     *,
     overwrite: bool,
+    latency: pd.DataFrame | None = None,
 ) -> None:
     best = best_plan_index(result)
     with atomic_dir(run_dir) as tmp:
@@ -92,6 +93,8 @@ def write_run_dir(
             plan.save(tmp / "plans" / f"{row['searcher']}-b{budgets[row['budget']]}.json")
         candidates.frame().to_parquet(tmp / "candidates.parquet", index=False)
         write_profile(profile, tmp / "profile.parquet", {"run": cfg.name})
+        if latency is not None:
+            latency.to_parquet(tmp / "latency.parquet", index=False)
         pd.DataFrame(result.rows).to_csv(tmp / "summary.csv", index=False)
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(cfg, result, best))

@@ -15,7 +15,6 @@ from layerbudget.experiments.outputs import CandidateLog, write_run_dir
 from layerbudget.plan import Plan, package_versions
 from layerbudget.prepare import prepare
 from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.profiles.profile import load_or_build_profile
 from layerbudget.search import Executor, InlineExecutor, make_searcher
 from layerbudget.search.checkpoint import run_search_checkpointed
 
@@ -111,13 +110,14 @@ def run_experiment(
 
     t = time.perf_counter()
     evaluator = prep.evaluator()
-    key_parts = {"calib": calib_hash, "fitness": fitness.name, "seq_len": tokens.seq_len}
-    profile, prof_reused = load_or_build_profile(
-        problem, database, adapter, evaluator.score, prep.cache_dir, key_parts, progress=progress
-    )
-    problem.set_proxy(profile.proxy())
+    profile, prof_reused = prep.profile(evaluator, progress=progress)
+    profile.apply(problem)
     timings["profile"] = time.perf_counter() - t
     log(f"profile: {len(profile.table)} (slot, option) rows, {'reused' if prof_reused else 'measured'}")
+    if prep.latency is not None:
+        lat = cfg.latency
+        dense = problem.metric(problem.uniform("dense"), "latency_us") if problem.uniform("dense") else float("nan")
+        log(f"latency: {lat.target} at {lat.tokens} row(s), dense units {dense:.1f} us ({prep.latency['source'].iloc[0]})")
 
     candidates = CandidateLog(problem)
     result = RunResult(run_dir, timings=timings)
@@ -167,6 +167,7 @@ def run_experiment(
                         "searcher": name,
                         "avg_bits": predicted["avg_bits"],
                         "bytes": predicted["bytes"],
+                        **({"latency_us": predicted["latency_us"]} if "latency_us" in predicted else {}),
                         "fitness": fit,
                         "heldout": held,
                         "evaluations": len(outcome.evaluations),
@@ -175,6 +176,6 @@ def run_experiment(
                     }
                 )
     timings["total"] = time.perf_counter() - t0
-    write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite or resume)
+    write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite or resume, latency=prep.latency)
     shutil.rmtree(partial, ignore_errors=True)
     return result

@@ -39,13 +39,14 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.families import DROP_ZERO, FamilySpec, family_by_name, family_for_model_type, known_families
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.kernels.ops import PackedWeight, format_of
-from layerbudget.kernels.packing import PACK_BITS, k_multiple, pack
+from layerbudget.kernels.packing import pack
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
 from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput, load_model
 from layerbudget.plan import Plan
 from layerbudget.profiles.cache import atomic_dir, atomic_write_text
 from layerbudget.profiles.database import Database
+from layerbudget.profiles.latency import kernel_format
 from layerbudget.profiles.methods import compress, decode, load_codes
 from layerbudget.profiles.options import DENSE, DROP, Option, parse_option
 
@@ -230,13 +231,10 @@ def pack_variant(
     Packing is lossless: the packed weight dequantizes to exactly what :func:`decode` returns.
     """
     n, k = shape
-    if option.bits is not None and option.bits not in PACK_BITS:
-        return None, f"{option.bits}-bit codes have no kernel format (kernels pack {'/'.join(map(str, PACK_BITS))} bits)"
-    if option.sparse is not None and option.pattern != "2:4":
-        return None, "unstructured sparsity has no kernel format (kernels run 2:4 only)"
+    fmt, reason = kernel_format(option, shape)
+    if fmt is None:
+        return None, reason
     if option.pattern == "2:4":
-        if k % 32:
-            return None, f"2:4 kernels need K divisible by 32, but K={k}"
         pos = _positions_24(_mask(tensors, shape))
         if pos is None:
             return None, "the stored mask is not exactly two of every four"
@@ -244,16 +242,12 @@ def pack_variant(
         if option.bits is None:
             return Sparse24Weight.from_parts(tensors["values"].reshape(n, k // 2).contiguous(), meta, shape), ""
         g = option.group_size
-        if (g is not None and g % 2) or (k // 2) % k_multiple(option.bits):
-            return None, f"2:4 + {option.bits}-bit kernels need an even group size and K/2 divisible by {k_multiple(option.bits)}"
         codes = load_codes(dict(tensors), shape)  # [N, K]
         kept = codes.reshape(n, k // 4, 4).gather(-1, pos.reshape(n, k // 4, 2).long()).reshape(n, k // 2)
         # a dense group of g columns holds exactly g/2 kept values, so the scales line up unchanged
         values = PackedQuantWeight.from_codes(kept, tensors["scales"], tensors["zeros"], option.bits,
                                               None if g is None else g // 2)
         return Sparse24QuantWeight(values, meta, shape), ""
-    if "packed" not in tensors:
-        return None, f"K={k} is not a multiple of {k_multiple(option.bits)} needed to pack {option.bits}-bit codes"  # type: ignore[arg-type]
     return PackedQuantWeight(tensors["packed"].contiguous(), tensors["scales"].contiguous(),
                              tensors["zeros"].contiguous(), option.bits, option.group_size, shape), ""  # type: ignore[arg-type]
 

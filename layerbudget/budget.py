@@ -7,7 +7,10 @@ Metrics (each is linear in the per-unit choices, so solvers handle any combinati
 - ``bytes`` (≤): bytes of the whole model — each compressible unit at its compressed size, every
   other parameter (embeddings, norms, biases, heads) at fp16;
 - ``sparsity`` (≥): fraction of zero weights over the compressible units (dropped units count as zero);
-- ``dropped`` (≥): number of attention/MLP sub-blocks dropped.
+- ``dropped`` (≥): number of attention/MLP sub-blocks dropped;
+- ``latency_us`` (≤): summed matmul latency of the compressible units, in microseconds, on the
+  config's ``[latency] target`` at ``tokens`` rows (from :mod:`layerbudget.profiles.latency`;
+  dropped units cost 0).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from layerbudget.errors import LayerbudgetError
 LE = "<="
 GE = ">="
 
-METRICS: dict[str, str] = {"avg_bits": LE, "bytes": LE, "sparsity": GE, "dropped": GE}
+METRICS: dict[str, str] = {"avg_bits": LE, "bytes": LE, "sparsity": GE, "dropped": GE, "latency_us": LE}
 
 
 @dataclass(frozen=True)

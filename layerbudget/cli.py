@@ -1,4 +1,4 @@
-"""The ``layerbudget`` command line: run experiments, show and plot runs, export and apply plans."""
+"""The ``layerbudget`` command line: run experiments, build profiles, show and plot runs, export and apply plans."""
 
 from __future__ import annotations
 
@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run (its config is read from RUN_DIR.partial/)"
     )
+
+    prof = sub.add_parser(
+        "profile", help="build and cache the database, sensitivity profile and latency tables of an experiment"
+    )
+    prof.add_argument("config", nargs="?", help="experiment TOML (default: the embedded MiniLM experiment)")
+    prof.add_argument(
+        "--target", action="append", metavar="TARGET",
+        help="latency target (repeatable; 'all' = every known one; default: [latency] target of the config)",
+    )
+    prof.add_argument("--tokens", type=int, help="rows per matmul for latency (default: [latency] tokens)")
+    prof.add_argument("--out", help="also write profile.parquet, latency-<target>.parquet, database.json here")
+    prof.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    prof.add_argument("--quiet", action="store_true", help="no progress bars")
 
     plot = sub.add_parser("plot", help="Pareto frontiers of one or more run directories (and a plan heatmap of one)")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
@@ -138,6 +151,79 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cells.append((f"{v:.4g}" if isinstance(v, float) else str(v)).ljust(widths[c]))
         print("  ".join(cells))
     print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from layerbudget.config import load_config
+    from layerbudget.profiles.cache import atomic_dir
+    from layerbudget.profiles.hardware import known_targets
+    from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
+    from layerbudget.profiles.profile import write_profile
+
+    cfg = load_config(args.config)
+    targets = list(args.target or ([cfg.latency.target] if cfg.latency.target else []))
+    if "all" in targets:
+        targets = known_targets()
+    for t in targets:
+        if t not in known_targets():
+            raise LayerbudgetError(f"unknown latency target {t!r}; known: {', '.join(known_targets())}, all")
+    tokens = cfg.latency.tokens if args.tokens is None else args.tokens
+    if tokens < 1:
+        raise LayerbudgetError(f"--tokens must be a positive integer, but got {tokens}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LayerbudgetError(f"--threads must be at least 1, but got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.out and Path(args.out).exists():
+        raise LayerbudgetError(f"output directory {args.out!r} exists; choose another --out")
+    from layerbudget.prepare import prepare
+
+    t0 = time.perf_counter()
+    prep = prepare(cfg, progress=not args.quiet)
+    db = prep.database
+    t_db = time.perf_counter() - t0
+    _note(f"database {db.root}: {len(prep.adapter.units)} units x {len(prep.option_names)} options, "
+          f"{db.size_bytes() / 2**20:.1f} MiB, {'reused' if prep.database_reused else f'built in {t_db:.1f} s'}")
+    for skip in db.skipped:
+        _note(f"skipped: {skip['option']} on {skip['unit']}: {skip['reason']}")
+    t1 = time.perf_counter()
+    profile, reused = prep.profile(progress=not args.quiet)
+    _note(f"profile {profile.key[:16]}: {len(profile.table)} (slot, option) rows, "
+          f"{'reused' if reused else f'measured in {time.perf_counter() - t1:.1f} s'}")
+    table = profile.table
+    units = table[(table["kind"] == "units") & (table["option"] != "dense")]
+    if len(units):
+        worst = units.loc[units.groupby("slot")["avg_bits"].idxmin()].nlargest(5, "fitness")
+        print("most sensitive unit slots at their cheapest option:")
+        print(worst[["slot", "option", "avg_bits", "fitness", "output_error"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"))
+    subs = table[(table["kind"] == "subblock") & (table["option"] == "drop")]
+    if len(subs):
+        print("sub-blocks (drop one at a time):")
+        print(subs[["slot", "fitness", "block_influence"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    latencies = {}
+    for t in targets:
+        lat, lat_reused = load_or_build_latency(prep.problem, t, tokens, prep.cache_dir)
+        latencies[t] = lat
+        prep.problem.set_latency(slot_latency_ns(prep.problem, lat))
+        dense = prep.problem.uniform("dense")
+        lo, _ = prep.problem.metric_range("latency_us")
+        print(f"latency {t} at {tokens} row(s): dense units {prep.problem.metric(dense, 'latency_us'):.1f} us, "
+              f"fastest plan {lo:.1f} us ({lat['source'].iloc[0]}{', cached' if lat_reused else ''})")
+    if args.out:
+        with atomic_dir(Path(args.out)) as tmp:
+            write_profile(profile, tmp / "profile.parquet", {"config": cfg.name})
+            for t, lat in latencies.items():
+                lat.to_parquet(tmp / f"latency-{t}.parquet", index=False)
+            summary = {"database": str(db.root), "key": db.key, "size_bytes": db.size_bytes(),
+                       "options": db.options, "skipped": db.skipped, "calibration": db.index.get("calibration")}
+            (tmp / "database.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -277,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        commands = {"run": _cmd_run, "plot": _cmd_plot, "show": _cmd_show, "export": _cmd_export, "apply": _cmd_apply}
+        commands = {"run": _cmd_run, "profile": _cmd_profile, "plot": _cmd_plot, "show": _cmd_show, "export": _cmd_export, "apply": _cmd_apply}
         return commands[args.command](args)
     except LayerbudgetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -49,6 +49,15 @@ class DataConfig:
 class OptionsConfig:
     names: tuple[str, ...] = DEFAULT_OPTIONS
     tie: bool = True  # q/k/v and gate/up share one option (what vLLM requires)
+    # where GPTQ/SparseGPT/Wanda statistics come from: the dense model ("dense") or the model whose
+    # earlier blocks already hold the same option ("compressed", GPTQ's sequential mode)
+    calibration_inputs: str = "dense"
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    target: str = ""  # "" = no latency table; cpu (measured here) or a GPU name (see profiles.hardware)
+    tokens: int = 1  # M, rows per matmul: 1 = decode; e.g. 2048 = prefill of one 2048-token prompt
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     options: OptionsConfig = field(default_factory=OptionsConfig)
     budget: tuple[Budget, ...] = (Budget.from_dict({"avg_bits": 3.5}),)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -103,6 +113,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
     "options": OptionsConfig,
+    "latency": LatencyConfig,
     "search": SearchConfig,
     "executor": ExecutorConfig,
     "output": OutputConfig,
@@ -223,6 +234,19 @@ def _validate(cfg: ExperimentConfig) -> None:
             raise LayerbudgetError(f"data.{key} must be a positive integer, but got {getattr(d, key)}")
     if not 0 < d.heldout_fraction < 1:
         raise LayerbudgetError(f"data.heldout_fraction must be in (0, 1), but got {d.heldout_fraction}")
+    if cfg.options.calibration_inputs not in ("dense", "compressed"):
+        raise LayerbudgetError(
+            f"options.calibration_inputs must be 'dense' or 'compressed', but got {cfg.options.calibration_inputs!r}"
+        )
+    from layerbudget.profiles.hardware import known_targets
+
+    lat = cfg.latency
+    if lat.target and lat.target not in known_targets():
+        raise LayerbudgetError(f"unknown latency.target {lat.target!r}; known: {', '.join(known_targets())}")
+    if lat.tokens < 1:
+        raise LayerbudgetError(f"latency.tokens must be a positive integer, but got {lat.tokens}")
+    if not lat.target and any("latency_us" in b.to_dict() for b in cfg.budget):
+        raise LayerbudgetError("a latency_us budget needs [latency] target = cpu | h100 | h200 | a100 | l40s | rtx4090")
     if cfg.model.dtype not in ("float32", "float16", "bfloat16"):
         raise LayerbudgetError(f"model.dtype must be float32, float16 or bfloat16, but got {cfg.model.dtype!r}")
 

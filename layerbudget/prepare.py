@@ -7,12 +7,13 @@ evaluator, which is what makes inline and distributed scoring give the same numb
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from layerbudget.budget import Budget
 from layerbudget.config import ExperimentConfig
 from layerbudget.data import TokenSets, build_token_sets
 from layerbudget.errors import LayerbudgetError
@@ -20,10 +21,16 @@ from layerbudget.evaluators.engine import Evaluator
 from layerbudget.evaluators.fitness import Fitness, make_fitness
 from layerbudget.model import ModelAdapter, load_model
 from layerbudget.profiles.cache import default_cache_dir
-from layerbudget.profiles.calibration import CalibrationStats
-from layerbudget.profiles.database import Database, database_key, load_or_build_database, open_database
+from layerbudget.profiles.database import (
+    Database,
+    calib_digest,
+    database_key,
+    load_or_build_database,
+    open_database,
+)
+from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
 from layerbudget.profiles.options import DENSE, parse_options
-from layerbudget.profiles.profile import build_problem
+from layerbudget.profiles.profile import Profile, build_problem, load_or_build_profile
 from layerbudget.search.problem import Problem
 
 
@@ -41,6 +48,7 @@ class Prepared:
     calib_hash: str
     cache_dir: Path
     database_reused: bool
+    latency: pd.DataFrame | None = None  # the latency table of cfg.latency.target, when one is set
 
     def evaluator(self) -> Evaluator:
         return Evaluator(
@@ -51,6 +59,15 @@ class Prepared:
             self.fitness,
             batch_size=self.cfg.data.batch_size,
             data_seed=self.cfg.seed,
+        )
+
+
+    def profile(self, evaluator: Evaluator | None = None, *, progress: bool = True) -> tuple[Profile, bool]:
+        """The cached sensitivity profile of this problem (measured with ``evaluator`` when missing)."""
+        evaluator = evaluator or self.evaluator()
+        key_parts = {"calib": self.calib_hash, "fitness": self.fitness.name, "seq_len": self.tokens.seq_len}
+        return load_or_build_profile(
+            self.problem, self.database, self.adapter, evaluator.score, self.cache_dir, key_parts, progress=progress
         )
 
 
@@ -75,19 +92,33 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
     fitness = make_fitness(cfg.search.fitness, adapter.task)
     names = list(cfg.options.names) if DENSE in cfg.options.names else [DENSE, *cfg.options.names]
     options = parse_options(names)
-    calib_hash = hashlib.sha256(tokens.calib.numpy().tobytes()).hexdigest()
+    calib_hash = calib_digest(tokens.calib)
     cache_dir = cache_dir_of(cfg)
+    inputs = cfg.options.calibration_inputs
     if build:
-        stats = CalibrationStats(adapter, tokens.calib, batch_size=cfg.data.batch_size, progress=progress)
         database, reused = load_or_build_database(
-            adapter, options, cache_dir, calib_hash=calib_hash, stats=stats, progress=progress
+            adapter,
+            options,
+            cache_dir,
+            calib=tokens.calib,
+            batch_size=cfg.data.batch_size,
+            inputs=inputs,
+            progress=progress,
         )
     else:
-        root = cache_dir / "db" / database_key(adapter, options, calib_hash)[:32]
+        root = cache_dir / "db" / database_key(adapter, options, calib_hash, inputs)[:32]
         if not root.exists():
             raise LayerbudgetError(f"database {root} does not exist; run the experiment once to build it")
         database, reused = open_database(root), True
     problem = build_problem(adapter, database, names)
+    latency = None
+    if cfg.latency.target and build:  # evaluation workers (build=False) only score; they need no costs
+        latency, _ = load_or_build_latency(problem, cfg.latency.target, cfg.latency.tokens, cache_dir)
+        problem.set_latency(slot_latency_ns(problem, latency))
     for budget in cfg.budget:
-        problem.check_budget(budget)
-    return Prepared(cfg, adapter, tokens, fitness, database, problem, names, calib_hash, cache_dir, reused)
+        known = tuple(c for c in budget.constraints if c.metric in problem.coef)
+        if build or len(known) == len(budget.constraints):
+            problem.check_budget(budget)
+        elif known:
+            problem.check_budget(Budget(known))
+    return Prepared(cfg, adapter, tokens, fitness, database, problem, names, calib_hash, cache_dir, reused, latency)

@@ -25,8 +25,12 @@ from layerbudget.profiles.options import DENSE, DROP
 from layerbudget.profiles.sensitivity import one_at_a_time, weight_error
 from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
 
-PROFILE_VERSION = 1
-COLUMNS = ["slot", "option", "kind", "block", "numel", "bits", "bytes", "zeros", "avg_bits", "fitness", "weight_error"]
+PROFILE_VERSION = 2
+COLUMNS = [
+    "slot", "option", "kind", "block", "numel", "bits", "bytes", "zeros", "avg_bits",
+    "fitness", "output_error", "weight_error", "block_influence", "outlier_ratio",
+]
+FEATURES = ("block_influence", "outlier_ratio")  # per-slot measures (the same on every row of a slot)
 
 
 def build_problem(adapter: ModelAdapter, database: Database, options: Sequence[str]) -> Problem:
@@ -67,8 +71,67 @@ class Profile:
     def proxy(self, column: str = "fitness") -> dict[tuple[str, str], float]:
         return {(r.slot, r.option): float(getattr(r, column)) for r in self.table.itertuples()}
 
+    def features(self) -> dict[str, dict[str, float]]:
+        """Per-slot measures (``block_influence`` of sub-blocks, ``outlier_ratio`` of unit slots)."""
+        out: dict[str, dict[str, float]] = {}
+        first = self.table.drop_duplicates("slot")
+        for name in FEATURES:
+            vals = {r.slot: float(getattr(r, name)) for r in first.itertuples() if getattr(r, name) == getattr(r, name)}
+            if vals:
+                out[name] = vals
+        return out
 
-def profile_table(problem: Problem, fitness: dict[tuple[str, str], float], werr: dict[tuple[str, str], float]) -> pd.DataFrame:
+    def apply(self, problem: Problem, column: str = "fitness") -> None:
+        """Set the problem's additive proxy from ``column`` and attach the per-slot features."""
+        problem.set_proxy(self.proxy(column))
+        for name, vals in self.features().items():
+            problem.set_feature(name, vals)
+
+
+def slot_measures(problem: Problem, database: Database) -> tuple[dict[tuple[str, str], float], dict[str, dict[str, float]]]:
+    """Output error of every (slot, option) and the per-slot features, from the database's calibration.
+
+    A tie group's output error is ``Σ_u ‖(W_u − Ŵ_u)X_u‖² / Σ_u ‖W_u X_u‖²``; a dropped sub-block's is 1.
+    Without calibration data in the database every value is NaN.
+    """
+    nan = float("nan")
+    out: dict[tuple[str, str], float] = {}
+    influence = database.influence
+    feats: dict[str, dict[str, float]] = {"block_influence": {}, "outlier_ratio": {}}
+    for s in problem.slots:
+        if s.is_subblock:
+            out[(s.name, KEEP)], out[(s.name, DROP)] = 0.0, 1.0
+            feats["block_influence"][s.name] = influence.get(s.name, nan)
+            continue
+        norms = [database.unit_stat(u, "output_norm") for u, _ in s.units]
+        ratios = [database.unit_stat(u, "outlier_ratio") for u, _ in s.units]
+        calibrated = all(v is not None for v in norms)
+        total = sum(norms) if calibrated else 0.0  # type: ignore[arg-type]
+        numel = [n * k for _, (n, k) in s.units]
+        feats["outlier_ratio"][s.name] = (
+            sum(r * w for r, w in zip(ratios, numel)) / sum(numel) if calibrated else nan  # type: ignore[operator]
+        )
+        for o in s.options:
+            if o == DENSE:
+                out[(s.name, o)] = 0.0
+            elif not calibrated or total <= 0:
+                out[(s.name, o)] = nan
+            else:
+                errs = [database.output_error(u, o) for u, _ in s.units]
+                out[(s.name, o)] = sum(e * w for e, w in zip(errs, norms)) / total  # type: ignore[operator]
+    return out, feats
+
+
+def profile_table(
+    problem: Problem,
+    fitness: dict[tuple[str, str], float],
+    werr: dict[tuple[str, str], float],
+    oerr: dict[tuple[str, str], float] | None = None,
+    features: dict[str, dict[str, float]] | None = None,
+) -> pd.DataFrame:
+    nan = float("nan")
+    oerr = oerr or {}
+    features = features or {}
     rows = []
     for i, s in enumerate(problem.slots):
         for j, o in enumerate(s.options):
@@ -85,7 +148,9 @@ def profile_table(problem: Problem, fitness: dict[tuple[str, str], float], werr:
                     "zeros": int(problem.coef["sparsity"][i][j]),
                     "avg_bits": float(problem.coef["avg_bits"][i][j]) / s.numel if not s.is_subblock else 0.0,
                     "fitness": 0.0 if ref else fitness[(s.name, o)],
+                    "output_error": oerr.get((s.name, o), nan),
                     "weight_error": werr.get((s.name, o), 0.0),
+                    **{f: features.get(f, {}).get(s.name, nan) for f in FEATURES},
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -140,7 +205,8 @@ def load_or_build_profile(
             warnings.warn(f"{exc}; measuring the profile again", stacklevel=2)
     fitness = one_at_a_time(problem, score, progress=progress)
     werr = weight_error(problem, database, adapter.dense_weight)
-    profile = Profile(profile_table(problem, fitness, werr), key)
+    oerr, feats = slot_measures(problem, database)
+    profile = Profile(profile_table(problem, fitness, werr, oerr, feats), key)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_profile(profile, path, {"db": database.key, **key_parts})
     sidecar.write_text(file_hash(path))

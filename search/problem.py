@@ -19,6 +19,8 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.profiles.options import DROP, parse_option
 
 KEEP = "keep"
+LATENCY = "latency_us"
+_SCALE_NS = 1000  # latency coefficients are integer nanoseconds; the metric is in microseconds
 INACTIVE = -1
 Candidate = tuple[int, ...]
 
@@ -93,6 +95,7 @@ class Problem:
             for m, vals in zip(("avg_bits", "bytes", "sparsity", "dropped"), (bits, nbytes, zeros, dropped)):
                 self.coef[m].append(np.asarray(vals, dtype=np.int64))
         self.proxy: list[np.ndarray] = [np.zeros(len(s.options)) for s in self.slots]
+        self.features: dict[str, np.ndarray] = {}
         if proxy is not None:
             self.set_proxy(proxy)
 
@@ -115,6 +118,41 @@ class Problem:
                 raise LayerbudgetError(f"the profile score of slot {s.name!r} is not finite: {arr}")
             self.proxy[i] = arr
 
+    # ----- latency ------------------------------------------------------------------------------
+    def set_latency(self, nanoseconds: Mapping[tuple[str, str], int]) -> None:
+        """Add the ``latency_us`` metric: integer nanoseconds of every (unit slot, option).
+
+        Sub-block slots cost 0 (``keep`` adds nothing beyond its units, ``drop`` removes them).
+        """
+        coef = []
+        for s in self.slots:
+            if s.is_subblock:
+                coef.append(np.zeros(len(s.options), dtype=np.int64))
+                continue
+            missing = [o for o in s.options if (s.name, o) not in nanoseconds]
+            if missing:
+                raise LayerbudgetError(f"the latency table has no entry for slot {s.name!r} option(s) {missing}")
+            coef.append(np.asarray([int(nanoseconds[(s.name, o)]) for o in s.options], dtype=np.int64))
+        self.coef[LATENCY] = coef
+
+    # ----- per-slot features ------------------------------------------------------------------
+    def set_feature(self, name: str, values: Mapping[str, float]) -> None:
+        """Attach a per-slot measurement (e.g. ``block_influence``); slots not named hold NaN."""
+        unknown = sorted(set(values) - set(self.index))
+        if unknown:
+            raise LayerbudgetError(f"feature {name!r} names unknown slots: {unknown[:5]}")
+        arr = np.full(len(self.slots), np.nan)
+        for slot, v in values.items():
+            arr[self.index[slot]] = float(v)
+        self.features[name] = arr
+
+    def feature(self, name: str, *, who: str = "this searcher") -> np.ndarray:
+        """A per-slot feature array (NaN where undefined); a one-line error when it was never set."""
+        if name not in self.features:
+            have = ", ".join(sorted(self.features)) or "none"
+            raise LayerbudgetError(f"{who} needs the profile feature {name!r}, which this problem lacks (has: {have})")
+        return self.features[name]
+
     # ----- candidates --------------------------------------------------------------------------
     def active(self, cand: Candidate) -> list[bool]:
         act = []
@@ -136,8 +174,15 @@ class Problem:
                 raise LayerbudgetError(f"option index {out[i]} out of range for slot {s.name!r}")
         return tuple(out)
 
+    def _coef(self, metric: str) -> list[np.ndarray]:
+        if metric not in self.coef:
+            raise LayerbudgetError(
+                f"budget metric {metric!r} needs a latency table: set [latency] target (cpu, h100, ...) in the config"
+            )
+        return self.coef[metric]
+
     def raw(self, cand: Candidate, metric: str) -> int:
-        coef = self.coef[metric]
+        coef = self._coef(metric)
         return int(sum(coef[i][c] for i, c in enumerate(cand) if c != INACTIVE))
 
     def metric(self, cand: Candidate, metric: str) -> float:
@@ -149,6 +194,8 @@ class Problem:
             return raw / self.unit_numel
         if metric == "bytes":
             return float(raw + 2 * self.other_numel)
+        if metric == LATENCY:
+            return raw / _SCALE_NS
         return float(raw)
 
     def metrics(self, cand: Candidate) -> dict[str, float]:
@@ -160,6 +207,8 @@ class Problem:
             return c.value * self.unit_numel
         if c.metric == "bytes":
             return c.value - 2 * self.other_numel
+        if c.metric == LATENCY:
+            return c.value * _SCALE_NS
         return c.value
 
     def satisfies(self, cand: Candidate, budget: Budget) -> bool:
@@ -216,7 +265,7 @@ class Problem:
     # ----- feasibility -------------------------------------------------------------------------
     def metric_range(self, metric: str) -> tuple[float, float]:
         """Smallest and largest achievable value of one metric over all candidates."""
-        coef = self.coef[metric]
+        coef = self._coef(metric)
         lo = hi = 0
         for i, s in enumerate(self.slots):
             if self.parent[i] is not None:
@@ -231,7 +280,7 @@ class Problem:
             else:
                 lo += int(coef[i].min())
                 hi += int(coef[i].max())
-        scale = self.unit_numel if metric in ("avg_bits", "sparsity") else 1
+        scale = self.unit_numel if metric in ("avg_bits", "sparsity") else (_SCALE_NS if metric == LATENCY else 1)
         shift = 2 * self.other_numel if metric == "bytes" else 0
         return (lo + shift) / scale, (hi + shift) / scale
 

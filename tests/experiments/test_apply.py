@@ -206,18 +206,28 @@ def test_shipped_searcher_parameters_are_accepted(name):
 
     cfg = load_config(EXPERIMENTS / name)
     options = tuple(o for o in ("dense", *cfg.options.names) if o != "drop")
-    slots = [Slot(f"u{i}", options, ((f"u{i}", (256, 1024)),), block=i) for i in range(6)]
+    depth = "drop" in cfg.options.names
+    slots = []
+    for i in range(6):
+        sub = f"b{i}" if depth else None
+        if depth:
+            slots.append(Slot(sub, ("keep", "drop"), ((f"u{i}", (256, 1024)),), block=i, is_subblock=True))
+        slots.append(Slot(f"u{i}", options, ((f"u{i}", (256, 1024)),), block=i, subblock=sub))
     problem = Problem(slots)
+    if depth:
+        problem.set_feature("block_influence", {f"b{i}": 0.1 * (i + 1) for i in range(6)})
+    problem.set_feature("outlier_ratio", {f"u{i}": 0.01 * (i + 1) for i in range(6)})
     for searcher in cfg.search.searchers:
         for budget in cfg.budget:
             make_searcher(searcher, problem, budget, seed=0, **dict(cfg.search.params.get(searcher, {})))
 
 
-def test_compare_config_runs_every_searcher():
-    cfg = load_config(EXPERIMENTS / "compare.toml")
-    missing = sorted(set(known_searchers()) - set(cfg.search.searchers))
-    assert not missing, f"add {missing} to experiments/compare.toml"
-    assert len(cfg.budget) >= 3
+def test_compare_configs_run_every_searcher():
+    configs = [load_config(EXPERIMENTS / n) for n in ("compare.toml", "compare_depth.toml", "compare_sparsity.toml")]
+    covered = {s for cfg in configs for s in cfg.search.searchers}
+    missing = sorted(set(known_searchers()) - covered)
+    assert not missing, f"add {missing} to one of experiments/compare*.toml"
+    assert all(len(cfg.budget) >= 3 for cfg in configs)
 
 
 def test_minilm_joint_and_llama_configs_cover_their_options():
