@@ -53,7 +53,9 @@ from layerbudget.search.executor import Executor
 if TYPE_CHECKING:
     from layerbudget.prepare import Prepared
 
-_DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+# an actor process that is gone: crashed, killed, or killed by Ray's memory monitor (host OOM)
+_DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
+OOM_HINT = "lower data.batch_size or --workers, or give each actor more memory"
 
 
 # ----- the actor ---------------------------------------------------------------------------------
@@ -117,6 +119,7 @@ class _Worker:
         self.threads = threads
         self.busy_s = 0.0  # seconds spent scoring (the rest of a task's wall time is Ray's)
         self._exit_after: int | None = None
+        self._oom_after: int | None = None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,11 @@ class _Worker:
                 self._exit_after -= 1
                 if self._exit_after < 0:
                     os._exit(1)  # fault injection (tests): die like a crashed or OOM-killed worker
+            if self._oom_after is not None:
+                self._oom_after -= 1
+                if self._oom_after < 0:
+                    self._oom_after = None
+                    raise MemoryError("fault injection: allocation failed")
             out.append(float(self.evaluator.score(r.candidate, r.windows, r.batch)))
         self.busy_s += time.perf_counter() - start
         return out, self.node_id
@@ -145,6 +153,10 @@ class _Worker:
     def exit_after(self, n: int) -> None:
         """Fault injection: exit the process when about to score the request after the next ``n``."""
         self._exit_after = n
+
+    def oom_after(self, n: int) -> None:
+        """Fault injection: raise ``MemoryError`` (once) when about to score the request after the next ``n``."""
+        self._oom_after = n
 
 
 _RemoteWorker = ray.remote(_Worker)
@@ -402,14 +414,23 @@ class RayExecutor(Executor):
                 idle.append(w)
                 attempts[c] += 1
                 if attempts[c] > self.max_retries:
+                    oom = _is_oom(exc)
                     raise LayerbudgetError(
-                        f"requests {start}..{stop - 1} failed: their evaluation actor died {attempts[c]} times "
+                        f"requests {start}..{stop - 1} failed: their evaluation actor "
+                        f"{'ran out of memory' if oom else 'died'} {attempts[c]} times "
                         f"(max_retries={self.max_retries}); last error: {_actor_error(exc)}"
+                        + (f"; {OOM_HINT}" if oom else "")
                     ) from None
                 todo.appendleft(c)  # retry first, on whichever actor is idle next
                 continue
             except ray.exceptions.RayTaskError as exc:
-                raise _cause(exc) from None
+                cause = _cause(exc)
+                if _is_oom(cause):  # the scoring itself failed to allocate (host or GPU memory)
+                    raise LayerbudgetError(
+                        f"an evaluation actor ran out of memory scoring requests {start}..{stop - 1} "
+                        f"({_actor_error(cause)}); {OOM_HINT}"
+                    ) from None
+                raise cause from None
             fitness[start:stop] = values
             nodes[start:stop] = [node] * (stop - start)
             idle.append(w)
@@ -438,10 +459,24 @@ class RayExecutor(Executor):
         """Bytes this executor put in the object store, by item (``config``; ``database`` when shipped)."""
         return dict(self._shared)
 
+    def inject_oom(self, worker: int, after: int = 0) -> None:
+        """Testing: make actor ``worker`` raise ``MemoryError`` once, when about to score its ``after+1``-th
+        next request, as an allocation failing inside the scoring would."""
+        ray.get(self._actors[worker].oom_after.remote(after))
+
     def inject_crash(self, worker: int, after: int = 0) -> None:
         """Testing: make actor ``worker`` exit (``os._exit(1)``) when it is about to score its ``after+1``-th
         next request, as a crashed or OOM-killed process would."""
         ray.get(self._actors[worker].exit_after.remote(after))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """A memory failure: Ray's memory monitor killed the worker, or an allocation failed inside it."""
+    import torch
+
+    if isinstance(exc, (ray.exceptions.OutOfMemoryError, MemoryError, torch.OutOfMemoryError)):
+        return True
+    return "memory pressure" in str(exc) or "OutOfMemoryError" in str(exc)
 
 
 def _actor_error(exc: BaseException) -> str:

@@ -142,6 +142,16 @@ def test_gives_up_after_max_retries_with_a_clear_error(executor, inline, prepare
     assert fitness(executor.evaluate(reqs)) == fitness(inline.evaluate(reqs))  # replaced, usable again
 
 
+def test_out_of_memory_in_an_actor_is_reported_clearly(executor, inline, prepared):
+    reqs = requests(prepared.problem, 4, seed=2)
+    before = executor.restarts
+    executor.inject_oom(0, after=0)
+    with pytest.raises(LayerbudgetError, match=r"ran out of memory scoring requests .*lower data.batch_size or --workers"):
+        executor.evaluate(reqs)
+    assert executor.restarts == before  # not a crash: nothing to replace, and the executor stays usable
+    assert fitness(executor.evaluate(reqs)) == fitness(inline.evaluate(reqs))
+
+
 def test_evaluator_errors_are_reraised_not_retried(executor, prepared):
     cand = prepared.problem.uniform("rtn-b4-g128")
     before = executor.restarts
