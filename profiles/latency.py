@@ -10,7 +10,8 @@ One matmul ``y = x Wᵀ`` with ``x: [M, K]`` and ``W: [N, K]`` runs as what depl
   dense matmul in the activation dtype.
 
 Targets: ``cpu`` is *measured* here (median wall time of the module's CPU path at the current
-torch thread count); a GPU target uses a measured table from ``profiles/data/latency/`` when one
+torch thread count); a GPU target is measured with the project's kernels when that GPU is present
+(``triton.testing.do_bench``, fp16 activations); otherwise it uses a measured table from ``profiles/data/latency/`` when one
 has the exact (shape, format, M), and otherwise the roofline ``Σ_kernels max(bytes / bandwidth,
 FLOPs / peak) + overhead``, with bandwidth, peak and overhead fitted to that GPU's measured tables
 when there are any (:func:`calibrate`), else the datasheet peaks (:mod:`.hardware`). Bytes count the
@@ -112,12 +113,13 @@ def roofline_us(hw: Hardware, kernels: Iterable[Launch]) -> float:
 
 
 # ----- measurement on this CPU ----------------------------------------------------------------------
-def _cpu_weight(option: Option, shape: tuple[int, int], fmt: str | None, gen: torch.Generator):
+def _weight(option: Option, shape: tuple[int, int], fmt: str | None, gen: torch.Generator, device: str = "cpu"):
+    """A random weight of ``shape`` in the form that runs ``option`` (fp32 on the CPU, fp16 on a GPU)."""
     from layerbudget.kernels.quant_weight import PackedQuantWeight
     from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
 
     n, k = shape
-    w = torch.randn(n, k, generator=gen) * 0.02
+    w = (torch.randn(n, k, generator=gen) * 0.02).to(device, torch.float32 if device == "cpu" else torch.float16)
     if fmt == "lowbit":
         return PackedQuantWeight.from_dense(w, option.bits, option.group_size)
     if fmt == "sparse24":
@@ -134,7 +136,7 @@ def measure_cpu_us(option: Option, shape: tuple[int, int], m: int, *, min_second
 
     fmt, _ = kernel_format(option, shape)
     gen = torch.Generator().manual_seed(shape[0] * 7919 + shape[1])
-    weight = _cpu_weight(option, shape, fmt, gen)
+    weight = _weight(option, shape, fmt, gen)
     x = torch.randn(m, shape[1], generator=gen)
     fn = (lambda: F.linear(x, weight)) if fmt is None else (lambda: packed_matmul(x, weight))
     with torch.inference_mode():
@@ -151,6 +153,32 @@ def measure_cpu_us(option: Option, shape: tuple[int, int], m: int, *, min_second
             times.append((time.perf_counter() - t) / inner)
     times.sort()
     return times[len(times) // 2] * 1e6
+
+
+# ----- measurement on a present GPU -------------------------------------------------------------------
+GPU_NAMES = {"h100": "H100", "h200": "H200", "a100": "A100", "l40s": "L40S", "rtx4090": "RTX 4090"}
+
+
+def live_gpu(target: str) -> str | None:
+    """The CUDA device name when ``target``'s GPU is present here (latency is then measured), else None."""
+    if target not in GPU_NAMES or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return name if GPU_NAMES[target].lower() in name.lower() else None
+
+
+def measure_gpu_us(option: Option, shape: tuple[int, int], m: int) -> float:
+    """Median time (µs, ``triton.testing.do_bench``, L2 flushed) of what runs ``option`` on this GPU, fp16."""
+    from triton.testing import do_bench
+
+    from layerbudget.kernels.ops import packed_matmul
+
+    fmt, _ = kernel_format(option, shape)
+    gen = torch.Generator().manual_seed(shape[0] * 7919 + shape[1])
+    weight = _weight(option, shape, fmt, gen, "cuda")
+    x = torch.randn(m, shape[1], generator=gen).to("cuda", torch.float16)
+    fn = (lambda: F.linear(x, weight)) if fmt is None else (lambda: packed_matmul(x, weight))
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median")) * 1e3
 
 
 # ----- measured GPU tables ---------------------------------------------------------------------------
@@ -247,6 +275,7 @@ def latency_table(
     if table is not None:
         for r in table.itertuples():
             lookup[(r.n, r.k, r.m, r.format)] = (float(r.ms_auto) * 1e3, f"measured {r.gpu} {r.date}")
+    live = live_gpu(target)
     rows = []
     for shape, name in sorted(set(items)):
         opt = parse_option(name)
@@ -255,6 +284,8 @@ def latency_table(
         measured, source = math.nan, hw.source
         if target == CPU:
             measured, source = measure_cpu_us(opt, shape, m), hw.source
+        elif live is not None:
+            measured, source = measure_gpu_us(opt, shape, m), f"measured live {live}"
         elif (shape[0], shape[1], m, bench_format_name(opt, fmt)) in lookup:
             measured, source = lookup[(shape[0], shape[1], m, bench_format_name(opt, fmt))]
         rows.append(
@@ -310,6 +341,7 @@ def load_or_build_latency(problem: Problem, target: str, m: int, cache_dir: Path
     else:
         table = measured_tables(target)
         parts["tables"] = None if table is None else content_hash(table.to_dict(orient="list"))
+        parts["live"] = live_gpu(target) and {"gpu": live_gpu(target), **machine_id()}
     key = content_hash(parts)
     path = Path(cache_dir) / "latency" / f"{target}-{key[:24]}.parquet"
     sidecar = path.with_suffix(".sha256")

@@ -173,3 +173,13 @@ def test_config_latency_section_is_validated():
 def test_roofline_counts_overhead_per_kernel():
     hw = Hardware("x", bandwidth_gbs=1.0, tflops=1.0, overhead_us=2.0)
     assert roofline_us(hw, [Launch(1000.0, 0.0), Launch(0.0, 1e6)]) == pytest.approx(1.0 + 2 + 1.0 + 2)
+
+
+def test_gpu_targets_are_not_measured_without_their_gpu():
+    import torch
+
+    from layerbudget.profiles.latency import live_gpu
+
+    if not torch.cuda.is_available():
+        assert all(live_gpu(t) is None for t in GPUS)
+    assert live_gpu("cpu") is None
