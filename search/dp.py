@@ -9,7 +9,10 @@ choices) is clipped to the most the groups can ever use. When ``C / g <= buckets
 gcd of all shifted costs, the bucket unit is ``g`` and the DP is exact: it returns an ILP optimum.
 Otherwise the unit is ``u = ceil(C / buckets)``, each cost is rounded *up* to ``ceil(w / u)``
 buckets and the capacity *down* to ``C // u``, so ``Σ w <= u·Σ ceil(w / u) <= u·(C // u) <= C``:
-the returned plan always satisfies the exact integer constraint (it may be slightly suboptimal).
+the returned plan always satisfies the exact integer constraint. Before that conservative DP, a DP on
+costs rounded to the *nearest* bucket runs (its errors mostly cancel); its plan is brought within
+the exact budget by greedy downgrades (:func:`_repair`) and kept when that succeeds. Either way the
+slack left is then spent greedily with exact costs (:func:`_polish`).
 If rounding up leaves no plan within budget, the DP retries with finer buckets before giving up.
 
 Sub-blocks are nested knapsacks: a droppable sub-block and its unit slots form one group whose
@@ -137,10 +140,14 @@ def _most(problem: Problem, w: list[np.ndarray], top: int, kids: list[int]) -> i
     return max(keep, int(w[top][problem.slots[top].options.index(DROP)]))
 
 
-def _solve_buckets(problem: Problem, weights: list[np.ndarray], groups, unit: int, cap: int) -> Candidate | None:
-    """The DP on bucket weights ``ceil(w / unit)`` and capacity ``cap // unit``; None if none fits."""
+def _solve_buckets(
+    problem: Problem, weights: list[np.ndarray], groups, unit: int, cap: int, *, nearest: bool = False
+) -> Candidate | None:
+    """The DP on bucket weights ``ceil(w / unit)`` (or rounded to the nearest bucket when ``nearest``,
+    which may overspend the exact budget slightly) and capacity ``cap // unit``; None if none fits."""
     size = cap // unit + 1
-    bw = [-(-w // unit) for w in weights]  # ceil division keeps every plan within the exact budget
+    # ceil division keeps every plan within the exact budget
+    bw = [(w + unit // 2) // unit if nearest else -(-w // unit) for w in weights]
     proxy = problem.proxy
     # the most buckets each group can use; b only matters in [size-1 - (what later groups can use), size-1]
     most = [_most(problem, bw, top, kids) for top, kids in groups]
@@ -195,8 +202,16 @@ def _solve_buckets(problem: Problem, weights: list[np.ndarray], groups, unit: in
     return problem.canonical(cand)
 
 
-def solve_dp(problem: Problem, budget: Budget, *, buckets: int = 10000) -> Candidate:
+def default_buckets(problem: Problem) -> int:
+    """Buckets when none are given: 50 per slot, at least 10 000 (fine enough that rounding rarely
+    decides between two options of one unit)."""
+    return max(10_000, 50 * len(problem.slots))
+
+
+def solve_dp(problem: Problem, budget: Budget, *, buckets: int | None = None) -> Candidate:
     """The candidate minimising the proxy under a one-constraint ``budget`` (see module docstring)."""
+    if buckets is None:
+        buckets = default_buckets(problem)
     if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
         raise LayerbudgetError(f"dp buckets must be a positive integer, but got {buckets!r}")
     c = single_constraint(budget)
@@ -235,7 +250,15 @@ def solve_dp(problem: Problem, budget: Budget, *, buckets: int = 10000) -> Candi
     for _ in range(_RETRIES + 1):
         exact = cap // g <= tries
         unit = g if exact else -(-cap // tries)
-        cand = _solve_buckets(problem, weights, groups, unit, cap)
+        cand = None
+        if not exact:  # costs rounded to the nearest bucket: errors cancel; then fix with exact costs
+            near = _solve_buckets(problem, weights, groups, unit, cap, nearest=True)
+            if near is not None:
+                cand = _repair(problem, near, signed, limit)
+        if cand is None:
+            cand = _solve_buckets(problem, weights, groups, unit, cap)
+        if cand is not None and not exact:
+            cand = _polish(problem, cand, signed, limit)
         if cand is not None:
             if not problem.satisfies(cand, budget):  # the guarantee above; a bug if it fails
                 raise RuntimeError(f"dp solution violates budget {budget}: {problem.metrics(cand)}")
@@ -247,6 +270,74 @@ def solve_dp(problem: Problem, budget: Budget, *, buckets: int = 10000) -> Candi
         f"dp found no plan within budget {budget} with up to {tries} buckets (costs are rounded up); "
         "raise `buckets` or use ilp"
     )
+
+
+def _unit_table(problem: Problem, cand: Candidate, signed: list[np.ndarray]):
+    """Active unit slots of ``cand`` as padded cost/proxy matrices, current choices and the cost used."""
+    rows = [i for i, s in enumerate(problem.slots) if not s.is_subblock and cand[i] != INACTIVE]
+    kmax = max((len(problem.slots[i].options) for i in rows), default=1)
+    w = np.full((len(rows), kmax), np.iinfo(np.int64).max // 4, dtype=np.int64)
+    p = np.full((len(rows), kmax), np.inf)
+    for r, i in enumerate(rows):
+        w[r, : len(signed[i])] = signed[i]
+        p[r, : len(problem.proxy[i])] = problem.proxy[i]
+    used = sum(int(signed[i][c]) for i, c in enumerate(cand) if c != INACTIVE)
+    return rows, w, p, np.asarray([cand[i] for i in rows], dtype=np.int64), used
+
+
+def _with_choices(problem: Problem, cand: Candidate, rows: list[int], cur: np.ndarray) -> Candidate:
+    out = list(cand)
+    for r, i in enumerate(rows):
+        out[i] = int(cur[r])
+    return problem.canonical(out)
+
+
+def _repair(problem: Problem, cand: Candidate, signed: list[np.ndarray], limit: int) -> Candidate | None:
+    """Bring a plan that overspends ``limit`` back within it: cheapest proxy increase per cost saved."""
+    rows, w, p, cur, used = _unit_table(problem, cand, signed)
+    idx = np.arange(len(rows))
+    while used > limit:
+        if not rows:
+            return None
+        dw = w - w[idx, cur][:, None]
+        dp = p - p[idx, cur][:, None]
+        ok = (dw < 0) & np.isfinite(dp)
+        if not ok.any():
+            return None
+        score = np.where(ok, dp / np.maximum(-dw, 1), np.inf)
+        r, k = np.unravel_index(int(np.argmin(score)), score.shape)
+        used += int(dw[r, k])
+        cur[r] = k
+    return _with_choices(problem, cand, rows, cur)
+
+
+def _polish(problem: Problem, cand: Candidate, signed: list[np.ndarray], limit: int) -> Candidate:
+    """Spend the slack that rounding costs up left unused, with exact costs (bucketed DP only).
+
+    Greedy over active unit slots: take any move that lowers the proxy without raising the cost,
+    else the affordable move with the largest proxy decrease per unit of cost, until none is left.
+    Sub-block keep/drop decisions are not changed. Every step keeps ``Σ cost <= limit``.
+    """
+    rows, w, p, cur, used = _unit_table(problem, cand, signed)
+    if not rows:
+        return cand
+    idx = np.arange(len(rows))
+    slack = limit - used
+    for _ in range(len(rows) * w.shape[1]):
+        dw = w - w[idx, cur][:, None]
+        dp = p - p[idx, cur][:, None]
+        ok = (dw <= slack) & (dp < 0)
+        if not ok.any():
+            break
+        free = ok & (dw <= 0)
+        if free.any():
+            score = np.where(free, dp, np.inf)
+        else:
+            score = np.where(ok, dp / np.maximum(dw, 1), np.inf)
+        r, k = np.unravel_index(int(np.argmin(score)), score.shape)
+        slack -= int(dw[r, k])
+        cur[r] = k
+    return _with_choices(problem, cand, rows, cur)
 
 
 def depth_objective(scores_drop: Sequence[float], dropped: Sequence[int], pair: Sequence[float] | None = None) -> float:
@@ -327,7 +418,7 @@ class DpSearcher(ScoreOnceSearcher):
     name = "dp"
 
     def __init__(
-        self, problem, budget, *, seed: int = 0, buckets: int = 10000, pair: Sequence[float] | None = None, **params
+        self, problem, budget, *, seed: int = 0, buckets: int | None = None, pair: Sequence[float] | None = None, **params
     ):
         super().__init__(problem, budget, seed=seed, **params)
         c = single_constraint(budget)

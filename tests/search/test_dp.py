@@ -160,3 +160,22 @@ def test_dp_searcher_depth_pair_mode():
 class _ZeroScorer:
     def score(self, candidate, windows=None, batch=0):
         return 0.0
+
+
+def test_bucketed_dp_stays_in_budget_and_close_to_the_ilp():
+    """Coarse buckets (not exact): rounding to the nearest bucket, repair and polish with exact costs."""
+    from layerbudget.experiments.bench_solvers import synthetic_problem
+    from layerbudget.search.ilp import solve_ilp
+
+    problem = synthetic_problem(120, 12, seed=3)
+    lo, hi = problem.metric_range("avg_bits")
+    for frac in (0.1, 0.35, 0.8):
+        budget = Budget.from_dict({"avg_bits": lo + frac * (hi - lo)})
+        coarse = solve_dp(problem, budget, buckets=300)
+        fine = solve_dp(problem, budget)
+        best = problem.proxy_score(solve_ilp(problem, budget))
+        for cand in (coarse, fine):
+            assert problem.satisfies(cand, budget)
+            assert problem.proxy_score(cand) >= best - 1e-9
+        assert problem.proxy_score(coarse) <= best * 1.05
+        assert problem.proxy_score(fine) <= best * 1.01
