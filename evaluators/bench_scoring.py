@@ -3,18 +3,28 @@
 Usage::
 
     python -m layerbudget.evaluators.bench_scoring [--out bench-scoring.json] [--candidates 64]
-        [--seq-len 32] [--windows 4] [--repeats 3] [--no-ray]
+        [--generations 2] [--offspring N] [--seq-len 32] [--windows 4] [--repeats 3] [--no-ray]
+
+``--no-ray`` measures only (a).
 
 On the embedded MiniLM with a small config it measures, in one run:
 
-a) the evaluation engine (stitching + block restart) against a naive full re-evaluation (restore and
-   swap every weight, full forward on the same tokens, same cached dense reference) on two candidate
-   sequences in which each candidate differs from the previous one in 1-3 slots: a *quantization
-   walk* (every block compressed, as an evolutionary search at 3.5 bits produces) and the
-   *one-at-a-time profile* sequence (one slot compressed, dense elsewhere, as the sensitivity
-   profile scores them). Goal: at least 2x. The two must agree on every fitness (checked).
+a) the evaluation engine (stitching + restart from cached block inputs) against a naive full
+   re-evaluation (restore and swap every weight, full forward on the same tokens, dense reference
+   cached per window set in the same way) on two request sequences: the requests of a real run of
+   the ``evolution`` searcher (EvoPress quantization preset at 3.5 bits: 128 offspring that differ
+   from the parent in a few slots, staged selection on fresh windows, the parent re-scored at every
+   stage; the first ``--generations`` generations, recorded once by running the search with the
+   engine) and the *one-at-a-time profile* sequence (one slot compressed, dense elsewhere, as the
+   sensitivity profile scores them). The searcher's proxy is the one-at-a-time fitness, as the
+   profile gives it in a real run. The engine is also run without its trace cache (``max_traces=0``:
+   every candidate restarts from the dense block inputs), which must give bit-identical scores;
+   every engine score must match the naive one to 1e-4 and the recording run exactly. Every timed
+   pass starts from empty caches (fresh window sets and traces). Goal: at least 2x on the
+   evolution sequence.
 b) candidates/s of :class:`~layerbudget.search.ray_executor.RayExecutor` with 2 actors vs 1 actor on
-   one batch of the quantization walk (goal: at least 1.7x);
+   one batch of a *quantization walk* (every block compressed, each candidate 1-3 slots away from
+   the previous one) on the calibration set (goal: at least 1.7x);
 c) the per-candidate overhead of the Ray executor with 1 actor vs the inline executor (goal: at
    most 10 %);
 d) memory: bytes the Ray executor puts in the object store (config, shipped database) vs each
@@ -33,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,16 +52,20 @@ import numpy as np
 import torch
 
 from layerbudget.config import ExperimentConfig, config_from_dict
+from layerbudget.evaluators.engine import Evaluator
 from layerbudget.prepare import Prepared, prepare
 from layerbudget.profiles.options import DENSE, DROP
-from layerbudget.search.base import EvalRequest
+from layerbudget.search.base import EvalRequest, make_searcher
 from layerbudget.search.executor import Executor, InlineExecutor
-from layerbudget.search.problem import Candidate, Problem
+from layerbudget.search.loop import run_search
+from layerbudget.search.problem import KEEP, Candidate, Problem
 
 BENCH_OPTIONS = ("rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "rtn-b8-g128")
 
 
-def bench_config(cache_dir: str | Path, *, seq_len: int = 32, windows: int = 4, options: Sequence[str] = BENCH_OPTIONS) -> ExperimentConfig:
+def bench_config(
+    cache_dir: str | Path, *, seq_len: int = 32, windows: int = 4, options: Sequence[str] = BENCH_OPTIONS
+) -> ExperimentConfig:
     return config_from_dict(
         {
             "name": "bench-scoring",
@@ -64,14 +79,18 @@ def bench_config(cache_dir: str | Path, *, seq_len: int = 32, windows: int = 4, 
 
 
 # ----- candidate sequences -------------------------------------------------------------------------
-def quantization_walk(problem: Problem, n: int, rng: np.random.Generator, start: str = "rtn-b3-g64") -> list[Candidate]:
+def quantization_walk(
+    problem: Problem, n: int, rng: np.random.Generator, start: str = "rtn-b3-g64"
+) -> list[Candidate]:
     """``n`` candidates, each with 1-3 unit slots of the previous one set to another non-dense option."""
     units = [i for i, s in enumerate(problem.slots) if not s.is_subblock]
     cur = list(problem.uniform(start) or problem.uniform(DENSE))
     out = []
     for _ in range(n):
         for i in rng.choice(units, size=int(rng.integers(1, 4)), replace=False):
-            opts = [j for j, o in enumerate(problem.slots[i].options) if o not in (DENSE, DROP) and j != cur[i]]
+            opts = [
+                j for j, o in enumerate(problem.slots[i].options) if o not in (DENSE, DROP) and j != cur[i]
+            ]
             cur[i] = int(rng.choice(opts))
         out.append(problem.canonical(cur))
     return out
@@ -87,7 +106,9 @@ def profile_walk(problem: Problem, n: int, rng: np.random.Generator) -> list[Can
     jobs = []
     for i, s in enumerate(problem.slots):
         if not s.is_subblock:
-            jobs += [(i, j) for j in rng.permutation([j for j, o in enumerate(s.options) if o != DENSE]).tolist()]
+            jobs += [
+                (i, j) for j in rng.permutation([j for j, o in enumerate(s.options) if o != DENSE]).tolist()
+            ]
     out = []
     for k in np.linspace(0, len(jobs) - 1, num=min(n, len(jobs))).round().astype(int):
         i, j = jobs[k]
@@ -97,23 +118,77 @@ def profile_walk(problem: Problem, n: int, rng: np.random.Generator) -> list[Can
     return out
 
 
+def one_at_a_time_proxy(problem: Problem, scorer: Evaluator) -> dict[tuple[str, str], float]:
+    """Fitness on the calibration set of every (slot, option) alone, dense elsewhere (the profile's proxy)."""
+    base = problem.uniform(DENSE)
+    if base is None:
+        raise ValueError("the one-at-a-time proxy needs 'dense' in every slot")
+    out = {}
+    for i, s in enumerate(problem.slots):
+        for j, o in enumerate(s.options):
+            if o not in (DENSE, KEEP):
+                cand = list(base)
+                cand[i] = j
+                out[(s.name, o)] = scorer.score(problem.canonical(cand))
+    return out
+
+
+def evolution_requests(
+    prep: Prepared, generations: int, *, offspring: int | None = None, seed: int = 0
+) -> tuple[list[EvalRequest], list[float]]:
+    """The requests (and fitnesses) of a real ``evolution`` run on the bench problem, in order.
+
+    The problem's proxy is set to the one-at-a-time fitness first (a real run takes it from the
+    sensitivity profile); the searcher runs its preset for the first budget, cut to ``generations``.
+    """
+    evaluator = prep.evaluator()
+    prep.problem.set_proxy(one_at_a_time_proxy(prep.problem, evaluator))
+    params: dict[str, Any] = {"generations": generations}
+    if offspring is not None:
+        params["offspring"] = offspring
+    searcher = make_searcher("evolution", prep.problem, prep.cfg.budget[0], seed=seed, **params)
+    outcome = run_search(searcher, InlineExecutor(evaluator))
+    return [e.request for e in outcome.evaluations], [e.fitness for e in outcome.evaluations]
+
+
 # ----- naive scoring -------------------------------------------------------------------------------
 class NaiveScorer:
     """Restore the dense model, swap every unit's weight, run the whole model: no stitching, no restart.
 
-    Uses its own model replica (``prep``) and caches the dense reference of the calibration windows,
-    as any evaluator would; decoded weights come from the same kind of cached database.
+    Uses its own model replica (``prep``) and caches the dense reference of the calibration windows
+    and of the last ``max_fresh_sets`` fresh window sets (drawn exactly as the engine draws them), as
+    any evaluator would; decoded weights come from the same kind of cached database.
     """
 
-    def __init__(self, prep: Prepared):
+    def __init__(self, prep: Prepared, max_fresh_sets: int = 4):
         self.prep = prep
-        self.batches = list(torch.split(prep.tokens.calib, prep.cfg.data.batch_size))
-        prep.adapter.restore()
-        self.refs = [prep.fitness.reference(prep.adapter.forward(b)) for b in self.batches]
+        self.max_fresh_sets = max_fresh_sets
+        self.calib = self._reference(prep.tokens.calib)
+        self.fresh: OrderedDict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+
+    def _reference(self, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.prep.adapter.restore()
+        batches = torch.split(ids, self.prep.cfg.data.batch_size)
+        return [(b, self.prep.fitness.reference(self.prep.adapter.forward(b))) for b in batches]
+
+    def _windows(self, windows: int | None, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if windows is None:
+            return self.calib
+        key = (windows, batch)
+        if key not in self.fresh:
+            rng = np.random.default_rng([self.prep.cfg.seed, batch, windows])
+            self.fresh[key] = self._reference(self.prep.tokens.fresh_calib(windows, rng))
+            while len(self.fresh) > self.max_fresh_sets:
+                self.fresh.popitem(last=False)
+        else:
+            self.fresh.move_to_end(key)
+        return self.fresh[key]
+
+    def clear_caches(self) -> None:
+        self.fresh.clear()
 
     def score(self, candidate: Candidate, windows: int | None = None, batch: int = 0) -> float:
-        if windows is not None:
-            raise ValueError("the naive scorer only scores the calibration set")
+        batches = self._windows(windows, batch)
         ad, db = self.prep.adapter, self.prep.database
         ad.restore()
         units, dropped = self.prep.problem.assignment(candidate)
@@ -123,17 +198,20 @@ class NaiveScorer:
             if option not in (DENSE, DROP):
                 ad.set_weight(unit, db.weight(unit, option))
         num = den = 0.0
-        for ids, ref in zip(self.batches, self.refs):
+        for ids, ref in batches:
             n, d = self.prep.fitness.partial(ad.forward(ids), ref)
             num, den = num + n, den + d
         return num / den if den > 0 else float("nan")
 
 
 # ----- timing --------------------------------------------------------------------------------------
-def best_time(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_time(
+    runs: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = True
+) -> dict[str, float]:
     """Seconds of the fastest of ``repeats`` passes of each run, after one warm-up pass; runs interleave."""
-    for fn in runs.values():
-        fn()
+    if warmup:
+        for fn in runs.values():
+            fn()
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
         for name, fn in runs.items():
@@ -143,32 +221,88 @@ def best_time(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     return best
 
 
-def measure_engine(prep: Prepared, naive_prep: Prepared, sequences: dict[str, list[Candidate]], repeats: int) -> dict[str, Any]:
-    """(a): seconds per candidate of the engine and of naive scoring, and their agreement."""
-    engine, naive = prep.evaluator(), NaiveScorer(naive_prep)
+def _replay(scorer: Evaluator | NaiveScorer, requests: list[EvalRequest]) -> list[float]:
+    """Score ``requests`` in order, starting from empty caches (fresh window sets, traces)."""
+    scorer.clear_caches()
+    return [scorer.score(r.candidate, r.windows, r.batch) for r in requests]
+
+
+def measure_engine(
+    prep: Prepared,
+    naive_prep: Prepared,
+    sequences: dict[str, Sequence[EvalRequest | Candidate]],
+    repeats: int,
+    *,
+    restart_prep: Prepared | None = None,
+    expected: dict[str, list[float]] | None = None,
+) -> dict[str, Any]:
+    """(a): seconds per request of the engine, of naive scoring and (with ``restart_prep``) of the
+    engine without traces; a bare candidate in ``sequences`` is a request on the calibration set.
+
+    Each model replica serves one scorer. The first pass of every sequence is the check (and the
+    warm-up): the engine must equal the engine without traces (and ``expected``) exactly, and the
+    naive scores to 1e-4 relative.
+    """
+    scorers: dict[str, Evaluator | NaiveScorer] = {"engine": prep.evaluator()}
+    if restart_prep is not None:
+        cfg = restart_prep.cfg
+        scorers["dense_restart"] = Evaluator(
+            restart_prep.adapter,
+            restart_prep.database,
+            restart_prep.problem,
+            restart_prep.tokens,
+            restart_prep.fitness,
+            batch_size=cfg.data.batch_size,
+            data_seed=cfg.seed,
+            max_traces=0,
+        )
+    scorers["naive"] = NaiveScorer(naive_prep)
+    engines = {k: sc for k, sc in scorers.items() if isinstance(sc, Evaluator)}
     out: dict[str, Any] = {}
-    for name, cands in sequences.items():
-        got = [engine.score(c) for c in cands]
-        want = [naive.score(c) for c in cands]
-        err = max(abs(g - w) / max(abs(w), 1e-12) for g, w in zip(got, want))
+    for name, seq in sequences.items():
+        requests = [r if isinstance(r, EvalRequest) else EvalRequest(r) for r in seq]
+        blocks = {k: sc.blocks_run for k, sc in engines.items()}
+        engines["engine"].trace_bytes_peak = 0
+        got = {k: _replay(sc, requests) for k, sc in scorers.items()}
+        blocks = {k: (sc.blocks_run - blocks[k]) / len(requests) for k, sc in engines.items()}
+        if "dense_restart" in got and got["engine"] != got["dense_restart"]:
+            raise RuntimeError(f"engine scores on {name} differ from the dense-restart engine's")
+        if expected and name in expected and got["engine"] != expected[name]:
+            raise RuntimeError(f"engine scores on {name} differ from those of the recording run")
+        err = max(abs(g - w) / max(abs(w), 1e-12) for g, w in zip(got["engine"], got["naive"]))
         if err > 1e-4:
             raise RuntimeError(f"engine and naive scores disagree on {name}: max relative error {err:.3g}")
         t = best_time(
-            {"engine": lambda c=cands: [engine.score(x) for x in c], "naive": lambda c=cands: [naive.score(x) for x in c]},
+            {k: (lambda sc=sc, rq=requests: _replay(sc, rq)) for k, sc in scorers.items()},
             repeats,
+            warmup=False,
         )
-        out[name] = {
-            "candidates": len(cands),
-            "engine_ms": 1e3 * t["engine"] / len(cands),
-            "naive_ms": 1e3 * t["naive"] / len(cands),
+        row: dict[str, Any] = {
+            "candidates": len(requests),
+            "requests_per_windows": dict(
+                Counter("calib" if r.windows is None else str(r.windows) for r in requests)
+            ),
+            "engine_ms": 1e3 * t["engine"] / len(requests),
+            "naive_ms": 1e3 * t["naive"] / len(requests),
             "speedup": t["naive"] / t["engine"],
+            "blocks_per_request": blocks["engine"],
+            "trace_bytes_peak": engines["engine"].trace_bytes_peak,
             "max_rel_diff": err,
         }
-    naive_prep.adapter.restore()
+        if "dense_restart" in t:
+            row["dense_restart_ms"] = 1e3 * t["dense_restart"] / len(requests)
+            row["speedup_dense_restart"] = t["naive"] / t["dense_restart"]
+            row["blocks_per_request_dense_restart"] = blocks["dense_restart"]
+        out[name] = row
+    for p in (naive_prep, restart_prep):
+        if p is not None:
+            p.adapter.restore()
     return out
 
 
-def measure_ray(prep: Prepared, cands: list[Candidate], repeats: int, workers: Sequence[int] = (1, 2)) -> dict[str, Any]:
+def measure_ray(
+    prep: Prepared, cands: list[Candidate], repeats: int, workers: Sequence[int] = (1, 2)
+) -> dict[str, Any]:
     """(b), (c), (d): inline vs Ray with 1 and 2 actors on one batch of requests; memory of each."""
     import ray
 
@@ -176,7 +310,9 @@ def measure_ray(prep: Prepared, cands: list[Candidate], repeats: int, workers: S
 
     owns = not ray.is_initialized()
     if owns:  # executors of every size stay alive together, so ask for enough (logical) CPUs
-        ray.init(num_cpus=max(os.cpu_count() or 1, sum(workers)), include_dashboard=False, logging_level="ERROR")
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, sum(workers)), include_dashboard=False, logging_level="ERROR"
+        )
     requests = [EvalRequest(c) for c in cands]
     reference = [e.fitness for e in InlineExecutor(prep.evaluator()).evaluate(requests)]
     executors: dict[str, Executor] = {"inline": InlineExecutor(prep.evaluator())}
@@ -191,7 +327,11 @@ def measure_ray(prep: Prepared, cands: list[Candidate], repeats: int, workers: S
             executors[f"ray{n}"] = ex
         t = best_time({k: (lambda ex=ex: ex.evaluate(requests)) for k, ex in executors.items()}, repeats)
         for k, seconds in t.items():
-            out[k] = {"seconds": seconds, "candidates_per_s": len(requests) / seconds, "ms_per_candidate": 1e3 * seconds / len(requests)}
+            out[k] = {
+                "seconds": seconds,
+                "candidates_per_s": len(requests) / seconds,
+                "ms_per_candidate": 1e3 * seconds / len(requests),
+            }
         for n in workers:  # one more pass: how much of the wall time the actors spent scoring
             ex = executors[f"ray{n}"]
             busy = sum(i["busy_s"] for i in ex.worker_info())
@@ -200,7 +340,11 @@ def measure_ray(prep: Prepared, cands: list[Candidate], repeats: int, workers: S
             wall = time.perf_counter() - t0
             busy = sum(i["busy_s"] for i in ex.worker_info()) - busy
             out[f"ray{n}"].update(
-                {"check_pass_s": wall, "actor_busy_s": busy, "outside_scoring_ms_per_candidate": 1e3 * (wall - busy / n) / len(requests)}
+                {
+                    "check_pass_s": wall,
+                    "actor_busy_s": busy,
+                    "outside_scoring_ms_per_candidate": 1e3 * (wall - busy / n) / len(requests),
+                }
             )
         if "ray1" in t:
             out["overhead_ray1_vs_inline"] = t["ray1"] / t["inline"] - 1.0
@@ -210,7 +354,9 @@ def measure_ray(prep: Prepared, cands: list[Candidate], repeats: int, workers: S
         if isinstance(last, RayExecutor):
             out["memory"] = {
                 "object_store_bytes": last.shared_bytes(),
-                "actors": [{"node": i["node_id"][:12], "pid": i["pid"], **i["memory"]} for i in last.worker_info()],
+                "actors": [
+                    {"node": i["node_id"][:12], "pid": i["pid"], **i["memory"]} for i in last.worker_info()
+                ],
                 "driver": _driver_memory(),
             }
     finally:
@@ -233,22 +379,43 @@ def _mb(x: float) -> str:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_start']} -> {result['machine']['load_end']}"]
-    lines.append(f"{'(a) sequence':<24}{'engine ms':>10}{'naive ms':>10}{'speedup':>9}   goal >= 2x")
+    lines = [
+        f"machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_start']} -> {result['machine']['load_end']}"
+    ]
+    lines.append(
+        f"{'(a) sequence':<24}{'engine ms':>10}{'restart ms':>11}{'naive ms':>10}{'speedup':>9}"
+        f"{'restart':>9}{'blocks':>8}   goal >= 2x (evolution)"
+    )
     for name, r in result["engine"].items():
-        lines.append(f"    {name:<20}{r['engine_ms']:>10.1f}{r['naive_ms']:>10.1f}{r['speedup']:>8.2f}x")
+        nan = float("nan")
+        lines.append(
+            f"    {name:<20}{r['engine_ms']:>10.2f}{r.get('dense_restart_ms', nan):>11.2f}{r['naive_ms']:>10.2f}"
+            f"{r['speedup']:>8.2f}x{r.get('speedup_dense_restart', nan):>8.2f}x{r['blocks_per_request']:>8.2f}"
+        )
+    lines.append(
+        "    (restart: the engine without traces, every request restarts from the dense block inputs;"
+        " blocks: blocks run per request and batch by the engine)"
+    )
     ray_r = result.get("ray")
     if ray_r:
         lines.append(f"{'(b,c) executor':<24}{'cand/s':>10}{'ms/cand':>10}{'  ms/cand outside scoring':>26}")
         for k in ("inline", "ray1", "ray2"):
             if k in ray_r:
                 r = ray_r[k]
-                extra = f"{r['outside_scoring_ms_per_candidate']:>26.2f}" if "outside_scoring_ms_per_candidate" in r else ""
-                lines.append(f"    {k:<20}{r['candidates_per_s']:>10.2f}{r['ms_per_candidate']:>10.1f}{extra}")
+                extra = (
+                    f"{r['outside_scoring_ms_per_candidate']:>26.2f}"
+                    if "outside_scoring_ms_per_candidate" in r
+                    else ""
+                )
+                lines.append(
+                    f"    {k:<20}{r['candidates_per_s']:>10.2f}{r['ms_per_candidate']:>10.1f}{extra}"
+                )
         if "speedup_ray2_vs_ray1" in ray_r:
             lines.append(f"(b) 2 actors vs 1 actor : {ray_r['speedup_ray2_vs_ray1']:.2f}x   goal >= 1.7x")
         if "overhead_ray1_vs_inline" in ray_r:
-            lines.append(f"(c) Ray 1 actor vs inline: {100 * ray_r['overhead_ray1_vs_inline']:+.1f} %   goal <= 10 %")
+            lines.append(
+                f"(c) Ray 1 actor vs inline: {100 * ray_r['overhead_ray1_vs_inline']:+.1f} %   goal <= 10 %"
+            )
         mem = ray_r.get("memory")
         if mem:
             for k, v in mem["object_store_bytes"].items():
@@ -266,6 +433,8 @@ def run(
     cache_dir: str | Path,
     *,
     candidates: int = 64,
+    generations: int = 2,
+    offspring: int | None = None,
     seq_len: int = 32,
     windows: int = 4,
     repeats: int = 3,
@@ -277,19 +446,38 @@ def run(
     cfg = bench_config(cache_dir, seq_len=seq_len, windows=windows)
     prep = prepare(cfg, progress=False)
     naive_prep = prepare(cfg, progress=False, build=False)
+    restart_prep = prepare(cfg, progress=False, build=False)
     rng = np.random.default_rng(seed)
+    evo, evo_fitness = evolution_requests(prep, generations, offspring=offspring, seed=seed)
     sequences = {
-        "quantization walk": quantization_walk(prep.problem, candidates, rng),
-        "profile (one-at-a-time)": profile_walk(prep.problem, candidates, rng),
+        "evolution search": evo,
+        "profile (one-at-a-time)": [EvalRequest(c) for c in profile_walk(prep.problem, candidates, rng)],
     }
     result: dict[str, Any] = {
-        "config": {"seq_len": seq_len, "calib_windows": windows, "batch_size": cfg.data.batch_size,
-                   "options": list(cfg.options.names), "candidates": candidates, "repeats": repeats, "torch_threads": 1},
-        "engine": measure_engine(prep, naive_prep, sequences, repeats),
+        "config": {
+            "seq_len": seq_len,
+            "calib_windows": windows,
+            "batch_size": cfg.data.batch_size,
+            "options": list(cfg.options.names),
+            "budget": str(cfg.budget[0]),
+            "candidates": candidates,
+            "generations": generations,
+            "offspring": offspring,
+            "repeats": repeats,
+            "torch_threads": 1,
+        },
+        "engine": measure_engine(
+            prep,
+            naive_prep,
+            sequences,
+            repeats,
+            restart_prep=restart_prep,
+            expected={"evolution search": evo_fitness},
+        ),
     }
-    del naive_prep
+    del naive_prep, restart_prep
     if use_ray:
-        result["ray"] = measure_ray(prep, sequences["quantization walk"], repeats)
+        result["ray"] = measure_ray(prep, quantization_walk(prep.problem, candidates, rng), repeats)
     result["machine"] = {
         "cpus": os.cpu_count(),
         "load_start": [round(x, 2) for x in load_start] if load_start else None,
@@ -301,17 +489,32 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-scoring.json", help="where to write the JSON results")
-    parser.add_argument("--candidates", type=int, default=64, help="candidates per sequence (and per Ray batch)")
+    parser.add_argument(
+        "--candidates", type=int, default=64, help="candidates of the profile sequence (and per Ray batch)"
+    )
+    parser.add_argument(
+        "--generations",
+        type=int,
+        default=2,
+        help="evolution generations recorded for (a) (each: offspring + stages)",
+    )
+    parser.add_argument(
+        "--offspring", type=int, default=None, help="evolution offspring (default: the preset's)"
+    )
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--windows", type=int, default=4, help="calibration windows scored per candidate")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement (best is kept)")
     parser.add_argument("--cache-dir", default=None, help="database cache (default: a temporary directory)")
-    parser.add_argument("--no-ray", action="store_true", help="only measure (a), the engine against naive scoring")
+    parser.add_argument(
+        "--no-ray", action="store_true", help="only measure (a), the engine against naive scoring"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(
             args.cache_dir or tmp,
             candidates=args.candidates,
+            generations=args.generations,
+            offspring=args.offspring,
             seq_len=args.seq_len,
             windows=args.windows,
             repeats=args.repeats,

@@ -402,10 +402,18 @@ class ModelAdapter:
         return out, record
 
     @torch.inference_mode()
-    def forward_from(self, start: int, inputs: BlockInputs) -> torch.Tensor:
-        """Run blocks ``start..`` on recorded inputs, then the family's tail; same output as forward."""
+    def forward_from(
+        self, start: int, inputs: BlockInputs, record: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Run blocks ``start..`` on recorded inputs, then the family's tail; same output as forward.
+
+        With ``record`` (a list of ``num_blocks`` entries), ``record[i]`` is set to the input this
+        pass fed block ``i`` for every ``i >= start`` (entries before ``start`` are left alone).
+        """
         hidden = inputs.hidden[start]
         for i in range(start, self.num_blocks):
+            if record is not None:
+                record[i] = hidden
             args, kwargs = inputs.calls[i]
             out = self.blocks[i](hidden, *args, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out

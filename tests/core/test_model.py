@@ -12,7 +12,7 @@ import torch
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.families import family_by_name, family_for_model_type, known_families
-from layerbudget.model import DEFAULT_MODEL_NAME, ModelAdapter, load_model, resolve_model_path
+from layerbudget.model import DEFAULT_MODEL_NAME, BlockInputs, ModelAdapter, load_model, resolve_model_path
 
 BLOCKS = 2
 SEQ = 12
@@ -489,6 +489,21 @@ def test_forward_from_every_start_equals_forward(tiny) -> None:
     assert ref.shape[-1] == (width if tiny.task == "encoder" else tiny.model.config.vocab_size)
     for start in range(tiny.num_blocks):
         torch.testing.assert_close(tiny.forward_from(start, inputs), ref, atol=1e-6, rtol=0)
+
+
+def test_forward_from_records_the_block_inputs_it_computes(tiny) -> None:
+    ids = token_ids()
+    _, inputs = tiny.capture(ids)
+    for start in range(tiny.num_blocks):
+        record: list = [None] * tiny.num_blocks
+        out = tiny.forward_from(start, inputs, record)
+        assert torch.equal(out, tiny.forward_from(start, inputs))
+        assert record[:start] == [None] * start and record[start] is inputs.hidden[start]
+        for i in range(start, tiny.num_blocks):
+            torch.testing.assert_close(record[i], inputs.hidden[i], atol=1e-6, rtol=0)
+            # restarting from a recorded input is the same computation: bit-identical output
+            restart = BlockInputs(inputs.hidden[:start] + record[start:], inputs.calls)
+            assert torch.equal(tiny.forward_from(i, restart), out)
 
 
 @pytest.mark.parametrize("block", [0, 1], ids=["block0", "block1"])
