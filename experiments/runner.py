@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from layerbudget.config import ExperimentConfig
+from layerbudget.config import ExperimentConfig, executor_kind
 from layerbudget.errors import LayerbudgetError
 from layerbudget.experiments.outputs import CandidateLog, write_run_dir
 from layerbudget.plan import Plan, package_versions
@@ -60,8 +60,9 @@ def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bo
 
 
 def make_executor(cfg: ExperimentConfig, prep, evaluator) -> Executor:
-    """The executor named by ``cfg.executor`` (Ray is imported only when asked for)."""
-    if cfg.executor.kind == "inline":
+    """The executor of ``cfg.executor`` (see :func:`~layerbudget.config.executor_kind`; Ray is imported
+    only when it is used)."""
+    if executor_kind(cfg.executor) == "inline":
         return InlineExecutor(evaluator)
     from layerbudget.search.ray_executor import RayExecutor
 
@@ -108,30 +109,34 @@ def run_experiment(
         f"{'reused' if prep.database_reused else 'built'} ({database.root})"
     )
 
-    t = time.perf_counter()
     evaluator = prep.evaluator()
-    profile, prof_reused = prep.profile(evaluator, progress=progress)
-    profile.apply(problem)
-    timings["profile"] = time.perf_counter() - t
-    log(f"profile: {len(profile.table)} (slot, option) rows, {'reused' if prof_reused else 'measured'}")
-    if prep.latency is not None:
-        lat = cfg.latency
-        dense = problem.metric(problem.uniform("dense"), "latency_us") if problem.uniform("dense") else float("nan")
-        log(f"latency: {lat.target} at {lat.tokens} row(s), dense units {dense:.1f} us ({prep.latency['source'].iloc[0]})")
-
-    candidates = CandidateLog(problem)
-    result = RunResult(run_dir, timings=timings)
-    provenance_base = {
-        "profile_hash": profile.key,
-        "database_key": database.key,
-        "data": {"source": tokens.source, "text_sha256": tokens.text_hash, "calib_sha256": calib_hash},
-        "fitness": fitness.name,
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "versions": package_versions(),
-    }
-    model_info = {"id": adapter.model_id, "weight_hash": adapter.weight_hash(), "family": adapter.spec.name}
     with make_executor(cfg, prep, evaluator) as executor:
+        workers = getattr(executor, "num_workers", 1)
+        log(f"executor: {executor_kind(cfg.executor)} ({workers} worker{'s' if workers != 1 else ''})")
+        t = time.perf_counter()
+        profile, prof_reused = prep.profile(evaluator, executor=executor, progress=progress)
+        profile.apply(problem)
+        timings["profile"] = time.perf_counter() - t
+        log(f"profile: {len(profile.table)} (slot, option) rows, {'reused' if prof_reused else 'measured'}")
+        if prep.latency is not None:
+            lat = cfg.latency
+            dense = problem.uniform("dense")
+            dense_us = problem.metric(dense, "latency_us") if dense is not None else float("nan")
+            source = prep.latency["source"].iloc[0]
+            log(f"latency: {lat.target} at {lat.tokens} row(s), dense units {dense_us:.1f} us ({source})")
+
+        candidates = CandidateLog(problem)
+        result = RunResult(run_dir, timings=timings)
+        provenance_base = {
+            "profile_hash": profile.key,
+            "database_key": database.key,
+            "data": {"source": tokens.source, "text_sha256": tokens.text_hash, "calib_sha256": calib_hash},
+            "fitness": fitness.name,
+            "seed": cfg.seed,
+            "config": cfg.to_dict(),
+            "versions": package_versions(),
+        }
+        model_info = {"id": adapter.model_id, "weight_hash": adapter.weight_hash(), "family": adapter.spec.name}
         for b_idx, budget in enumerate(cfg.budget):
             for name in cfg.search.searchers:
                 t = time.perf_counter()

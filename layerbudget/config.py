@@ -69,12 +69,25 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    kind: str = "inline"  # "inline" (this process) or "ray" (a pool of evaluation actors)
+    kind: str = ""  # "ray" (a pool of evaluation actors), "inline" (this process); "" = $LAYERBUDGET_EXECUTOR or ray
     address: str = ""  # Ray cluster: "" = reuse or start a local one; "host:port", "ray://host:port", "auto"
     workers: int = 0  # 0 = cluster CPUs // threads_per_worker
     threads_per_worker: int = 0  # 0 = cluster CPUs // workers
     max_retries: int = 3  # re-runs of a chunk whose actor died
     ship_database: bool = False  # put the database in the object store (nodes without a shared cache)
+
+
+ENV_EXECUTOR = "LAYERBUDGET_EXECUTOR"
+
+
+def executor_kind(ex: ExecutorConfig) -> str:
+    """The executor a run uses: ``executor.kind`` when set, else ``$LAYERBUDGET_EXECUTOR``, else ``ray``."""
+    import os
+
+    kind = ex.kind or os.environ.get(ENV_EXECUTOR, "") or "ray"
+    if kind not in ("inline", "ray"):
+        raise LayerbudgetError(f"${ENV_EXECUTOR} must be 'inline' or 'ray', but got {kind!r}")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -223,7 +236,7 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise LayerbudgetError(f"unknown fitness {cfg.search.fitness!r}; known: auto, {', '.join(known_fitness())}")
     _validate_sweep(cfg.budget)
     ex = cfg.executor
-    if ex.kind not in ("inline", "ray"):
+    if ex.kind not in ("", "inline", "ray"):
         raise LayerbudgetError(f"executor.kind must be 'inline' or 'ray', but got {ex.kind!r}")
     for key in ("workers", "threads_per_worker", "max_retries"):
         if getattr(ex, key) < 0:

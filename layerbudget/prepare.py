@@ -31,6 +31,8 @@ from layerbudget.profiles.database import (
 from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
 from layerbudget.profiles.options import DENSE, parse_options
 from layerbudget.profiles.profile import Profile, build_problem, load_or_build_profile
+from layerbudget.search.base import EvalRequest
+from layerbudget.search.executor import Executor
 from layerbudget.search.problem import Problem
 
 
@@ -62,12 +64,19 @@ class Prepared:
         )
 
 
-    def profile(self, evaluator: Evaluator | None = None, *, progress: bool = True) -> tuple[Profile, bool]:
-        """The cached sensitivity profile of this problem (measured with ``evaluator`` when missing)."""
+    def profile(
+        self, evaluator: Evaluator | None = None, *, executor: Executor | None = None, progress: bool = True
+    ) -> tuple[Profile, bool]:
+        """The cached sensitivity profile of this problem; when missing it is measured with ``evaluator``,
+        or in one batch on ``executor`` (e.g. its Ray actors) when one is given."""
         evaluator = evaluator or self.evaluator()
         key_parts = {"calib": self.calib_hash, "fitness": self.fitness.name, "seq_len": self.tokens.seq_len}
+        many = None
+        if executor is not None:
+            many = lambda cands: [e.fitness for e in executor.evaluate([EvalRequest(c) for c in cands])]  # noqa: E731
         return load_or_build_profile(
-            self.problem, self.database, self.adapter, evaluator.score, self.cache_dir, key_parts, progress=progress
+            self.problem, self.database, self.adapter, evaluator.score, self.cache_dir, key_parts,
+            progress=progress, score_many=many,
         )
 
 

@@ -187,6 +187,7 @@ def load_or_build_profile(
     key_parts: dict,
     *,
     progress: bool = True,
+    score_many: Callable[[list[Candidate]], list[float]] | None = None,
 ) -> tuple[Profile, bool]:
     """Reuse the cached profile for this (database, data, fitness, slots) or measure it."""
     slots = [(s.name, list(s.options)) for s in problem.slots]
@@ -203,7 +204,7 @@ def load_or_build_profile(
             return profile, True
         except CorruptCache as exc:
             warnings.warn(f"{exc}; measuring the profile again", stacklevel=2)
-    fitness = one_at_a_time(problem, score, progress=progress)
+    fitness = one_at_a_time(problem, score, progress=progress, score_many=score_many)
     werr = weight_error(problem, database, adapter.dense_weight)
     oerr, feats = slot_measures(problem, database)
     profile = Profile(profile_table(problem, fitness, werr, oerr, feats), key)

@@ -17,10 +17,12 @@ def one_at_a_time(
     score: Callable[[Candidate], float],
     *,
     progress: bool = True,
+    score_many: Callable[[list[Candidate]], list[float]] | None = None,
 ) -> dict[tuple[str, str], float]:
     """Fitness of the dense model with only one slot changed, for every (slot, option).
 
     ``dense`` and ``keep`` are not scored (they are the reference, fitness 0 by construction).
+    ``score_many`` scores the whole list in one call (e.g. on an executor's workers) instead.
     """
     base = problem.uniform(DENSE)
     if base is None:
@@ -32,6 +34,15 @@ def one_at_a_time(
         if o not in (DENSE, KEEP)
     ]
     out: dict[tuple[str, str], float] = {}
+    if score_many is not None:
+        cands = []
+        for i, j in jobs:
+            cand = list(base)
+            cand[i] = j
+            cands.append(problem.canonical(cand))
+        for (i, j), value in zip(jobs, score_many(cands)):
+            out[(problem.slots[i].name, problem.slots[i].options[j])] = float(value)
+        return out
     for i, j in tqdm(jobs, desc="sensitivity", unit="eval", disable=not progress, leave=False):
         cand = list(base)
         cand[i] = j

@@ -235,10 +235,13 @@ def _one_cpu_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Safety net: the whole session caches under a temporary directory, never ``~/.cache``."""
+    """Safety net: the whole session caches under a temporary directory, never ``~/.cache``; runs
+    default to the inline executor (one shared Ray session serves the tests that ask for Ray)."""
     path = tmp_path_factory.mktemp("layerbudget-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAYERBUDGET_CACHE", str(path))
+        # runs score inline unless a test asks for Ray (executor.kind / --executor ray)
+        mp.setenv("LAYERBUDGET_EXECUTOR", "inline")
         yield path
 
 

@@ -212,10 +212,10 @@ def test_bench_scoring_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, "-m", "layerbudget.evaluators.bench_scoring", "--out", str(out), "--candidates", "3",
-         "--repeats", "1", "--cache-dir", str(tmp_path / "cache")],
+         "--generations", "1", "--offspring", "4", "--repeats", "1", "--cache-dir", str(tmp_path / "cache")],
         check=True, env=env, timeout=600,
     )
     result = json.loads(out.read_text())
-    assert set(result["engine"]) == {"quantization walk", "profile (one-at-a-time)"}
+    assert set(result["engine"]) == {"evolution search", "profile (one-at-a-time)"}
     assert result["ray"]["speedup_ray2_vs_ray1"] > 0 and "overhead_ray1_vs_inline" in result["ray"]
     assert result["ray"]["memory"]["object_store_bytes"]["database"] > 0
