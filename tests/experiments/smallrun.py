@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+# few short windows: a MiniLM run in seconds
+SMALL_DATA = """[data]
+seq_len = 32
+calib_windows = 4
+heldout_windows = 4
+batch_size = 4
+"""
+
 
 def small_run_toml(name: str) -> str:
     """TOML text of the small experiment, named ``name``."""
     return f"""
 name = "{name}"
-[data]
-seq_len = 32
-calib_windows = 4
-heldout_windows = 4
-batch_size = 4
-[options]
+{SMALL_DATA}[options]
 names = ["rtn-b2-g64", "rtn-b4-g128", "rtn-b5-g128", "magnitude-0.5", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64", "drop"]
 [[budget]]
 avg_bits = 4.0

@@ -6,18 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from smallrun import SMALL_DATA
 
 from layerbudget.cli import main
 from layerbudget.plan import Plan
 
 TOML = """
 name = "{name}"
-[data]
-seq_len = 32
-calib_windows = 4
-heldout_windows = 4
-batch_size = 4
-[options]
+{data}[options]
 names = {options}
 [[budget]]
 {budget}
@@ -35,7 +31,7 @@ def cache(tmp_path_factory):
 
 def _run(tmp_path: Path, cache: Path, **fields) -> Path:
     cfg = tmp_path / f"{fields['name']}.toml"
-    cfg.write_text(TOML.format(cache=cache.as_posix(), **fields))
+    cfg.write_text(TOML.format(cache=cache.as_posix(), data=SMALL_DATA, **fields))
     out = tmp_path / fields["name"]
     assert main(["run", str(cfg), "--quiet", "--out", str(out)]) == 0
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from smallrun import SMALL_DATA
 
 from layerbudget.cli import main
 from layerbudget.plan import Plan
@@ -15,12 +16,7 @@ from layerbudget.profiles.profile import COLUMNS, read_profile
 
 SMALL = """
 name = "prof"
-[data]
-seq_len = 32
-calib_windows = 4
-heldout_windows = 4
-batch_size = 4
-[options]
+{data}[options]
 names = ["rtn-b2-g64", "rtn-b4-g128", "magnitude-2:4", "drop"]
 {latency}
 [[budget]]
@@ -39,7 +35,7 @@ def cache(tmp_path_factory):
 
 def _config(tmp_path: Path, cache: Path, *, latency: str = "", budget: str = "avg_bits = 6.0") -> Path:
     path = tmp_path / "exp.toml"
-    path.write_text(SMALL.format(latency=latency, budget=budget, cache=cache.as_posix()))
+    path.write_text(SMALL.format(latency=latency, budget=budget, cache=cache.as_posix(), data=SMALL_DATA))
     return path
 
 
