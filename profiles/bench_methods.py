@@ -3,7 +3,7 @@
 Builds one database with every option (timed, size on disk reported), then scores each option
 applied uniformly to all units on the held-out windows. Usage::
 
-    python -m layerbudget.profiles.bench_methods [--out bench-methods.json]
+    python -m layerbudget.profiles.bench_methods [--out bench-methods.json] [--inputs compressed]
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ SPARSE = [f"{m}-{s}" for s in ("0.5", "0.7") for m in ("magnitude", "wanda", "sp
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-methods.json")
+    parser.add_argument("--inputs", choices=("dense", "compressed"), default="dense",
+                        help="calibration inputs of GPTQ/SparseGPT/Wanda (options.calibration_inputs)")
     args = parser.parse_args()
     base = load_config()
     with tempfile.TemporaryDirectory() as cache:
         cfg = dataclasses.replace(
             base,
-            options=dataclasses.replace(base.options, names=("dense", *QUANT, *SPARSE)),
+            options=dataclasses.replace(base.options, names=("dense", *QUANT, *SPARSE), calibration_inputs=args.inputs),
             output=dataclasses.replace(base.output, cache_dir=cache),
         )
         t = time.perf_counter()
@@ -43,9 +45,9 @@ def main() -> int:
         for option in (*QUANT, *SPARSE):
             cand = prep.problem.uniform(option)
             rows.append({"option": option, "fitness": evaluator.score(cand), "heldout": evaluator.heldout(cand)})
-    report = {"database_build_s": build_s, "database_bytes": size, "options": rows}
+    report = {"inputs": args.inputs, "database_build_s": build_s, "database_bytes": size, "options": rows}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"database: {len(QUANT) + len(SPARSE)} options x 36 units, built in {build_s:.1f} s "
+    print(f"database: {len(QUANT) + len(SPARSE)} options x 36 units ({args.inputs} inputs), built in {build_s:.1f} s "
           f"(model load and calibration included), {size / 2**20:.1f} MiB on disk")
     print(f"{'option':<16}{'fitness':>10}{'held-out':>10}")
     for r in rows:
