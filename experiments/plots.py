@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -293,7 +294,9 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None 
     ax.set_ylabel(f"unit ({prefix}…)" if prefix else "unit")
     ax.set_xlabel(LABEL_KEY, fontsize=8)
     ax.set_title(f"plans of {name or run_dir.resolve().name}", pad=34)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # the legend sits outside the axes; the tight bounding box at save keeps it
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     return _save(fig, Path(out))
 
 
