@@ -1,11 +1,16 @@
 """Benchmark of the searchers on MiniLM: held-out distortion at equal fitness evaluations, over seeds.
 
-One profile (the default experiment's data and options) is shared by every run; each searcher is
-run at each budget with several search seeds. ``evolution`` and both ``optuna`` samplers get the
-same number of fitness evaluations as ``hybrid`` used with that seed. Prints mean ± std of the
-calibration fitness and the held-out distortion and writes the raw rows as JSON::
+One profile (the default experiment's data and options) is shared by every run. ``uniform`` and
+``ilp`` run once per budget (they have no randomness); ``hybrid`` runs with each search seed under
+``--max-evaluations``, and ``evolution`` and both ``optuna`` samplers get exactly as many fitness
+evaluations as ``hybrid`` used with that seed (``--max-evaluations`` when hybrid is not run). Every
+run is appended to the JSON file as soon as it ends, so a subset (``--searchers``, ``--budgets``,
+``--seeds``/``--first-seed``) can run now and the rest later or elsewhere; ``--table`` prints
+mean ± std of the calibration fitness and the held-out distortion over any set of such files::
 
     python -m layerbudget.experiments.bench_search --budgets 3.0 2.5 --seeds 5 [--out bench-search.json]
+    python -m layerbudget.experiments.bench_search --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
+    python -m layerbudget.experiments.bench_search --table bench-search.json part2.json
 """
 
 from __future__ import annotations
@@ -17,62 +22,53 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from layerbudget.budget import Budget
 from layerbudget.config import load_config
 from layerbudget.prepare import prepare
 from layerbudget.profiles.profile import load_or_build_profile
 from layerbudget.search import InlineExecutor, make_searcher, run_search
 
-HYBRID = {"generations": 20, "offspring": 12, "stages": [[3, 2], [1, 8]]}
+SEARCHERS = ("uniform", "ilp", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
+ORDER = {name: k for k, name in enumerate(SEARCHERS)}
 
 
-def run_one(prep, evaluator, name: str, budget: Budget, seed: int, params: dict) -> dict:
+def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict) -> dict:
+    name = "optuna" if label.startswith("optuna-") else label
+    if name == "optuna":
+        params = {"sampler": label.split("-", 1)[1], **params}
     t = time.perf_counter()
     searcher = make_searcher(name, prep.problem, budget, seed=seed, **params)
     out = run_search(searcher, InlineExecutor(evaluator))
     best = out.result
-    return {
-        "searcher": name if name != "optuna" else f"optuna-{params['sampler']}",
+    row = {
+        "searcher": label,
         "budget": budget.to_dict()["avg_bits"],
         "seed": seed,
+        "params": params,
         "evaluations": len(out.evaluations),
         "avg_bits": prep.problem.metric(best, "avg_bits"),
         "fitness": evaluator.score(best),
         "heldout": evaluator.heldout(best),
         "seconds": time.perf_counter() - t,
     }
+    if name == "hybrid":  # where the evolution started: the best seed, and whether it was a uniform plan
+        row["seeds"] = len(searcher.seeds)
+        row["start_fitness"] = searcher.scores[searcher.start]
+        row["start_is_uniform_seed"] = searcher.seeds.index(searcher.start) >= searcher.n_solver_seeds
+    return row
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[3.0, 2.5])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--out", default="bench-search.json")
-    args = parser.parse_args()
-    cfg = load_config()
-    prep = prepare(cfg, progress=False)
-    evaluator = prep.evaluator()
-    key = {"calib": prep.calib_hash, "fitness": prep.fitness.name, "seq_len": prep.tokens.seq_len}
-    profile, _ = load_or_build_profile(prep.problem, prep.database, prep.adapter, evaluator.score, prep.cache_dir, key, progress=False)
-    prep.problem.set_proxy(profile.proxy())
-    rows = []
-    for bits in args.budgets:
-        budget = Budget.from_dict({"avg_bits": bits})
-        for name in ("uniform", "ilp"):
-            rows.append(run_one(prep, evaluator, name, budget, 0, {}))
-        for seed in range(args.seeds):
-            hyb = run_one(prep, evaluator, "hybrid", budget, seed, HYBRID)
-            rows.append(hyb)
-            n = hyb["evaluations"]
-            evo = {**HYBRID, "max_evaluations": n, "generations": 10 * HYBRID["generations"]}
-            rows.append(run_one(prep, evaluator, "evolution", budget, seed, evo))
-            for sampler in ("nsga2", "tpe"):
-                rows.append(run_one(prep, evaluator, "optuna", budget, seed, {"sampler": sampler, "max_evaluations": n}))
-            print(f"avg_bits {bits} seed {seed} done", file=sys.stderr)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{'budget':>6}  {'searcher':<14}{'evals':>7}  {'fitness (mean±std)':>22}  {'held-out (mean±std)':>22}")
-    for bits in args.budgets:
-        for name in dict.fromkeys(r["searcher"] for r in rows):
+def table(rows: list[dict]) -> str:
+    lines = [
+        f"{'budget':>6}  {'searcher':<14}{'runs':>5}{'evals':>7}  {'fitness (mean±std)':>22}  {'held-out (mean±std)':>22}"
+    ]
+    for bits in sorted({r["budget"] for r in rows}, reverse=True):
+        names = sorted(
+            {r["searcher"] for r in rows if r["budget"] == bits}, key=lambda n: (ORDER.get(n, 99), n)
+        )
+        for name in names:
             sel = [r for r in rows if r["budget"] == bits and r["searcher"] == name]
 
             def ms(key: str, sel=sel) -> str:
@@ -81,7 +77,74 @@ def main() -> int:
                 return f"{statistics.mean(vals):.4f} ± {sd:.4f}"
 
             evals = statistics.mean(r["evaluations"] for r in sel)
-            print(f"{bits:>6}  {name:<14}{evals:>7.0f}  {ms('fitness'):>22}  {ms('heldout'):>22}")
+            lines.append(
+                f"{bits:>6}  {name:<14}{len(sel):>5}{evals:>7.0f}  {ms('fitness'):>22}  {ms('heldout'):>22}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--budgets", type=float, nargs="+", default=[3.0, 2.5], help="average bits per weight"
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="number of search seeds")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--searchers", nargs="+", default=list(SEARCHERS), choices=SEARCHERS)
+    parser.add_argument("--max-evaluations", type=int, default=350, help="hybrid's cap (seeds included)")
+    parser.add_argument("--hybrid-params", default="{}", help="extra hybrid parameters as JSON")
+    parser.add_argument(
+        "--out", default="bench-search.json", help="JSON list of rows (appended to when it exists)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (1 is fastest on a busy 2-core machine)"
+    )
+    parser.add_argument(
+        "--table", nargs="+", metavar="JSON", help="only print the table of these result files"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.table:
+        print(table([r for f in args.table for r in json.loads(Path(f).read_text())]))
+        return 0
+    cfg = load_config()
+    prep = prepare(cfg, progress=False)
+    evaluator = prep.evaluator()
+    key = {"calib": prep.calib_hash, "fitness": prep.fitness.name, "seq_len": prep.tokens.seq_len}
+    profile, _ = load_or_build_profile(
+        prep.problem, prep.database, prep.adapter, evaluator.score, prep.cache_dir, key, progress=False
+    )
+    prep.problem.set_proxy(profile.proxy())
+    out = Path(args.out)
+    rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    new: list[dict] = []
+
+    def record(row: dict) -> dict:
+        rows.append(row)
+        new.append(row)
+        out.write_text(json.dumps(rows, indent=1) + "\n")
+        print(
+            f"avg_bits {row['budget']} seed {row['seed']} {row['searcher']}: fitness {row['fitness']:.4f} "
+            f"held-out {row['heldout']:.4f} ({row['evaluations']} evaluations, {row['seconds']:.0f} s)",
+            file=sys.stderr,
+        )
+        return row
+
+    hybrid_params = {"max_evaluations": args.max_evaluations, **json.loads(args.hybrid_params)}
+    for bits in args.budgets:
+        budget = Budget.from_dict({"avg_bits": bits})
+        for name in ("uniform", "ilp"):
+            if name in args.searchers:
+                record(run_one(prep, evaluator, name, budget, 0, {}))
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            n = args.max_evaluations
+            if "hybrid" in args.searchers:
+                n = record(run_one(prep, evaluator, "hybrid", budget, seed, hybrid_params))["evaluations"]
+            for name in ("evolution", "optuna-nsga2", "optuna-tpe"):
+                if name in args.searchers:
+                    record(run_one(prep, evaluator, name, budget, seed, {"max_evaluations": n}))
+    print(table(new))
     return 0
 
 

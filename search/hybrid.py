@@ -1,13 +1,18 @@
-"""Hybrid searcher: solver plans at the target and neighbouring budgets seed an evolutionary search.
+"""Hybrid searcher: solver plans at the target and neighbouring budgets, and uniform plans, seed an evolution.
 
-1. The ILP (or DP) solves the additive proxy at the target budget and at budgets scaled by
-   ``neighbours``; plans of looser budgets are repaired into the target budget. The distinct
-   feasible plans are scored on the standard calibration windows.
-2. The best-scoring plan becomes the parent of an :class:`EvolutionSearcher`, which corrects the
-   additivity assumption with real fitness (EvoPress-style mutation and staged selection).
-3. The evolution's winner is re-scored on the standard calibration windows and the result is the
-   better of it and the best solver plan, so the hybrid never returns a plan that scores worse than
-   its best seed on the calibration set.
+1. Seeds: the ILP (or DP) solves the additive proxy at the target budget and at budgets scaled by
+   ``neighbours`` (plans of looser budgets are repaired into the target budget), and every uniform
+   plan that fits, its leftover budget spent where the proxy gains most. All distinct seeds are
+   scored on the standard calibration windows. Uniform seeds keep the hybrid robust where the
+   additive proxy is poor (at very low bits, where layer errors compound, the solver's plans can
+   score worse than uniform); where it is good, a solver plan wins this round.
+2. The best-scoring seed becomes the parent of an :class:`EvolutionSearcher`, which corrects the
+   additivity assumption with real fitness (EvoPress-style mutation and staged selection). With
+   ``max_evaluations`` the whole search, seeds included, stays within it, and the evolution is
+   sized to what is left (see :meth:`EvolutionSearcher._fit_to_cap`).
+3. The evolution's winner is re-scored on the standard calibration windows (unless its last stage
+   already did), and the result is the best plan scored on them, so the hybrid never returns a plan
+   that scores worse than its best seed on the calibration set.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from layerbudget.budget import Budget, Constraint
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
 from layerbudget.search.dp import solve_dp
-from layerbudget.search.evolution import EvolutionSearcher, FeasibleSpace
+from layerbudget.search.evolution import CALIB, EvolutionSearcher, FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.problem import Candidate, Problem
 
@@ -38,7 +43,9 @@ def scaled_budget(budget: Budget, factor: float) -> Budget:
     return Budget(tuple(out))
 
 
-def solver_seeds(problem: Problem, budget: Budget, neighbours: Sequence[float], solver: str) -> list[Candidate]:
+def solver_seeds(
+    problem: Problem, budget: Budget, neighbours: Sequence[float], solver: str
+) -> list[Candidate]:
     """Distinct feasible solver plans at the target budget and its neighbours (repaired when needed)."""
     space = FeasibleSpace(problem, budget)
     solve = solve_ilp if solver == "ilp" else solve_dp
@@ -55,9 +62,30 @@ def solver_seeds(problem: Problem, budget: Budget, neighbours: Sequence[float], 
     return seeds
 
 
+def uniform_seeds(problem: Problem, budget: Budget) -> list[Candidate]:
+    """Every uniform plan that fits, least compressed first, its leftover budget spent by the proxy."""
+    space = FeasibleSpace(problem, budget)
+    options = {problem.slots[i].options[o] for i in space.units for o in range(len(problem.slots[i].options))}
+    fits = [
+        c for o in sorted(options) if (c := problem.uniform(o)) is not None and problem.satisfies(c, budget)
+    ]
+    fits.sort(key=lambda c: -float(space.sign @ space.totals(c)))
+    seeds: list[Candidate] = []
+    for cand in fits:
+        filled = space.fill(cand)
+        if filled not in seeds:
+            seeds.append(filled)
+    return seeds
+
+
 @register_searcher
 class HybridSearcher(Searcher):
-    """Solver plans (ILP/DP) at neighbouring budgets seed an EvoPress-style evolution."""
+    """Solver and uniform plans seed an EvoPress-style evolution (see module docstring).
+
+    Parameters: ``neighbours`` (budget factors of the extra solver plans), ``solver`` ("ilp" or
+    "dp"), ``uniform`` (also seed from the fitting uniform plans), ``max_evaluations`` (a hard cap
+    on everything the hybrid asks, seeds included), and any :class:`EvolutionSearcher` parameter.
+    """
 
     name = "hybrid"
 
@@ -69,6 +97,8 @@ class HybridSearcher(Searcher):
         seed: int = 0,
         neighbours: Sequence[float] = DEFAULT_NEIGHBOURS,
         solver: str = "ilp",
+        uniform: bool = True,
+        max_evaluations: int | None = None,
         **evolution: Any,
     ):
         bad = [k for k in evolution if k in ("init", "init_candidate")]
@@ -78,15 +108,46 @@ class HybridSearcher(Searcher):
         if solver not in ("ilp", "dp"):
             raise LayerbudgetError(f"hybrid solver must be 'ilp' or 'dp', but got {solver!r}")
         if any(not (isinstance(f, (int, float)) and f > 0) for f in neighbours):
-            raise LayerbudgetError(f"hybrid neighbours must be positive budget factors, but got {list(neighbours)}")
+            raise LayerbudgetError(
+                f"hybrid neighbours must be positive budget factors, but got {list(neighbours)}"
+            )
+        if max_evaluations is not None and (
+            isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) or max_evaluations < 1
+        ):
+            raise LayerbudgetError(
+                f"hybrid `max_evaluations` must be a positive integer, but got {max_evaluations!r}"
+            )
         self.seeds = solver_seeds(problem, budget, neighbours, solver)
+        self.n_solver_seeds = len(self.seeds)  # seeds[:n] are solver plans, the rest uniform plans
+        if uniform:
+            self.seeds += [c for c in uniform_seeds(problem, budget) if c not in self.seeds]
         if not self.seeds:
             raise LayerbudgetError(f"no solver plan fits budget {budget} ({problem.describe_ranges(budget)})")
-        self._evolution_params = evolution
-        EvolutionSearcher(problem, budget, seed=seed, init="plan", init_candidate=self.seeds[0], **evolution)
+        self.max_evaluations = max_evaluations
+        self._evolution_params = dict(evolution)
+        probe = self._make_evolution(self.seeds[0], len(self.seeds))  # checks the evolution's parameters now
+        self._reserve = 0 if probe.stages[-1][1] == CALIB else 1  # the final re-score of the winner
+        if max_evaluations is not None:
+            self._make_evolution(self.seeds[0], len(self.seeds) + self._reserve)
         self.scores: dict[Candidate, float] = {}  # standard calibration windows only
         self.evolution: EvolutionSearcher | None = None
+        self.start: Candidate | None = None  # the seed the evolution started from
+        self.evaluations = 0
         self._phase = "seeds"
+
+    def _make_evolution(self, parent: Candidate, spent: int) -> EvolutionSearcher:
+        params = dict(self._evolution_params)
+        if self.max_evaluations is not None:
+            left = self.max_evaluations - spent
+            if left < 1:
+                raise LayerbudgetError(
+                    f"hybrid max_evaluations={self.max_evaluations} leaves nothing for the evolution after "
+                    f"{len(self.seeds)} seeds"
+                )
+            params["max_evaluations"] = left
+        return EvolutionSearcher(
+            self.problem, self.budget, seed=self.seed, init="plan", init_candidate=parent, **params
+        )
 
     def ask(self) -> list[EvalRequest]:
         if self._phase == "seeds":
@@ -97,6 +158,7 @@ class HybridSearcher(Searcher):
             if requests:
                 return requests
             self._phase = "final"
+            self.scores.update(self.evolution.calib)
             winner = self.evolution.result()
             if winner not in self.scores:
                 return [EvalRequest(winner)]
@@ -104,13 +166,13 @@ class HybridSearcher(Searcher):
         return []
 
     def tell(self, evaluations: list[Evaluation]) -> None:
+        self.evaluations += len(evaluations)
         if self._phase == "seeds":
             for e in evaluations:
                 self.scores[e.candidate] = e.fitness
-            best = self._best()
-            self.evolution = EvolutionSearcher(
-                self.problem, self.budget, seed=self.seed, init="plan", init_candidate=best, **self._evolution_params
-            )
+            self.start = best = self._best()
+            self.evolution = self._make_evolution(best, self.evaluations + self._reserve)
+            self.evolution.remember(self.scores)
             self._phase = "evolution"
         elif self._phase == "evolution":
             assert self.evolution is not None
@@ -122,7 +184,7 @@ class HybridSearcher(Searcher):
     def _best(self) -> Candidate:
         finite = {c: f for c, f in self.scores.items() if math.isfinite(f)}
         if not finite:
-            raise LayerbudgetError("every solver plan scored NaN or inf; the model cannot be evaluated")
+            raise LayerbudgetError("every seed plan scored NaN or inf; the model cannot be evaluated")
         return min(finite, key=lambda c: (finite[c], c))
 
     def result(self) -> Candidate:

@@ -11,7 +11,7 @@ import pytest
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search import InlineExecutor, make_searcher, run_search
-from layerbudget.search.evolution import PRESETS, EvolutionSearcher
+from layerbudget.search.evolution import CALIB, MIN_GENERATIONS, PRESETS, EvolutionSearcher
 from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
 
 TWO = ("dense", "rtn-b4-g128")
@@ -41,6 +41,7 @@ class PairScorer:
 
 
 SMALL = {"offspring": 8, "stages": [(2, 1), (1, 2)], "generations": 1000}
+PRESET_STAGES = [(16, 1), (4, 8), (1, 64)]  # "quantization" at one window per 2048 tokens
 
 
 def test_reaches_exhaustive_optimum_within_300_evaluations():
@@ -87,7 +88,9 @@ class Recorder(InlineExecutor):
         return super().evaluate(requests)
 
 
-@pytest.mark.parametrize("spec", [{"avg_bits": 3.6, "sparsity": 0.2}, {"bytes": 9000, "dropped": 1}, {"avg_bits": 4.0}])
+@pytest.mark.parametrize(
+    "spec", [{"avg_bits": 3.6, "sparsity": 0.2}, {"bytes": 9000, "dropped": 1}, {"avg_bits": 4.0}]
+)
 def test_every_offspring_is_within_budget_and_never_repeated(spec):
     p, budget = mixed_problem(), Budget.from_dict(spec)
     rng = np.random.default_rng(0)
@@ -97,7 +100,9 @@ def test_every_offspring_is_within_budget_and_never_repeated(spec):
             return p.proxy_score(candidate) + 0.1 * rng.normal()
 
     ex = Recorder(Noisy())
-    s = make_searcher("evolution", p, budget, seed=2, generations=30, offspring=6, stages=[(3, 1), (1, 4)], init="random")
+    s = make_searcher(
+        "evolution", p, budget, seed=2, generations=30, offspring=6, stages=[(3, 1), (1, 4)], init="random"
+    )
     run_search(s, ex)
     first_stage = []
     for batch in ex.batches:
@@ -131,7 +136,9 @@ def test_init_plan_is_checked_and_used():
     with pytest.raises(LayerbudgetError, match="needs an init_candidate"):
         make_searcher("evolution", p, budget, init="plan")
     seed_plan = (0, 1, 1) * 4  # the small slots dense
-    s = make_searcher("evolution", p, budget, init="plan", init_candidate=list(seed_plan), generations=3, offspring=4)
+    s = make_searcher(
+        "evolution", p, budget, init="plan", init_candidate=list(seed_plan), generations=3, offspring=4
+    )
     assert s.result() == seed_plan
     units = {u: p.slots[i].options[c] for i, c in enumerate(seed_plan) for u, _ in p.slots[i].units}
     assert make_searcher("evolution", p, budget, init="plan", init_candidate=units).result() == seed_plan
@@ -139,10 +146,17 @@ def test_init_plan_is_checked_and_used():
         make_searcher("evolution", p, budget, init="best")
 
 
-def test_uniform_init_is_the_best_fitting_uniform():
+def test_uniform_init_is_the_best_fitting_uniform_with_its_slack_spent_by_the_proxy():
     p, _ = two_option_problem(0)
-    s = make_searcher("evolution", p, Budget.from_dict({"avg_bits": 9.0}))
-    assert s.result() == p.uniform("rtn-b4-g128")  # dense does not fit
+    budget = Budget.from_dict({"avg_bits": 9.0})
+    start = make_searcher("evolution", p, budget).result()
+    uniform = p.uniform("rtn-b4-g128")  # dense does not fit
+    assert p.satisfies(start, budget) and p.proxy_score(start) < p.proxy_score(uniform)
+    for i, c in enumerate(start):  # no single slot can still go dense within the budget
+        if c == 1:
+            assert not p.satisfies(start[:i] + (0,) + start[i + 1 :], budget)
+    exact = Budget.from_dict({"avg_bits": p.metric(uniform, "avg_bits")})  # no slack: the uniform plan itself
+    assert make_searcher("evolution", p, exact).result() == uniform
 
 
 def test_presets_and_overrides():
@@ -193,7 +207,10 @@ def test_depth_preset_swaps_keep_the_drop_count_and_find_the_optimum():
     assert all(p.metric(r.candidate, "dropped") == 3 for b in ex.batches for r in b)
     best = min(
         Scorer().score(c)
-        for c in (p.canonical([1 if i in set(d) else 0 for i in range(len(p.slots))]) for d in itertools.combinations(subs, 3))
+        for c in (
+            p.canonical([1 if i in set(d) else 0 for i in range(len(p.slots))])
+            for d in itertools.combinations(subs, 3)
+        )
     )
     assert Scorer().score(out.result) == pytest.approx(best)
 
@@ -228,3 +245,36 @@ def test_random_baseline_is_best_of_n_distinct_feasible_candidates():
     assert out.result == min(cands, key=p.proxy_score)
     with pytest.raises(LayerbudgetError, match="`n` must be a positive integer, but got 0"):
         make_searcher("random", p, budget, n=0)
+
+
+def test_a_cap_alone_sizes_the_search_and_scores_on_the_standard_windows():
+    p, pair = two_option_problem(2)
+    budget = Budget.from_dict({"avg_bits": 9.0})
+    s = make_searcher("evolution", p, budget, seed=0, max_evaluations=120)
+    assert s.stages == [(1, CALIB)] and s.offspring == 120 // MIN_GENERATIONS and s.adaptive is not None
+    ex = Recorder(PairScorer(p, pair))
+    out = run_search(s, ex)
+    asked = [r for b in ex.batches for r in b]
+    assert len(asked) == len(out.evaluations) <= 120
+    assert all(r.windows is None for r in asked)  # only the standard windows
+    assert len({r.candidate for r in asked}) == len(asked)  # nothing asked twice, the parent included
+    assert len({len(b) for b in ex.batches}) > 1  # the offspring count adapts
+    # the parent only ever moves to a better plan, so the result is the best plan it scored
+    assert s.result() == min((e for e in out.evaluations), key=lambda e: e.fitness).candidate
+    explicit = make_searcher("evolution", p, budget, max_evaluations=120, offspring=8)
+    assert explicit.stages == PRESET_STAGES and explicit.adaptive is None  # overrides keep the preset
+
+
+def test_a_standard_window_stage_reuses_known_scores():
+    p, pair = two_option_problem(4)
+    budget = Budget.from_dict({"avg_bits": 9.0})
+    s = make_searcher("evolution", p, budget, seed=1, generations=6, offspring=6, stages=[(2, 1), (1, 0)])
+    scorer = PairScorer(p, pair)
+    s.remember({s.parent: scorer.score(s.parent)})
+    ex = Recorder(scorer)
+    run_search(s, ex)
+    calib = [r.candidate for b in ex.batches for r in b if r.windows is None]
+    assert calib and len(set(calib)) == len(calib)  # each plan scored once on the standard windows
+    assert all(len(b) <= 2 for b in ex.batches if b[0].windows is None)  # survivors only: the parent is known
+    with pytest.raises(LayerbudgetError, match=r"windows >= 0"):
+        make_searcher("evolution", p, budget, stages=[(1, -1)])

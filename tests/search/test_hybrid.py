@@ -8,7 +8,7 @@ from test_problem_ilp import make_problem
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search import InlineExecutor, make_searcher, run_search
-from layerbudget.search.hybrid import scaled_budget, solver_seeds
+from layerbudget.search.hybrid import scaled_budget, solver_seeds, uniform_seeds
 from layerbudget.search.ilp import solve_ilp
 
 EVO = {"generations": 6, "offspring": 8, "stages": [(3, 1), (1, 2)]}
@@ -32,7 +32,10 @@ def test_seeds_are_feasible_distinct_and_include_the_ilp_plan():
     assert seeds[0] == solve_ilp(p, b)
     assert len(set(seeds)) == len(seeds) >= 2
     assert all(p.satisfies(c, b) for c in seeds)
-    assert scaled_budget(Budget.from_dict({"avg_bits": 4.0, "sparsity": 0.5}), 0.5).to_dict() == {"avg_bits": 2.0, "sparsity": 0.999}
+    assert scaled_budget(Budget.from_dict({"avg_bits": 4.0, "sparsity": 0.5}), 0.5).to_dict() == {
+        "avg_bits": 2.0,
+        "sparsity": 0.999,
+    }
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -58,3 +61,30 @@ def test_hybrid_parameter_errors():
         make_searcher("hybrid", p, b, neighbours=[0.9, -1])
     with pytest.raises(LayerbudgetError, match="unknown evolution preset"):
         make_searcher("hybrid", p, b, preset="fast")
+
+
+def test_uniform_seeds_fit_and_spend_the_slack():
+    p = make_problem(n_slots=8, seed=2)
+    b = Budget.from_dict({"avg_bits": 3.6})
+    seeds = uniform_seeds(p, b)
+    assert seeds and all(p.satisfies(c, b) for c in seeds)
+    for o in ("rtn-b2-g64", "rtn-b3-g64"):  # both fit; the filled plans are no worse on the proxy
+        assert min(p.proxy_score(c) for c in seeds) <= p.proxy_score(p.uniform(o))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_cap_covers_seeds_and_evolution(seed):
+    p = make_problem(n_slots=10, seed=seed)
+    b = Budget.from_dict({"avg_bits": 3.2})
+    scorer = Interacting(p)
+    h = make_searcher("hybrid", p, b, seed=seed, max_evaluations=80)
+    assert set(uniform_seeds(p, b)) <= set(h.seeds)  # uniform plans join the solver plans
+    assert make_searcher("hybrid", p, b, uniform=False).seeds == h.seeds[: h.n_solver_seeds]
+    out = run_search(h, InlineExecutor(scorer))
+    asked = [e.request for e in out.evaluations]
+    assert len(asked) <= 80 and all(r.windows is None for r in asked)  # the cap alone: standard windows
+    assert len({r.candidate for r in asked}) == len(asked)  # seeds are never asked again
+    assert h.start == min(h.seeds, key=scorer.score)
+    assert scorer.score(out.result) == min(e.fitness for e in out.evaluations)
+    with pytest.raises(LayerbudgetError, match="leaves nothing for the evolution"):
+        make_searcher("hybrid", p, b, max_evaluations=len(h.seeds))
