@@ -1,14 +1,16 @@
 """Benchmark of the searchers on MiniLM: held-out distortion at equal fitness evaluations, over seeds.
 
 One profile (the default experiment's data and options) is shared by every run. ``uniform`` and
-``ilp`` run once per budget (they have no randomness); ``hybrid`` runs with each search seed under
-``--max-evaluations``, and ``evolution`` and both ``optuna`` samplers get exactly as many fitness
+``ilp`` run once per budget (they have no randomness; with the chunk that starts at seed 0); ``hybrid`` runs with each search seed under
+``--max-evaluations`` (seeds included; ``--hybrid-params`` adds parameters, e.g. the default
+config's explicit evolution stages), and ``evolution`` (given only ``max_evaluations``, so both
+are sized to the cap the same way) and both ``optuna`` samplers get exactly as many fitness
 evaluations as ``hybrid`` used with that seed (``--max-evaluations`` when hybrid is not run). Every
 run is appended to the JSON file as soon as it ends, so a subset (``--searchers``, ``--budgets``,
 ``--seeds``/``--first-seed``) can run now and the rest later or elsewhere; ``--table`` prints
 mean ± std of the calibration fitness and the held-out distortion over any set of such files::
 
-    python -m layerbudget.experiments.bench_search --budgets 3.0 2.5 --seeds 5 [--out bench-search.json]
+    python -m layerbudget.experiments.bench_search --budgets 3.0 2.5 --seeds 5 [--threads 1] [--out bench-search.json]
     python -m layerbudget.experiments.bench_search --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
     python -m layerbudget.experiments.bench_search --table bench-search.json part2.json
 """
@@ -135,7 +137,7 @@ def main() -> int:
     for bits in args.budgets:
         budget = Budget.from_dict({"avg_bits": bits})
         for name in ("uniform", "ilp"):
-            if name in args.searchers:
+            if name in args.searchers and args.first_seed == 0:  # seedless: once, with the first chunk
                 record(run_one(prep, evaluator, name, budget, 0, {}))
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             n = args.max_evaluations
