@@ -84,7 +84,39 @@ def test_a_cap_covers_seeds_and_evolution(seed):
     asked = [e.request for e in out.evaluations]
     assert len(asked) <= 80 and all(r.windows is None for r in asked)  # the cap alone: standard windows
     assert len({r.candidate for r in asked}) == len(asked)  # seeds are never asked again
-    assert h.start == min(h.seeds, key=scorer.score)
+    before = [r.candidate for r in asked[: len(h.seeds) + h._rounds]]  # seeds, then corrected plans
+    assert before[: len(h.seeds)] == h.seeds and h.start == min(before, key=scorer.score)
     assert scorer.score(out.result) == min(e.fitness for e in out.evaluations)
     with pytest.raises(LayerbudgetError, match="leaves nothing for the evolution"):
         make_searcher("hybrid", p, b, max_evaluations=len(h.seeds))
+
+
+class Misjudged:
+    """Real fitness: the proxy with one option's scores tripled (the proxy misjudges that option)."""
+
+    def __init__(self, problem, option="rtn-b2-g64"):
+        self.p, self.option = problem, option
+
+    def score(self, cand, windows=None, batch=0):
+        return sum(
+            self.p.proxy[i][c] * (3.0 if self.p.slots[i].options[c] == self.option else 1.0)
+            for i, c in enumerate(cand)
+            if c >= 0
+        )
+
+
+@pytest.mark.parametrize(("seed", "option"), [(3, "rtn-b3-g64"), (2, "rtn-b2-g64")])
+def test_proxy_correction_rescales_a_misjudged_option(seed, option):
+    p = make_problem(n_slots=10, seed=seed)
+    b = Budget.from_dict({"avg_bits": 3.3})
+    scorer = Misjudged(p, option)
+    h = make_searcher("hybrid", p, b, seed=0, **EVO)
+    out = run_search(h, InlineExecutor(scorer))
+    corrected = out.evaluations[len(h.seeds) : len(h.seeds) + h._rounds]
+    assert corrected and min(e.fitness for e in corrected) < min(scorer.score(c) for c in h.seeds)
+    assert h.start == min(corrected, key=lambda e: e.fitness).candidate
+    plain = make_searcher("hybrid", p, b, seed=0, corrections=0, **EVO)
+    run_search(plain, InlineExecutor(scorer))
+    assert plain._rounds == 0 and plain.start in plain.seeds
+    with pytest.raises(LayerbudgetError, match="`corrections` must be a non-negative integer"):
+        make_searcher("hybrid", p, b, corrections=-1)
