@@ -1,7 +1,9 @@
 """Benchmark of the searchers on MiniLM: held-out distortion at equal fitness evaluations, over seeds.
 
-One profile (the default experiment's data and options) is shared by every run. ``uniform`` and
-``ilp`` run once per budget (they have no randomness; with the chunk that starts at seed 0); ``hybrid`` runs with each search seed under
+One profile (the default experiment's data and options) is shared by every run. ``uniform``,
+``ilp`` and ``ilp-op`` (the ILP on operating-point sensitivities around the best uniform plan, two
+rounds) run once per budget (they have no randomness; with the chunk that starts at seed 0);
+``hybrid`` runs with each search seed under
 ``--max-evaluations`` (seeds included; ``--hybrid-params`` adds parameters, e.g. the default
 config's explicit evolution stages), and ``evolution`` (given only ``max_evaluations``, so both
 are sized to the cap the same way) and both ``optuna`` samplers get exactly as many fitness
@@ -32,7 +34,11 @@ from layerbudget.prepare import prepare
 from layerbudget.profiles.profile import load_or_build_profile
 from layerbudget.search import InlineExecutor, make_searcher, run_search
 
-SEARCHERS = ("uniform", "ilp", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
+SEARCHERS = ("uniform", "ilp", "ilp-op", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
+SEEDLESS = ("uniform", "ilp", "ilp-op")
+# ilp-op: the ILP on operating-point sensitivities around the best fitting uniform plan, re-linearised
+# once around its solution (see layerbudget.search.operating_point)
+LABELS = {"ilp-op": ("ilp", {"reference": "uniform", "rounds": 2})}
 ORDER = {name: k for k, name in enumerate(SEARCHERS)}
 
 
@@ -40,6 +46,9 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
     name = "optuna" if label.startswith("optuna-") else label
     if name == "optuna":
         params = {"sampler": label.split("-", 1)[1], **params}
+    if label in LABELS:
+        name, extra = LABELS[label]
+        params = {**extra, **params}
     t = time.perf_counter()
     searcher = make_searcher(name, prep.problem, budget, seed=seed, **params)
     out = run_search(searcher, InlineExecutor(evaluator))
@@ -136,7 +145,7 @@ def main() -> int:
     hybrid_params = {"max_evaluations": args.max_evaluations, **json.loads(args.hybrid_params)}
     for bits in args.budgets:
         budget = Budget.from_dict({"avg_bits": bits})
-        for name in ("uniform", "ilp"):
+        for name in SEEDLESS:
             if name in args.searchers and args.first_seed == 0:  # seedless: once, with the first chunk
                 record(run_one(prep, evaluator, name, budget, 0, {}))
         for seed in range(args.first_seed, args.first_seed + args.seeds):

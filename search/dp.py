@@ -29,7 +29,8 @@ import numpy as np
 from layerbudget.budget import LE, Budget, Constraint
 from layerbudget.errors import LayerbudgetError
 from layerbudget.profiles.options import DROP
-from layerbudget.search.base import ScoreOnceSearcher, register_searcher
+from layerbudget.search.base import register_searcher
+from layerbudget.search.operating_point import SolverSearcher
 from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem
 
 _RETRIES = 2  # finer discretisations tried (x8 buckets each) when rounding up loses every plan
@@ -407,30 +408,47 @@ def _depth_only(problem: Problem) -> bool:
 
 
 @register_searcher
-class DpSearcher(ScoreOnceSearcher):
-    """Solves the DP over the profile's additive proxy once and scores its solution.
+class DpSearcher(SolverSearcher):
+    """Solves the DP over an additive proxy and scores its solution.
 
-    ``pair`` (depth-only problems with one ``dropped`` budget): adjacent-pair corrections for
-    :func:`solve_depth_dp`, one per neighbouring pair of sub-blocks in slot order; the best plan
-    dropping any allowed number of sub-blocks wins.
+    ``reference`` and ``rounds`` as for ``ilp`` (operating-point sensitivities around the best fitting
+    uniform plan; see :mod:`layerbudget.search.operating_point`). ``pair`` (depth-only problems with
+    one ``dropped`` budget, dense reference): adjacent-pair corrections for :func:`solve_depth_dp`, one
+    per neighbouring pair of sub-blocks in slot order; the best plan dropping any allowed number of
+    sub-blocks wins.
     """
 
     name = "dp"
 
     def __init__(
-        self, problem, budget, *, seed: int = 0, buckets: int | None = None, pair: Sequence[float] | None = None, **params
+        self,
+        problem,
+        budget,
+        *,
+        seed: int = 0,
+        buckets: int | None = None,
+        pair: Sequence[float] | None = None,
+        reference: str = "dense",
+        rounds: int = 1,
+        **params,
     ):
-        super().__init__(problem, budget, seed=seed, **params)
-        c = single_constraint(budget)
-        if pair is None:
-            self.solution = solve_dp(problem, budget, buckets=buckets)
-        else:
-            if c.metric != "dropped" or not _depth_only(problem):
+        super().__init__(problem, budget, seed=seed, reference=reference, rounds=rounds, **params)
+        self._constraint = single_constraint(budget)
+        self.buckets = buckets
+        self.pair = None if pair is None else list(pair)
+        if pair is not None:
+            if self._constraint.metric != "dropped" or not _depth_only(problem):
                 raise LayerbudgetError(
                     f"dp `pair` needs a depth-only problem with a `dropped` budget, but got budget {budget}"
                 )
-            self.solution = self._solve_depth(problem, c, pair)
-        self._candidates([self.solution])
+            if reference != "dense":
+                raise LayerbudgetError(f"dp `pair` needs reference = \"dense\", but got {reference!r}")
+        self._start()
+
+    def solve(self, problem: Problem) -> Candidate:
+        if self.pair is None:
+            return solve_dp(problem, self.budget, buckets=self.buckets)
+        return self._solve_depth(problem, self._constraint, self.pair)
 
     @staticmethod
     def _solve_depth(problem: Problem, c: Constraint, pair: Sequence[float]) -> Candidate:

@@ -13,7 +13,8 @@ import pulp
 from layerbudget.budget import LE, Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.profiles.options import DROP
-from layerbudget.search.base import ScoreOnceSearcher, register_searcher
+from layerbudget.search.base import register_searcher
+from layerbudget.search.operating_point import SolverSearcher
 from layerbudget.search.problem import Candidate, Problem
 
 
@@ -66,15 +67,32 @@ def solve_ilp(problem: Problem, budget: Budget, *, solver: str = "cbc", time_lim
 
 
 @register_searcher
-class IlpSearcher(ScoreOnceSearcher):
-    """Solves the ILP over the profile's additive proxy once and scores its solution."""
+class IlpSearcher(SolverSearcher):
+    """Solves the ILP over an additive proxy and scores its solution.
+
+    ``reference="dense"`` (default): the profile's one-at-a-time proxy, one evaluation.
+    ``reference="uniform"``: operating-point sensitivities around the best fitting uniform plan,
+    re-linearised around each solution for ``rounds`` rounds (see :mod:`layerbudget.search.operating_point`).
+    """
 
     name = "ilp"
 
     def __init__(
-        self, problem, budget, *, seed: int = 0, solver: str = "cbc", time_limit: float | None = 60.0, **params
+        self,
+        problem,
+        budget,
+        *,
+        seed: int = 0,
+        solver: str = "cbc",
+        time_limit: float | None = 60.0,
+        reference: str = "dense",
+        rounds: int = 1,
+        **params,
     ):
-        super().__init__(problem, budget, seed=seed, **params)
-        self.solution = solve_ilp(problem, budget, solver=solver, time_limit=time_limit)
-        self._candidates([self.solution])
+        super().__init__(problem, budget, seed=seed, reference=reference, rounds=rounds, **params)
+        self.solver = solver
+        self.time_limit = time_limit
+        self._start()
 
+    def solve(self, problem: Problem) -> Candidate:
+        return solve_ilp(problem, self.budget, solver=self.solver, time_limit=self.time_limit)
