@@ -14,6 +14,8 @@ costs rounded to the *nearest* bucket runs (its errors mostly cancel); its plan 
 the exact budget by greedy downgrades (:func:`_repair`) and kept when that succeeds. Either way the
 slack left is then spent greedily with exact costs (:func:`_polish`).
 If rounding up leaves no plan within budget, the DP retries with finer buckets before giving up.
+Discretised DPs keep their values in float32 (half the memory traffic; the proxies' rounding is
+far below the costs'), exact ones in float64.
 
 Sub-blocks are nested knapsacks: a droppable sub-block and its unit slots form one group whose
 choices are "drop" or "keep, then the DP over its unit slots".
@@ -103,7 +105,7 @@ def _step(dp: np.ndarray, item: _Item, lo: int, hi: int, tmp: np.ndarray) -> np.
     Entries below ``lo`` are never read again (inf); above ``hi`` every plan of the prefix fits, so
     they repeat ``out[hi]``.
     """
-    out = np.empty(len(dp))
+    out = np.empty_like(dp)
     out[: hi + 1] = np.inf
     for wk, pk in zip(item.w.tolist(), item.p.tolist()):
         if wk == 0:  # the cheapest option (shifted to cost 0; Pareto order puts it first): a plain add
@@ -142,10 +144,20 @@ def _most(problem: Problem, w: list[np.ndarray], top: int, kids: list[int]) -> i
 
 
 def _solve_buckets(
-    problem: Problem, weights: list[np.ndarray], groups, unit: int, cap: int, *, nearest: bool = False
+    problem: Problem,
+    weights: list[np.ndarray],
+    groups,
+    unit: int,
+    cap: int,
+    *,
+    nearest: bool = False,
+    dtype: type = np.float64,
 ) -> Candidate | None:
     """The DP on bucket weights ``ceil(w / unit)`` (or rounded to the nearest bucket when ``nearest``,
-    which may overspend the exact budget slightly) and capacity ``cap // unit``; None if none fits."""
+    which may overspend the exact budget slightly) and capacity ``cap // unit``; None if none fits.
+
+    ``dtype`` of the value arrays: float32 halves the memory traffic of large discretised DPs, whose
+    rounding of costs is far coarser than float32's of proxies; exact DPs use float64."""
     size = cap // unit + 1
     # ceil division keeps every plan within the exact budget
     bw = [(w + unit // 2) // unit if nearest else -(-w // unit) for w in weights]
@@ -153,8 +165,8 @@ def _solve_buckets(
     # the most buckets each group can use; b only matters in [size-1 - (what later groups can use), size-1]
     most = [_most(problem, bw, top, kids) for top, kids in groups]
     suffix = np.concatenate([np.cumsum(most[::-1])[::-1][1:], [0]]).tolist()
-    dp = np.zeros(size)
-    tmp = np.empty(size)
+    dp = np.zeros(size, dtype=dtype)
+    tmp = np.empty(size, dtype=dtype)
     trace: list[tuple] = []  # per group: what backtracking needs
     used = 0
     for (top, kids), later in zip(groups, suffix):
@@ -253,11 +265,11 @@ def solve_dp(problem: Problem, budget: Budget, *, buckets: int | None = None) ->
         unit = g if exact else -(-cap // tries)
         cand = None
         if not exact:  # costs rounded to the nearest bucket: errors cancel; then fix with exact costs
-            near = _solve_buckets(problem, weights, groups, unit, cap, nearest=True)
+            near = _solve_buckets(problem, weights, groups, unit, cap, nearest=True, dtype=np.float32)
             if near is not None:
                 cand = _repair(problem, near, signed, limit)
         if cand is None:
-            cand = _solve_buckets(problem, weights, groups, unit, cap)
+            cand = _solve_buckets(problem, weights, groups, unit, cap, dtype=np.float64 if exact else np.float32)
         if cand is not None and not exact:
             cand = _polish(problem, cand, signed, limit)
         if cand is not None:
