@@ -44,20 +44,31 @@ def _base_options(problem: Problem) -> list[int]:
     return [int(np.argmin(p)) if len(p) else 0 for p in problem.proxy]
 
 
-def deviations(problem: Problem, reference: Candidate) -> dict[tuple[int, int], Candidate]:
-    """Every plan one switch away from ``reference``: (slot, option) -> plan.
+def _switches(problem: Problem, reference: Candidate, i: int, nearest: int | None, metric: str | None) -> list[int]:
+    """The options slot ``i`` may switch to: all but the reference's, or its ``nearest`` by cost."""
+    others = [j for j in range(len(problem.slots[i].options)) if j != reference[i]]
+    if nearest is None or metric is None or len(others) <= nearest:
+        return others
+    cost = problem.coef[metric][i]
+    return sorted(sorted(others, key=lambda j: abs(int(cost[j]) - int(cost[reference[i]])))[:nearest])
 
-    Unit slots that ``reference`` leaves inactive have no switches of their own; switching their
-    sub-block back on restores them at their base options.
+
+def deviations(
+    problem: Problem, reference: Candidate, *, nearest: int | None = None, metric: str | None = None
+) -> dict[tuple[int, int], Candidate]:
+    """Plans one switch away from ``reference``: (slot, option) -> plan.
+
+    Every switch, or per slot only the ``nearest`` options closest to the reference's in the cost of
+    budget ``metric`` (the moves a solver near the reference's budget needs most). Unit slots that
+    ``reference`` leaves inactive have no switches of their own; switching their sub-block back on
+    restores them at their base options.
     """
     base = _base_options(problem)
     out: dict[tuple[int, int], Candidate] = {}
-    for i, s in enumerate(problem.slots):
+    for i in range(len(problem.slots)):
         if reference[i] == INACTIVE:
             continue
-        for j in range(len(s.options)):
-            if j == reference[i]:
-                continue
+        for j in _switches(problem, reference, i, nearest, metric):
             cand = list(reference)
             cand[i] = j
             for k, p in enumerate(problem.parent):  # units of a sub-block switched back on
@@ -68,25 +79,35 @@ def deviations(problem: Problem, reference: Candidate) -> dict[tuple[int, int], 
 
 
 def sensitivities(
-    problem: Problem, reference: Candidate, scores: Mapping[Candidate, float]
+    problem: Problem,
+    reference: Candidate,
+    scores: Mapping[Candidate, float],
+    *,
+    nearest: int | None = None,
+    metric: str | None = None,
 ) -> list[np.ndarray]:
     """Per slot and option: fitness of the switched plan minus the reference's (0 at the reference's
     own option); inactive units use proxy differences from their base option.
 
-    A switch that scored NaN or inf gets a penalty larger than any finite delta, so a solver avoids it.
+    A switch that scored NaN or inf, or was not measured (``nearest``), gets a penalty larger than
+    any finite delta, so a solver avoids it.
     """
     f0 = scores[reference]
     if not math.isfinite(f0):
         raise LayerbudgetError(f"the reference plan scored {f0}; operating-point sensitivities need a finite fitness")
     base = _base_options(problem)
-    moves = deviations(problem, reference)
+    moves = deviations(problem, reference, nearest=nearest, metric=metric)
     out = []
     for i, s in enumerate(problem.slots):
         if reference[i] == INACTIVE:
             p = np.asarray(problem.proxy[i], dtype=np.float64)
             out.append(p - p[base[i]])
             continue
-        out.append(np.asarray([0.0 if j == reference[i] else scores[moves[i, j]] - f0 for j in range(len(s.options))]))
+        row = [
+            0.0 if j == reference[i] else (scores[moves[i, j]] - f0 if (i, j) in moves else math.inf)
+            for j in range(len(s.options))
+        ]
+        out.append(np.asarray(row))
     finite = [abs(v) for row in out for v in row if math.isfinite(v)]
     penalty = 10.0 * max(finite, default=1.0) + 1.0
     return [np.where(np.isfinite(row), row, penalty) for row in out]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from test_problem_ilp import make_problem
 
@@ -120,3 +122,33 @@ def test_proxy_correction_rescales_a_misjudged_option(seed, option):
     assert plain._rounds == 0 and plain.start in plain.seeds
     with pytest.raises(LayerbudgetError, match="`corrections` must be a non-negative integer"):
         make_searcher("hybrid", p, b, corrections=-1)
+
+
+def test_linearise_scores_the_nearest_switches_and_the_operating_point_plan():
+    from test_operating_point import LowBit, ladder_problem
+
+    from layerbudget.search.operating_point import deviations, sensitivities
+
+    p = ladder_problem(seed=1)
+    b = Budget.from_dict({"avg_bits": 2.75})
+    f = LowBit(p, strength=3.0)
+    h = make_searcher("hybrid", p, b, linearise=2, corrections=0, max_evaluations=120, generations=3)
+    out = run_search(h, InlineExecutor(f))
+    assert len(out.evaluations) <= 120
+    asked = {e.candidate for e in out.evaluations}
+    moves = deviations(p, h.lin_reference, nearest=2, metric="avg_bits")
+    assert len(moves) == 2 * len(p.slots) and set(moves.values()) <= asked
+    view = copy.copy(p)
+    view.proxy = sensitivities(p, h.lin_reference, h.scores, nearest=2, metric="avg_bits")
+    plan = solve_ilp(view, b)
+    assert plan in asked and f.score(out.result) <= f.score(plan)
+    # each slot's switches are the two options nearest in bits to the reference's
+    bits = {"rtn-b2-g128": 2.25, "rtn-b2-g64": 2.5, "rtn-b3-g128": 3.25, "rtn-b3-g64": 3.5, "rtn-b4-g128": 4.25}
+    for i, sl in enumerate(p.slots):
+        ref = bits[sl.options[h.lin_reference[i]]]
+        gaps = sorted(abs(bits[o] - ref) for o in sl.options if bits[o] != ref)
+        assert sorted(abs(bits[sl.options[j]] - ref) for (k, j) in moves if k == i) == gaps[:2]
+    with pytest.raises(LayerbudgetError, match="`linearise` must be a non-negative integer"):
+        make_searcher("hybrid", p, b, linearise=-1)
+    with pytest.raises(LayerbudgetError, match="switches of linearise=2"):
+        make_searcher("hybrid", p, b, linearise=2, max_evaluations=20)
