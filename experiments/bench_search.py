@@ -67,7 +67,12 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
     if name == "hybrid":  # where the evolution started: the best seed, and whether it was a uniform plan
         row["seeds"] = len(searcher.seeds)
         row["start_fitness"] = searcher.scores[searcher.start]
-        row["start_is_uniform_seed"] = searcher.seeds.index(searcher.start) >= searcher.n_solver_seeds
+        start = searcher.start  # a seed (solver or uniform plan), or a corrected / operating-point plan
+        row["start_kind"] = (
+            ("uniform" if searcher.seeds.index(start) >= searcher.n_solver_seeds else "solver")
+            if start in searcher.seeds
+            else "corrected"
+        )
     return row
 
 
