@@ -34,11 +34,15 @@ from layerbudget.prepare import prepare
 from layerbudget.profiles.profile import load_or_build_profile
 from layerbudget.search import InlineExecutor, make_searcher, run_search
 
-SEARCHERS = ("uniform", "ilp", "ilp-op", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
-SEEDLESS = ("uniform", "ilp", "ilp-op")
+SEARCHERS = ("uniform", "ilp", "ilp-op", "ilp-op-sol", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
+SEEDLESS = ("uniform", "ilp", "ilp-op", "ilp-op-sol")
 # ilp-op: the ILP on operating-point sensitivities around the best fitting uniform plan, re-linearised
-# once around its solution (see layerbudget.search.operating_point)
-LABELS = {"ilp-op": ("ilp", {"reference": "uniform", "rounds": 2})}
+# once around its solution (see layerbudget.search.operating_point); ilp-op-sol: the same around the
+# ILP's own dense-proxy solution
+LABELS = {
+    "ilp-op": ("ilp", {"reference": "uniform", "rounds": 2}),
+    "ilp-op-sol": ("ilp", {"reference": "solution", "rounds": 2}),
+}
 ORDER = {name: k for k, name in enumerate(SEARCHERS)}
 
 

@@ -12,7 +12,8 @@ model ``f(ref) + sum_i delta[i][c_i]`` around the reference; re-linearising arou
 :class:`SolverSearcher` is the shared driver of the ``ilp`` and ``dp`` searchers: ``reference =
 "dense"`` solves once on the profile's proxy (no evaluations but the solution's), ``"uniform"``
 first scores every uniform plan that fits and the dense-proxy solution, and linearises around the
-best uniform plan (around the dense-proxy solution when no uniform plan fits). Each round costs one
+best uniform plan (around the dense-proxy solution when no uniform plan fits), ``"solution"`` linearises around the dense-proxy solution
+itself (for budgets far above the nearest uniform plan). Each round costs one
 evaluation per (slot, option) that differs from the reference, plus the solution; the result is the
 best-scoring solution of all rounds and of the dense proxy (never worse than ``reference="dense"``).
 
@@ -36,7 +37,7 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.search.base import EvalRequest, Evaluation, Searcher
 from layerbudget.search.problem import INACTIVE, Candidate, Problem
 
-REFERENCES = ("dense", "uniform")
+REFERENCES = ("dense", "uniform", "solution")
 
 
 def _base_options(problem: Problem) -> list[int]:
@@ -115,7 +116,8 @@ def sensitivities(
 
 class SolverSearcher(Searcher):
     """A solver over an additive proxy: the profile's (``reference="dense"``) or operating-point
-    sensitivities around the best fitting uniform plan (``"uniform"``), re-linearised ``rounds`` times.
+    sensitivities around the best fitting uniform plan (``"uniform"``) or the dense-proxy solution
+    (``"solution"``), re-linearised ``rounds`` times.
 
     Subclasses implement :meth:`solve` and call :meth:`_start` at the end of their ``__init__``.
     """
@@ -143,7 +145,7 @@ class SolverSearcher(Searcher):
         self._asked: list[Candidate] = []
         self._phase = "solution"
         if self.reference_kind != "dense":
-            fits = [self.problem.uniform(o) for o in self._shared_options()]
+            fits = [self.problem.uniform(o) for o in self._shared_options()] if self.reference_kind == "uniform" else []
             self._uniform = [c for c in dict.fromkeys(fits) if c is not None and self.problem.satisfies(c, self.budget)]
             self._phase = "uniform"
 

@@ -167,7 +167,7 @@ def test_no_fitting_uniform_plan_linearises_around_the_dense_proxy_solution():
 def test_parameter_errors():
     p = make_problem(n_slots=4, seed=8)
     b = Budget.from_dict({"avg_bits": 4.0})
-    with pytest.raises(LayerbudgetError, match="`reference` must be one of dense, uniform"):
+    with pytest.raises(LayerbudgetError, match="`reference` must be one of dense, uniform, solution"):
         make_searcher("ilp", p, b, reference="parent")
     with pytest.raises(LayerbudgetError, match="`rounds` must be a positive integer"):
         make_searcher("dp", p, b, reference="uniform", rounds=0)
@@ -199,3 +199,15 @@ def test_checkpointed_run_resumes_to_the_same_plan(tmp_path):
     resumed = run_search_checkpointed(make_searcher("ilp", p, b, reference="uniform", rounds=2), InlineExecutor(f), path)
     assert resumed.result == whole.result
     assert [e.candidate for e in resumed.evaluations] == [e.candidate for e in whole.evaluations]
+
+
+def test_reference_solution_linearises_around_the_dense_proxy_solution():
+    p = ladder_problem(seed=2)
+    b = Budget.from_dict({"avg_bits": 3.0})
+    f = LowBit(p)
+    s = make_searcher("ilp", p, b, reference="solution", rounds=1)
+    out = run_search(s, InlineExecutor(f))
+    assert s.references == [solve_ilp(p, b)]
+    # the dense-proxy solution, its switches and the operating-point solution: nothing else
+    assert {e.candidate for e in out.evaluations} == {s.solution, *deviations(p, s.solution).values(), s.solutions[0]}
+    assert f.score(out.result) <= f.score(s.solution)
