@@ -245,17 +245,7 @@ def measure_engine(
     """
     scorers: dict[str, Evaluator | NaiveScorer] = {"engine": prep.evaluator()}
     if restart_prep is not None:
-        cfg = restart_prep.cfg
-        scorers["dense_restart"] = Evaluator(
-            restart_prep.adapter,
-            restart_prep.database,
-            restart_prep.problem,
-            restart_prep.tokens,
-            restart_prep.fitness,
-            batch_size=cfg.data.batch_size,
-            data_seed=cfg.seed,
-            max_traces=0,
-        )
+        scorers["dense_restart"] = restart_prep.evaluator(max_traces=0)
     scorers["naive"] = NaiveScorer(naive_prep)
     engines = {k: sc for k, sc in scorers.items() if isinstance(sc, Evaluator)}
     out: dict[str, Any] = {}

@@ -193,16 +193,7 @@ def table_key(prep: Prepared, gt: GroundTruth) -> str:
 
 def make_evaluator(prep: Prepared, gt: GroundTruth) -> Evaluator:
     """A fresh evaluator of ``gt``'s problem (it restores the shared model to dense first)."""
-    cfg = prep.cfg
-    return Evaluator(
-        prep.adapter,
-        prep.database,
-        gt.problem,
-        prep.tokens,
-        prep.fitness,
-        batch_size=cfg.data.batch_size,
-        data_seed=cfg.seed,
-    )
+    return prep.evaluator(gt.problem)
 
 
 def exhaustive(prep: Prepared, gt: GroundTruth, log) -> float:

@@ -31,7 +31,6 @@ import torch
 from layerbudget.budget import Budget
 from layerbudget.config import load_config
 from layerbudget.prepare import prepare
-from layerbudget.profiles.profile import load_or_build_profile
 from layerbudget.search import InlineExecutor, make_searcher, run_search
 
 SEARCHERS = ("uniform", "ilp", "ilp-op", "ilp-op-sol", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
@@ -39,7 +38,9 @@ SEEDLESS = ("uniform", "ilp", "ilp-op", "ilp-op-sol")
 # ilp-op: the ILP on operating-point sensitivities around the best fitting uniform plan, re-linearised
 # once around its solution (see layerbudget.search.operating_point); ilp-op-sol: the same around the
 # ILP's own dense-proxy solution
-LABELS = {
+LABELS = {  # label -> (searcher, parameters)
+    "optuna-nsga2": ("optuna", {"sampler": "nsga2"}),
+    "optuna-tpe": ("optuna", {"sampler": "tpe"}),
     "ilp-op": ("ilp", {"reference": "uniform", "rounds": 2}),
     "ilp-op-sol": ("ilp", {"reference": "solution", "rounds": 2}),
 }
@@ -47,12 +48,8 @@ ORDER = {name: k for k, name in enumerate(SEARCHERS)}
 
 
 def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict) -> dict:
-    name = "optuna" if label.startswith("optuna-") else label
-    if name == "optuna":
-        params = {"sampler": label.split("-", 1)[1], **params}
-    if label in LABELS:
-        name, extra = LABELS[label]
-        params = {**extra, **params}
+    name, extra = LABELS.get(label, (label, {}))
+    params = {**extra, **params}
     t = time.perf_counter()
     searcher = make_searcher(name, prep.problem, budget, seed=seed, **params)
     out = run_search(searcher, InlineExecutor(evaluator))
@@ -131,10 +128,7 @@ def main() -> int:
     cfg = load_config()
     prep = prepare(cfg, progress=False)
     evaluator = prep.evaluator()
-    key = {"calib": prep.calib_hash, "fitness": prep.fitness.name, "seq_len": prep.tokens.seq_len}
-    profile, _ = load_or_build_profile(
-        prep.problem, prep.database, prep.adapter, evaluator.score, prep.cache_dir, key, progress=False
-    )
+    profile, _ = prep.profile(evaluator, progress=False)
     prep.problem.set_proxy(profile.proxy())
     out = Path(args.out)
     rows: list[dict] = json.loads(out.read_text()) if out.exists() else []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -52,15 +53,18 @@ class Prepared:
     database_reused: bool
     latency: pd.DataFrame | None = None  # the latency table of cfg.latency.target, when one is set
 
-    def evaluator(self) -> Evaluator:
+    def evaluator(self, problem: Problem | None = None, **engine: Any) -> Evaluator:
+        """An evaluator of ``problem`` (default: this one) on this model, data and fitness; ``engine``
+        passes further :class:`Evaluator` options (e.g. ``max_traces``)."""
         return Evaluator(
             self.adapter,
             self.database,
-            self.problem,
+            problem or self.problem,
             self.tokens,
             self.fitness,
             batch_size=self.cfg.data.batch_size,
             data_seed=self.cfg.seed,
+            **engine,
         )
 
 

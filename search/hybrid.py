@@ -216,12 +216,7 @@ class HybridSearcher(Searcher):
             self.scores[e.candidate] = e.fitness
         if self._phase not in ("seeds", "corrected", "linearise"):
             return
-        if self._phase == "linearise":
-            self._corrected = self._linearised()
-            if self._corrected is not None:
-                self._phase = "corrected"  # scored like a corrected plan, then the evolution
-                return
-        else:
+        if self._phase != "linearise":
             self._corrected = self._correction() if self._rounds < self.corrections else None
             if self._corrected is not None:
                 self._rounds += 1
@@ -234,10 +229,11 @@ class HybridSearcher(Searcher):
                 self._phase = "linearise"
                 if self._lin_asked:
                     return
-                self._corrected = self._linearised()
-                if self._corrected is not None:
-                    self._phase = "corrected"
-                    return
+        if self._phase == "linearise":
+            self._corrected = self._linearised()
+            if self._corrected is not None:
+                self._phase = "corrected"  # scored like a corrected plan, then the evolution
+                return
         self.start = best = self._best()
         self.evolution = self._make_evolution(best, self.evaluations + self._reserve)
         self.evolution.remember(self.scores)
@@ -247,10 +243,14 @@ class HybridSearcher(Searcher):
         """The solver's plan on operating-point sensitivities around ``lin_reference`` (only the
         ``linearise`` switches per slot nearest in cost were measured); None if already scored."""
         assert self.lin_reference is not None
-        view = copy.copy(self.problem)
-        view.proxy = sensitivities(
-            self.problem, self.lin_reference, self.scores, nearest=self.linearise, metric=self._metric
+        return self._solve_on(
+            sensitivities(self.problem, self.lin_reference, self.scores, nearest=self.linearise, metric=self._metric)
         )
+
+    def _solve_on(self, proxy: list[np.ndarray]) -> Candidate | None:
+        """The solver's plan for the target budget on ``proxy``; None if none fits or it is already scored."""
+        view = copy.copy(self.problem)
+        view.proxy = proxy
         try:
             cand = self._solve(view, self.budget)
         except LayerbudgetError:
@@ -283,16 +283,9 @@ class HybridSearcher(Searcher):
         fit = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ y + ridge)
         scale = np.ones(len(names))
         scale[used] = np.maximum(fit, 0.05)
-        corrected = copy.copy(self.problem)
-        corrected.proxy = [
-            p * np.asarray([scale[col[o]] for o in s.options])
-            for p, s in zip(self.problem.proxy, self.problem.slots)
-        ]
-        try:
-            cand = self._solve(corrected, self.budget)
-        except LayerbudgetError:
-            return None
-        return None if cand in self.scores else cand
+        return self._solve_on(
+            [p * np.asarray([scale[col[o]] for o in s.options]) for p, s in zip(self.problem.proxy, self.problem.slots)]
+        )
 
     def _best(self) -> Candidate:
         finite = {  # the operating-point switches are scored too, and most break the budget
