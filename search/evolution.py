@@ -31,6 +31,7 @@ from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_
 from layerbudget.search.dp import raw_limit
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem
+from layerbudget.search.surrogate import DeltaSurrogate
 
 TOKENS_PER_WINDOW = 2048
 
@@ -348,7 +349,10 @@ class EvolutionSearcher(Searcher):
     ``generations``, ``offspring``, ``stages`` (overrides of the preset; a stage with 0 windows
     compares on the standard calibration windows), ``max_evaluations`` (a hard cap), ``init``
     ("uniform": the fitting uniform plan of least proxy, its leftover budget spent by the proxy;
-    "random"; or "plan" with ``init_candidate``: option indices per slot, or unit -> option name).
+    "random"; or "plan" with ``init_candidate``: option indices per slot, or unit -> option name),
+    ``prescreen`` (1: off; k > 1: draw k times the offspring count of distinct new children and
+    score only those a :class:`~layerbudget.search.surrogate.DeltaSurrogate`, fitted to the
+    fitness changes of every offspring scored so far, ranks best; the rest may be drawn again later).
 
     Duplicates are rejected: no candidate is offered twice (seeds passed to :meth:`remember`
     included). The search ends after ``generations``, at the cap, or when no new feasible
@@ -370,9 +374,12 @@ class EvolutionSearcher(Searcher):
         max_evaluations: int | None = None,
         init: str = "uniform",
         init_candidate: Any = None,
+        prescreen: int = 1,
         **params: Any,
     ):
         super().__init__(problem, budget, seed=seed, **params)
+        self.prescreen = _positive("prescreen", prescreen)
+        self.surrogate = DeltaSurrogate(problem) if self.prescreen > 1 else None
         self.space = FeasibleSpace(problem, budget)
         auto = preset == "auto"
         if auto:
@@ -460,18 +467,24 @@ class EvolutionSearcher(Searcher):
             left = self.max_evaluations - self.evaluations
             while lam > 0 and self._generation_cost(lam) > left:
                 lam -= 1
+        want = lam * self.prescreen
         pool: list[Candidate] = []
-        for _ in range(10 * lam + 50):  # then the parent's unseen neighbours are (nearly) exhausted
-            if len(pool) >= lam:
+        drawn: set[Candidate] = set()
+        for _ in range(10 * want + 50):  # then the parent's unseen neighbours are (nearly) exhausted
+            if len(pool) >= want:
                 break
             child = self.space.mutate(self.parent, self.rng)
             if child is None:
                 self.rejected += 1
-            elif child in self.seen:
+            elif child in self.seen or child in drawn:
                 self.duplicates += 1
             else:
-                self.seen.add(child)
+                drawn.add(child)
                 pool.append(child)
+        if self.surrogate is not None and len(pool) > lam:
+            order = np.argsort(self.surrogate.predict(pool, self.parent), kind="stable")
+            pool = [pool[k] for k in order[:lam]]
+        self.seen.update(pool)
         return pool
 
     def ask(self) -> list[EvalRequest]:
@@ -512,6 +525,9 @@ class EvolutionSearcher(Searcher):
         if self.stages[self._stage][1] == CALIB:
             self.calib.update(scores)
             scores = {c: self.calib[c] for c in (*self._pool, self.parent)}
+        if self.surrogate is not None and math.isfinite(ref := scores.get(self.parent, math.nan)):
+            for c in self._pool:
+                self.surrogate.observe(c, self.parent, scores[c] - ref)
         self._select(scores)
 
     def _select(self, scores: Mapping[Candidate, float]) -> None:
