@@ -21,7 +21,8 @@ a) the evaluation engine (stitching + restart from cached block inputs) against 
    every candidate restarts from the dense block inputs), which must give bit-identical scores;
    every engine score must match the naive one to 1e-4 and the recording run exactly. Every timed
    pass starts from empty caches (fresh window sets and traces). Goal: at least 2x on the
-   evolution sequence.
+   evolution sequence. One more pass of each splits its time by request size (windows per request),
+   which shows where the evolution's time goes (its final stages score many windows).
 b) candidates/s of :class:`~layerbudget.search.ray_executor.RayExecutor` with 2 actors vs 1 actor on
    one batch of a *quantization walk* (every block compressed, each candidate 1-3 slots away from
    the previous one) on the calibration set (goal: at least 1.7x);
@@ -227,6 +228,22 @@ def _replay(scorer: Evaluator | NaiveScorer, requests: list[EvalRequest]) -> lis
     return [scorer.score(r.candidate, r.windows, r.batch) for r in requests]
 
 
+def _windows_key(r: EvalRequest) -> str:
+    return "calib" if r.windows is None else str(r.windows)
+
+
+def _replay_by_windows(scorer: Evaluator | NaiveScorer, requests: list[EvalRequest]) -> dict[str, float]:
+    """Seconds one :func:`_replay` pass spends on the requests of each window count (dense
+    references of a fresh window set count towards the request that first uses it)."""
+    scorer.clear_caches()
+    spent: Counter[str] = Counter()
+    for r in requests:
+        t = time.perf_counter()
+        scorer.score(r.candidate, r.windows, r.batch)
+        spent[_windows_key(r)] += time.perf_counter() - t
+    return dict(spent)
+
+
 def measure_engine(
     prep: Prepared,
     naive_prep: Prepared,
@@ -269,15 +286,22 @@ def measure_engine(
         )
         row: dict[str, Any] = {
             "candidates": len(requests),
-            "requests_per_windows": dict(
-                Counter("calib" if r.windows is None else str(r.windows) for r in requests)
-            ),
+            "requests_per_windows": dict(Counter(_windows_key(r) for r in requests)),
             "engine_ms": 1e3 * t["engine"] / len(requests),
             "naive_ms": 1e3 * t["naive"] / len(requests),
             "speedup": t["naive"] / t["engine"],
             "blocks_per_request": blocks["engine"],
             "trace_bytes_peak": engines["engine"].trace_bytes_peak,
             "max_rel_diff": err,
+        }
+        by = {k: _replay_by_windows(scorers[k], requests) for k in ("engine", "naive")}
+        row["seconds_per_windows"] = {
+            w: {
+                "engine": by["engine"][w],
+                "naive": by["naive"][w],
+                "speedup": by["naive"][w] / by["engine"][w],
+            }
+            for w in by["engine"]
         }
         if "dense_restart" in t:
             row["dense_restart_ms"] = 1e3 * t["dense_restart"] / len(requests)
@@ -382,6 +406,13 @@ def report(result: dict[str, Any]) -> str:
             f"    {name:<20}{r['engine_ms']:>10.2f}{r.get('dense_restart_ms', nan):>11.2f}{r['naive_ms']:>10.2f}"
             f"{r['speedup']:>8.2f}x{r.get('speedup_dense_restart', nan):>8.2f}x{r['blocks_per_request']:>8.2f}"
         )
+    for name, r in result["engine"].items():
+        if len(r.get("seconds_per_windows", {})) > 1:
+            parts = [
+                f"{w} windows {v['engine']:.2f} s vs {v['naive']:.2f} s ({v['speedup']:.2f}x)"
+                for w, v in r["seconds_per_windows"].items()
+            ]
+            lines.append(f"    {name} by request size (one pass): " + "; ".join(parts))
     lines.append(
         "    (restart: the engine without traces, every request restarts from the dense block inputs;"
         " blocks: blocks run per request and batch by the engine)"

@@ -198,6 +198,9 @@ def test_bench_engine_matches_naive_smoke(prepared):
     out = measure_engine(prepared, prepare(prepared.cfg, progress=False, build=False), seqs, repeats=1)
     assert {k: v["candidates"] for k, v in out.items()} == {"walk": 2, "profile": 2}
     assert all(v["max_rel_diff"] <= 1e-4 and v["speedup"] > 0 for v in out.values())
+    # every request is on the calibration set: one group, which holds the pass's time of each scorer
+    assert all(list(v["seconds_per_windows"]) == ["calib"] for v in out.values())
+    assert all(min(v["seconds_per_windows"]["calib"].values()) > 0 for v in out.values())
 
 
 @pytest.mark.slow
