@@ -266,10 +266,7 @@ class FeasibleSpace:
     def best_uniform(self, budget: Budget) -> Candidate | None:
         """The fitting uniform plan of lowest proxy (ties: the least compressed)."""
         problem = self.problem
-        opts = {o for i in self.units for o in problem.slots[i].options}
-        fits = [
-            c for o in sorted(opts) if (c := problem.uniform(o)) is not None and problem.satisfies(c, budget)
-        ]
+        fits = [c for _, c in sorted(problem.fitting_uniform(budget).items())]
         if not fits:
             return None
         return min(fits, key=lambda c: (problem.proxy_score(c), -float(self.sign @ self.totals(c))))

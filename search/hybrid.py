@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -80,10 +79,7 @@ def solver_seeds(
 def uniform_seeds(problem: Problem, budget: Budget) -> list[Candidate]:
     """Every uniform plan that fits, least compressed first, its leftover budget spent by the proxy."""
     space = FeasibleSpace(problem, budget)
-    options = {problem.slots[i].options[o] for i in space.units for o in range(len(problem.slots[i].options))}
-    fits = [
-        c for o in sorted(options) if (c := problem.uniform(o)) is not None and problem.satisfies(c, budget)
-    ]
+    fits = [c for _, c in sorted(problem.fitting_uniform(budget).items())]
     fits.sort(key=lambda c: -float(space.sign @ space.totals(c)))
     seeds: list[Candidate] = []
     for cand in fits:
@@ -249,10 +245,8 @@ class HybridSearcher(Searcher):
 
     def _solve_on(self, proxy: list[np.ndarray]) -> Candidate | None:
         """The solver's plan for the target budget on ``proxy``; None if none fits or it is already scored."""
-        view = copy.copy(self.problem)
-        view.proxy = proxy
         try:
-            cand = self._solve(view, self.budget)
+            cand = self._solve(self.problem.with_proxy(proxy), self.budget)
         except LayerbudgetError:
             return None
         return None if cand in self.scores else cand

@@ -24,7 +24,6 @@ and switching the sub-block back on restores its units at their base options.
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import abstractmethod
 from collections.abc import Mapping
@@ -145,18 +144,12 @@ class SolverSearcher(Searcher):
         self._asked: list[Candidate] = []
         self._phase = "solution"
         if self.reference_kind != "dense":
-            fits = [self.problem.uniform(o) for o in self._shared_options()] if self.reference_kind == "uniform" else []
-            self._uniform = [c for c in dict.fromkeys(fits) if c is not None and self.problem.satisfies(c, self.budget)]
+            fits = self.problem.fitting_uniform(self.budget).values() if self.reference_kind == "uniform" else []
+            self._uniform = list(dict.fromkeys(fits))
             self._phase = "uniform"
 
-    def _shared_options(self) -> list[str]:
-        units = [s for s in self.problem.slots if not s.is_subblock]
-        return [o for o in units[0].options if all(o in s.options for s in units)] if units else []
-
     def _linearised(self, reference: Candidate) -> Problem:
-        view = copy.copy(self.problem)
-        view.proxy = sensitivities(self.problem, reference, self.scores)
-        return view
+        return self.problem.with_proxy(sensitivities(self.problem, reference, self.scores))
 
     def ask(self) -> list[EvalRequest]:
         while True:

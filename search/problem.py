@@ -9,6 +9,7 @@ makes budget checks exact and lets the ILP and DP solvers use the same numbers.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -216,6 +217,22 @@ class Problem:
 
     def proxy_score(self, cand: Candidate) -> float:
         return float(sum(self.proxy[i][c] for i, c in enumerate(cand) if c != INACTIVE))
+
+    def with_proxy(self, proxy: Sequence[np.ndarray]) -> Problem:
+        """A shallow copy of this problem whose additive proxy is ``proxy`` (per slot, per option)."""
+        view = copy.copy(self)
+        view.proxy = list(proxy)
+        return view
+
+    def shared_options(self) -> list[str]:
+        """Options every unit slot offers, in the first unit slot's order (none without unit slots)."""
+        units = [s for s in self.slots if not s.is_subblock]
+        return [o for o in units[0].options if all(o in s.options for s in units)] if units else []
+
+    def fitting_uniform(self, budget: Budget) -> dict[str, Candidate]:
+        """Every uniform plan (see :meth:`uniform`) that satisfies ``budget``: option -> plan."""
+        plans = {o: self.uniform(o) for o in self.shared_options()}
+        return {o: c for o, c in plans.items() if c is not None and self.satisfies(c, budget)}
 
     def uniform(self, option: str) -> Candidate | None:
         """Every unit slot at ``option`` and every sub-block kept; ``None`` if a slot lacks it."""

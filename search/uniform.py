@@ -17,13 +17,8 @@ class UniformSearcher(ScoreOnceSearcher):
 
     def __init__(self, problem, budget, *, seed: int = 0, **params):
         super().__init__(problem, budget, seed=seed, **params)
-        unit_slots = [s for s in problem.slots if not s.is_subblock]
-        shared = [o for o in unit_slots[0].options if all(o in s.options for s in unit_slots)]
-        self.candidates: list[Candidate] = []
-        for o in shared:
-            cand = problem.uniform(o)
-            if cand is not None and problem.satisfies(cand, budget):
-                self.candidates.append(cand)
+        shared = problem.shared_options()
+        self.candidates: list[Candidate] = list(problem.fitting_uniform(budget).values())
         if not self.candidates:
             cheapest = min(
                 (problem.uniform(o) for o in shared),
