@@ -55,6 +55,7 @@ import torch
 from layerbudget.config import ExperimentConfig, config_from_dict
 from layerbudget.evaluators.engine import Evaluator
 from layerbudget.prepare import Prepared, prepare
+from layerbudget.profiles.cache import atomic_write_text
 from layerbudget.profiles.options import DENSE, DROP
 from layerbudget.search.base import EvalRequest, make_searcher
 from layerbudget.search.executor import Executor, InlineExecutor
@@ -541,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeats=args.repeats,
             use_ray=not args.no_ray,
         )
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     print(report(result))
     print(f"results written to {args.out}")
     return 0

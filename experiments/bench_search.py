@@ -1,19 +1,20 @@
 """Benchmark of the searchers on MiniLM: held-out distortion at equal fitness evaluations, over seeds.
 
-One profile (the default experiment's data and options) is shared by every run. ``uniform``,
-``ilp`` and ``ilp-op`` (the ILP on operating-point sensitivities around the best uniform plan, two
-rounds) run once per budget (they have no randomness; with the chunk that starts at seed 0);
-``hybrid`` runs with each search seed under
-``--max-evaluations`` (seeds included; ``--hybrid-params`` adds parameters, e.g. the default
+One profile (the data and options of the default experiment, or of ``--config``) is shared by every
+run. ``uniform``, ``ilp`` and ``ilp-op`` (the ILP on operating-point sensitivities around the best
+uniform plan, two rounds) run once per budget (they have no randomness; with the chunk that starts
+at seed 0); ``hybrid`` runs with each search seed under ``--max-evaluations`` (seeds included; ``--hybrid-params`` adds parameters, e.g. the default
 config's explicit evolution stages), and ``evolution`` (given only ``max_evaluations``, so both
 are sized to the cap the same way) and both ``optuna`` samplers get exactly as many fitness
 evaluations as ``hybrid`` used with that seed (``--max-evaluations`` when hybrid is not run). Every
 run is appended to the JSON file as soon as it ends, so a subset (``--searchers``, ``--budgets``,
-``--seeds``/``--first-seed``) can run now and the rest later or elsewhere; ``--table`` prints
-mean ± std of the calibration fitness and the held-out distortion over any set of such files::
+``--seeds``/``--first-seed``) can run now and the rest later or elsewhere; every row names its
+experiment config, and ``--table`` prints mean ± std of the calibration fitness and the held-out
+distortion per config, budget and searcher over any set of such files::
 
     python -m layerbudget.experiments.bench_search --budgets 3.0 2.5 --seeds 5 [--threads 1] [--out bench-search.json]
     python -m layerbudget.experiments.bench_search --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
+    python -m layerbudget.experiments.bench_search --config experiments/minilm_gptq.toml --out gptq.json
     python -m layerbudget.experiments.bench_search --table bench-search.json part2.json
 """
 
@@ -30,7 +31,9 @@ import torch
 
 from layerbudget.budget import Budget
 from layerbudget.config import load_config
+from layerbudget.errors import LayerbudgetError
 from layerbudget.prepare import prepare
+from layerbudget.profiles.cache import atomic_write_text
 from layerbudget.search import InlineExecutor, make_searcher, run_search
 
 SEARCHERS = ("uniform", "ilp", "ilp-op", "ilp-op-sol", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
@@ -45,6 +48,7 @@ LABELS = {  # label -> (searcher, parameters)
     "ilp-op-sol": ("ilp", {"reference": "solution", "rounds": 2}),
 }
 ORDER = {name: k for k, name in enumerate(SEARCHERS)}
+DEFAULT_NAME = "minilm-quant"  # the embedded default experiment's name (rows written before configs were recorded)
 
 
 def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict) -> dict:
@@ -55,6 +59,7 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
     out = run_search(searcher, InlineExecutor(evaluator))
     best = out.result
     row = {
+        "config": prep.cfg.name,
         "searcher": label,
         "budget": budget.to_dict()["avg_bits"],
         "seed": seed,
@@ -78,32 +83,37 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
 
 
 def table(rows: list[dict]) -> str:
+    """Mean ± std per (config, budget, searcher); rows without a config are the default experiment's."""
     lines = [
-        f"{'budget':>6}  {'searcher':<14}{'runs':>5}{'evals':>7}  {'fitness (mean±std)':>22}  {'held-out (mean±std)':>22}"
+        f"{'config':<14}{'budget':>6}  {'searcher':<14}{'runs':>5}{'evals':>7}  "
+        f"{'fitness (mean±std)':>22}  {'held-out (mean±std)':>22}"
     ]
-    for bits in sorted({r["budget"] for r in rows}, reverse=True):
-        names = sorted(
-            {r["searcher"] for r in rows if r["budget"] == bits}, key=lambda n: (ORDER.get(n, 99), n)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r.get("config", DEFAULT_NAME), r["budget"], r["searcher"]), []).append(r)
+    for (config, bits, name), sel in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], ORDER.get(kv[0][2], 99), kv[0][2])
+    ):
+
+        def ms(key: str, sel=sel) -> str:
+            vals = [r[key] for r in sel]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            return f"{statistics.mean(vals):.4f} ± {sd:.4f}"
+
+        evals = statistics.mean(r["evaluations"] for r in sel)
+        lines.append(
+            f"{config:<14}{bits:>6}  {name:<14}{len(sel):>5}{evals:>7.0f}  {ms('fitness'):>22}  {ms('heldout'):>22}"
         )
-        for name in names:
-            sel = [r for r in rows if r["budget"] == bits and r["searcher"] == name]
-
-            def ms(key: str, sel=sel) -> str:
-                vals = [r[key] for r in sel]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                return f"{statistics.mean(vals):.4f} ± {sd:.4f}"
-
-            evals = statistics.mean(r["evaluations"] for r in sel)
-            lines.append(
-                f"{bits:>6}  {name:<14}{len(sel):>5}{evals:>7.0f}  {ms('fitness'):>22}  {ms('heldout'):>22}"
-            )
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--budgets", type=float, nargs="+", default=[3.0, 2.5], help="average bits per weight"
+    )
+    parser.add_argument(
+        "--config", help="experiment TOML (default: the embedded default; e.g. experiments/minilm_gptq.toml)"
     )
     parser.add_argument("--seeds", type=int, default=5, help="number of search seeds")
     parser.add_argument("--first-seed", type=int, default=0)
@@ -119,13 +129,16 @@ def main() -> int:
     parser.add_argument(
         "--table", nargs="+", metavar="JSON", help="only print the table of these result files"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.table:
         print(table([r for f in args.table for r in json.loads(Path(f).read_text())]))
         return 0
-    cfg = load_config()
+    try:
+        cfg = load_config(args.config)
+    except LayerbudgetError as exc:
+        parser.exit(2, f"error: {exc}\n")
     prep = prepare(cfg, progress=False)
     evaluator = prep.evaluator()
     profile, _ = prep.profile(evaluator, progress=False)
@@ -137,7 +150,7 @@ def main() -> int:
     def record(row: dict) -> dict:
         rows.append(row)
         new.append(row)
-        out.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
         print(
             f"avg_bits {row['budget']} seed {row['seed']} {row['searcher']}: fitness {row['fitness']:.4f} "
             f"held-out {row['heldout']:.4f} ({row['evaluations']} evaluations, {row['seconds']:.0f} s)",

@@ -35,6 +35,9 @@ class ModelConfig:
     device: str = "cpu"
 
 
+DEFAULT_CALIBRATION_WINDOWS = 128  # windows of the database's calibration statistics
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "pydoc"  # "pydoc" or a path to a UTF-8 text file
@@ -52,6 +55,9 @@ class OptionsConfig:
     # where GPTQ/SparseGPT/Wanda statistics come from: the dense model ("dense") or the model whose
     # earlier blocks already hold the same option ("compressed", GPTQ's sequential mode)
     calibration_inputs: str = "dense"
+    # windows of those statistics (and of the output errors): up to this many calibration-part
+    # windows other than the fitness windows (data.calib_windows)
+    calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,10 @@ def _validate(cfg: ExperimentConfig) -> None:
             raise LayerbudgetError(f"data.{key} must be a positive integer, but got {getattr(d, key)}")
     if not 0 < d.heldout_fraction < 1:
         raise LayerbudgetError(f"data.heldout_fraction must be in (0, 1), but got {d.heldout_fraction}")
+    if cfg.options.calibration_windows < 1:
+        raise LayerbudgetError(
+            f"options.calibration_windows must be a positive integer, but got {cfg.options.calibration_windows}"
+        )
     if cfg.options.calibration_inputs not in ("dense", "compressed"):
         raise LayerbudgetError(
             f"options.calibration_inputs must be 'dense' or 'compressed', but got {cfg.options.calibration_inputs!r}"

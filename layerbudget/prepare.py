@@ -101,6 +101,7 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
         heldout_fraction=cfg.data.heldout_fraction,
         seed=cfg.seed,
         max_positions=getattr(adapter.model.config, "max_position_embeddings", None),
+        db_windows=cfg.options.calibration_windows,
     )
     fitness = make_fitness(cfg.search.fitness, adapter.task)
     names = list(cfg.options.names) if DENSE in cfg.options.names else [DENSE, *cfg.options.names]
@@ -113,13 +114,13 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
             adapter,
             options,
             cache_dir,
-            calib=tokens.calib,
+            calib=tokens.db_calib,
             batch_size=cfg.data.batch_size,
             inputs=inputs,
             progress=progress,
         )
     else:
-        root = cache_dir / "db" / database_key(adapter, options, calib_hash, inputs)[:32]
+        root = cache_dir / "db" / database_key(adapter, options, calib_digest(tokens.db_calib), inputs)[:32]
         if not root.exists():
             raise LayerbudgetError(f"database {root} does not exist; run the experiment once to build it")
         database, reused = open_database(root), True

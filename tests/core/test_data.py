@@ -319,3 +319,32 @@ def test_windows_invariants(gpt2_tokenizer, seq_len, n_calib, n_held, fraction, 
         if len(rows(pool)) == len(pool):  # short windows may repeat; order is only checkable when unique
             idx = row_indices(pool, chosen)
             assert idx == sorted(idx) and len(set(idx)) == n
+
+
+# ---- the database's calibration windows ------------------------------------------------------------
+
+
+def test_database_windows_are_other_calibration_windows(bert_tok) -> None:
+    ts = build_token_sets(bert_tok, PYDOC, seq_len=32, calib_windows=8, heldout_windows=4, seed=5, db_windows=40)
+    assert ts.db_calib.shape == (40, 32)
+    assert rows(ts.db_calib) <= rows(ts.calib_pool)
+    assert not rows(ts.db_calib) & rows(ts.calib)  # never the windows the fitness scores on
+    again = build_token_sets(bert_tok, PYDOC, seq_len=32, calib_windows=8, heldout_windows=4, seed=5, db_windows=40)
+    assert torch.equal(again.db_calib, ts.db_calib)
+    other = build_token_sets(bert_tok, PYDOC, seq_len=32, calib_windows=8, heldout_windows=4, seed=6, db_windows=40)
+    assert not torch.equal(other.db_calib, ts.db_calib)
+    # drawn after the fitness and held-out windows, so their number never moves those
+    fewer = build_token_sets(bert_tok, PYDOC, seq_len=32, calib_windows=8, heldout_windows=4, seed=5, db_windows=3)
+    assert torch.equal(fewer.calib, ts.calib) and torch.equal(fewer.heldout, ts.heldout)
+    assert fewer.db_calib.shape == (3, 32)
+
+
+def test_database_windows_take_what_is_left(bert_tok) -> None:
+    ts = build_token_sets(bert_tok, SENTENCES, seq_len=16, calib_windows=4, heldout_windows=2, db_windows=10_000)
+    pool = len(ts.calib_pool)
+    assert ts.db_calib.shape[0] == pool - 4
+    assert rows(ts.db_calib) | rows(ts.calib) == rows(ts.calib_pool)
+    every = build_token_sets(bert_tok, SENTENCES, seq_len=16, calib_windows=pool, heldout_windows=2)
+    assert torch.equal(every.db_calib, every.calib)  # nothing left: the fitness windows themselves
+    with pytest.raises(LayerbudgetError, match="calibration_windows must be at least 1"):
+        build_token_sets(bert_tok, SENTENCES, seq_len=16, calib_windows=4, heldout_windows=2, db_windows=0)

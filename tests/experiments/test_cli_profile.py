@@ -63,7 +63,7 @@ def test_profile_command_builds_and_writes_every_table(tmp_path, cache, capsys):
         assert set(lat["option"]) == {"dense", "rtn-b2-g64", "rtn-b4-g128", "magnitude-2:4"}
         assert (lat["latency_us"] > 0).all()
     info = json.loads((out / "database.json").read_text())
-    assert info["size_bytes"] > 0 and info["calibration"]["windows"] == 4
+    assert info["size_bytes"] > 0 and info["calibration"]["windows"] == 128  # options.calibration_windows
     # a second call reuses everything
     assert main(["profile", str(cfg), "--quiet"]) == 0
     assert "reused" in capsys.readouterr().err

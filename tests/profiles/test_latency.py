@@ -168,6 +168,8 @@ def test_config_latency_section_is_validated():
         config_from_dict({"latency": {"target": "cpu", "tokens": 0}})
     with pytest.raises(LayerbudgetError, match="calibration_inputs"):
         config_from_dict({"options": {"calibration_inputs": "both"}})
+    with pytest.raises(LayerbudgetError, match="options.calibration_windows must be a positive integer"):
+        config_from_dict({"options": {"calibration_windows": 0}})
 
 
 def test_roofline_counts_overhead_per_kernel():
