@@ -10,7 +10,7 @@ The database's calibration statistics (GPTQ/SparseGPT Hessians, Wanda norms, out
 from their own windows of the calibration part, disjoint from the fitness windows: GPTQ fitted to
 the very windows the search scores on looks better there than anywhere else (on MiniLM, uniform
 GPTQ 3-bit g64 fitted to the 16 fitness windows scored 0.109 on them and 0.181 held out; fitted to
-128 other windows, 0.144 and 0.146), and a Hessian of a 1536-wide layer needs more than the
+128 other windows, 0.145 and 0.146), and a Hessian of a 1536-wide layer needs more than the
 fitness set's 2048 tokens.
 """
 
