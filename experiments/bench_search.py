@@ -3,14 +3,15 @@
 One profile (the data and options of the default experiment, or of ``--config``) is shared by every
 run. ``uniform``, ``ilp`` and ``ilp-op`` (the ILP on operating-point sensitivities around the best
 uniform plan, two rounds) run once per budget (they have no randomness; with the chunk that starts
-at seed 0); ``hybrid`` runs with each search seed under ``--max-evaluations`` (seeds included; ``--hybrid-params`` adds parameters, e.g. the default
-config's explicit evolution stages), and ``evolution`` (given only ``max_evaluations``, so both
-are sized to the cap the same way) and both ``optuna`` samplers get exactly as many fitness
-evaluations as ``hybrid`` used with that seed (``--max-evaluations`` when hybrid is not run). Every
-run is appended to the JSON file as soon as it ends, so a subset (``--searchers``, ``--budgets``,
-``--seeds``/``--first-seed``) can run now and the rest later or elsewhere; every row names its
-experiment config, and ``--table`` prints mean ± std of the calibration fitness and the held-out
-distortion per config, budget and searcher over any set of such files::
+at seed 0); ``hybrid`` runs with each search seed under ``--max-evaluations`` (seeds included;
+``--hybrid-params`` adds parameters, e.g. the default config's explicit evolution stages), and
+``evolution`` (given only ``max_evaluations``, so both are sized to the cap the same way) and both
+``optuna`` samplers get exactly as many fitness evaluations as ``hybrid`` used with that seed
+(``--max-evaluations`` when hybrid is not run). Every run is appended to the JSON file as soon as it
+ends, so a subset (``--searchers``, ``--budgets``, ``--seeds``/``--first-seed``) can run now and
+the rest later or elsewhere; every row names its experiment config, and ``--table`` prints mean ±
+std of the calibration fitness and the held-out distortion per config, budget and searcher over any
+set of such files::
 
     python -m layerbudget.experiments.bench_search --budgets 3.0 2.5 --seeds 5 [--threads 1] [--out bench-search.json]
     python -m layerbudget.experiments.bench_search --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
@@ -48,7 +49,6 @@ LABELS = {  # label -> (searcher, parameters)
     "ilp-op-sol": ("ilp", {"reference": "solution", "rounds": 2}),
 }
 ORDER = {name: k for k, name in enumerate(SEARCHERS)}
-DEFAULT_NAME = "minilm-quant"  # the embedded default experiment's name (rows written before configs were recorded)
 
 
 def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict) -> dict:
@@ -88,9 +88,10 @@ def table(rows: list[dict]) -> str:
         f"{'config':<14}{'budget':>6}  {'searcher':<14}{'runs':>5}{'evals':>7}  "
         f"{'fitness (mean±std)':>22}  {'held-out (mean±std)':>22}"
     ]
+    default = load_config().name  # rows written before rows named their config
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r.get("config", DEFAULT_NAME), r["budget"], r["searcher"]), []).append(r)
+        groups.setdefault((r.get("config", default), r["budget"], r["searcher"]), []).append(r)
     for (config, bits, name), sel in sorted(
         groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], ORDER.get(kv[0][2], 99), kv[0][2])
     ):
