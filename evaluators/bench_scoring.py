@@ -223,26 +223,26 @@ def best_time(
     return best
 
 
-def _replay(scorer: Evaluator | NaiveScorer, requests: list[EvalRequest]) -> list[float]:
-    """Score ``requests`` in order, starting from empty caches (fresh window sets, traces)."""
+def _replay(
+    scorer: Evaluator | NaiveScorer, requests: list[EvalRequest], spent: Counter[str] | None = None
+) -> list[float]:
+    """Score ``requests`` in order, starting from empty caches (fresh window sets, traces).
+
+    With ``spent``, the seconds of each request are added under its window count (the dense
+    references of a fresh window set count towards the request that first uses it).
+    """
     scorer.clear_caches()
-    return [scorer.score(r.candidate, r.windows, r.batch) for r in requests]
+    out = []
+    for r in requests:
+        t = time.perf_counter()
+        out.append(scorer.score(r.candidate, r.windows, r.batch))
+        if spent is not None:
+            spent[_windows_key(r)] += time.perf_counter() - t
+    return out
 
 
 def _windows_key(r: EvalRequest) -> str:
     return "calib" if r.windows is None else str(r.windows)
-
-
-def _replay_by_windows(scorer: Evaluator | NaiveScorer, requests: list[EvalRequest]) -> dict[str, float]:
-    """Seconds one :func:`_replay` pass spends on the requests of each window count (dense
-    references of a fresh window set count towards the request that first uses it)."""
-    scorer.clear_caches()
-    spent: Counter[str] = Counter()
-    for r in requests:
-        t = time.perf_counter()
-        scorer.score(r.candidate, r.windows, r.batch)
-        spent[_windows_key(r)] += time.perf_counter() - t
-    return dict(spent)
 
 
 def measure_engine(
@@ -295,7 +295,9 @@ def measure_engine(
             "trace_bytes_peak": engines["engine"].trace_bytes_peak,
             "max_rel_diff": err,
         }
-        by = {k: _replay_by_windows(scorers[k], requests) for k in ("engine", "naive")}
+        by: dict[str, Counter[str]] = {k: Counter() for k in ("engine", "naive")}
+        for k, spent in by.items():  # one more pass of each, timed per request size
+            _replay(scorers[k], requests, spent)
         row["seconds_per_windows"] = {
             w: {
                 "engine": by["engine"][w],

@@ -59,7 +59,7 @@ class Prepared:
         return Evaluator(
             self.adapter,
             self.database,
-            problem or self.problem,
+            self.problem if problem is None else problem,
             self.tokens,
             self.fitness,
             batch_size=self.cfg.data.batch_size,

@@ -12,10 +12,11 @@ model ``f(ref) + sum_i delta[i][c_i]`` around the reference; re-linearising arou
 :class:`SolverSearcher` is the shared driver of the ``ilp`` and ``dp`` searchers: ``reference =
 "dense"`` solves once on the profile's proxy (no evaluations but the solution's), ``"uniform"``
 first scores every uniform plan that fits and the dense-proxy solution, and linearises around the
-best uniform plan (around the dense-proxy solution when no uniform plan fits), ``"solution"`` linearises around the dense-proxy solution
-itself (for budgets far above the nearest uniform plan). Each round costs one
-evaluation per (slot, option) that differs from the reference, plus the solution; the result is the
-best-scoring solution of all rounds and of the dense proxy (never worse than ``reference="dense"``).
+best uniform plan (around the dense-proxy solution when no uniform plan fits), ``"solution"``
+linearises around the dense-proxy solution itself (for budgets far above the nearest uniform
+plan). Each round costs one evaluation per (slot, option) that differs from the reference, plus
+the solution; the result is the best-scoring solution of all rounds and of the dense proxy (never
+worse than ``reference="dense"``).
 
 Unit slots inside a sub-block that the reference drops cannot be switched alone; their deltas are
 the differences of their one-at-a-time proxy from their base option (the one with the lowest proxy),

@@ -17,8 +17,8 @@ Used by ``evolution``/``hybrid`` with ``prescreen = k > 1``: of ``k`` times the 
 new children, only the best-ranked are scored. On a synthetic fitness where 2-bit errors compound
 it reaches lower fitness at the same number of evaluations (tests/search/test_surrogate.py). On
 MiniLM at 2.5 bits (hybrid, 350 evaluations) its predictions track the real deltas (correlation
-0.7-0.97 per generation in a traced run) but the greedier descent stalls in poorer local optima: calibration
-fitness 1.4077 / 1.5862 / 1.4229 / 1.5526 on seeds 0-3 with ``prescreen = 4`` against
+0.7-0.97 per generation in a traced run) but the greedier descent stalls in poorer local optima:
+calibration fitness 1.4077 / 1.5862 / 1.4229 / 1.5526 on seeds 0-3 with ``prescreen = 4`` against
 1.4770 / 1.4208 / 1.4153 / 1.4331 without (held-out 1.4111 / 1.6620 / 1.4670 / 1.5007 against
 1.4153 / 1.5133 / 1.4403 / 1.4334; rows in
 experiments/results/bench-search-minilm-prescreen-2026-11-23.json, from ``python -m
