@@ -79,6 +79,10 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
             if start in searcher.seeds
             else "corrected"
         )
+        row["finalists"] = [  # compared on the validation batch; the chosen one is the result
+            {"fitness": searcher.scores[c], "validation": v, "heldout": evaluator.heldout(c), "chosen": c == best}
+            for c, v in searcher.validation.items()
+        ]
     return row
 
 

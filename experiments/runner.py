@@ -142,6 +142,7 @@ def run_experiment(
                 t = time.perf_counter()
                 params = dict(cfg.search.params.get(name, {}))
                 searcher = make_searcher(name, problem, budget, seed=cfg.seed, **params)
+                tokens.check_fresh(searcher.fresh_windows(), f"search.params.{name}")
                 outcome = run_search_checkpointed(
                     searcher,
                     executor,

@@ -45,6 +45,15 @@ class TokenSets:
     def seq_len(self) -> int:
         return int(self.calib.shape[1])
 
+    def check_fresh(self, n: int, where: str) -> None:
+        """Refuse, before any work, a searcher whose requests would ask for more windows than the pool has."""
+        if n > len(self.calib_pool):
+            raise LayerbudgetError(
+                f"{where} asks for batches of {n} fresh calibration windows but text {self.source!r} gives "
+                f"{len(self.calib_pool)} windows of {self.seq_len} tokens; lower its stage windows or "
+                "validation_windows, or use a longer text"
+            )
+
     def fresh_calib(self, n: int, generator: np.random.Generator) -> torch.Tensor:
         """``n`` calibration windows drawn from the whole pool (for staged selection on fresh batches)."""
         if n > len(self.calib_pool):

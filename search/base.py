@@ -71,6 +71,10 @@ class Searcher(ABC):
     def result(self) -> Candidate:
         """The best candidate found (it satisfies the budget)."""
 
+    def fresh_windows(self) -> int:
+        """The most fresh calibration windows one of its requests may ask for (0: standard windows only)."""
+        return 0
+
 
 class ScoreOnceSearcher(Searcher):
     """Scores a fixed list of candidates in one round and keeps the best (baselines and solvers).

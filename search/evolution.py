@@ -550,6 +550,9 @@ class EvolutionSearcher(Searcher):
         self._stage = 0
         self.generation += 1
 
+    def fresh_windows(self) -> int:
+        return max(windows for _, windows in self.stages)
+
     def result(self) -> Candidate:
         if self.evaluations and not self.finite:
             raise LayerbudgetError("every evolution candidate scored NaN; the model cannot be evaluated")

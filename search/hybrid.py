@@ -22,8 +22,18 @@
    ``max_evaluations`` the whole search, seeds included, stays within it, and the evolution is
    sized to what is left (see :meth:`EvolutionSearcher._fit_to_cap`).
 4. The evolution's winner is re-scored on the standard calibration windows (unless its last stage
-   already did), and the result is the best plan scored on them, so the hybrid never returns a plan
-   that scores worse than its best seed on the calibration set.
+   already did).
+5. Validation (``validate = k``): of the ``k`` best distinct plans on the standard calibration
+   windows (seeds and evolution alike), those within ``tolerance`` (relative, default 1 %) of the
+   best are scored once more on a validation batch of ``validation_windows`` windows the search
+   never compared plans on, and the result is the best of them there. Hundreds of plans compared on
+   the same few windows make the calibration-best plan's score optimistic (the winner's curse): on
+   MiniLM with GPTQ levels at 3.0 bits the evolution replaced its start plan with one 0.4 % better
+   on the 16 calibration windows and 4.7 % worse held out, and on 64 validation windows the start
+   plan was better on each of three batches. Gaps beyond the tolerance are taken as real, so a plan
+   clearly best on the calibration windows is kept. With ``validate = 0``, or when no other plan is
+   within the tolerance, the result is the best plan on the standard calibration windows, never
+   worse there than the best seed.
 """
 
 from __future__ import annotations
@@ -44,6 +54,10 @@ from layerbudget.search.operating_point import deviations, sensitivities
 from layerbudget.search.problem import INACTIVE, Candidate, Problem
 
 DEFAULT_NEIGHBOURS = (0.98, 0.96, 0.93, 1.02, 1.05)
+DEFAULT_VALIDATE = 4
+DEFAULT_VALIDATION_WINDOWS = 64
+DEFAULT_TOLERANCE = 0.01
+VALIDATION_BATCH = 2**31 - 1  # the evolution draws its fresh batches below this, so never this one
 
 
 def scaled_budget(budget: Budget, factor: float) -> Budget:
@@ -113,6 +127,9 @@ class HybridSearcher(Searcher):
         uniform: bool = True,
         corrections: int = 2,
         linearise: int = 0,
+        validate: int = DEFAULT_VALIDATE,
+        validation_windows: int = DEFAULT_VALIDATION_WINDOWS,
+        tolerance: float = DEFAULT_TOLERANCE,
         max_evaluations: int | None = None,
         **evolution: Any,
     ):
@@ -138,8 +155,16 @@ class HybridSearcher(Searcher):
             )
         if isinstance(linearise, bool) or not isinstance(linearise, int) or linearise < 0:
             raise LayerbudgetError(f"hybrid `linearise` must be a non-negative integer, but got {linearise!r}")
+        for name, value, least in (("validate", validate, 0), ("validation_windows", validation_windows, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise LayerbudgetError(f"hybrid `{name}` must be an integer of at least {least}, but got {value!r}")
         self.corrections = corrections
         self.linearise = linearise
+        self.validate = 0 if validate == 1 else validate  # one plan needs no comparison
+        self.validation_windows = validation_windows
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise LayerbudgetError(f"hybrid `tolerance` must be a non-negative number, but got {tolerance!r}")
+        self.tolerance = float(tolerance)
         self._metric = budget.constraints[0].metric
         self._solve = solve_ilp if solver == "ilp" else solve_dp
         self.seeds = solver_seeds(problem, budget, neighbours, solver)
@@ -153,10 +178,13 @@ class HybridSearcher(Searcher):
         switches = sum(min(linearise, len(sl.options) - 1) for sl in problem.slots) + 1 if linearise else 0
         before = len(self.seeds) + corrections + switches  # evaluations before the evolution, at most
         probe = self._make_evolution(self.seeds[0], before)  # checks the evolution's parameters now
-        self._reserve = 0 if probe.stages[-1][1] == CALIB else 1  # the final re-score of the winner
+        # the final re-score of the winner, and the validation requests
+        self._reserve = (0 if probe.stages[-1][1] == CALIB else 1) + self.validate
+        self._fresh_windows = max(probe.fresh_windows(), self.validation_windows if self.validate else 0)
         if max_evaluations is not None:
             self._make_evolution(self.seeds[0], before + self._reserve)
         self.scores: dict[Candidate, float] = {}  # standard calibration windows only
+        self.validation: dict[Candidate, float] = {}  # the finalists on the validation batch
         self.evolution: EvolutionSearcher | None = None
         self.start: Candidate | None = None  # the seed the evolution started from
         self.evaluations = 0
@@ -199,6 +227,13 @@ class HybridSearcher(Searcher):
             winner = self.evolution.result()
             if winner not in self.scores:
                 return [EvalRequest(winner)]
+        if self._phase == "final":
+            self._phase = "validate"
+            finalists = self._finalists()
+            if len(finalists) > 1:
+                return [
+                    EvalRequest(c, windows=self.validation_windows, batch=VALIDATION_BATCH) for c in finalists
+                ]
         self._phase = "done"
         return []
 
@@ -207,6 +242,9 @@ class HybridSearcher(Searcher):
         if self._phase == "evolution":
             assert self.evolution is not None
             self.evolution.tell(evaluations)
+            return
+        if self._phase == "validate":
+            self.validation.update((e.candidate, e.fitness) for e in evaluations)
             return
         for e in evaluations:
             self.scores[e.candidate] = e.fitness
@@ -281,13 +319,33 @@ class HybridSearcher(Searcher):
             [p * np.asarray([scale[col[o]] for o in s.options]) for p, s in zip(self.problem.proxy, self.problem.slots)]
         )
 
-    def _best(self) -> Candidate:
+    def fresh_windows(self) -> int:
+        return self._fresh_windows
+
+    def _ranked(self) -> list[Candidate]:
+        """Plans that fit the budget and scored finite on the calibration windows, best first."""
         finite = {  # the operating-point switches are scored too, and most break the budget
             c: f for c, f in self.scores.items() if math.isfinite(f) and self.problem.satisfies(c, self.budget)
         }
-        if not finite:
+        return sorted(finite, key=lambda c: (finite[c], c))
+
+    def _finalists(self) -> list[Candidate]:
+        """The ``validate`` best plans within ``tolerance`` (relative) of the best on the calibration windows."""
+        ranked = self._ranked()
+        if not ranked:
+            return []
+        limit = self.scores[ranked[0]] + self.tolerance * abs(self.scores[ranked[0]])
+        return [c for c in ranked[: self.validate] if self.scores[c] <= limit]
+
+    def _best(self) -> Candidate:
+        ranked = self._ranked()
+        if not ranked:
             raise LayerbudgetError("every seed plan scored NaN or inf; the model cannot be evaluated")
-        return min(finite, key=lambda c: (finite[c], c))
+        return ranked[0]
 
     def result(self) -> Candidate:
+        """The best finalist on the validation batch, or (without one) the best on the calibration set."""
+        valid = {c: f for c, f in self.validation.items() if math.isfinite(f)}
+        if valid:
+            return min(valid, key=lambda c: (valid[c], self.scores[c], c))
         return self._best()

@@ -132,6 +132,17 @@ def test_text_too_short(tmp_path, cache, capsys):
     assert "too short" in err and not (tmp_path / "run").exists()
 
 
+def test_fresh_windows_beyond_the_text_are_refused_before_the_search(tmp_path, cache, capsys):
+    extra = '["uniform", "hybrid"]\n[search.params.hybrid]\nvalidation_windows = 1000000'
+    cfg = write_config(tmp_path, cache, SMALL.replace('["uniform", "ilp"]', extra))
+    out = tmp_path / "run"
+    assert run_cli(str(cfg), "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: search.params.hybrid asks for batches of 1000000 fresh calibration windows")
+    assert "text 'pydoc' gives" in err[-1] and not any("Traceback" in line for line in err)
+    assert not out.exists() and not list(tmp_path.glob(".run.tmp-*"))
+
+
 def test_missing_config_file_and_usage(tmp_path, capsys):
     assert run_cli(str(tmp_path / "nope.toml")) == 2
     assert "does not exist" in capsys.readouterr().err

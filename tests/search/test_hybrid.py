@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 from test_problem_ilp import make_problem
@@ -10,7 +11,13 @@ from test_problem_ilp import make_problem
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search import InlineExecutor, make_searcher, run_search
-from layerbudget.search.hybrid import scaled_budget, solver_seeds, uniform_seeds
+from layerbudget.search.hybrid import (
+    DEFAULT_VALIDATION_WINDOWS,
+    VALIDATION_BATCH,
+    scaled_budget,
+    solver_seeds,
+    uniform_seeds,
+)
 from layerbudget.search.ilp import solve_ilp
 
 EVO = {"generations": 6, "offspring": 8, "stages": [(3, 1), (1, 2)]}
@@ -84,11 +91,16 @@ def test_a_cap_covers_seeds_and_evolution(seed):
     assert make_searcher("hybrid", p, b, uniform=False).seeds == h.seeds[: h.n_solver_seeds]
     out = run_search(h, InlineExecutor(scorer))
     asked = [e.request for e in out.evaluations]
-    assert len(asked) <= 80 and all(r.windows is None for r in asked)  # the cap alone: standard windows
+    n = len(h.validation)  # the finalists within the tolerance, compared last on the validation batch
+    assert n == 0 or 2 <= n <= h.validate
+    assert len(asked) <= 80
+    assert all(r.windows == DEFAULT_VALIDATION_WINDOWS and r.batch == VALIDATION_BATCH for r in asked[len(asked) - n :])
+    asked = asked[: len(asked) - n]
+    assert all(r.windows is None for r in asked)  # the cap alone: everything else on the standard windows
     assert len({r.candidate for r in asked}) == len(asked)  # seeds are never asked again
     before = [r.candidate for r in asked[: len(h.seeds) + h._rounds]]  # seeds, then corrected plans
     assert before[: len(h.seeds)] == h.seeds and h.start == min(before, key=scorer.score)
-    assert scorer.score(out.result) == min(e.fitness for e in out.evaluations)
+    assert scorer.score(out.result) == min(e.fitness for e in out.evaluations)  # windows do not matter here
     with pytest.raises(LayerbudgetError, match="leaves nothing for the evolution"):
         make_searcher("hybrid", p, b, max_evaluations=len(h.seeds))
 
@@ -152,3 +164,79 @@ def test_linearise_scores_the_nearest_switches_and_the_operating_point_plan():
         make_searcher("hybrid", p, b, linearise=-1)
     with pytest.raises(LayerbudgetError, match="switches of linearise=2"):
         make_searcher("hybrid", p, b, linearise=2, max_evaluations=20)
+
+
+class Overfitted:
+    """Interacting fitness on the standard windows; on any other windows the order is reversed (the
+    standard windows flatter exactly the plans they select: a winner's curse at its worst)."""
+
+    def __init__(self, problem):
+        self.base = Interacting(problem)
+        self.asked: list[tuple] = []
+
+    def score(self, cand, windows=None, batch=0):
+        self.asked.append((cand, windows, batch))
+        f = self.base.score(cand)
+        return f if windows is None else 100.0 - f
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_validation_picks_the_best_finalist_on_the_validation_batch(seed):
+    p = make_problem(n_slots=10, seed=seed)
+    b = Budget.from_dict({"avg_bits": 3.2})
+    f = Overfitted(p)
+    h = make_searcher(
+        "hybrid", p, b, seed=seed, max_evaluations=80, validate=5, validation_windows=7, tolerance=math.inf
+    )
+    out = run_search(h, InlineExecutor(f))
+    assert len(out.evaluations) <= 80
+    finalists = sorted(h._ranked(), key=lambda c: (h.scores[c], c))[:5]
+    last = out.evaluations[-5:]
+    assert [e.candidate for e in last] == finalists  # the five best on the standard windows, best first
+    assert all(e.request.windows == 7 and e.request.batch == VALIDATION_BATCH for e in last)
+    assert all(w is None for _, w, _ in f.asked[:-5])  # nothing else left the standard windows
+    assert out.result == finalists[-1] and h.validation[out.result] == min(h.validation.values())
+    assert p.satisfies(out.result, b)
+    # without validation: the best on the standard windows
+    plain = run_search(
+        make_searcher("hybrid", p, b, seed=seed, max_evaluations=80, validate=0), InlineExecutor(Interacting(p))
+    )
+    assert plain.result == finalists[0]
+    # a tolerance keeps only the finalists that close to the best on the standard windows
+    tight = make_searcher(
+        "hybrid", p, b, seed=seed, max_evaluations=80, validate=5, validation_windows=7, tolerance=0.022
+    )
+    run_search(tight, InlineExecutor(Overfitted(p)))
+    ranked = tight._ranked()
+    near = [c for c in ranked[:5] if tight.scores[c] <= tight.scores[ranked[0]] * 1.022]
+    assert 2 <= len(near) < 5 and list(tight.validation) == near
+    # nothing within the tolerance: no validation requests, the best on the standard windows
+    alone = make_searcher("hybrid", p, b, seed=seed, max_evaluations=80, tolerance=0.005)
+    out = run_search(alone, InlineExecutor(Overfitted(p)))
+    assert not alone.validation and out.result == alone._best()
+    assert all(e.request.windows is None for e in out.evaluations)
+    assert all(e.request.windows is None for e in plain.evaluations)
+
+
+def test_validation_ignores_nan_finalists_and_checks_its_parameters():
+    p = make_problem(n_slots=8, seed=1)
+    b = Budget.from_dict({"avg_bits": 3.4})
+
+    class BrokenOnValidation(Interacting):
+        def score(self, cand, windows=None, batch=0):
+            return float("nan") if windows is not None else super().score(cand)
+
+    h = make_searcher("hybrid", p, b, max_evaluations=60)
+    out = run_search(h, InlineExecutor(BrokenOnValidation(p)))
+    assert h.validation and out.result == h._best()  # every finalist NaN: the calibration-best plan
+    assert make_searcher("hybrid", p, b, validate=1).validate == 0  # one plan needs no comparison
+    # the largest fresh batch a request may ask for: the validation batch or the evolution's last stage
+    assert make_searcher("hybrid", p, b, **EVO).fresh_windows() == DEFAULT_VALIDATION_WINDOWS
+    assert make_searcher("hybrid", p, b, validate=0, **EVO).fresh_windows() == 2
+    assert make_searcher("hybrid", p, b, validate=0, max_evaluations=60).fresh_windows() == 0
+    for bad in ({"validate": -1}, {"validate": 2.5}, {"validation_windows": 0}, {"validation_windows": True}):
+        with pytest.raises(LayerbudgetError, match="must be an integer of at least"):
+            make_searcher("hybrid", p, b, **bad)
+    for bad in (-0.1, math.nan, "1%"):
+        with pytest.raises(LayerbudgetError, match="`tolerance` must be a non-negative number"):
+            make_searcher("hybrid", p, b, tolerance=bad)
