@@ -257,7 +257,7 @@ class HybridSearcher(Searcher):
                 self._phase = "corrected"
                 return
             if self.linearise and self.lin_reference is None:
-                self.lin_reference = self._best()
+                self.lin_reference = self.calibration_best()
                 moves = deviations(self.problem, self.lin_reference, nearest=self.linearise, metric=self._metric)
                 self._lin_asked = [c for c in dict.fromkeys(moves.values()) if c not in self.scores]
                 self._phase = "linearise"
@@ -268,7 +268,7 @@ class HybridSearcher(Searcher):
             if self._corrected is not None:
                 self._phase = "corrected"  # scored like a corrected plan, then the evolution
                 return
-        self.start = best = self._best()
+        self.start = best = self.calibration_best()
         self.evolution = self._make_evolution(best, self.evaluations + self._reserve)
         self.evolution.remember(self.scores)
         self._phase = "evolution"
@@ -337,7 +337,8 @@ class HybridSearcher(Searcher):
         limit = self.scores[ranked[0]] + self.tolerance * abs(self.scores[ranked[0]])
         return [c for c in ranked[: self.validate] if self.scores[c] <= limit]
 
-    def _best(self) -> Candidate:
+    def calibration_best(self) -> Candidate:
+        """The best plan on the standard calibration windows (what the search optimises; before validation)."""
         ranked = self._ranked()
         if not ranked:
             raise LayerbudgetError("every seed plan scored NaN or inf; the model cannot be evaluated")
@@ -348,4 +349,4 @@ class HybridSearcher(Searcher):
         valid = {c: f for c, f in self.validation.items() if math.isfinite(f)}
         if valid:
             return min(valid, key=lambda c: (valid[c], self.scores[c], c))
-        return self._best()
+        return self.calibration_best()

@@ -213,7 +213,7 @@ def test_validation_picks_the_best_finalist_on_the_validation_batch(seed):
     # nothing within the tolerance: no validation requests, the best on the standard windows
     alone = make_searcher("hybrid", p, b, seed=seed, max_evaluations=80, tolerance=0.005)
     out = run_search(alone, InlineExecutor(Overfitted(p)))
-    assert not alone.validation and out.result == alone._best()
+    assert not alone.validation and out.result == alone.calibration_best()
     assert all(e.request.windows is None for e in out.evaluations)
     assert all(e.request.windows is None for e in plain.evaluations)
 
@@ -228,7 +228,7 @@ def test_validation_ignores_nan_finalists_and_checks_its_parameters():
 
     h = make_searcher("hybrid", p, b, max_evaluations=60)
     out = run_search(h, InlineExecutor(BrokenOnValidation(p)))
-    assert h.validation and out.result == h._best()  # every finalist NaN: the calibration-best plan
+    assert h.validation and out.result == h.calibration_best()  # every finalist NaN: the calibration-best plan
     assert make_searcher("hybrid", p, b, validate=1).validate == 0  # one plan needs no comparison
     # the largest fresh batch a request may ask for: the validation batch or the evolution's last stage
     assert make_searcher("hybrid", p, b, **EVO).fresh_windows() == DEFAULT_VALIDATION_WINDOWS
