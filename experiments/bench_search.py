@@ -80,7 +80,12 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
             else "corrected"
         )
         row["finalists"] = [  # compared on the validation batch; the chosen one is the result
-            {"fitness": searcher.scores[c], "validation": v, "heldout": evaluator.heldout(c), "chosen": c == best}
+            {
+                "fitness": searcher.scores[c],
+                "validation": v,
+                "heldout": row["heldout"] if c == best else evaluator.heldout(c),
+                "chosen": c == best,
+            }
             for c, v in searcher.validation.items()
         ]
     return row

@@ -158,12 +158,12 @@ class HybridSearcher(Searcher):
         for name, value, least in (("validate", validate, 0), ("validation_windows", validation_windows, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise LayerbudgetError(f"hybrid `{name}` must be an integer of at least {least}, but got {value!r}")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise LayerbudgetError(f"hybrid `tolerance` must be a non-negative number, but got {tolerance!r}")
         self.corrections = corrections
         self.linearise = linearise
         self.validate = 0 if validate == 1 else validate  # one plan needs no comparison
         self.validation_windows = validation_windows
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-            raise LayerbudgetError(f"hybrid `tolerance` must be a non-negative number, but got {tolerance!r}")
         self.tolerance = float(tolerance)
         self._metric = budget.constraints[0].metric
         self._solve = solve_ilp if solver == "ilp" else solve_dp
