@@ -3,7 +3,8 @@
 Usage::
 
     python -m layerbudget.evaluators.bench_scoring [--out bench-scoring.json] [--candidates 64]
-        [--generations 2] [--offspring N] [--seq-len 32] [--windows 4] [--repeats 3] [--no-ray]
+        [--generations 2] [--offspring N] [--seq-len 32] [--windows 4] [--repeats 3] [--ray-repeats 7]
+        [--no-ray]
 
 ``--no-ray`` measures only (a).
 
@@ -22,7 +23,10 @@ a) the evaluation engine (stitching + restart from cached block inputs) against 
    every engine score must match the naive one to 1e-4 and the recording run exactly. Every timed
    pass starts from empty caches (fresh window sets and traces). Goal: at least 2x on the
    evolution sequence. One more pass of each splits its time by request size (windows per request),
-   which shows where the evolution's time goes (its final stages score many windows).
+   which shows where the evolution's time goes (its final stages score many windows). Beside the
+   times it reports the block compute (blocks run x windows) of the engine and the least that any
+   restart at block boundaries could run on the same sequence, the trie of the candidates' block
+   keys per window set (:func:`prefix_bound`): the compute speedup attainable by reusing prefixes.
 b) candidates/s of :class:`~layerbudget.search.ray_executor.RayExecutor` with 2 actors vs 1 actor on
    one batch of a *quantization walk* (every block compressed, each candidate 1-3 slots away from
    the previous one) on the calibration set (goal: at least 1.7x);
@@ -33,6 +37,7 @@ d) memory: bytes the Ray executor puts in the object store (config, shipped data
 
 Each timing is the best of ``--repeats`` passes after one warm-up pass (decoded weights cached), so
 other load on a shared machine inflates the numbers less; the load average is reported beside them.
+For (b) and (c) the ratio of the median passes is reported as well.
 Torch runs on one thread in the driver and in every actor.
 """
 
@@ -207,38 +212,76 @@ class NaiveScorer:
 
 
 # ----- timing --------------------------------------------------------------------------------------
-def best_time(
+def pass_times(
     runs: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = True
-) -> dict[str, float]:
-    """Seconds of the fastest of ``repeats`` passes of each run, after one warm-up pass; runs interleave."""
+) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` passes of each run, after one warm-up pass; runs interleave."""
     if warmup:
         for fn in runs.values():
             fn()
-    best = dict.fromkeys(runs, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             t = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def best_time(
+    runs: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = True
+) -> dict[str, float]:
+    """Seconds of the fastest of ``repeats`` passes of each run (see :func:`pass_times`)."""
+    return {name: min(t) for name, t in pass_times(runs, repeats, warmup=warmup).items()}
 
 
 def _replay(
-    scorer: Evaluator | NaiveScorer, requests: list[EvalRequest], spent: Counter[str] | None = None
+    scorer: Evaluator | NaiveScorer,
+    requests: list[EvalRequest],
+    spent: Counter[str] | None = None,
+    blocks: list[int] | None = None,
 ) -> list[float]:
     """Score ``requests`` in order, starting from empty caches (fresh window sets, traces).
 
     With ``spent``, the seconds of each request are added under its window count (the dense
-    references of a fresh window set count towards the request that first uses it).
+    references of a fresh window set count towards the request that first uses it). With
+    ``blocks`` (an engine only), the blocks run for each request are appended to it.
     """
     scorer.clear_caches()
     out = []
     for r in requests:
         t = time.perf_counter()
+        before = getattr(scorer, "blocks_run", 0)
         out.append(scorer.score(r.candidate, r.windows, r.batch))
         if spent is not None:
             spent[_windows_key(r)] += time.perf_counter() - t
+        if blocks is not None:
+            blocks.append(scorer.blocks_run - before)
     return out
+
+
+def prefix_bound(evaluator: Evaluator, requests: Sequence[EvalRequest]) -> list[int]:
+    """Per request, the fewest blocks any block-granular restart can run (an unlimited trace cache).
+
+    A request can restart no later than the first block where it disagrees with the dense model and
+    with every request scored before it on the same window set (the only block inputs computed so
+    far), and runs at least the last block. Summed over a window set this is the size of the trie of
+    its candidates' block keys, whatever the order.
+    """
+    nb = evaluator.adapter.num_blocks
+    known: dict[tuple, list[tuple]] = {}
+    out = []
+    for r in requests:
+        key = evaluator.block_key(r.candidate)
+        seen = known.setdefault((r.windows, r.batch), [evaluator.dense_key])
+        out.append(nb - min(max(Evaluator.agree(key, k) for k in seen), nb - 1))
+        seen.append(key)
+    return out
+
+
+def _window_blocks(blocks: Sequence[int], requests: Sequence[EvalRequest], calib_windows: int) -> int:
+    """Block-window products: compute of running ``blocks[i]`` blocks on request ``i``'s windows."""
+    return sum(b * (calib_windows if r.windows is None else r.windows) for b, r in zip(blocks, requests))
 
 
 def _windows_key(r: EvalRequest) -> str:
@@ -269,10 +312,13 @@ def measure_engine(
     out: dict[str, Any] = {}
     for name, seq in sequences.items():
         requests = [r if isinstance(r, EvalRequest) else EvalRequest(r) for r in seq]
-        blocks = {k: sc.blocks_run for k, sc in engines.items()}
+        per_request: dict[str, list[int]] = {k: [] for k in engines}
         engines["engine"].trace_bytes_peak = 0
-        got = {k: _replay(sc, requests) for k, sc in scorers.items()}
-        blocks = {k: (sc.blocks_run - blocks[k]) / len(requests) for k, sc in engines.items()}
+        got = {k: _replay(sc, requests, blocks=per_request.get(k)) for k, sc in scorers.items()}
+        blocks = {k: sum(b) / len(requests) for k, b in per_request.items()}
+        bound = prefix_bound(engines["engine"], requests)
+        nb, calib_windows = prep.adapter.num_blocks, len(prep.tokens.calib)
+        full = _window_blocks([nb] * len(requests), requests, calib_windows)
         if "dense_restart" in got and got["engine"] != got["dense_restart"]:
             raise RuntimeError(f"engine scores on {name} differ from the dense-restart engine's")
         if expected and name in expected and got["engine"] != expected[name]:
@@ -292,6 +338,9 @@ def measure_engine(
             "naive_ms": 1e3 * t["naive"] / len(requests),
             "speedup": t["naive"] / t["engine"],
             "blocks_per_request": blocks["engine"],
+            "blocks_per_request_bound": sum(bound) / len(requests),
+            "compute_speedup": full / _window_blocks(per_request["engine"], requests, calib_windows),
+            "compute_speedup_bound": full / _window_blocks(bound, requests, calib_windows),
             "trace_bytes_peak": engines["engine"].trace_bytes_peak,
             "max_rel_diff": err,
         }
@@ -342,10 +391,14 @@ def measure_ray(
             if [e.fitness for e in ex.evaluate(requests)] != reference:
                 raise RuntimeError(f"Ray with {n} actors scored differently from inline")
             executors[f"ray{n}"] = ex
-        t = best_time({k: (lambda ex=ex: ex.evaluate(requests)) for k, ex in executors.items()}, repeats)
+        times = pass_times({k: (lambda ex=ex: ex.evaluate(requests)) for k, ex in executors.items()}, repeats)
+        t = {k: min(v) for k, v in times.items()}
+        median = {k: float(np.median(v)) for k, v in times.items()}
         for k, seconds in t.items():
             out[k] = {
                 "seconds": seconds,
+                "median_seconds": median[k],
+                "pass_seconds": times[k],
                 "candidates_per_s": len(requests) / seconds,
                 "ms_per_candidate": 1e3 * seconds / len(requests),
             }
@@ -365,8 +418,10 @@ def measure_ray(
             )
         if "ray1" in t:
             out["overhead_ray1_vs_inline"] = t["ray1"] / t["inline"] - 1.0
+            out["overhead_ray1_vs_inline_median"] = median["ray1"] / median["inline"] - 1.0
         if "ray1" in t and "ray2" in t:
             out["speedup_ray2_vs_ray1"] = t["ray1"] / t["ray2"]
+            out["speedup_ray2_vs_ray1_median"] = median["ray1"] / median["ray2"]
         last = executors.get(f"ray{workers[-1]}")
         if isinstance(last, RayExecutor):
             out["memory"] = {
@@ -416,6 +471,13 @@ def report(result: dict[str, Any]) -> str:
                 for w, v in r["seconds_per_windows"].items()
             ]
             lines.append(f"    {name} by request size (one pass): " + "; ".join(parts))
+    for name, r in result["engine"].items():
+        if "compute_speedup_bound" in r:
+            lines.append(
+                f"    {name} block compute (blocks x windows): engine {r['compute_speedup']:.2f}x less than naive;"
+                f" any block-granular restart at best {r['compute_speedup_bound']:.2f}x"
+                f" ({r['blocks_per_request_bound']:.2f} blocks per request)"
+            )
     lines.append(
         "    (restart: the engine without traces, every request restarts from the dense block inputs;"
         " blocks: blocks run per request and batch by the engine)"
@@ -435,10 +497,14 @@ def report(result: dict[str, Any]) -> str:
                     f"    {k:<20}{r['candidates_per_s']:>10.2f}{r['ms_per_candidate']:>10.1f}{extra}"
                 )
         if "speedup_ray2_vs_ray1" in ray_r:
-            lines.append(f"(b) 2 actors vs 1 actor : {ray_r['speedup_ray2_vs_ray1']:.2f}x   goal >= 1.7x")
+            lines.append(
+                f"(b) 2 actors vs 1 actor : {ray_r['speedup_ray2_vs_ray1']:.2f}x (medians"
+                f" {ray_r['speedup_ray2_vs_ray1_median']:.2f}x)   goal >= 1.7x"
+            )
         if "overhead_ray1_vs_inline" in ray_r:
             lines.append(
-                f"(c) Ray 1 actor vs inline: {100 * ray_r['overhead_ray1_vs_inline']:+.1f} %   goal <= 10 %"
+                f"(c) Ray 1 actor vs inline: {100 * ray_r['overhead_ray1_vs_inline']:+.1f} % (medians"
+                f" {100 * ray_r['overhead_ray1_vs_inline_median']:+.1f} %)   goal <= 10 %"
             )
         mem = ray_r.get("memory")
         if mem:
@@ -462,6 +528,7 @@ def run(
     seq_len: int = 32,
     windows: int = 4,
     repeats: int = 3,
+    ray_repeats: int = 7,
     use_ray: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -488,6 +555,7 @@ def run(
             "generations": generations,
             "offspring": offspring,
             "repeats": repeats,
+            "ray_repeats": ray_repeats,
             "torch_threads": 1,
         },
         "engine": measure_engine(
@@ -501,7 +569,7 @@ def run(
     }
     del naive_prep, restart_prep
     if use_ray:
-        result["ray"] = measure_ray(prep, quantization_walk(prep.problem, candidates, rng), repeats)
+        result["ray"] = measure_ray(prep, quantization_walk(prep.problem, candidates, rng), ray_repeats)
     result["machine"] = {
         "cpus": os.cpu_count(),
         "load_start": [round(x, 2) for x in load_start] if load_start else None,
@@ -527,7 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--windows", type=int, default=4, help="calibration windows scored per candidate")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement of (a) (best is kept)")
+    parser.add_argument(
+        "--ray-repeats", type=int, default=7, help="timed passes per executor in (b) and (c) (best and median kept)"
+    )
     parser.add_argument("--cache-dir", default=None, help="database cache (default: a temporary directory)")
     parser.add_argument(
         "--no-ray", action="store_true", help="only measure (a), the engine against naive scoring"
@@ -542,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seq_len=args.seq_len,
             windows=args.windows,
             repeats=args.repeats,
+            ray_repeats=args.ray_repeats,
             use_ray=not args.no_ray,
         )
     atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")

@@ -109,7 +109,7 @@ class Evaluator:
         self._storages: dict[int, list[int]] = {}  # storage data_ptr -> [nbytes, references]
         self.trace_bytes = 0  # distinct activation bytes the trace cache holds
         self.trace_bytes_peak = 0
-        self._dense_key = self._block_key({}, [])
+        self.dense_key = self._block_key({}, [])  # what the dense model holds in every block
         self.n_scored = 0
         self.blocks_run = 0  # blocks run per batch, summed over scored candidates
         self._refs[("calib",)] = self._reference(tokens.calib)
@@ -176,6 +176,10 @@ class Evaluator:
             self._units[unit.name] = want
         return first, self._block_key(units, dropped)
 
+    def block_key(self, candidate: Candidate) -> tuple[tuple, ...]:
+        """What ``candidate`` holds in every block (see :meth:`_block_key`), without stitching it."""
+        return self._block_key(*self.problem.assignment(candidate))
+
     def _block_key(self, units: dict[str, str], dropped: list[str]) -> tuple[tuple, ...]:
         """Per block: every unit's option (``drop`` inside a dropped sub-block) and the drop states.
 
@@ -191,7 +195,7 @@ class Evaluator:
 
     # ----- trace cache ---------------------------------------------------------------------------
     @staticmethod
-    def _agree(a: tuple[tuple, ...], b: tuple[tuple, ...]) -> int:
+    def agree(a: tuple[tuple, ...], b: tuple[tuple, ...]) -> int:
         """Number of leading blocks on which two block keys agree."""
         n = 0
         for x, y in zip(a, b):
@@ -202,10 +206,10 @@ class Evaluator:
 
     def _best_trace(self, set_key: tuple, key: tuple[tuple, ...]) -> tuple[int, _Trace | None]:
         """The cached trace of ``set_key`` (None: dense) agreeing with ``key`` on the most blocks."""
-        best, best_n = None, self._agree(key, self._dense_key)
+        best, best_n = None, self.agree(key, self.dense_key)
         for (s, _), trace in reversed(self._traces.items()):  # most recent first wins ties
             if s == set_key:
-                n = self._agree(key, trace.key)
+                n = self.agree(key, trace.key)
                 if n > best_n:
                     best, best_n = trace, n
         return best_n, best

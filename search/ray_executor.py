@@ -6,11 +6,14 @@ the same request (the fitness depends only on the candidate and ``(windows, batc
 computes the dense references of a fresh batch itself). Actors check at start-up that they see the
 same calibration tokens, database and model weights (hashes) as each other and as the driver.
 
-Dispatch: a batch of requests is cut into contiguous chunks (``chunks_per_worker`` per actor) that
-are handed to idle actors, so consecutive requests -- usually neighbours in the search space -- land
-on the same actor and stitching swaps few units. An actor that dies mid-chunk (process exit, node
-loss, ``ray.kill``) is replaced by a new one and its chunk is retried, up to ``max_retries`` times
-per chunk; errors raised by the evaluator itself (bad input) are re-raised, never retried.
+Dispatch: a batch of requests is split into one contiguous range per actor, so consecutive
+requests -- usually neighbours in the search space -- land on the same actor and stitching swaps
+few units. Each actor takes its range in chunks (``chunks_per_worker`` per range), with up to
+``queue_depth`` chunks queued so it never waits for the driver between chunks; an actor that runs
+out of work steals the back half of the largest range not yet handed out, so fast and slow actors
+(or nodes) finish together. An actor that dies mid-chunk (process exit, node loss, ``ray.kill``) is
+replaced by a new one and its chunks are retried, up to ``max_retries`` times per chunk; errors
+raised by the evaluator itself (bad input) are re-raised, never retried.
 
 Shared data and memory:
 
@@ -231,16 +234,49 @@ def _cause(exc: ray.exceptions.RayTaskError) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous [start, stop) ranges covering ``range(n)``, sizes differing by at most one."""
-    parts = max(1, min(n, parts))
-    size, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + size + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
+class _WorkPlan:
+    """Which requests each actor scores next: own contiguous ranges, cut into chunks, with stealing.
+
+    ``range(n)`` is split into one contiguous range per worker (sizes differing by at most one).
+    A worker takes chunks of at most ``chunk`` requests from the front of its own range, so each
+    chunk continues where its previous one stopped (neighbouring candidates: stitching swaps few
+    units and block-input traces stay useful). A worker whose range is used up steals the back half
+    of the largest range not yet handed out, which becomes its own range; so workers finish together
+    whatever their speed, and a far jump happens only when one steals. Chunks given back with
+    :meth:`retry` (their actor died) come out first, to whichever worker asks next.
+    """
+
+    def __init__(self, n: int, workers: int, chunk: int):
+        workers = max(1, workers)
+        size, extra = divmod(n, workers)
+        self.ranges: list[list[int]] = []
+        start = 0
+        for w in range(workers):
+            stop = start + size + (1 if w < extra else 0)
+            self.ranges.append([start, stop])
+            start = stop
+        self.chunk = max(1, chunk)
+        self.retries: deque[tuple[int, int]] = deque()
+
+    def next(self, worker: int) -> tuple[int, int] | None:
+        if self.retries:
+            return self.retries.popleft()
+        own = self.ranges[worker]
+        if own[0] >= own[1]:
+            victim = max(self.ranges, key=lambda r: r[1] - r[0])
+            left = victim[1] - victim[0]
+            if left <= 0:
+                return None
+            cut = victim[1] - max(1, left // 2)
+            own[0], own[1] = cut, victim[1]
+            victim[1] = cut
+        stop = min(own[1], own[0] + self.chunk)
+        chunk = (own[0], stop)
+        own[0] = stop
+        return chunk
+
+    def retry(self, chunk: tuple[int, int]) -> None:
+        self.retries.append(chunk)
 
 
 def _database_files(root: Path) -> dict[str, np.ndarray]:
@@ -271,7 +307,8 @@ class RayExecutor(Executor):
         address: str | None = None,
         threads_per_worker: int | None = None,
         max_retries: int = 3,
-        chunks_per_worker: int = 2,
+        chunks_per_worker: int = 4,
+        queue_depth: int = 2,
         worker_resources: Sequence[Mapping[str, float]] | None = None,
         prepared: Prepared | None = None,
         ship_database: bool = False,
@@ -281,13 +318,15 @@ class RayExecutor(Executor):
         from layerbudget.prepare import cache_dir_of
 
         for name, value, low in (("num_workers", num_workers, 1), ("threads_per_worker", threads_per_worker, 1),
-                                 ("max_retries", max_retries, 0), ("chunks_per_worker", chunks_per_worker, 1)):
+                                 ("max_retries", max_retries, 0), ("chunks_per_worker", chunks_per_worker, 1),
+                                 ("queue_depth", queue_depth, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise LayerbudgetError(f"RayExecutor {name} must be an integer >= {low}, but got {value!r}")
         if ship_database and prepared is None:
             raise LayerbudgetError("ship_database=True needs prepared= (the driver's Prepared, which knows the database)")
         self.max_retries = max_retries
         self.chunks_per_worker = chunks_per_worker
+        self.queue_depth = queue_depth
         self.restarts = 0
         self.last_nodes: list[str] = []
         self._closed = False
@@ -392,36 +431,45 @@ class RayExecutor(Executor):
         requests = list(requests)
         if not requests:
             return []
-        chunks = _chunks(len(requests), self.num_workers * self.chunks_per_worker)
-        todo = deque(range(len(chunks)))
-        attempts = [0] * len(chunks)
+        n = len(requests)
+        plan = _WorkPlan(n, len(self._actors), -(-n // (len(self._actors) * self.chunks_per_worker)))
+        attempts: dict[tuple[int, int], int] = {}
         fitness: list[float] = [float("nan")] * len(requests)
         nodes = [""] * len(requests)
-        idle = deque(range(len(self._actors)))
-        running: dict[Any, tuple[int, int]] = {}  # ref -> (chunk, worker); one chunk per actor at a time
-        while todo or running:
-            while todo and idle:
-                c, w = todo.popleft(), idle.popleft()
-                start, stop = chunks[c]
-                running[self._actors[w].score.remote(requests[start:stop])] = (c, w)
+        queued = [0] * len(self._actors)  # chunks submitted to each actor and not yet collected
+        running: dict[Any, tuple[tuple[int, int], int, Any]] = {}  # ref -> (chunk, worker, actor)
+
+        def submit() -> None:
+            # breadth first: every actor gets one chunk before any gets a second
+            for depth in range(1, self.queue_depth + 1):
+                for w, actor in enumerate(self._actors):
+                    if queued[w] < depth and (chunk := plan.next(w)) is not None:
+                        start, stop = chunk
+                        running[actor.score.remote(requests[start:stop])] = (chunk, w, actor)
+                        queued[w] += 1
+
+        submit()
+        while running:
             done, _ = ray.wait(list(running), num_returns=1)
-            c, w = running.pop(done[0])
-            start, stop = chunks[c]
+            chunk, w, actor = running.pop(done[0])
+            queued[w] -= 1
+            start, stop = chunk
             try:
                 values, node = ray.get(done[0])
             except _DIED as exc:
-                self._replace(w)
-                idle.append(w)
-                attempts[c] += 1
-                if attempts[c] > self.max_retries:
+                if self._actors[w] is actor:  # its other queued chunks fail too; replace it once
+                    self._replace(w)
+                attempts[chunk] = attempts.get(chunk, 0) + 1
+                if attempts[chunk] > self.max_retries:
                     oom = _is_oom(exc)
                     raise LayerbudgetError(
                         f"requests {start}..{stop - 1} failed: their evaluation actor "
-                        f"{'ran out of memory' if oom else 'died'} {attempts[c]} times "
+                        f"{'ran out of memory' if oom else 'died'} {attempts[chunk]} times "
                         f"(max_retries={self.max_retries}); last error: {_actor_error(exc)}"
                         + (f"; {OOM_HINT}" if oom else "")
                     ) from None
-                todo.appendleft(c)  # retry first, on whichever actor is idle next
+                plan.retry(chunk)  # first, on whichever actor has room next
+                submit()
                 continue
             except ray.exceptions.RayTaskError as exc:
                 cause = _cause(exc)
@@ -433,7 +481,7 @@ class RayExecutor(Executor):
                 raise cause from None
             fitness[start:stop] = values
             nodes[start:stop] = [node] * (stop - start)
-            idle.append(w)
+            submit()
         self.last_nodes = nodes
         return [Evaluation(r, f) for r, f in zip(requests, fitness)]
 

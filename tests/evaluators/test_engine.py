@@ -288,3 +288,31 @@ def test_trace_cache_is_bounded(setup, spare):
         Evaluator(adapter, db, problem, tokens, fit, max_traces=-1)
     with pytest.raises(LayerbudgetError, match="max_trace_bytes"):
         Evaluator(adapter, db, problem, tokens, fit, max_trace_bytes=-1)
+
+
+def test_the_trace_cache_meets_the_prefix_bound_while_nothing_is_evicted(setup, spare):
+    """With every trace still cached the engine restarts as late as any block-granular scheme can."""
+    from layerbudget.evaluators.bench_scoring import prefix_bound
+    from layerbudget.search.base import EvalRequest
+
+    _, db, problem, tokens, _ = setup
+    rng = np.random.default_rng(5)
+    parent = problem.uniform("rtn-b2-g64")
+    requests = []
+    for k in range(12):  # offspring of one parent on two window sets, the parent re-scored on each
+        child = mutate(problem, parent, rng)
+        requests.append(EvalRequest(child) if k % 2 else EvalRequest(child, windows=2, batch=1))
+    requests += [EvalRequest(parent), EvalRequest(parent, windows=2, batch=1)]
+    fit = make_fitness("auto", "encoder")
+    runs = {}
+    for name, traces in (("cached", 16), ("dense", 0)):
+        ev = Evaluator(spare, db, problem, tokens, fit, batch_size=3, max_traces=traces)
+        runs[name] = []
+        for r in requests:
+            n = ev.blocks_run
+            ev.score(r.candidate, r.windows, r.batch)
+            runs[name].append(ev.blocks_run - n)
+        bound = prefix_bound(ev, requests)
+    assert runs["cached"] == bound
+    assert all(d >= b for d, b in zip(runs["dense"], bound))
+    assert sum(runs["dense"]) > sum(bound)  # the bound counts reuse of earlier candidates, not just dense

@@ -19,7 +19,7 @@ from layerbudget.config import config_from_dict  # noqa: E402
 from layerbudget.errors import LayerbudgetError  # noqa: E402
 from layerbudget.prepare import prepare  # noqa: E402
 from layerbudget.search import EvalRequest, InlineExecutor, make_searcher, run_search  # noqa: E402
-from layerbudget.search.ray_executor import RayExecutor, _chunks  # noqa: E402
+from layerbudget.search.ray_executor import RayExecutor, _WorkPlan  # noqa: E402
 
 SMALL_EVOLUTION = {"generations": 3, "offspring": 4, "stages": [(2, 1), (1, 2)]}
 
@@ -86,10 +86,44 @@ def fitness(evaluations) -> list[float]:
     return [e.fitness for e in evaluations]
 
 
-def test_chunks_are_contiguous_and_balanced():
-    assert _chunks(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
-    assert _chunks(2, 4) == [(0, 1), (1, 2)]
-    assert _chunks(5, 1) == [(0, 5)]
+def drain(plan: _WorkPlan, order: list[int]) -> dict[int, list[tuple[int, int]]]:
+    """Chunks handed to each worker when they ask in the cyclic ``order`` until none is left."""
+    got: dict[int, list[tuple[int, int]]] = {w: [] for w in set(order)}
+    while True:
+        progressed = False
+        for w in order:
+            chunk = plan.next(w)
+            if chunk is not None:
+                got[w].append(chunk)
+                progressed = True
+        if not progressed:
+            return got
+
+
+def test_work_plan_covers_every_request_once_in_contiguous_runs():
+    got = drain(_WorkPlan(10, 2, 3), [0, 1])
+    assert got == {0: [(0, 3), (3, 5)], 1: [(5, 8), (8, 10)]}
+    assert drain(_WorkPlan(2, 4, 1), [0, 1, 2, 3]) == {0: [(0, 1)], 1: [(1, 2)], 2: [], 3: []}
+    assert drain(_WorkPlan(0, 2, 4), [0, 1]) == {0: [], 1: []}
+
+
+def test_work_plan_lets_a_fast_worker_steal_the_back_half_of_the_largest_range():
+    plan = _WorkPlan(40, 2, 4)
+    got = drain(plan, [0, 0, 0, 1])  # worker 0 asks three times as often as worker 1
+    chunks = sorted(c for cs in got.values() for c in cs)
+    assert [i for a, b in chunks for i in range(a, b)] == list(range(40))  # each request exactly once
+    assert all(b - a <= 4 for a, b in chunks)
+    assert got[0][:5] == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20)]  # its own range first, in order
+    assert got[0][5] == (32, 36)  # then a steal: the back half of worker 1's range left, [32, 40)
+    assert len(got[0]) > 2 * len(got[1])
+
+
+def test_work_plan_hands_out_retried_chunks_first():
+    plan = _WorkPlan(8, 2, 2)
+    assert plan.next(0) == (0, 2)
+    plan.retry((0, 2))
+    assert plan.next(1) == (0, 2)
+    assert plan.next(1) == (4, 6)
 
 
 def test_matches_inline_in_request_order_on_every_node(executor, inline, prepared, shipped_cache):
@@ -128,6 +162,19 @@ def test_search_survives_dead_actors(executor, inline, prepared):
     assert got.result == expected.result
     assert fitness(got.evaluations) == fitness(expected.evaluations)
     assert [e.request for e in got.evaluations] == [e.request for e in expected.evaluations]
+
+
+def test_an_actor_dying_with_queued_chunks_is_replaced_once(executor, inline, prepared):
+    reqs = requests(prepared.problem, 12, seed=4)
+    before, cpw = executor.restarts, executor.chunks_per_worker
+    executor.chunks_per_worker = 6  # chunks of one request, two queued per actor
+    try:
+        executor.inject_crash(0, after=0)
+        got = executor.evaluate(reqs)
+    finally:
+        executor.chunks_per_worker = cpw
+    assert executor.restarts - before == 1  # both queued chunks failed, the actor was replaced once
+    assert fitness(got) == fitness(inline.evaluate(reqs))
 
 
 def test_gives_up_after_max_retries_with_a_clear_error(executor, inline, prepared):
@@ -176,11 +223,12 @@ def test_unreachable_address_fails_fast(prepared):
         ({"num_workers": 3, "threads_per_worker": 1}, "need 3 CPUs, but the Ray cluster has 2"),
         ({"num_workers": 0}, "num_workers must be an integer >= 1"),
         ({"max_retries": -1}, "max_retries must be an integer >= 0"),
+        ({"queue_depth": 0}, "queue_depth must be an integer >= 1"),
         ({"num_workers": 2, "worker_resources": [{}]}, "one mapping per worker"),
         ({"ship_database": True}, "needs prepared="),
         ({"address": "nonsense"}, "host:port"),
     ],
-    ids=["too-many-cpus", "zero-workers", "negative-retries", "resources-length", "ship-without-prepared", "address"],
+    ids=["too-many-cpus", "zero-workers", "negative-retries", "zero-queue-depth", "resources-length", "ship-without-prepared", "address"],
 )
 def test_bad_arguments_are_refused(ray_cluster, prepared, kwargs, match):
     with pytest.raises(LayerbudgetError, match=match):
@@ -198,6 +246,8 @@ def test_bench_engine_matches_naive_smoke(prepared):
     out = measure_engine(prepared, prepare(prepared.cfg, progress=False, build=False), seqs, repeats=1)
     assert {k: v["candidates"] for k, v in out.items()} == {"walk": 2, "profile": 2}
     assert all(v["max_rel_diff"] <= 1e-4 and v["speedup"] > 0 for v in out.values())
+    assert all(v["blocks_per_request"] >= v["blocks_per_request_bound"] >= 1 for v in out.values())
+    assert all(v["compute_speedup"] <= v["compute_speedup_bound"] for v in out.values())
     # every request is on the calibration set: one group, which holds the pass's time of each scorer
     assert all(list(v["seconds_per_windows"]) == ["calib"] for v in out.values())
     assert all(min(v["seconds_per_windows"]["calib"].values()) > 0 for v in out.values())
