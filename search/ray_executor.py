@@ -235,18 +235,20 @@ def _cause(exc: ray.exceptions.RayTaskError) -> BaseException:
 
 
 class _WorkPlan:
-    """Which requests each actor scores next: own contiguous ranges, cut into chunks, with stealing.
+    """Which requests each actor scores next: own contiguous ranges, cut into shrinking chunks, stealing.
 
     ``range(n)`` is split into one contiguous range per worker (sizes differing by at most one).
-    A worker takes chunks of at most ``chunk`` requests from the front of its own range, so each
-    chunk continues where its previous one stopped (neighbouring candidates: stitching swaps few
-    units and block-input traces stay useful). A worker whose range is used up steals the back half
+    A worker takes chunks from the front of its own range, so each chunk continues where its
+    previous one stopped (neighbouring candidates: stitching swaps few units and block-input traces
+    stay useful). A chunk is ``ceil(left / (workers * chunks_per_worker))`` long, ``left`` being the
+    requests not yet handed out: long at first, short at the end, so little work is committed to a
+    busy actor's queue when the others run dry. A worker whose range is used up steals the back half
     of the largest range not yet handed out, which becomes its own range; so workers finish together
     whatever their speed, and a far jump happens only when one steals. Chunks given back with
     :meth:`retry` (their actor died) come out first, to whichever worker asks next.
     """
 
-    def __init__(self, n: int, workers: int, chunk: int):
+    def __init__(self, n: int, workers: int, chunks_per_worker: int):
         workers = max(1, workers)
         size, extra = divmod(n, workers)
         self.ranges: list[list[int]] = []
@@ -255,7 +257,7 @@ class _WorkPlan:
             stop = start + size + (1 if w < extra else 0)
             self.ranges.append([start, stop])
             start = stop
-        self.chunk = max(1, chunk)
+        self.parts = workers * max(1, chunks_per_worker)
         self.retries: deque[tuple[int, int]] = deque()
 
     def next(self, worker: int) -> tuple[int, int] | None:
@@ -270,7 +272,8 @@ class _WorkPlan:
             cut = victim[1] - max(1, left // 2)
             own[0], own[1] = cut, victim[1]
             victim[1] = cut
-        stop = min(own[1], own[0] + self.chunk)
+        left = sum(r[1] - r[0] for r in self.ranges)
+        stop = min(own[1], own[0] + -(-left // self.parts))
         chunk = (own[0], stop)
         own[0] = stop
         return chunk
@@ -431,8 +434,7 @@ class RayExecutor(Executor):
         requests = list(requests)
         if not requests:
             return []
-        n = len(requests)
-        plan = _WorkPlan(n, len(self._actors), -(-n // (len(self._actors) * self.chunks_per_worker)))
+        plan = _WorkPlan(len(requests), len(self._actors), self.chunks_per_worker)
         attempts: dict[tuple[int, int], int] = {}
         fitness: list[float] = [float("nan")] * len(requests)
         nodes = [""] * len(requests)
