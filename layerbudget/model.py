@@ -227,6 +227,7 @@ class ModelAdapter:
         if not self.spec.drop_supported(getattr(model, "config", None)):
             self.subblocks = []
         self._dropped: dict[str, tuple[str, nn.Module]] = {}
+        self.version = 0  # bumped by every change of a weight or drop state (so owners notice others')
         self._hash: str | None = None
         self._other_numel = self._count_non_unit()
 
@@ -319,10 +320,12 @@ class ModelAdapter:
         param = self._modules[name].weight
         with torch.no_grad():
             param.copy_(weight.t() if self.spec.transposed else weight)
+        self.version += 1
 
     def restore_weight(self, name: str) -> None:
         with torch.no_grad():
             self._modules[self.unit(name).name].weight.copy_(self._dense[name])
+        self.version += 1
 
     def drop(self, name: str) -> None:
         """Replace a sub-block by the identity on the residual stream."""
@@ -343,11 +346,13 @@ class ModelAdapter:
             raise ValueError(f"unknown drop rule {rule!r}")
         _set(block, path, replacement)
         self._dropped[name] = (path, original)
+        self.version += 1
 
     def undrop(self, name: str) -> None:
         if name in self._dropped:
             path, original = self._dropped.pop(name)
             _set(self.blocks[self.subblock(name).block], path, original)
+            self.version += 1
 
     @property
     def dropped(self) -> frozenset[str]:

@@ -316,3 +316,19 @@ def test_the_trace_cache_meets_the_prefix_bound_while_nothing_is_evicted(setup, 
     assert runs["cached"] == bound
     assert all(d >= b for d, b in zip(runs["dense"], bound))
     assert sum(runs["dense"]) > sum(bound)  # the bound counts reuse of earlier candidates, not just dense
+
+
+def test_evaluators_sharing_a_model_notice_each_others_changes(setup, spare):
+    """Two evaluators on one adapter, used in turn, score as each would alone."""
+    _, db, problem, tokens, ev = setup
+    fit = make_fitness("auto", "encoder")
+    rng = np.random.default_rng(11)
+    cands = [random_candidate(problem, rng) for _ in range(6)]
+    alone = [ev.score(c) for c in cands]
+    a = Evaluator(spare, db, problem, tokens, fit, batch_size=3, max_traces=0)
+    b = Evaluator(spare, db, problem, tokens, fit, batch_size=3, max_traces=0)
+    got = []
+    for k, c in enumerate(cands):  # each one's view of the model is stale after the other's turn
+        got.append((a if k % 2 == 0 else b).score(c))
+    assert got == alone
+    assert a.score(cands[1]) == alone[1]
