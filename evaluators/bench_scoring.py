@@ -29,7 +29,8 @@ a) the evaluation engine (stitching + restart from cached block inputs) against 
    keys per window set (:func:`prefix_bound`): the compute speedup attainable by reusing prefixes.
 b) candidates/s of :class:`~layerbudget.search.ray_executor.RayExecutor` with 2 actors vs 1 actor on
    one batch of a *quantization walk* (every block compressed, each candidate 1-3 slots away from
-   the previous one) on the calibration set (goal: at least 1.7x);
+   the previous one) on the calibration set, every pass from empty trace caches (goal: at least
+   1.7x);
 c) the per-candidate overhead of the Ray executor with 1 actor vs the inline executor (goal: at
    most 10 %);
 d) memory: bytes the Ray executor puts in the object store (config, shipped database) vs each
@@ -213,15 +214,24 @@ class NaiveScorer:
 
 # ----- timing --------------------------------------------------------------------------------------
 def pass_times(
-    runs: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = True
+    runs: dict[str, Callable[[], object]],
+    repeats: int,
+    *,
+    warmup: bool = True,
+    setup: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds of each of ``repeats`` passes of each run, after one warm-up pass; runs interleave."""
+    """Seconds of each of ``repeats`` passes of each run, after one warm-up pass; runs interleave.
+
+    ``setup[name]``, when given, runs untimed before every pass of ``name``.
+    """
     if warmup:
         for fn in runs.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
+            if setup and name in setup:
+                setup[name]()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -391,7 +401,11 @@ def measure_ray(
             if [e.fitness for e in ex.evaluate(requests)] != reference:
                 raise RuntimeError(f"Ray with {n} actors scored differently from inline")
             executors[f"ray{n}"] = ex
-        times = pass_times({k: (lambda ex=ex: ex.evaluate(requests)) for k, ex in executors.items()}, repeats)
+        times = pass_times(  # every pass from empty caches: repeated passes must not find their own traces
+            {k: (lambda ex=ex: ex.evaluate(requests)) for k, ex in executors.items()},
+            repeats,
+            setup={k: ex.clear_caches for k, ex in executors.items()},
+        )
         t = {k: min(v) for k, v in times.items()}
         median = {k: float(np.median(v)) for k, v in times.items()}
         for k, seconds in t.items():
@@ -404,6 +418,7 @@ def measure_ray(
             }
         for n in workers:  # one more pass: how much of the wall time the actors spent scoring
             ex = executors[f"ray{n}"]
+            ex.clear_caches()
             busy = sum(i["busy_s"] for i in ex.worker_info())
             t0 = time.perf_counter()
             ex.evaluate(requests)

@@ -24,6 +24,10 @@ class Executor(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers; the executor is unusable afterwards."""
 
+    def clear_caches(self) -> None:  # noqa: B027 - optional hook
+        """Forget cached activations (traces, fresh window sets) wherever scoring happens; results
+        do not change, only the time of the next requests (benchmark passes start from here)."""
+
     def __enter__(self) -> Executor:
         return self
 
@@ -39,3 +43,8 @@ class InlineExecutor(Executor):
 
     def evaluate(self, requests: list[EvalRequest]) -> list[Evaluation]:
         return [Evaluation(r, float(self.scorer.score(r.candidate, r.windows, r.batch))) for r in requests]
+
+    def clear_caches(self) -> None:
+        clear = getattr(self.scorer, "clear_caches", None)
+        if clear is not None:
+            clear()

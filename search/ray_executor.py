@@ -131,6 +131,7 @@ class _Worker:
             "pid": os.getpid(),
             "threads": self.threads,
             "scored": self.evaluator.n_scored,
+            "traces": self.evaluator.cached_traces,
             "busy_s": self.busy_s,
             "memory": _memory(),
         }
@@ -152,6 +153,9 @@ class _Worker:
             out.append(float(self.evaluator.score(r.candidate, r.windows, r.batch)))
         self.busy_s += time.perf_counter() - start
         return out, self.node_id
+
+    def clear_caches(self) -> None:
+        self.evaluator.clear_caches()
 
     def exit_after(self, n: int) -> None:
         """Fault injection: exit the process when about to score the request after the next ``n``."""
@@ -499,9 +503,13 @@ class RayExecutor(Executor):
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
 
+    def clear_caches(self) -> None:
+        if not self._closed:
+            ray.get([a.clear_caches.remote() for a in self._actors])
+
     # ----- inspection and fault injection ------------------------------------------------------
     def worker_info(self) -> list[dict[str, Any]]:
-        """Per actor: node id, pid, threads, candidates scored, seconds spent scoring (``busy_s``), memory
+        """Per actor: node id, pid, threads, candidates scored, cached traces, seconds spent scoring (``busy_s``), memory
         (bytes: ``rss`` and on Linux ``rss_anon``/``rss_file``/``rss_shmem``) and identity hashes."""
         return ray.get([a.info.remote() for a in self._actors])
 

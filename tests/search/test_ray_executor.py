@@ -162,6 +162,17 @@ def test_search_survives_dead_actors(executor, inline, prepared):
     assert [e.request for e in got.evaluations] == [e.request for e in expected.evaluations]
 
 
+def test_clear_caches_empties_every_actors_trace_cache(executor, inline, prepared):
+    reqs = requests(prepared.problem, 6, seed=5)
+    want = fitness(executor.evaluate(reqs))
+    assert sum(i["traces"] for i in executor.worker_info()) > 0
+    executor.clear_caches()
+    assert [i["traces"] for i in executor.worker_info()] == [0, 0]
+    assert fitness(executor.evaluate(reqs)) == want
+    inline.clear_caches()
+    assert inline.scorer.cached_traces == 0
+
+
 def test_an_actor_dying_with_queued_chunks_is_replaced_once(executor, inline, prepared):
     reqs = requests(prepared.problem, 12, seed=4)
     before, cpw = executor.restarts, executor.chunks_per_worker
