@@ -2,8 +2,9 @@
 
 Stitching swaps only the units whose option differs from what the model currently holds (weights
 come decoded from the database); when something else changed the model since (another evaluator
-sharing the adapter: the adapter's ``version`` moved), it restores the dense model first. The dense outputs and the dense inputs of every block are cached
-per window set (calibration, held-out, and an LRU of ``max_fresh_sets`` fresh batches).
+sharing the adapter: the adapter's ``version`` moved), it restores the dense model first. The
+dense outputs and the dense inputs of every block are cached per window set (calibration,
+held-out, and an LRU of ``max_fresh_sets`` fresh batches).
 
 Trace cache. Scoring a candidate records the input of every block on every batch of the window
 set (a *trace*; tensors before the restart block are shared with the trace it started from, not
@@ -37,6 +38,7 @@ scoring benchmark's first two evolution generations 16 traces ran 4.46 blocks pe
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -118,6 +120,7 @@ class Evaluator:
         self.dense_key = self._block_key({}, [])  # what the dense model holds in every block
         self.n_scored = 0
         self.blocks_run = 0  # blocks run per batch, summed over scored candidates
+        self.stitch_seconds = 0.0  # time spent stitching candidates into the model
         self._refs[("calib",)] = self._reference(tokens.calib)
         self._refs[("heldout",)] = self._reference(tokens.heldout)
 
@@ -268,7 +271,9 @@ class Evaluator:
 
     # ----- scoring -------------------------------------------------------------------------------
     def _score(self, candidate: Candidate, set_key: tuple, batches: list[_Batch]) -> float:
+        t = time.perf_counter()
         first, key = self._stitch(candidate)
+        self.stitch_seconds += time.perf_counter() - t
         nb = self.adapter.num_blocks
         agree, base = self._best_trace(set_key, key)
         start = min(agree, nb - 1)
@@ -290,6 +295,10 @@ class Evaluator:
         self.n_scored += 1
         self.blocks_run += nb - start
         return num / den if den > 0 else float("nan")
+
+    def window_set(self, windows: int | None, batch: int) -> None:
+        """Make sure the dense references of a window set are cached (built now if they are not)."""
+        self._windows(windows, batch)
 
     def score(self, candidate: Candidate, windows: int | None = None, batch: int = 0) -> float:
         """Fitness on the calibration set (``windows=None``) or on fresh windows of batch ``batch``."""

@@ -257,6 +257,8 @@ def test_bench_engine_matches_naive_smoke(prepared):
     assert all(v["max_rel_diff"] <= 1e-4 and v["speedup"] > 0 for v in out.values())
     assert all(v["blocks_per_request"] >= v["blocks_per_request_bound"] >= 1 for v in out.values())
     assert all(v["compute_speedup"] <= v["compute_speedup_bound"] for v in out.values())
+    assert all(v["naive_stitching_ms"] > 0 and v["engine_stitching_ms"] > 0 for v in out.values())
+    assert all(v["references_ms"] >= 0 and v["speedup_ceiling"] > 0 for v in out.values())
     # every request is on the calibration set: one group, which holds the pass's time of each scorer
     assert all(list(v["seconds_per_windows"]) == ["calib"] for v in out.values())
     assert all(min(v["seconds_per_windows"]["calib"].values()) > 0 for v in out.values())
