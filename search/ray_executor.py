@@ -8,8 +8,9 @@ same calibration tokens, database and model weights (hashes) as each other and a
 
 Dispatch: a batch of requests is split into one contiguous range per actor, so consecutive
 requests -- usually neighbours in the search space -- land on the same actor and stitching swaps
-few units. Each actor takes its range in chunks (``chunks_per_worker`` per range), with up to
-``queue_depth`` chunks queued so it never waits for the driver between chunks; an actor that runs
+few units. Each actor takes its range in chunks that shrink as the batch runs out
+(``ceil(left / (workers * chunks_per_worker))`` requests, ``left`` counting all not yet handed
+out), with up to ``queue_depth`` chunks queued so it never waits for the driver; an actor that runs
 out of work steals the back half of the largest range not yet handed out, so fast and slow actors
 (or nodes) finish together. An actor that dies mid-chunk (process exit, node loss, ``ray.kill``) is
 replaced by a new one and its chunks are retried, up to ``max_retries`` times per chunk; errors
@@ -304,6 +305,8 @@ class RayExecutor(Executor):
     are split evenly. ``worker_resources`` gives each actor extra custom resources (one mapping per
     worker, e.g. to pin actors to nodes). ``prepared`` (the driver's :class:`~layerbudget.prepare.Prepared`)
     lets actors be checked against the driver and is needed for ``ship_database``.
+    ``chunks_per_worker`` and ``queue_depth`` shape the dispatch (module docstring): more chunks
+    balance finer but jump more often; a deeper queue hides more driver round trips (slow networks).
     """
 
     def __init__(
