@@ -277,8 +277,9 @@ def _replay(
     scorer.clear_caches()
     out = []
     for r in requests:
+        if blocks is not None:
+            before = scorer.blocks_run
         t = time.perf_counter()
-        before = getattr(scorer, "blocks_run", 0)
         out.append(scorer.score(r.candidate, r.windows, r.batch))
         if spent is not None:
             spent[_windows_key(r)] += time.perf_counter() - t
@@ -341,7 +342,6 @@ def measure_engine(
         requests = [r if isinstance(r, EvalRequest) else EvalRequest(r) for r in seq]
         per_request: dict[str, list[int]] = {k: [] for k in engines}
         engines["engine"].trace_bytes_peak = 0
-        stitched_before = engines["engine"].stitch_seconds
         got = {k: _replay(sc, requests, blocks=per_request.get(k)) for k, sc in scorers.items()}
         blocks = {k: sum(b) / len(requests) for k, b in per_request.items()}
         bound = prefix_bound(engines["engine"], requests)
@@ -373,8 +373,10 @@ def measure_engine(
             "max_rel_diff": err,
         }
         by: dict[str, Counter[str]] = {k: Counter() for k in ("engine", "naive")}
+        stitched = engines["engine"].stitch_seconds
         for k, spent in by.items():  # one more pass of each, timed per request size
             _replay(scorers[k], requests, spent)
+        stitched = engines["engine"].stitch_seconds - stitched  # the engine's stitching in that pass
         row["seconds_per_windows"] = {
             w: {
                 "engine": by["engine"][w],
@@ -395,12 +397,11 @@ def measure_engine(
             warmup=False,
             setup={"references": engine.clear_caches},
         )
-        passes = 2 + repeats  # the engine passes so far on this sequence: check, timed, by request size
         row["references_ms"] = 1e3 * parts["references"] / len(requests)
         row["naive_stitching_ms"] = 1e3 * parts["naive_stitching"] / len(requests)
-        row["engine_stitching_ms"] = 1e3 * (engine.stitch_seconds - stitched_before) / passes / len(requests)
+        row["engine_stitching_ms"] = 1e3 * stitched / len(requests)
         # the engine's block time at the bound's block compute, with stitching free
-        blocks_s = t["engine"] - parts["references"] - row["engine_stitching_ms"] * len(requests) / 1e3
+        blocks_s = t["engine"] - parts["references"] - stitched
         at_bound = blocks_s * row["compute_speedup"] / row["compute_speedup_bound"]
         row["speedup_ceiling"] = t["naive"] / (parts["references"] + at_bound)
         if "dense_restart" in t:

@@ -40,7 +40,7 @@ import contextlib
 import os
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -445,10 +445,10 @@ class RayExecutor(Executor):
         attempts: dict[tuple[int, int], int] = {}
         fitness: list[float] = [float("nan")] * len(requests)
         nodes = [""] * len(requests)
-        queued = [0] * len(self._actors)  # chunks submitted to each actor and not yet collected
         running: dict[Any, tuple[tuple[int, int], int, Any]] = {}  # ref -> (chunk, worker, actor)
 
         def submit() -> None:
+            queued = Counter(w for _, w, _ in running.values())  # chunks each actor has not returned yet
             # breadth first: every actor gets one chunk before any gets a second
             for depth in range(1, self.queue_depth + 1):
                 for w, actor in enumerate(self._actors):
@@ -461,7 +461,6 @@ class RayExecutor(Executor):
         while running:
             done, _ = ray.wait(list(running), num_returns=1)
             chunk, w, actor = running.pop(done[0])
-            queued[w] -= 1
             start, stop = chunk
             try:
                 values, node = ray.get(done[0])
