@@ -23,7 +23,7 @@ from layerbudget.experiments.export import (
     llmcompressor_recipe,
     unit_regex,
 )
-from layerbudget.kernels import QuantLinear, Sparse24QuantLinear, SparseLinear
+from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.plan import Plan
 
 SMALL = small_run_toml("export")
@@ -142,7 +142,7 @@ def test_checkpoint_round_trip_on_causal_families(kind, make_tiny, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_checkpoint_on_gpu_matches_compressed_model(tmp_path):
     """fp16 on CUDA: packed units run the Triton kernels (small M) and match the fake-quantized model."""
-    from layerbudget.kernels import choose_path, triton_available
+    from layerbudget.kernels.ops import choose_path, triton_available
     from layerbudget.model import load_model
 
     adapter = load_model(dtype="float16")

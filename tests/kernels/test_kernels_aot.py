@@ -32,14 +32,14 @@ import sys
 sys.modules["triton"] = None  # as if triton were not installed
 import torch
 from torch import nn
-import layerbudget.kernels as k
+from layerbudget.kernels import modules, ops
 lin = nn.Linear(64, 8)
-mod = k.QuantLinear.from_linear(lin, bits=4, group_size=32)
+mod = modules.QuantLinear.from_linear(lin, bits=4, group_size=32)
 x = torch.randn(3, 64)
 torch.testing.assert_close(mod(x), torch.nn.functional.linear(x, mod.dequantized_weight(), lin.bias))
-assert not k.triton_available()
+assert not ops.triton_available()
 try:
-    k.lowbit_matmul(x.half(), mod.packed_weight(), path="triton")
+    ops.lowbit_matmul(x.half(), mod.packed_weight(), path="triton")
 except ValueError as err:
     assert "not installed" in str(err), err
 else:

@@ -7,13 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerbudget.kernels import (
-    PackedQuantWeight,
-    QuantLinear,
-    Sparse24QuantLinear,
-    SparseLinear,
-    is_24_sparse,
-)
+from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
+
+from layerbudget.kernels.quant_weight import PackedQuantWeight
+
+from layerbudget.kernels.sparse24 import is_24_sparse
 
 BUILDERS = {
     "quant-b4-g128": lambda lin: QuantLinear.from_linear(lin, bits=4, group_size=128),

@@ -6,13 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerbudget.kernels import (
-    PackedQuantWeight,
-    Sparse24QuantWeight,
-    Sparse24Weight,
-    is_24_sparse,
-    magnitude_prune_24,
-)
+from layerbudget.kernels.quant_weight import PackedQuantWeight
+
+from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, is_24_sparse, magnitude_prune_24
 
 
 def test_magnitude_prune_keeps_two_largest(gen: torch.Generator) -> None:

@@ -10,20 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerbudget.kernels import (
-    LaunchConfig,
-    PackedQuantWeight,
-    Sparse24QuantWeight,
-    Sparse24Weight,
-    lowbit_matmul,
-    lowbit_matmul_ref,
-    magnitude_prune_24,
-    pick_config,
-    sparse24_matmul,
-    sparse24_matmul_ref,
-    sparse24_quant_matmul,
-    sparse24_quant_matmul_ref,
-)
+from layerbudget.kernels.configs import LaunchConfig, pick_config
+
+from layerbudget.kernels.ops import lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
+
+from layerbudget.kernels.quant_weight import PackedQuantWeight
+
+from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
+
+from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
 
 TOL = {"rtol": 2e-3, "atol": 2e-3}
 
