@@ -2,107 +2,171 @@
 
 The interpreter (``TRITON_INTERPRET=1``) checks numerics on CPU but accepts programs the real
 compiler rejects; this check lowers kernel variants through Triton's CUDA backend (TTIR → TTGIR →
-PTX → cubin with the ``ptxas`` bundled in the triton wheel) and reports each one's shared memory.
-Usage: ``python -m layerbudget.kernels.aot_check [--arch 90] [--all]``; run it without
+PTX → cubin with the ``ptxas`` bundled in the triton wheel) and reports each one's registers,
+spills and shared memory. Usage: ``python -m layerbudget.kernels.aot_check [--arch 90] [--all]
+[--dump DIR]`` (``--dump`` writes each variant's TTGIR and PTX); run it without
 ``TRITON_INTERPRET`` set. Exit status 1 if any variant fails to compile.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-_GROUP_FOR_MODE = {0: 256, 1: 32, 2: 48}  # a group size that makes each META_MODE valid for the tiles below
-_INTS = ("M", "N", "K", "stride_xm", "stride_pn", "stride_sn", "stride_om", "stride_vn", "stride_mn")
+_INTS = ("M", "N", "K", "stride_xm", "stride_pn", "stride_sn", "stride_om", "stride_vn", "stride_mn",
+         "stride_on")
+_PTRS = {
+    "lowbit": {"packed_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16"},
+    "sparse": {"values_ptr": "*fp16", "meta_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16"},
+    "sparse_quant": {"values_ptr": "*i32", "meta_ptr": "*i32", "scales_ptr": "*bf16", "zeros_ptr": "*bf16"},
+}
 
 
 @dataclass(frozen=True)
 class Variant:
     """One specialization of a kernel: pointer dtypes, constexprs and launch options."""
 
-    kernel: str  # "lowbit" or "sparse"
+    module: str  # triton_gemv, triton_lowbit, triton_sparse
+    kernel: str
     ptrs: dict[str, str]
     consts: dict[str, object]
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int = 2
     name: str = field(default="", compare=False)
 
 
-def _lowbit(x: str, bits: int, mode: int, split: int, block: tuple[int, int, int], warps: int) -> Variant:
-    meta = "*fp16"
-    ptrs = {"x_ptr": x, "packed_ptr": "*i32", "scales_ptr": meta, "zeros_ptr": meta, "bias_ptr": "*fp32",
-            "out_ptr": "*fp32" if split > 1 else x}
-    consts = {"BITS": bits, "GROUP": _GROUP_FOR_MODE[mode], "META_MODE": mode, "META_IN_X": x == meta, "HAS_BIAS": True,
-              "SPLIT_K": split, "BLOCK_M": block[0], "BLOCK_N": block[1], "BLOCK_K": block[2]}
-    return Variant("lowbit", ptrs, consts, warps, name=f"lowbit x={x} b{bits} meta_mode={mode} split={split} {block}")
+def _mm(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, stages: int, name: str) -> Variant:
+    ptrs = {"x_ptr": x, **_PTRS[fmt], "bias_ptr": "*fp32", "out_ptr": x, "ws_ptr": "*fp32", "lock_ptr": "*i32"}
+    return Variant(module, kernel, ptrs, consts, warps, stages, name)
 
 
-def _sparse(x: str, quant: bool, bits: int, mode: int, split: int, block: tuple[int, int, int]) -> Variant:
-    ptrs = {"x_ptr": x, "values_ptr": "*i32" if quant else "*fp16", "meta_ptr": "*i32", "scales_ptr": "*bf16",
-            "zeros_ptr": "*bf16", "bias_ptr": "*fp16", "out_ptr": "*fp32" if split > 1 else x}
-    consts = {"QUANT": quant, "BITS": bits, "GROUP": _GROUP_FOR_MODE[mode], "META_MODE": mode, "META_IN_X": x == "*bf16",
-              "HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": block[0], "BLOCK_N": block[1], "BLOCK_K": block[2]}
-    return Variant("sparse", ptrs, consts, name=f"sparse x={x} quant={quant} b{bits} meta_mode={mode} split={split}")
+def _gemv(x: str, bits: int, bm: int, split: int, flush: int, cu: int = 16) -> Variant:
+    consts = {"BITS": bits, "GROUP": 128, "CU": cu, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
+              "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
+    return _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", x, consts, 4, 2,
+               f"gemv x={x} b{bits} rows={bm} split={split} flush={flush}")
+
+
+def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": 16, "UNROLL": 4, "HAS_BIAS": False,
+              "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
+    return _mm("triton_gemv", "_gemv_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4, 2,
+               f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
+
+
+def _tc(x: str, bits: int, bm: int, bn: int, split: int, flush: int, warps: int) -> Variant:
+    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
+              "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_U": 16}
+    return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
+               f"tc x={x} b{bits} tile={bn}x{bm} split={split} flush={flush}")
+
+
+def _tc24(x: str, quant: bool, bits: int, cu: int, split: int) -> Variant:
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "HAS_BIAS": True, "SPLIT_K": split,
+              "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 4 if cu == 1 else 2}
+    return _mm("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4, 3,
+               f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} split={split}")
+
+
+def _dequant(bits: int) -> Variant:
+    ptrs = {**_PTRS["lowbit"], "out_ptr": "*fp16"}
+    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": 8 if bits == 4 else 1, "BLOCK_N": 16, "BLOCK_C": 4}
+    return Variant("triton_lowbit", "_dequant_lowbit_kernel", ptrs, consts, name=f"dequant b{bits}")
+
+
+def _dequant24(quant: bool, bits: int) -> Variant:
+    ptrs = {**_PTRS["sparse_quant" if quant else "sparse"], "out_ptr": "*bf16"}
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": 16, "BLOCK_N": 16, "BLOCK_C": 2}
+    return Variant("triton_sparse", "_dequant_sparse24_kernel", ptrs, consts, name=f"dequant 2:4 quant={quant} b{bits}")
 
 
 def variants(full: bool = False) -> list[Variant]:
-    """A quick set covering every code path, or (``full``) the cross product."""
+    """A quick set covering every kernel, or (``full``) the cross product of the main switches."""
     if not full:
         return [
-            _lowbit("*fp16", 3, 0, 4, (16, 64, 128), 4),
-            _lowbit("*bf16", 2, 1, 1, (128, 128, 64), 8),
-            _lowbit("*fp16", 4, 2, 1, (32, 64, 64), 4),
-            _sparse("*fp16", False, 4, 0, 2, (16, 64, 128)),
-            _sparse("*bf16", True, 3, 1, 1, (64, 128, 128)),
+            _gemv("*fp16", 4, 1, 1, 8), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
+            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 1, 8, 4), _tc("*bf16", 2, 64, 128, 2, 2, 8),
+            _tc24("*fp16", False, 16, 16, 1), _tc24("*bf16", True, 3, 1, 2), _dequant(4), _dequant24(True, 8),
         ]
-    out = [
-        _lowbit(x, b, t, s, blk, w)
-        for x, b, t, s, (*blk, w) in itertools.product(
-            ("*fp16", "*bf16"), (2, 3, 4, 8), (0, 1, 2), (1, 4), ((16, 64, 128, 4), (128, 128, 64, 8))
-        )
-    ]
-    for x, quant, b, t, s in itertools.product(("*fp16", "*bf16"), (False, True), (3, 4), (0, 1, 2), (1, 2)):
-        if quant or (b == 4 and t == 0):
-            out.append(_sparse(x, quant, b, t, s, (16, 64, 128)))
+    out = [_gemv(x, b, bm, s, f) for x, b, bm, s, f in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 16 if False else 2))]
+    out += [_gemv24(x, q, b, bm, s) for x, q, b, bm, s in itertools.product(
+        ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
+    out += [_tc(x, b, bm, bn, s, 1, w) for x, b, (bm, bn, w), s in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4))]
+    out += [_tc24(x, q, b, cu, s) for x, q, b, cu, s in itertools.product(
+        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (1, 2)) if q or b == 4]
+    out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]
     return out
 
 
-def compile_variant(v: Variant, arch: int) -> int:
-    """Compile one variant to a cubin; returns its static shared memory in bytes."""
+def compile_variant(v: Variant, arch: int):
+    """Compile one variant to a cubin; returns Triton's compiled kernel (``metadata``, ``asm``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
-    from . import triton_lowbit, triton_sparse
-
-    fn = triton_lowbit._lowbit_matmul_kernel if v.kernel == "lowbit" else triton_sparse._sparse24_matmul_kernel
+    fn = getattr(importlib.import_module(f"{__package__}.{v.module}"), v.kernel)
     sig = {a: v.ptrs[a] if a in v.ptrs else "i32" for a in fn.arg_names if a in v.ptrs or a in _INTS}
     sig.update({c: "constexpr" for c in v.consts})
-    src = ASTSource(fn, sig, dict(v.consts))
+    # as the JIT specializes them at run time for real shapes: pointers and sizes divisible by 16
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in sig if sig[a] != "constexpr"}
+    src = ASTSource(fn, sig, dict(v.consts), attrs)
     opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
-    return int(kernel.metadata.shared)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def resources(cubin: bytes) -> tuple[str, str]:
+    """(registers, stack bytes) per thread from the cubin, read with the ``cuobjdump`` Triton bundles."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        try:
+            text = subprocess.run([str(tool), "--dump-resource-usage", fh.name], capture_output=True, text=True,
+                                  timeout=60).stdout
+        except OSError:
+            return "?", "?"
+    regs, stack = re.search(r"REG:(\d+)", text), re.search(r"STACK:(\d+)", text)
+    return (regs.group(1) if regs else "?"), (stack.group(1) if stack else "?")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m layerbudget.kernels.aot_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 80, 90")
-    parser.add_argument("--all", action="store_true", help="compile the full cross product of variants")
+    parser.add_argument("--all", action="store_true", help="compile the cross product of variants")
+    parser.add_argument("--dump", type=Path, help="write each variant's TTGIR and PTX into this folder")
     args = parser.parse_args(argv)
-    from . import triton_lowbit
+    from . import triton_common
 
-    if triton_lowbit.INTERPRET:
+    if triton_common.INTERPRET:
         print("aot_check: TRITON_INTERPRET is set; unset it to compile for CUDA.", file=sys.stderr)
         return 2
     failed = 0
-    for v in variants(args.all):
+    for i, v in enumerate(variants(args.all)):
         try:
-            print(f"ok   sm_{args.arch} smem={compile_variant(v, args.arch):>6}  {v.name}")
+            k = compile_variant(v, args.arch)
         except Exception as err:  # report every failing variant, then fail
             failed += 1
             print(f"FAIL sm_{args.arch} {v.name}:", *str(err).strip().splitlines()[-4:], sep="\n    ")
+            continue
+        regs, spill = resources(k.asm["cubin"])
+        print(f"ok   sm_{args.arch} regs={regs:>4} stack={spill:>4} smem={k.metadata.shared:>6}  {v.name}")
+        if args.dump:
+            args.dump.mkdir(parents=True, exist_ok=True)
+            for ext in ("ttgir", "ptx"):
+                (args.dump / f"{i:02d}.{ext}").write_text(str(k.asm.get(ext, "")))
+            (args.dump / f"{i:02d}.cubin").write_bytes(k.asm["cubin"])
     return 1 if failed else 0
 
 

@@ -1,21 +1,30 @@
-"""Benchmark of the packed-weight matmuls against fp16 cuBLAS and the memory roofline, written to CSV.
+"""Benchmark of the packed-weight matmuls against fp16 cuBLAS and torch's int4 tinygemm, written to CSV.
 
 Usage: ``python -m layerbudget.kernels.bench --out FILE.csv [--shapes 4096x4096,...] [--ms 1,16]
-[--formats w4g128,2:4]``. Needs a CUDA GPU and Triton; on any other host it prints one line and
-exits with status 2 instead of reporting numbers.
+[--formats w4g128,2:4] [--jobs 12] [--sweep SWEEP.csv]``. Needs a CUDA GPU and Triton; on any
+other host it prints one line and exits with status 2 instead of reporting numbers.
 
 Timing: ``triton.testing.do_bench`` (median of repeated runs; it flushes the L2 cache between
 calls, so weights that would fit in L2 are not read from cache). Each row reports, for weight
-shape ``N x K`` and ``M`` activation rows:
+shape ``N x K`` and ``M`` activation rows, in milliseconds:
 
-- ``ms_triton`` (fused kernel), ``ms_dequant`` (dequantize + ``F.linear``), ``ms_fp16``
-  (``F.linear`` with the dense fp16 weight) and ``ms_auto`` / ``path_auto``: what the dispatching
-  wrapper runs (rule in :mod:`layerbudget.kernels.configs`); ``best_path`` is the faster of the two,
-  the data from which ``DEQUANT_MIN_M`` is set;
+- ``ms_gemv`` (decode kernel, ``M <= 4``), ``ms_tc`` (tensor-core kernel), ``ms_dequant``
+  (dequantize kernel + ``F.linear``), ``ms_fp16`` (``F.linear`` with the dense fp16 weight) and
+  ``ms_auto`` / ``path_auto``: what the dispatching wrapper runs (rule in
+  :mod:`layerbudget.kernels.configs`); ``best_path`` is the fastest of the paths timed, the data
+  from which the dispatch thresholds are set;
+- ``ms_tinygemm``: torch's int4 tinygemm (``aten._weight_int4pack_mm``, bf16 activations, groups
+  of 128) on the same shape, with ``tinygemm_vs_bf16`` its speedup over bf16 ``F.linear``; the
+  ``peers`` column names the peers that ran (empty when this torch has none);
 - ``gbps_auto``: (stored weight bytes incl. metadata + x + y bytes) / ``ms_auto``, and
   ``frac_copy_bw``: that over the device-to-device copy bandwidth measured in the same run
   (``copy_gbps``, counting read + write bytes);
-- ``speedup_vs_fp16`` = ``ms_fp16 / ms_auto``; ``max_rel_err``: Triton vs dequant path.
+- ``speedup_vs_fp16`` = ``ms_fp16 / ms_auto``, ``speedup_vs_tinygemm`` = ``ms_tinygemm / ms_auto``;
+  ``max_rel_err``: the worst fused path against the dequantize path.
+
+``--sweep FILE`` instead times candidate launch configurations of every kernel (the data behind
+the tables of :mod:`layerbudget.kernels.configs`). ``--jobs`` compiles every kernel variant first
+in that many processes (Triton's disk cache then serves the timing process).
 """
 
 from __future__ import annotations
@@ -23,19 +32,23 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import itertools
+import math
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .configs import dequant_min_m
-from .ops import PackedWeight, choose_path, format_of, packed_matmul, triton_available
+from .configs import GEMV_ROWS, LaunchConfig, dequant_min_m, gemv_max_m, pick_config, split_for
+from .ops import PackedWeight, choose_path, format_of, kernel_supported, packed_matmul, triton_available
 from .quant_weight import PackedQuantWeight
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
 
 LLAMA_SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672))
+MINILM_SHAPES = ((384, 384), (1536, 384), (384, 1536))
 BATCH_ROWS = (1, 16, 64, 256)
 TIMER = "triton.testing.do_bench median, L2 flushed between calls"
 
@@ -63,10 +76,14 @@ FORMATS: dict[str, BenchFormat] = {
 }
 
 COLUMNS = (
-    "gpu", "date", "torch", "triton", "timer", "copy_gbps", "n", "k", "m", "format", "bits_per_weight",
-    "weight_bytes", "path_auto", "ms_fp16", "ms_triton", "ms_dequant", "ms_auto", "gbps_auto",
-    "frac_copy_bw", "speedup_vs_fp16", "best_path", "max_rel_err",
+    "gpu", "date", "torch", "triton", "timer", "copy_gbps", "peers", "n", "k", "m", "format", "bits_per_weight",
+    "weight_bytes", "path_auto", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "ms_auto", "ms_tinygemm",
+    "tinygemm_vs_bf16", "gbps_auto", "frac_copy_bw", "speedup_vs_fp16", "speedup_vs_tinygemm", "best_path",
+    "max_rel_err",
 )
+SWEEP_COLUMNS = ("gpu", "n", "k", "m", "format", "kernel", "block_m", "block_n", "block_k", "split_k", "num_warps",
+                 "num_stages", "ms", "ms_fp16", "speedup_vs_fp16", "max_rel_err")
+NAN = float("nan")
 
 
 def _bench(fn: Callable[[], object]) -> float:
@@ -83,6 +100,103 @@ def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-6)).item()
+
+
+# ----- peers ---------------------------------------------------------------------------------------
+def tinygemm_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm") and hasattr(torch.ops.aten, "_convert_weight_to_int4pack")
+
+
+def tinygemm_case(dense: torch.Tensor, group: int = 128, inner_k_tiles: int = 8):
+    """Torch's int4 tinygemm operands for ``dense: [N, K]`` (bf16, asymmetric 4-bit, groups of ``group``).
+
+    Returns ``(run(x) -> y, dequantized bf16 weight)``; tinygemm computes ``(q - 8) * s + zero``.
+    """
+    n, k = dense.shape
+    wg = dense.float().reshape(n, k // group, group)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    s = ((hi - lo) / 15).clamp(min=1e-8)
+    z = (-lo / s).round()
+    q = (wg / s + z).round().clamp(0, 15)
+    deq = ((q - z) * s).reshape(n, k).to(torch.bfloat16)
+    q = q.reshape(n, k).to(torch.uint8)
+    packed = torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).contiguous(), inner_k_tiles)
+    zero_fp = (8 - z) * s
+    sz = torch.cat([s.reshape(n, -1, 1), zero_fp.reshape(n, -1, 1)], 2).transpose(0, 1).contiguous()
+    sz = sz.to(torch.bfloat16)
+    return (lambda x: torch.ops.aten._weight_int4pack_mm(x, packed, group, sz)), deq
+
+
+# ----- configurations --------------------------------------------------------------------------------
+def candidates(kernel: str, m: int) -> list[LaunchConfig]:
+    """Launch configurations the sweep tries for one kernel at ``m`` rows (split-K filled in per shape)."""
+    if kernel == "gemv":
+        bm = 1 if m == 1 else 2 if m == 2 else 4
+        return [LaunchConfig("gemv", bm, bn, bk, 1, w, s)
+                for bn, bk, w, s in itertools.product((16, 32, 64, 128), (256, 512, 1024), (4, 8), (1, 2))
+                if bn * bk <= 64 * 1024]
+    if m <= 16:
+        tiles = [(16, 64, 4), (16, 128, 4), (16, 128, 8)]
+    elif m <= 64:
+        tiles = [(64, 64, 4), (64, 128, 4), (64, 128, 8)]
+    else:
+        tiles = [(64, 128, 8), (128, 128, 8), (128, 256, 8), (256, 128, 8)]
+    return [LaunchConfig("tc", bm, bn, bk, 1, w, s)
+            for (bm, bn, w), bk, s in itertools.product(tiles, (64, 128, 256), (2, 3, 4))]
+
+
+def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[LaunchConfig]:
+    """``cfg`` without split-K, and with the split-K the table's rule would give its tiles (if any)."""
+    kvals = k if fmt == "lowbit" else k // 2
+    split = split_for(-(-n // cfg.block_n) * -(-m // cfg.block_m), -(-kvals // cfg.block_k))
+    if split == 1:
+        return [cfg]
+    return [cfg, LaunchConfig(cfg.kernel, cfg.block_m, cfg.block_n, cfg.block_k, split, cfg.num_warps,
+                              cfg.num_stages)]
+
+
+# ----- precompiling -----------------------------------------------------------------------------------
+def _small_weight(name: str, n: int = 256, k: int = 1024) -> PackedWeight:
+    """A weight with the same kernel specialization (bits, group, chunk, divisibility) as the bench shapes."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    return FORMATS[name].build(torch.randn(n, k, device="cuda", dtype=torch.float16, generator=gen) * 0.02)
+
+
+def _compile_job(job: tuple[str, int, LaunchConfig | None]) -> str:
+    name, m, cfg = job
+    try:
+        w = _small_weight(name)
+        x = torch.randn(m, w.k, device="cuda", dtype=torch.float16)
+        packed_matmul(x, w, path="dequant" if cfg is None else "triton", config=cfg)
+        torch.cuda.synchronize()
+        return ""
+    except Exception as err:  # reported, the timing run shows the failure again
+        return f"{name} M={m} {cfg}: {err}"
+
+
+def precompile(jobs: list[tuple[str, int, LaunchConfig | None]], workers: int) -> None:
+    """Compile every (format, M, config) in ``workers`` processes so the timing run finds them cached."""
+    if workers <= 1 or not jobs:
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    t0 = time.time()
+    unique = list(dict.fromkeys(jobs))
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        failures = [f for f in pool.map(_compile_job, unique) if f]
+    for f in failures:
+        print("compile failed:", f, file=sys.stderr)
+    print(f"precompiled {len(unique)} variants in {time.time() - t0:.0f} s with {workers} processes", flush=True)
+
+
+# ----- rows ------------------------------------------------------------------------------------------------
+def kernel_paths(m: int, fmt: str) -> list[str]:
+    return (["gemv"] if m <= max(GEMV_ROWS) else []) + ["tc"]
+
+
 def bench_shape(
     n: int,
     k: int,
@@ -91,37 +205,88 @@ def bench_shape(
     copy_gbps: float,
     device: str = "cuda",
     timer: Callable[[Callable[[], object]], float] = _bench,
+    peers: bool = True,
 ) -> list[dict]:
     """All rows for one weight shape ``[N, K]`` (``device``/``timer`` are swappable for a CPU smoke test)."""
     gen = torch.Generator(device=device).manual_seed(n * 100003 + k)
     dense = torch.randn(n, k, device=device, dtype=torch.float16, generator=gen) * 0.02
     weights = {name: FORMATS[name].build(dense) for name in formats if FORMATS[name].build is not None}
+    tiny = tinygemm_case(dense) if peers and device == "cuda" and tinygemm_available() and k % 1024 == 0 else None
     rows = []
     for m in ms:
         x = torch.randn(m, k, device=device, dtype=torch.float16, generator=gen)
         io_bytes = 2 * m * (k + n)
         ms_fp16 = timer(lambda: F.linear(x, dense))  # noqa: B023 - called before the loop moves on
+        ms_tiny = ratio_tiny = NAN
+        if tiny is not None:
+            run, deq = tiny
+            xb = x.to(torch.bfloat16)
+            ms_tiny = timer(lambda: run(xb))  # noqa: B023
+            ratio_tiny = timer(lambda: F.linear(xb, deq)) / ms_tiny  # noqa: B023
         for name in formats:
-            row = {"n": n, "k": k, "m": m, "format": name, "ms_fp16": ms_fp16}
+            row = {"n": n, "k": k, "m": m, "format": name, "ms_fp16": ms_fp16, "ms_tinygemm": ms_tiny,
+                   "tinygemm_vs_bf16": ratio_tiny, "peers": "tinygemm-w4g128-bf16" if tiny is not None else ""}
             if name == "fp16":
-                row.update(bits_per_weight=16.0, weight_bytes=2 * n * k, path_auto="cublas",
-                           ms_triton=float("nan"), ms_dequant=float("nan"), ms_auto=ms_fp16,
-                           best_path="cublas", max_rel_err=0.0)
+                row.update(bits_per_weight=16.0, weight_bytes=2 * n * k, path_auto="cublas", ms_gemv=NAN, ms_tc=NAN,
+                           ms_dequant=NAN, ms_auto=ms_fp16, best_path="cublas", max_rel_err=0.0)
             else:
                 w = weights[name]
-                fast = packed_matmul(x, w, path="triton")
-                slow = packed_matmul(x, w, path="dequant")
-                err = ((fast.float() - slow.float()).abs().max() / slow.float().abs().max().clamp(min=1e-6)).item()
-                ms_triton = timer(lambda: packed_matmul(x, w, path="triton"))  # noqa: B023
+                fmt = format_of(w)
+                ref = packed_matmul(x, w, path="dequant")
+                times, err = {"gemv": NAN, "tc": NAN}, 0.0
+                if kernel_supported(w):
+                    for kern in kernel_paths(m, fmt):
+                        cfg = pick_config(m, n, k, fmt, kern)
+                        err = max(err, rel_err(packed_matmul(x, w, path="triton", config=cfg), ref))
+                        times[kern] = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
                 ms_dequant = timer(lambda: packed_matmul(x, w, path="dequant"))  # noqa: B023
-                path = choose_path(x, format_of(w))
+                path = choose_path(x, fmt, supported=kernel_supported(w))
+                if path == "triton":
+                    path = "gemv" if m <= gemv_max_m(fmt) else "tc"
+                timed = {"gemv": times["gemv"], "tc": times["tc"], "dequant": ms_dequant}
+                if path not in timed:  # the CPU reference (a smoke run without a GPU)
+                    timed[path] = timer(lambda: packed_matmul(x, w, path=path))  # noqa: B023
+                best = min((t, p) for p, t in timed.items() if not math.isnan(t))[1]
                 row.update(bits_per_weight=w.bits_per_weight, weight_bytes=w.nbytes, path_auto=path,
-                           ms_triton=ms_triton, ms_dequant=ms_dequant,
-                           ms_auto=ms_triton if path == "triton" else ms_dequant,
-                           best_path="triton" if ms_triton <= ms_dequant else "dequant", max_rel_err=err)
+                           ms_gemv=times["gemv"], ms_tc=times["tc"], ms_dequant=ms_dequant, ms_auto=timed[path],
+                           best_path=best, max_rel_err=err)
             gbps = (row["weight_bytes"] + io_bytes) / (row["ms_auto"] * 1e-3) / 1e9
-            row.update(gbps_auto=gbps, frac_copy_bw=gbps / copy_gbps, speedup_vs_fp16=ms_fp16 / row["ms_auto"])
+            row.update(gbps_auto=gbps, frac_copy_bw=gbps / copy_gbps, speedup_vs_fp16=ms_fp16 / row["ms_auto"],
+                       speedup_vs_tinygemm=ms_tiny / row["ms_auto"])
             rows.append(row)
+    return rows
+
+
+def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels: list[str]) -> list[dict]:
+    """Time every candidate launch configuration of ``kernels`` for one shape (rows of SWEEP_COLUMNS)."""
+    gen = torch.Generator(device="cuda").manual_seed(n * 100003 + k)
+    dense = torch.randn(n, k, device="cuda", dtype=torch.float16, generator=gen) * 0.02
+    rows = []
+    for name in formats:
+        if FORMATS[name].build is None:
+            continue
+        w = FORMATS[name].build(dense)
+        fmt = format_of(w)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+            ms_fp16 = _bench(lambda: F.linear(x, dense))  # noqa: B023
+            ref = packed_matmul(x, w, path="dequant")
+            for kern in kernels:
+                if kern == "gemv" and m > max(GEMV_ROWS):
+                    continue
+                best = math.inf
+                for base in candidates(kern, m):
+                    for cfg in with_split(base, m, n, k, fmt):
+                        try:
+                            err = rel_err(packed_matmul(x, w, path="triton", config=cfg), ref)
+                            t = _bench(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
+                        except Exception as exc:  # an invalid config (shared memory, ...) is skipped
+                            print(f"  {name} M={m} {cfg}: {type(exc).__name__}", flush=True)
+                            continue
+                        best = min(best, t)
+                        rows.append({"n": n, "k": k, "m": m, "format": name, **asdict(cfg), "ms": t,
+                                     "ms_fp16": ms_fp16, "speedup_vs_fp16": ms_fp16 / t, "max_rel_err": err})
+                print(f"{n}x{k} M={m} {name} {kern}: best x{ms_fp16 / best:.2f} vs fp16", flush=True)
     return rows
 
 
@@ -132,32 +297,64 @@ def _parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
         raise argparse.ArgumentTypeError(f"shapes must look like 4096x4096,8192x28672 (NxK), got {text!r}") from err
 
 
+def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str]) -> list[tuple[str, int, LaunchConfig | None]]:
+    jobs: list[tuple[str, int, LaunchConfig | None]] = []
+    for (n, k), m, name in itertools.product(shapes, ms, formats):
+        if FORMATS[name].build is None:
+            continue
+        fmt = "lowbit" if name.startswith("w") else "sparse24" if name == "2:4" else "sparse24_quant"
+        jobs.append((name, m, None))
+        if sweep:
+            jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))
+                     for base in candidates(kern, m) for c in with_split(base, m, n, k, fmt)]
+        else:
+            jobs += [(name, m, pick_config(m, n, k, fmt, kern)) for kern in kernel_paths(m, fmt)]
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m layerbudget.kernels.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="CSV file to write")
-    parser.add_argument("--shapes", type=_parse_shapes, default=LLAMA_SHAPES, help="NxK list, comma separated")
+    parser.add_argument("--shapes", type=_parse_shapes, default=LLAMA_SHAPES + MINILM_SHAPES,
+                        help="NxK list, comma separated")
     parser.add_argument("--ms", default=",".join(map(str, BATCH_ROWS)), help="activation rows M, comma separated")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"subset of {','.join(FORMATS)}")
+    parser.add_argument("--sweep", action="store_true", help="time candidate launch configurations instead")
+    parser.add_argument("--kernels", default="gemv,tc", help="kernels the sweep tries (gemv, tc)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes compiling the kernels before timing")
     args = parser.parse_args(argv)
     formats = args.formats.split(",")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         parser.error(f"unknown formats {unknown}; known: {list(FORMATS)}")
+    kernels = args.kernels.split(",")
+    if set(kernels) - {"gemv", "tc"}:
+        parser.error(f"--kernels takes gemv and/or tc, got {args.kernels!r}")
     if not torch.cuda.is_available() or not triton_available():
         print("bench: needs a CUDA GPU and Triton; none on this host, so no numbers are reported.", file=sys.stderr)
         return 2
     import triton
 
     ms = tuple(int(v) for v in args.ms.split(","))
+    precompile(_jobs(args.shapes, ms, formats, args.sweep, kernels), args.jobs)
+    gpu = torch.cuda.get_device_name()
+    if args.sweep:
+        with open(args.out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS)
+            writer.writeheader()
+            for n, k in args.shapes:
+                for row in sweep_shape(n, k, ms, formats, kernels):
+                    writer.writerow({"gpu": gpu, **row})
+                fh.flush()
+        return 0
     copy_gbps = copy_bandwidth_gbps()
     common = {
-        "gpu": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "triton": triton.__version__, "timer": TIMER, "copy_gbps": copy_gbps,
     }
-    print(f"{common['gpu']}: copy bandwidth {copy_gbps:.0f} GB/s; dispatch thresholds "
-          f"lowbit {dequant_min_m('lowbit')}, 2:4 {dequant_min_m('sparse24')}, "
-          f"2:4+q {dequant_min_m('sparse24_quant')}")
+    print(f"{gpu}: copy bandwidth {copy_gbps:.0f} GB/s; tensor-core kernel from M > gemv max "
+          f"{[gemv_max_m(f) for f in ('lowbit', 'sparse24', 'sparse24_quant')]}, dequantize from M >= "
+          f"{[dequant_min_m(f) for f in ('lowbit', 'sparse24', 'sparse24_quant')]}", flush=True)
     with open(args.out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
@@ -165,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             for row in bench_shape(n, k, ms, formats, copy_gbps):
                 writer.writerow({**common, **row})
                 print(f"{n:>6}x{k:<6} M={row['m']:<4} {row['format']:<10} {row['path_auto']:<8} "
-                      f"{row['ms_auto']:.4f} ms  {row['gbps_auto']:.0f} GB/s "
-                      f"({row['frac_copy_bw']:.2f} of copy)  x{row['speedup_vs_fp16']:.2f} vs fp16")
+                      f"{row['ms_auto']:.4f} ms  {row['gbps_auto']:.0f} GB/s ({row['frac_copy_bw']:.2f} of copy)  "
+                      f"x{row['speedup_vs_fp16']:.2f} vs fp16  x{row['speedup_vs_tinygemm']:.2f} vs tinygemm "
+                      f"best={row['best_path']}", flush=True)
             fh.flush()
             torch.cuda.empty_cache()
     return 0

@@ -1,14 +1,18 @@
-"""Launch configurations (block sizes, split-K) and the Triton-vs-cuBLAS dispatch rule, per shape.
+"""Launch configurations (kernel, block sizes, split-K) and the dispatch rule between the three paths.
 
-Block sizes come from a small heuristic table rather than ``triton.autotune`` so that the same
-choice is made on a CPU host (interpreter tests) and on a GPU, and no timing runs at first call.
-``python -m layerbudget.kernels.bench`` times both paths on a GPU; its ``best_path`` column is the
-data from which :data:`DEQUANT_MIN_M` is set.
+Block sizes come from a small table rather than ``triton.autotune`` so that the same choice is made
+on a CPU host (interpreter tests) and on a GPU, and no timing runs at first call. The table's
+values and the dispatch thresholds are read off ``python -m layerbudget.kernels.bench`` runs on a
+GPU (``--sweep`` times candidate launch configurations; ``best_path`` gives the crossovers).
 
-Dispatch rule (explicit, one threshold per format): with CUDA tensors, fp16/bf16 activations and
-Triton installed, ``M < DEQUANT_MIN_M[format]`` runs the fused Triton kernel; larger ``M``
-dequantizes the weight once and calls ``F.linear`` (cuBLAS), which wins once the matmul is compute
-bound. On CPU tensors the torch reference runs.
+Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``), with CUDA tensors,
+fp16/bf16 activations and Triton installed:
+
+- ``M <= GEMV_MAX_M[format]``: the decode kernel (``kernel="gemv"``, CUDA cores, one FMA per weight);
+- ``M < DEQUANT_MIN_M[format]``: the tensor-core kernel (``kernel="tc"``, dequantized tiles in ``tl.dot``);
+- else: a Triton kernel dequantizes the weight once and ``F.linear`` (cuBLAS) multiplies.
+
+On CPU tensors the torch reference runs.
 """
 
 from __future__ import annotations
@@ -16,71 +20,95 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
+KERNELS = ("gemv", "tc")
 
-# M at or above which the auto path dequantizes + calls cuBLAS instead of the fused kernel.
-# Provisional values (set before any GPU timing of these kernels; refit from bench.py's
-# `best_path` column on the target GPU): the weight-only kernels are bandwidth wins at decode and
-# small batches; fp16 2:4 saves only 1.78x bytes, so its crossover comes earlier.
-DEQUANT_MIN_M: dict[str, int] = {"lowbit": 128, "sparse24": 64, "sparse24_quant": 128}
+# Decode kernel up to this many rows; tensor-core kernel below DEQUANT_MIN_M; dequantize + cuBLAS above.
+GEMV_MAX_M: dict[str, int] = {"lowbit": 2, "sparse24": 2, "sparse24_quant": 2}
+DEQUANT_MIN_M: dict[str, int] = {"lowbit": 512, "sparse24": 256, "sparse24_quant": 512}
 
-# Programs wanted in flight to fill a GPU (about 2 per SM on an H100 with 132 SMs).
-TARGET_PROGRAMS = 264
+# Programs wanted in flight to fill a GPU (132 SMs on an H100/H200, a few programs each).
+TARGET_PROGRAMS = 4 * 132
 MAX_SPLIT_K = 16
+GEMV_ROWS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tile sizes and split-K factor for one kernel launch."""
+    """One kernel launch: which kernel, tile sizes (``block_k`` in values of K per step) and split-K."""
 
+    kernel: str
     block_m: int
     block_n: int
     block_k: int
     split_k: int = 1
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "block_n", "block_k"):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"`kernel` must be one of {KERNELS}, but got kernel={self.kernel!r}.")
+        if self.kernel == "gemv" and self.block_m not in GEMV_ROWS:
+            raise ValueError(f"gemv `block_m` must be one of {GEMV_ROWS}, but got block_m={self.block_m}.")
+        small = 1 if self.kernel == "gemv" else 16
+        for name, lo in (("block_m", small), ("block_n", small), ("block_k", 16)):
             v = getattr(self, name)
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"`{name}` must be a power of two >= 16, but got {name}={v}.")
-        if self.split_k < 1:
-            raise ValueError(f"`split_k` must be >= 1, but got split_k={self.split_k}.")
+            if v < lo or v & (v - 1):
+                raise ValueError(f"`{name}` must be a power of two >= {lo}, but got {name}={v}.")
+        if self.split_k < 1 or self.split_k > MAX_SPLIT_K:
+            raise ValueError(f"`split_k` must be in [1, {MAX_SPLIT_K}], but got split_k={self.split_k}.")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"`num_warps` must be one of 1, 2, 4, 8, 16, but got num_warps={self.num_warps}.")
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _pow2_at_least(v: int, lo: int, hi: int) -> int:
-    p = lo
-    while p < v and p < hi:
-        p *= 2
-    return p
+def split_for(programs: int, steps: int, target: int = TARGET_PROGRAMS, min_steps: int = 2) -> int:
+    """Split-K factor (a power of two) that brings ``programs`` towards ``target`` while every split
+    keeps at least ``min_steps`` of the ``steps`` K steps."""
+    split = 1
+    while (split * 2 <= MAX_SPLIT_K and programs * split * 2 <= target
+           and steps >= split * 2 * min_steps):
+        split *= 2
+    return split
 
 
-def pick_config(m: int, n: int, k: int) -> LaunchConfig:
-    """Heuristic tile table for ``y[M, N] = x[M, K] @ W[N, K]^T`` with a dequantize-in-registers B tile.
+def gemv_rows(m: int) -> int:
+    """Activation rows per decode program."""
+    return 1 if m == 1 else 2 if m == 2 else 4
 
-    Small M (decode) is bandwidth bound: narrow N tiles, long K tiles, split-K until about
-    :data:`TARGET_PROGRAMS` programs run. Large M uses square-ish tensor-core tiles.
-    """
+
+def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None = None) -> LaunchConfig:
+    """The launch for ``y[M, N] = x[M, K] @ W[N, K]^T`` of one format (``kernel=None``: by the dispatch rule)."""
+    kernel = kernel or ("gemv" if m <= gemv_max_m(fmt) else "tc")
+    kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
+    if kernel == "gemv":
+        bm = gemv_rows(m)
+        bn, bk, warps = 16, 512, 4
+        steps = _cdiv(kvals, bk)
+        return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 2)
     if m <= 16:
         bm, bn, bk, warps = 16, 64, 128, 4
     elif m <= 64:
-        bm, bn, bk, warps = _pow2_at_least(m, 32, 64), 64, 64, 4
+        bm, bn, bk, warps = (32 if m <= 32 else 64), 64, 128, 4
     else:
         bm, bn, bk, warps = (64 if m <= 128 else 128), 128, 64, 8
-    num_kb = _cdiv(k, bk)
-    tiles = _cdiv(m, bm) * _cdiv(n, bn)
-    split = 1
-    while split * 2 <= MAX_SPLIT_K and tiles * split * 2 <= TARGET_PROGRAMS and num_kb >= split * 4:
-        split *= 2
-    return LaunchConfig(bm, bn, bk, split, warps, 3)
+    steps = _cdiv(kvals, bk)
+    return LaunchConfig("tc", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 3)
+
+
+def gemv_max_m(fmt: str) -> int:
+    _check_format(fmt)
+    return GEMV_MAX_M[fmt]
 
 
 def dequant_min_m(fmt: str) -> int:
     """Threshold of the dispatch rule for one format (see module docstring)."""
+    _check_format(fmt)
+    return DEQUANT_MIN_M[fmt]
+
+
+def _check_format(fmt: str) -> None:
     if fmt not in DEQUANT_MIN_M:
         raise ValueError(f"unknown kernel format {fmt!r}; known formats: {sorted(DEQUANT_MIN_M)}.")
-    return DEQUANT_MIN_M[fmt]

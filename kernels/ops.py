@@ -7,10 +7,14 @@ Bad inputs raise ``ValueError`` naming the argument and what was expected, befor
 
 ``path``:
 - ``"auto"`` (default): CPU tensors → ``"reference"``; CUDA tensors → ``"triton"`` when Triton is
-  installed, ``x`` is fp16/bf16 and ``M < DEQUANT_MIN_M[format]`` (:mod:`.configs`), else ``"dequant"``;
-- ``"triton"``: the fused kernel; on CPU tensors only when ``TRITON_INTERPRET=1`` was set before the
-  kernels were first loaded (tests do this in ``tests/kernels/conftest.py``);
-- ``"dequant"``: materialize ``W_hat`` in ``x.dtype`` and call ``F.linear`` (cuBLAS on GPU);
+  installed, ``x`` is fp16/bf16, the weight's groups suit the kernels and
+  ``M < DEQUANT_MIN_M[format]`` (:mod:`.configs`), else ``"dequant"``;
+- ``"triton"``: a fused kernel — the decode kernel (:mod:`.triton_gemv`) for ``M <= GEMV_MAX_M``,
+  else the tensor-core kernel, unless ``config`` names one; on CPU tensors only when
+  ``TRITON_INTERPRET=1`` was set before the kernels were first loaded (tests do this in
+  ``tests/kernels/conftest.py``);
+- ``"dequant"``: materialize ``W_hat`` in ``x.dtype`` (one Triton kernel on CUDA, torch elsewhere)
+  and call ``F.linear`` (cuBLAS on GPU);
 - ``"reference"``: the pure-torch reference (:mod:`.reference`).
 
 The Triton modules are imported on first use of ``"triton"``, never at package import, so
@@ -29,7 +33,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .configs import LaunchConfig, dequant_min_m
+from .configs import LaunchConfig, dequant_min_m, pick_config
+from .packing import chunk_units
 from .quant_weight import PackedQuantWeight
 from .reference import linear_ref, lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight
@@ -50,6 +55,14 @@ def _triton_module(name: str) -> ModuleType:
     if not triton_available():
         raise ValueError("path='triton' needs the `triton` package, which is not installed.")
     return importlib.import_module(f"{__package__}.triton_{name}")
+
+
+def kernel_supported(weight: PackedWeight) -> bool:
+    """Whether the fused kernels take this weight: every field's run of values stays in one group."""
+    if isinstance(weight, Sparse24Weight):
+        return True
+    q = weight.values if isinstance(weight, Sparse24QuantWeight) else weight
+    return q.group % chunk_units(q.bits, q.k) == 0
 
 
 def _check_inputs(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None, path: str) -> None:
@@ -76,13 +89,13 @@ def _check_inputs(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | No
             raise ValueError(f"`bias` must be contiguous and on {x.device}, but got device {bias.device}.")
 
 
-def choose_path(x: torch.Tensor, fmt: str, path: str = "auto") -> str:
+def choose_path(x: torch.Tensor, fmt: str, path: str = "auto", supported: bool = True) -> str:
     """Resolve ``"auto"`` to the concrete path for activations ``x: [M, K]`` (see module docstring)."""
     if path != "auto":
         return path
     if x.device.type != "cuda":
         return "reference"
-    if not triton_available() or x.dtype not in KERNEL_DTYPES:
+    if not triton_available() or x.dtype not in KERNEL_DTYPES or not supported:
         return "dequant"
     return "triton" if x.shape[0] < dequant_min_m(fmt) else "dequant"
 
@@ -104,23 +117,40 @@ def _run(
     path: str,
     fmt: str,
     reference: Callable[[torch.Tensor, PackedWeight, torch.Tensor | None], torch.Tensor],
-    kernel_name: str,
     config: LaunchConfig | None,
 ) -> torch.Tensor:  # [M, N]
     _check_inputs(x, weight, bias, path)
-    path = choose_path(x, fmt, path)
+    path = choose_path(x, fmt, path, kernel_supported(weight))
     if x.shape[0] == 0:
         return x.new_zeros(0, weight.n)
     if path == "reference":
         return reference(x, weight, bias)
     if path == "dequant":
-        w = weight.dequantize(x.dtype) if isinstance(weight, PackedQuantWeight) else weight.to_dense(x.dtype)
+        w = dequantize(weight, x.dtype)
         if x.dtype == torch.float32 or x.device.type == "cuda":
             return F.linear(x, w, None if bias is None else bias.to(x.dtype))
         return linear_ref(x, w, bias)
-    module = _triton_module("lowbit" if fmt == "lowbit" else "sparse")
+    if not kernel_supported(weight):
+        raise ValueError(
+            "path='triton' needs every run of values of a packed field inside one quantization group; "
+            f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."
+        )
+    cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt)
+    module = _triton_module("gemv" if cfg.kernel == "gemv" else "lowbit" if fmt == "lowbit" else "sparse")
     _triton_ready(x, module)
-    return getattr(module, kernel_name)(x, weight, bias, config)
+    return getattr(module, f"{cfg.kernel}_{fmt}")(x, weight, bias, cfg)
+
+
+def _group(weight: PackedWeight) -> int:
+    return (weight.values if isinstance(weight, Sparse24QuantWeight) else weight).group  # type: ignore[union-attr]
+
+
+def dequantize(weight: PackedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """Dense ``W_hat: [N, K]`` in ``dtype``: one Triton kernel for CUDA weights and fp16/bf16, else torch."""
+    fused = weight.device.type == "cuda" and dtype in KERNEL_DTYPES and triton_available() and kernel_supported(weight)
+    if isinstance(weight, PackedQuantWeight):
+        return _triton_module("lowbit").dequantize_lowbit(weight, dtype) if fused else weight.dequantize(dtype)
+    return _triton_module("sparse").dequantize_sparse24(weight, dtype) if fused else weight.to_dense(dtype)
 
 
 def lowbit_matmul(
@@ -134,7 +164,7 @@ def lowbit_matmul(
     """``y = x @ W_hat^T + bias`` for a 2/3/4/8-bit packed weight; ``x: [M, K]`` → ``[M, N]``."""
     if not isinstance(weight, PackedQuantWeight):
         raise ValueError(f"`weight` must be a PackedQuantWeight, but got {type(weight).__name__}.")
-    return _run(x, weight, bias, path, "lowbit", lowbit_matmul_ref, "lowbit_matmul", config)
+    return _run(x, weight, bias, path, "lowbit", lowbit_matmul_ref, config)
 
 
 def sparse24_matmul(
@@ -148,7 +178,7 @@ def sparse24_matmul(
     """``y = x @ W^T + bias`` for a 2:4 sparse weight; ``x: [M, K]`` → ``[M, N]``."""
     if not isinstance(weight, Sparse24Weight):
         raise ValueError(f"`weight` must be a Sparse24Weight, but got {type(weight).__name__}.")
-    return _run(x, weight, bias, path, "sparse24", sparse24_matmul_ref, "sparse24_matmul", config)
+    return _run(x, weight, bias, path, "sparse24", sparse24_matmul_ref, config)
 
 
 def sparse24_quant_matmul(
@@ -162,7 +192,7 @@ def sparse24_quant_matmul(
     """``y = x @ W_hat^T + bias`` for a 2:4 + low-bit weight; ``x: [M, K]`` → ``[M, N]``."""
     if not isinstance(weight, Sparse24QuantWeight):
         raise ValueError(f"`weight` must be a Sparse24QuantWeight, but got {type(weight).__name__}.")
-    return _run(x, weight, bias, path, "sparse24_quant", sparse24_quant_matmul_ref, "sparse24_quant_matmul", config)
+    return _run(x, weight, bias, path, "sparse24_quant", sparse24_quant_matmul_ref, config)
 
 
 def format_of(weight: PackedWeight) -> str:

@@ -1,10 +1,10 @@
 """`PackedQuantWeight`: a weight-only quantized ``[N, K]`` matrix in the packed storage format.
 
-Storage (format version 1), for a weight of shape ``[N, K]`` (out_features, in_features):
+Storage (format version 2), for a weight of shape ``[N, K]`` (out_features, in_features):
 
-- ``packed``: int32 ``[N, bits * K / 32]``, the codes of each row packed along K with the layout of
-  :mod:`layerbudget.kernels.packing` (2/4/8 bits: ``32 / bits`` values per word, low bits first;
-  3 bits: per run of 32 values two words of low 2-bit fields and one word of high bits);
+- ``packed``: int32 ``[N, bits * K / 32]``, the codes of each row packed along K with the
+  interleaved layout of :mod:`layerbudget.kernels.packing` (chunks of ``V`` values; 3 bits: a plane
+  of low 2-bit fields, then a plane of high bits);
 - ``scales``, ``zeros``: fp16 or bf16 ``[N, K / g]`` on the grid of :mod:`layerbudget.kernels.quant`
   (asymmetric, ``w_hat = (q - zero) * scale``, groups of ``g`` consecutive columns along K;
   ``group_size=None`` is one group per row, i.e. per-channel). Zeros are integer-valued.
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import check_pack_bits, k_multiple, pack, unpack, words_per_row
+from .packing import FORMAT_VERSION, check_pack_bits, chunk_values, k_multiple, pack, unpack, words_per_row
 from .quant import dequantize_groupwise, quantize_groupwise
 
-FORMAT_VERSION = 1
 META_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -107,6 +106,11 @@ class PackedQuantWeight(ShapeNK):
     @property
     def num_groups(self) -> int:
         return self.k // self.group
+
+    @property
+    def chunk(self) -> int:
+        """Values per interleaving chunk of the packed rows (:func:`~layerbudget.kernels.packing.chunk_values`)."""
+        return chunk_values(self.bits, self.k)
 
     @property
     def device(self) -> torch.device:

@@ -1,22 +1,25 @@
 """2:4 semi-structured sparse weight formats: fp16/bf16 kept values, and 2:4 with low-bit kept values.
 
 2:4 pattern: along K, every run of four columns ``[4i, 4i + 4)`` of a ``[N, K]`` weight holds at
-most two non-zeros. Storage (format version 1):
+most two non-zeros. Storage (format version 2):
 
 - ``values``: ``[N, K / 2]``, the two kept values of group ``i`` at compressed columns ``2i`` and
   ``2i + 1``, in increasing order of their position inside the group;
-- ``meta``: int32 ``[N, K / 32]``, the 2-bit position (0..3 inside its group of four) of each kept
-  value, packed like 2-bit codes (:mod:`layerbudget.kernels.packing`): the position of compressed
-  column ``c`` sits in word ``c // 16`` at bits ``[2 * (c % 16), 2 * (c % 16) + 2)``. Equivalently
-  group ``i`` owns the nibble at bits ``[4 * (i % 8), 4 * (i % 8) + 4)`` of word ``i // 8``: low two
-  bits = first position, high two bits = second position, first < second. Groups with fewer than
-  two non-zeros keep explicit zeros at their lowest free positions. ``K`` must be a multiple of 32.
+- ``meta``: int32 ``[N, K / 32]``, the 2-bit position (0..3 inside its group of four) of every kept
+  value, packed like codes (:mod:`layerbudget.kernels.packing`) in units of ``E`` two-bit fields
+  interleaved in chunks of the *values'* chunk size ``V``: unit ``v`` field ``e`` of a chunk holds
+  the position of kept value ``e * V / E + v`` of that chunk. ``E`` and ``V`` are those of the
+  values' own packing, so the position of a kept value sits at the same (unit, field) as its code:
+  fp16/bf16 values use ``E = 16`` (32-bit units) and the 2-bit chunk of ``K / 2`` values; 4-bit
+  kept codes use ``E = 8`` (16-bit units), 8-bit codes ``E = 4`` (8-bit units), 2- and 3-bit codes
+  ``E = 16``. Units fill the int32 words little-endian. Groups with fewer than two non-zeros keep
+  explicit zeros at their lowest free positions. ``K`` must be a multiple of 32.
 
-The 2:4 + low-bit format (`Sparse24QuantWeight`) keeps the same ``meta`` and stores the kept
-values ``[N, K / 2]`` as a :class:`PackedQuantWeight` whose quantization groups run along the
-*compressed* axis: a group of ``g`` kept values spans ``2g`` dense columns, so every group holds
-exactly ``g`` real weights (groups along dense K would hold only ``g / 2``). ``g = 64`` kept values
-therefore matches the span of dense ``g = 128``.
+The 2:4 + low-bit format (`Sparse24QuantWeight`) stores the kept values ``[N, K / 2]`` as a
+:class:`PackedQuantWeight` whose quantization groups run along the *compressed* axis: a group of
+``g`` kept values spans ``2g`` dense columns, so every group holds exactly ``g`` real weights
+(groups along dense K would hold only ``g / 2``). ``g = 64`` kept values therefore matches the span
+of dense ``g = 128``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import pack, unpack
-from .quant_weight import FORMAT_VERSION, PackedQuantWeight, ShapeNK, _int_tensor
+from .packing import FORMAT_VERSION, chunk_values, fields_per_unit, pack_units, unpack_units
+from .quant_weight import PackedQuantWeight, ShapeNK, _int_tensor
 
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -88,22 +91,47 @@ def _check_meta(meta: torch.Tensor, n: int, k: int) -> None:
         raise ValueError(f"`meta` must be contiguous, but got strides {meta.stride()}.")
 
 
-def positions(meta: torch.Tensor, k: int) -> torch.Tensor:
+def meta_layout(k: int, bits: int | None) -> tuple[int, int]:
+    """``(E, V)`` of the positions of a 2:4 ``[N, K]`` weight whose kept values are ``bits``-bit codes
+    (``None``: fp16/bf16/fp32 kept values, laid out like 2-bit codes)."""
+    b = 2 if bits is None else bits
+    return fields_per_unit(b), chunk_values(b, k // 2)
+
+
+def pack_positions(pos: torch.Tensor, e: int, chunk: int) -> torch.Tensor:
+    """Positions ``[N, K/2]`` (0..3) → int32 meta ``[N, K/32]`` in units of ``e`` two-bit fields."""
+    n, half = pos.shape
+    units = pack_units(pos.to(torch.int64), 2, e, chunk)  # [N, K/2/e], each below 2**(2e)
+    unit_bytes = e // 4
+    as_bytes = (units[..., None] >> (8 * torch.arange(unit_bytes, device=pos.device))) & 0xFF
+    return as_bytes.to(torch.uint8).reshape(n, half // 4).view(torch.int32)
+
+
+def unpack_positions(meta: torch.Tensor, k: int, e: int, chunk: int) -> torch.Tensor:
+    """Inverse of :func:`pack_positions`: uint8 ``[N, K/2]``."""
+    n = meta.shape[0]
+    unit_bytes = e // 4
+    as_bytes = meta.contiguous().view(torch.uint8).reshape(n, -1, unit_bytes).to(torch.int64)
+    units = (as_bytes << (8 * torch.arange(unit_bytes, device=meta.device))).sum(-1)
+    return unpack_units(units, 2, e, chunk).to(torch.uint8)
+
+
+def positions(meta: torch.Tensor, k: int, bits: int | None = None) -> torch.Tensor:
     """Positions (0..3) of the kept values, uint8 ``[N, K/2]``, from packed ``meta: [N, K/32]``."""
-    return unpack(meta, 2, k // 2)
+    return unpack_positions(meta, k, *meta_layout(k, bits))
 
 
-def validate_meta(meta: torch.Tensor, k: int) -> None:
+def validate_meta(meta: torch.Tensor, k: int, bits: int | None = None) -> None:
     """Raise ``ValueError`` unless both positions of every group are distinct and increasing."""
-    pos = positions(meta, k).reshape(meta.shape[0], k // 4, 2)
+    pos = positions(meta, k, bits).reshape(meta.shape[0], k // 4, 2)
     bad = int((pos[..., 0] >= pos[..., 1]).sum())
     if bad:
         raise ValueError(f"`meta` is not a valid 2:4 pattern: {bad} groups have positions not increasing.")
 
 
-def _scatter_dense(values: torch.Tensor, meta: torch.Tensor, k: int) -> torch.Tensor:
+def _scatter_dense(values: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
     n = values.shape[0]
-    idx = positions(meta, k).reshape(n, k // 4, 2).to(torch.int64)  # [N, K/4, 2]
+    idx = pos.reshape(n, k // 4, 2).to(torch.int64)  # [N, K/4, 2]
     dense = torch.zeros(n, k // 4, 4, dtype=values.dtype, device=values.device)
     return dense.scatter_(-1, idx, values.reshape(n, k // 4, 2)).reshape(n, k)
 
@@ -157,7 +185,7 @@ class Sparse24Weight(ShapeNK):
             w = magnitude_prune_24(w)
         values, pos = _select_24(w)
         dtype = w.dtype if dtype is None else dtype
-        return cls(values.to(dtype).contiguous(), pack(pos, 2), (n, k))
+        return cls(values.to(dtype).contiguous(), pack_positions(pos, *meta_layout(k, None)), (n, k))
 
     @classmethod
     def from_parts(cls, values: torch.Tensor, meta: torch.Tensor, shape: tuple[int, int]) -> Sparse24Weight:
@@ -166,13 +194,19 @@ class Sparse24Weight(ShapeNK):
         validate_meta(out.meta, out.k)
         return out
 
+    @classmethod
+    def from_positions(cls, values: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int]) -> Sparse24Weight:
+        """Build from kept values ``[N, K/2]`` and their positions ``[N, K/2]`` (validated)."""
+        n, k = check_24_shape(shape)
+        return cls.from_parts(values, pack_positions(pos.to(torch.uint8), *meta_layout(k, None)), (n, k))
+
     def positions(self) -> torch.Tensor:
         """uint8 ``[N, K/2]`` position (0..3) of every kept value inside its group of four."""
         return positions(self.meta, self.k)
 
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dense ``[N, K]`` weight with zeros at the pruned positions."""
-        dense = _scatter_dense(self.values, self.meta, self.k)
+        dense = _scatter_dense(self.values, self.positions(), self.k)
         return dense if dtype is None else dense.to(dtype)
 
     def to(self, device: torch.device | str) -> Sparse24Weight:
@@ -263,14 +297,25 @@ class Sparse24QuantWeight(ShapeNK):
             )
         sparse = Sparse24Weight.from_dense(weight, prune=prune, dtype=torch.float32)
         values = PackedQuantWeight.from_dense(sparse.values, bits, group_size, meta_dtype)
-        return cls(values, sparse.meta, sparse.shape)
+        return cls.from_positions(values, sparse.positions(), sparse.shape)
+
+    @classmethod
+    def from_positions(
+        cls, values: PackedQuantWeight, pos: torch.Tensor, shape: tuple[int, int]
+    ) -> Sparse24QuantWeight:
+        """Build from packed kept values and their positions ``[N, K/2]`` (validated)."""
+        n, k = check_24_shape(shape)
+        meta = pack_positions(pos.to(torch.uint8), *meta_layout(k, values.bits))
+        out = cls(values, meta, (n, k))
+        validate_meta(out.meta, out.k, out.bits)
+        return out
 
     def positions(self) -> torch.Tensor:
-        return positions(self.meta, self.k)
+        return positions(self.meta, self.k, self.bits)
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ``[N, K]`` dequantized weight (kept values computed in fp32, then cast)."""
-        return _scatter_dense(self.values.dequantize(torch.float32), self.meta, self.k).to(dtype)
+        return _scatter_dense(self.values.dequantize(torch.float32), self.positions(), self.k).to(dtype)
 
     def to(self, device: torch.device | str) -> Sparse24QuantWeight:
         return Sparse24QuantWeight(self.values.to(device), self.meta.to(device), self.shape)
@@ -296,5 +341,5 @@ class Sparse24QuantWeight(ShapeNK):
             tensors[f"{prefix}meta"].contiguous(),
             (int(shape[0]), int(shape[1])),
         )
-        validate_meta(out.meta, out.k)
+        validate_meta(out.meta, out.k, out.bits)
         return out

@@ -1,210 +1,167 @@
-"""Triton A16Wn kernel: ``y = x @ W_hat^T (+ bias)`` with 2/3/4/8-bit packed weights dequantized in registers.
+"""Triton tensor-core and dequantize kernels for 2/3/4/8-bit packed weights.
 
-Imported lazily by :mod:`layerbudget.kernels.ops` on first use (``@triton.jit`` reads
-``TRITON_INTERPRET`` when this module is imported). Callers go through the checking wrappers in
-``ops``; the launchers here assume validated inputs.
+Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs validated there.
 
-One kernel serves every M: program ``(pid_m, pid_n, pid_k)`` owns a ``[BLOCK_M, BLOCK_N]`` output
-tile and the ``pid_k``-th of ``SPLIT_K`` contiguous slices of the K blocks. Each K step loads an
-activation tile ``[BLOCK_M, BLOCK_K]`` and the packed words of the weight tile once
-(``[BLOCK_K * bits / 32, BLOCK_N]``), expands the codes in registers (shift/mask + reshape; no
-duplicated loads, so the software pipeline stages only packed bytes in shared memory), dequantizes
-them with the tile's scales/zeros, rounds to the activation dtype (see :func:`dequant`) and
-accumulates ``tl.dot`` in fp32. Split-K (small M) reduces partial tiles with fp32 atomics into a
-zeroed fp32 output (not bitwise deterministic run to run).
+Tensor-core kernel (``kernel="tc"``): program ``(pid_n, pid_k, pid_m)`` owns the output tile of
+weight rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and a contiguous slice of the K steps
+(split-K). Each step loads ``[BLOCK_N, BLOCK_U]`` packed units once; for every field ``e`` it
+dequantizes the field's codes in registers, ``((2**b + q) - (2**b + z)) * s`` rounded once to the
+activation dtype (the reference's ``W_hat``), and multiplies them with the matching transposed
+activation slice ``[BLOCK_U, BLOCK_M]`` in ``tl.dot`` (weights as the left operand, so a few
+activation rows fill the narrow side of the tile), accumulating in fp32. Split-K programs meet in
+the self-cleaning workspace of :mod:`.workspace`.
+
+Dequantize kernel: writes ``W_hat`` (``[N, K]`` in the activation dtype) for ``F.linear`` at large M.
 """
 
 from __future__ import annotations
-
-import os
-from dataclasses import replace
 
 import torch
 import triton
 import triton.language as tl
 
-from .configs import LaunchConfig, pick_config
+from .configs import LaunchConfig
+from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
+from .triton_common import INTERPRET, arrive, field_float, release, store_out, take
+from .triton_gemv import flush_fields
+from .workspace import split_k_buffers
 
-try:  # kernels in this module were built for the interpreter (read as @triton.jit reads it)
-    from triton import knobs
-
-    INTERPRET = bool(knobs.runtime.interpret)
-except ImportError:  # triton < 3.4 has no knobs
-    INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+__all__ = ["INTERPRET", "dequantize_lowbit", "tc_lowbit"]
 
 
 @triton.jit
-def expand_fields(words, WIDTH: tl.constexpr, PER: tl.constexpr):
-    """Split int32 ``words: [R, BN]`` into ``[R * PER, BN]`` fields: row ``r * PER + e`` = bits ``[e*WIDTH, +WIDTH)``."""
-    shifts = tl.arange(0, PER) * WIDTH  # [PER]
-    fields = (words[:, None, :] >> shifts[None, :, None]) & ((1 << WIDTH) - 1)  # [R, PER, BN]
-    return tl.reshape(fields, (words.shape[0] * PER, words.shape[1]))
-
-
-@triton.jit
-def expand_rows(t, REP: tl.constexpr):
-    """Repeat every row of ``t: [R, BN]`` ``REP`` times → ``[R * REP, BN]``."""
-    rows: tl.constexpr = t.shape[0]
-    cols: tl.constexpr = t.shape[1]
-    return tl.reshape(tl.broadcast_to(t[:, None, :], (rows, REP, cols)), (rows * REP, cols))
-
-
-@triton.jit
-def load_codes_tile(row_ptrs, row_mask, k0, K, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Codes (int32) ``[BLOCK_K, BN]`` of columns ``k0 .. k0 + BLOCK_K`` of packed rows ``row_ptrs: [1, BN]``.
-
-    Each packed word is loaded once (``[BLOCK_K * BITS / 32, BN]`` words) and expanded in registers.
-    ``k0`` is a multiple of ``BLOCK_K``, which is a multiple of 32 for 3 bits and of ``32 / BITS``
-    otherwise; columns at or past ``K`` come back as 0.
-    """
-    if BITS == 3:
-        half = tl.arange(0, BLOCK_K // 16)  # half-runs of 16 values: low 2 bits in word 3*(h//2) + h%2
-        low_idx = (k0 // 32 + half // 2) * 3 + half % 2
-        low = tl.load(row_ptrs + low_idx[:, None], mask=row_mask & ((k0 + half * 16) < K)[:, None], other=0)
-        run = tl.arange(0, BLOCK_K // 32)  # high bits of run r in word 3r + 2
-        high_idx = (k0 // 32 + run) * 3 + 2
-        high = tl.load(row_ptrs + high_idx[:, None], mask=row_mask & ((k0 + run * 32) < K)[:, None], other=0)
-        q = expand_fields(low, 2, 16) | (expand_fields(high, 1, 32) << 2)
-    else:
-        word = tl.arange(0, BLOCK_K // (32 // BITS))
-        words = tl.load(row_ptrs + (k0 // (32 // BITS) + word)[:, None],
-                        mask=row_mask & ((k0 + word * (32 // BITS)) < K)[:, None], other=0)
-        q = expand_fields(words, BITS, 32 // BITS)
-    return q
-
-
-@triton.jit
-def load_meta_tile(ptr, rows, stride, row_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
-                   MODE: tl.constexpr):
-    """Scale (or zero) for columns ``k0 .. k0 + BLOCK_K`` of rows ``rows: [1, BN]``.
-
-    ``MODE`` 0: the tile lies in one group → ``[1, BN]``; 1: ``BLOCK_K`` is a multiple of ``GROUP``
-    → load ``[BLOCK_K / GROUP, BN]`` and repeat rows; 2: per-column gather ``[BLOCK_K, BN]``.
-    """
-    if MODE == 0:
-        v = tl.load(ptr + rows * stride + k0 // GROUP, mask=row_mask, other=0.0)  # [1, BN]
-    elif MODE == 1:
-        g = tl.arange(0, BLOCK_K // GROUP)
-        v = tl.load(ptr + rows * stride + (k0 // GROUP + g)[:, None],
-                    mask=row_mask & ((k0 + g * GROUP) < K)[:, None], other=0.0)  # [BK/GROUP, BN]
-        v = expand_rows(v, GROUP)  # [BK, BN]
-    else:
-        cols = k0 + tl.arange(0, BLOCK_K)
-        v = tl.load(ptr + rows * stride + (cols // GROUP)[:, None], mask=row_mask & (cols < K)[:, None],
-                    other=0.0)  # [BK, BN]
-    return v
-
-
-@triton.jit
-def dequant(q, z, s, dtype: tl.constexpr, META_IN_X: tl.constexpr):
-    """``(q - z) * s`` rounded once to ``dtype``, bit-identical to computing in fp32 then casting.
-
-    With metadata already in ``dtype`` (fp16/bf16) the math runs in ``dtype``: ``q - z`` is an exact
-    integer below 256 and the product of two 11-bit (8-bit) significands is exact in fp32, so one
-    rounding of the product gives the same result either way, with fewer conversions.
-    """
-    if META_IN_X:
-        w = (q.to(dtype) - z) * s
-    else:
-        w = ((q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)).to(dtype)
-    return w
-
-
-@triton.jit
-def store_tile(out_ptr, acc, bias_ptr, offs_m, offs_n, M, N, stride_om, pid_k,
-               HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Add bias (once) and write or atomically accumulate an fp32 ``[BLOCK_M, BLOCK_N]`` tile."""
-    n_mask = offs_n < N
-    if HAS_BIAS:
-        b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)  # [BN]
-        if SPLIT_K > 1:
-            b = b * (pid_k == 0).to(tl.float32)  # only the first K slice adds the bias
-        acc += b[None, :]
-    ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    mask = (offs_m[:, None] < M) & n_mask[None, :]
+def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id,
+                HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Write the fp32 tile ``acc: [BN, BM]`` (weight rows × activation rows) to ``out: [M, N]``."""
+    n_ok = offs_n[:, None] < N
+    mask = n_ok & (offs_m[None, :] < M)
+    out = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
+    bias = bias_ptr + offs_n[:, None]
     if SPLIT_K == 1:
-        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        store_out(acc, out, bias, mask, n_ok, HAS_BIAS)
     else:
-        tl.atomic_add(ptrs, acc, mask=mask)
+        ws = ws_ptr + offs_m[None, :] * N + offs_n[:, None]
+        tl.atomic_add(ws, acc, mask=mask)
+        if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
+            store_out(take(ws, mask), out, bias, mask, n_ok, HAS_BIAS)
+            release(lock_ptr, tile_id)
 
 
 @triton.jit
-def _lowbit_matmul_kernel(
-    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
+def _tc_lowbit_kernel(
+    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr, META_MODE: tl.constexpr, META_IN_X: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
-    m_mask = offs_m < M
-    rows = offs_n[None, :]  # [1, BN]
-    row_mask = rows < N
-    num_kb = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(num_kb, SPLIT_K)
-    kb_end = tl.minimum(pid_k * per_split + per_split, num_kb)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(pid_k * per_split, kb_end):
-        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
-        k_mask = offs_k < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # [BM, BK]
-        k0 = kb * BLOCK_K
-        q = load_codes_tile(packed_ptr + rows * stride_pn, row_mask, k0, K, BITS, BLOCK_K)  # [BK, BN] int32
-        s = load_meta_tile(scales_ptr, rows, stride_sn, row_mask, k0, K, GROUP, BLOCK_K, META_MODE)
-        z = load_meta_tile(zeros_ptr, rows, stride_sn, row_mask, k0, K, GROUP, BLOCK_K, META_MODE)
-        w = dequant(q, z, s, x.dtype, META_IN_X)  # [BK, BN] = W_hat^T tile
-        acc = tl.dot(x, w, acc)
-    store_tile(out_ptr, acc, bias_ptr, offs_m, offs_n, M, N, stride_om, pid_k, HAS_BIAS, SPLIT_K)
+    E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
+    V: tl.constexpr = E * CU
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = offs_n[:, None]  # [BN, 1]
+    row_ok = rows < N
+    m_ok = offs_m[None, :] < M
+    j = tl.arange(0, BLOCK_U)
+    num_units = K // E
+    num_it = tl.cdiv(num_units, BLOCK_U)
+    per_split = tl.cdiv(num_it, SPLIT_K)
+    it0 = tl.program_id(1) * per_split
+    it1 = tl.minimum(it0 + per_split, num_it)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
+    for it in range(it0, it1):
+        u = it * BLOCK_U + j  # [BU] unit of the row
+        u_ok = u < num_units
+        w_ok = row_ok & u_ok[None, :]
+        words = tl.load(packed_ptr + rows * stride_pn + u[None, :], mask=w_ok, other=0)  # [BN, BU]
+        high = words
+        if BITS == 3:
+            high = tl.load(high_base + u[None, :], mask=w_ok, other=0).to(tl.int32)
+        cstart = (u // CU) * V  # [BU] first value of the unit's chunk
+        kbase = cstart + u % CU
+        for e in tl.static_range(E):
+            if e % FLUSH == 0:
+                g = (cstart + e * CU) // GROUP
+                s = tl.load(scales_ptr + rows * stride_sn + g[None, :], mask=w_ok, other=0.0).to(tl.float32)
+                cz = tl.load(zeros_ptr + rows * stride_sn + g[None, :], mask=w_ok, other=0.0).to(tl.float32)
+                cz += 1 << BITS
+            w = ((field_float(words, high, e, BITS) - cz) * s).to(x_ptr.dtype.element_ty)  # [BN, BU]
+            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + (kbase + e * CU)[:, None],
+                         mask=u_ok[:, None] & m_ok, other=0.0)  # [BU, BM]
+            acc = tl.dot(w, xt, acc)
+    tile_id = pid_m * tl.num_programs(0) + pid_n
+    finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
+                SPLIT_K)
 
 
-def meta_mode(group: int, num_groups: int, block_k: int) -> int:
-    """How a K tile reads its scales/zeros: 0 one group per tile, 1 whole groups per tile, 2 gather."""
-    if num_groups == 1 or group % block_k == 0:
-        return 0
-    return 1 if block_k % group == 0 else 2
+@triton.jit
+def _dequant_lowbit_kernel(
+    packed_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_pn, stride_sn, stride_on,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
+    V: tl.constexpr = E * CU
+    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N))[:, None, None]
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[None, :, None]
+    vv = tl.arange(0, CU)[None, None, :]
+    ok = (rows < N) & (c < K // V)
+    u = c * CU + vv
+    words = tl.load(packed_ptr + rows * stride_pn + u, mask=ok, other=0)
+    high = words
+    if BITS == 3:
+        high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
+        high = tl.load(high_base + u, mask=ok, other=0).to(tl.int32)
+    for e in tl.static_range(E):
+        if e % FLUSH == 0:
+            g = (c * V + e * CU) // GROUP
+            s = tl.load(scales_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32)
+            cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32) + (1 << BITS)
+        w = (field_float(words, high, e, BITS) - cz) * s
+        tl.store(out_ptr + rows * stride_on + c * V + e * CU + vv, w.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def min_block_k(bits: int) -> int:
-    """Smallest K tile whose packed words are whole: one 3-bit run is 32 values."""
-    return 32 if bits == 3 else 16
+def _layout(weight: PackedQuantWeight, k: int) -> tuple[int, int, int]:
+    """(units per chunk, values per chunk, fields per group run) of a packed weight."""
+    cu = chunk_units(weight.bits, k)
+    e = fields_per_unit(weight.bits)
+    return cu, e * cu, flush_fields(weight.group, e * cu, cu, e)
 
 
-def alloc_out(m: int, n: int, x: torch.Tensor, cfg: LaunchConfig) -> torch.Tensor:
-    if cfg.split_k > 1:
-        return torch.zeros(m, n, dtype=torch.float32, device=x.device)
-    return torch.empty(m, n, dtype=x.dtype, device=x.device)
-
-
-def grid_of(m: int, n: int, cfg: LaunchConfig) -> tuple[int, int, int]:
-    return (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
-
-
-def lowbit_matmul(
-    x: torch.Tensor,
-    weight: PackedQuantWeight,
-    bias: torch.Tensor | None = None,
-    config: LaunchConfig | None = None,
-) -> torch.Tensor:
-    """Launch the A16Wn kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
+def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
+    """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
     n = weight.n
-    cfg = config or pick_config(m, n, k)
-    if cfg.block_k < min_block_k(weight.bits):
-        cfg = replace(cfg, block_k=min_block_k(weight.bits))
-    out = alloc_out(m, n, x, cfg)
-    _lowbit_matmul_kernel[grid_of(m, n, cfg)](
-        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out,
+    cu, _, flush = _layout(weight, k)
+    block_u = max(16, cfg.block_k // fields_per_unit(weight.bits))
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws, lock = (x, x) if cfg.split_k == 1 else split_k_buffers(x.device, m * n, grid[0] * grid[2])
+    _tc_lowbit_kernel[grid](
+        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
-        BITS=weight.bits, GROUP=weight.group, META_MODE=meta_mode(weight.group, weight.num_groups, cfg.block_k),
-        META_IN_X=weight.scales.dtype == x.dtype,
+        BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_U=block_u,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out.to(x.dtype)
+    return out
+
+
+def dequantize_lowbit(weight: PackedQuantWeight, dtype: torch.dtype) -> torch.Tensor:
+    """``W_hat: [N, K]`` in ``dtype`` (fp16/bf16), computed on the weight's device by one kernel."""
+    n, k = weight.shape
+    cu, chunk, flush = _layout(weight, k)
+    block_c = max(1, 64 // cu)
+    out = torch.empty(n, k, dtype=dtype, device=weight.device)
+    grid = (triton.cdiv(n, 16), triton.cdiv(k // chunk, block_c))
+    _dequant_lowbit_kernel[grid](
+        weight.packed, weight.scales, weight.zeros, out, n, k, weight.packed.stride(0), weight.scales.stride(0),
+        out.stride(0), BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush, BLOCK_N=16, BLOCK_C=block_c,
+        num_warps=4,
+    )
+    return out

@@ -39,8 +39,8 @@ def test_bench_small_run_on_gpu(tmp_path) -> None:
     assert len(lines) == 1 + 2 * 7
 
 
-def test_bench_rows_smoke_on_cpu() -> None:
-    """Every format and column of a row, with the interpreter and a fake timer standing in for the GPU."""
+def test_bench_rows_smoke(device: str) -> None:
+    """Every format and column of a row with a fake timer (the interpreter stands in for a GPU on CPU hosts)."""
     from layerbudget.kernels.bench import COLUMNS, FORMATS, bench_shape
 
     calls = []
@@ -50,8 +50,8 @@ def test_bench_rows_smoke_on_cpu() -> None:
         calls.append(1)
         return 1.0 + len(calls) % 2
 
-    rows = bench_shape(24, 128, (1,), list(FORMATS), copy_gbps=100.0, device="cpu", timer=fake_timer)
-    assert [r["format"] for r in rows] == list(FORMATS)
+    rows = bench_shape(24, 128, (1, 3), list(FORMATS), copy_gbps=100.0, device=device, timer=fake_timer)
+    assert [r["format"] for r in rows] == list(FORMATS) * 2
     for row in rows:
         assert set(row) | {"gpu", "date", "torch", "triton", "timer", "copy_gbps"} == set(COLUMNS)
         assert row["max_rel_err"] < 2e-3
@@ -60,3 +60,6 @@ def test_bench_rows_smoke_on_cpu() -> None:
     assert by_name["w4g128"]["bits_per_weight"] == pytest.approx(4.25)
     assert by_name["2:4"]["bits_per_weight"] == pytest.approx(9.0)
     assert by_name["2:4+w4g64"]["bits_per_weight"] == pytest.approx(3.25)  # 4*0.5 + 2*0.5 (positions) + 32/64*0.5
+    m3 = [r for r in rows if r["m"] == 3 and r["format"] != "fp16"]
+    assert all(r["best_path"] in ("gemv", "tc", "dequant", "reference") for r in m3)
+    assert all(r["ms_gemv"] == r["ms_gemv"] and r["ms_tc"] == r["ms_tc"] for r in m3)  # both kernels timed

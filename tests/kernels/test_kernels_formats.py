@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
 
+from layerbudget.kernels.packing import FORMAT_VERSION
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 
 GRIDS = [(2, 32), (2, 64), (3, 128), (3, None), (4, 128), (4, 64), (8, 32), (8, None)]
@@ -44,7 +45,7 @@ def test_from_tensors_rejects_other_versions(gen: torch.Generator) -> None:
     t["format_version"] = torch.tensor(99)
     with pytest.raises(ValueError, match="version 99"):
         PackedQuantWeight.from_tensors(t)
-    t["format_version"] = torch.tensor(1)
+    t["format_version"] = torch.tensor(FORMAT_VERSION)
     del t["packed"]
     with pytest.raises(ValueError, match="missing tensor 'packed'"):
         PackedQuantWeight.from_tensors(t)

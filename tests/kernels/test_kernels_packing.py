@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerbudget.kernels.packing import PACK_BITS, k_multiple, pack, unpack, words_per_row
+from layerbudget.kernels.packing import PACK_BITS, chunk_units, k_multiple, pack, unpack, words_per_row
 
 
 @st.composite
@@ -54,19 +54,32 @@ def test_unpack_pack_round_trip_on_any_words(bits: int, runs: int, seed: int) ->
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_documented_layout_power_of_two(bits: int) -> None:
     per = 32 // bits
-    codes = torch.zeros(1, per * 2, dtype=torch.uint8)
-    codes[0, per + 1] = 1  # value j = per + 1 -> word 1, shift bits
-    packed = pack(codes, bits)
-    assert packed.tolist() == [[0, 1 << bits]]
+    codes = torch.zeros(1, per * 16, dtype=torch.uint8)  # one chunk of C = 16 words
+    codes[0, 3 * 16 + 5] = 1  # value e*C + v with e = 3, v = 5 -> word 5, field 3
+    assert chunk_units(bits, per * 16) == 16
+    expect = [0] * 16
+    expect[5] = 1 << (3 * bits)
+    assert pack(codes, bits).tolist() == [expect]
+    small = torch.zeros(1, per * 2, dtype=torch.uint8)  # K = 2E: chunks of C = 2 words
+    small[0, per + 1] = 1  # e = per / 2, v = 1
+    assert pack(small, bits).tolist() == [[0, 1 << 16]]
 
 
 def test_documented_layout_three_bit() -> None:
-    codes = torch.zeros(1, 64, dtype=torch.uint8)
-    codes[0, 32 + 17] = 0b110  # run 1, value 17: low bits 0b10 in word 3+1 at bit 2, high bit in word 3+2 at bit 17
-    packed = pack(codes, 3)
-    assert packed.tolist() == [[0, 0, 0, 0, 0b10 << 2, 1 << 17]]
-    codes[0, 31] = 0b111  # high bit of value 31 is the sign bit of word 2
-    assert pack(codes, 3)[0, 2].item() == -(2**31)
+    codes = torch.zeros(1, 64, dtype=torch.uint8)  # E = 16 fields per unit, C = 4 units per chunk
+    codes[0, 7 * 4 + 2] = 0b110  # e = 7, v = 2: low bits 0b10 in low word 2 at bit 14, high bit in halfword 2 at bit 7
+    assert pack(codes, 3).tolist() == [[0, 0, 0b10 << 14, 0, 0, 1 << 7]]
+    codes[0, 7 * 4 + 2] = 0
+    codes[0, 15 * 4 + 3] = 0b100  # high bit of e = 15, v = 3: bit 15 of halfword 3, the sign bit of word 4 + 1
+    assert pack(codes, 3)[0, 5].item() == -(2**31)
+
+
+def test_chunk_can_be_chosen() -> None:
+    codes = torch.randint(0, 16, (3, 256), dtype=torch.uint8)
+    for chunk in (8, 32, 128):
+        assert torch.equal(unpack(pack(codes, 4, chunk), 4, 256, chunk), codes)
+    with pytest.raises(ValueError, match="chunk"):
+        pack(codes, 4, 24)
 
 
 @pytest.mark.parametrize(

@@ -34,14 +34,28 @@ def test_round_trip_and_size(dtype: torch.dtype, gen: torch.Generator) -> None:
 
 
 def test_documented_meta_layout() -> None:
-    dense = torch.zeros(1, 32)
-    dense[0, 4 * 3 + 1] = 1.0  # group 3 keeps positions 1 and 3
+    dense = torch.zeros(1, 64)  # K/2 = 32 kept values: E = 16 positions per word, C = 2 words per chunk
+    dense[0, 4 * 3 + 1] = 1.0  # group 3 keeps positions 1 and 3: kept values 6 and 7
     dense[0, 4 * 3 + 3] = 2.0
     sw = Sparse24Weight.from_dense(dense)
-    nibbles = [0b0100] * 8  # empty groups keep positions (0, 1)
-    nibbles[3] = 0b1101  # first position 1 in the low bits, second position 3 in the high bits
-    assert sw.meta.item() == sum(v << (4 * i) for i, v in enumerate(nibbles))
+    pos = [0, 1] * 16  # empty groups keep positions (0, 1)
+    pos[6], pos[7] = 1, 3
+    words = [sum(pos[e * 2 + v] << (2 * e) for e in range(16)) for v in range(2)]  # kept e*C + v: word v, field e
+    assert sw.meta.tolist() == [[w - (1 << 32) if w >= 1 << 31 else w for w in words]]  # stored as int32
     assert sw.values[0, 6:8].tolist() == [1.0, 2.0]
+    assert sw.positions()[0].tolist() == pos
+
+
+def test_quant_meta_units_follow_the_codes(gen: torch.Generator) -> None:
+    """With 4-bit kept codes the positions come in 16-bit units of 8 fields, aligned with the code words."""
+    dense = magnitude_prune_24(torch.randn(2, 512, generator=gen))
+    sq = Sparse24QuantWeight.from_dense(dense, 4, 64)
+    pos = sq.positions().to(torch.int64)  # [2, 256]: chunks of C = 16 words of 8 codes
+    halves = sq.meta.view(torch.int16).to(torch.int64) & 0xFFFF  # [2, 32] units
+    for unit in (0, 5, 17):
+        c, v = divmod(unit, 16)
+        expect = sum(int(pos[1, c * 128 + e * 16 + v]) << (2 * e) for e in range(8))
+        assert int(halves[1, unit]) == expect
 
 
 def test_from_dense_validates_pattern(gen: torch.Generator) -> None:
@@ -55,7 +69,7 @@ def test_from_dense_validates_pattern(gen: torch.Generator) -> None:
 
 def test_from_parts_validates_meta() -> None:
     values = torch.zeros(2, 16)
-    bad = torch.full((2, 1), 0x55555555, dtype=torch.int32)  # positions (1, 1): not increasing
+    bad = torch.full((2, 1), 0x55555555, dtype=torch.int32)  # every position 1: not increasing
     with pytest.raises(ValueError, match="not a valid 2:4 pattern"):
         Sparse24Weight.from_parts(values, bad, (2, 32))
     with pytest.raises(ValueError, match="meta"):

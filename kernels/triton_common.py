@@ -1,0 +1,112 @@
+"""Triton helpers shared by the packed-weight kernels: field extraction, group metadata, split-K output.
+
+Imported lazily (through the kernel modules) on the first ``path="triton"`` call. ``INTERPRET`` is
+whether these kernels were built for the Triton interpreter (``TRITON_INTERPRET=1`` when this
+module was first imported).
+
+Codes become floats without an integer-to-float conversion: a field of ``b`` bits moved to the top
+of an fp32 mantissa under the exponent of ``2**b`` reads as the float ``2**b + q`` (exact).
+Kernels subtract ``2**b + zero`` (exact) or fold it into a per-group correction.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+try:  # kernels in this package were built for the interpreter (read as @triton.jit reads it)
+    from triton import knobs
+
+    INTERPRET = bool(knobs.runtime.interpret)
+except ImportError:  # triton < 3.4 has no knobs
+    INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@triton.jit
+def move_bits(t, src: tl.constexpr, dst: tl.constexpr):
+    """Shift int32 ``t`` so that bit ``src`` lands on bit ``dst`` (both compile-time constants)."""
+    if dst >= src:
+        out = t << (dst - src)
+    else:
+        out = t >> (src - dst)
+    return out
+
+
+@triton.jit
+def field_float(words, high, e: tl.constexpr, BITS: tl.constexpr):
+    """Field ``e`` of every unit as the fp32 value ``2**BITS + q`` (``q`` the code).
+
+    ``words``: int32 units (2/4/8 bits: ``32 / BITS`` fields; 3 bits: the low 2-bit plane, 16
+    fields); ``high``: for 3 bits the int32-widened high-plane halfwords (bit ``e``), else unused.
+    """
+    exp_bits: tl.constexpr = (127 + BITS) << 23
+    if BITS == 3:
+        low = move_bits(words, 2 * e, 20) & (3 << 20)
+        hi = move_bits(high, e, 22) & (1 << 22)
+        bits = low | hi | exp_bits
+    else:
+        bits = (move_bits(words, e * BITS, 23 - BITS) & (((1 << BITS) - 1) << (23 - BITS))) | exp_bits
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def field_float_at(words, high, e, BITS: tl.constexpr):
+    """:func:`field_float` for a field index ``e`` known only at run time (one more shift per value)."""
+    exp_bits: tl.constexpr = (127 + BITS) << 23
+    if BITS == 3:
+        bits = (((words >> (2 * e)) & 3) << 20) | (((high >> e) & 1) << 22) | exp_bits
+    else:
+        bits = (((words >> (e * BITS)) & ((1 << BITS) - 1)) << (23 - BITS)) | exp_bits
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def field_int(units, e: tl.constexpr, WIDTH: tl.constexpr):
+    """Field ``e`` (``WIDTH`` bits) of integer units, as int32."""
+    return (units.to(tl.int32) >> (e * WIDTH)) & ((1 << WIDTH) - 1)
+
+
+@triton.jit
+def below(m, M, like):
+    """``m < M`` as a tensor shaped like ``like`` (masks combine tensors; the interpreter rejects a
+    scalar broadcast into a mask)."""
+    return (like * 0 + m) < M
+
+
+@triton.jit
+def store_out(acc, out_ptrs, bias_ptrs, mask, bias_mask, HAS_BIAS: tl.constexpr):
+    """Add the bias (fp32) and store ``acc`` in the output dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptrs, mask=bias_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def arrive(lock_ptr, tile_id):
+    """Count this program's partial sums as added to the split-K workspace; returns the count before.
+
+    Split-K protocol: every program of an output tile atomically adds its fp32 partial sums into
+    the workspace (all zero between calls), then arrives; the program that arrives last takes the
+    sums out with :func:`take` (leaving zeros), writes the output and resets the counter with
+    :func:`release`. No launch is needed before or after the kernel.
+    """
+    tl.debug_barrier()  # every thread's workspace adds come before the arrival
+    return tl.atomic_add(lock_ptr + tile_id, 1)
+
+
+@triton.jit
+def take(ws_ptrs, mask):
+    """Read the summed partials out of the workspace (from L2: the adds were atomics) and leave zeros.
+
+    Only the last program of a tile calls this, after every partial was added, so plain accesses
+    suffice."""
+    total = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    tl.store(ws_ptrs, tl.zeros(ws_ptrs.shape, tl.float32), mask=mask)
+    return total
+
+
+@triton.jit
+def release(lock_ptr, tile_id):
+    tl.store(lock_ptr + tile_id, 0)

@@ -1,0 +1,306 @@
+"""Triton decode kernels (few activation rows): ``y = x @ W_hat^T (+ bias)`` on CUDA cores, one FMA per weight.
+
+Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs validated there.
+
+A program owns ``BLOCK_N`` weight rows, up to ``BLOCK_M`` (1, 2 or 4) activation rows and one
+contiguous slice of the K chunks (split-K). Each step loads ``[BLOCK_N, BLOCK_C, C]`` packed
+units (16-byte loads along each chunk's ``C`` units), and for every field ``e`` of the units
+multiplies the extracted codes with the one contiguous slice of ``x`` that field covers (the
+interleaved layout of :mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no
+tensor-core tile, no reshape. Low-bit codes enter as ``2**b + q`` (:func:`field_float`) and the
+zero point and scale are applied once per group and row: ``s * (Σ (2**b + q) x - (2**b + z) Σ x)``.
+2:4 kernels read every kept value's activation at its position (a gather from L1/L2).
+Split-K programs meet in a self-cleaning fp32 workspace (:func:`~.triton_common.arrive`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import LaunchConfig
+from .packing import chunk_units, fields_per_unit
+from .quant_weight import PackedQuantWeight
+from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
+from .triton_common import INTERPRET, arrive, below, field_float, field_float_at, field_int, release, store_out, take
+from .workspace import split_k_buffers
+
+__all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
+
+
+@triton.jit
+def _x_row(x_ptr, m, stride_xm, M, idx, mask):
+    """Activations of row ``m`` at value indices ``idx`` as fp32 (0 past M or where masked)."""
+    return tl.load(x_ptr + m * stride_xm + idx, mask=mask & below(m, M, idx), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_sums(acc):
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
+
+
+@triton.jit
+def _finish(r0, r1, r2, r3, out_ptr, bias_ptr, ws_ptr, lock_ptr, m0, offs_n, M, N, stride_om, tile_id,
+            HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Write up to four output rows (``m0 .. m0 + BLOCK_M``), directly or through the split-K workspace."""
+    nm = offs_n < N
+    if SPLIT_K == 1:
+        store_out(r0, out_ptr + m0 * stride_om + offs_n, bias_ptr + offs_n, nm & below(m0, M, offs_n), nm, HAS_BIAS)
+        if BLOCK_M > 1:
+            store_out(r1, out_ptr + (m0 + 1) * stride_om + offs_n, bias_ptr + offs_n, nm & below(m0 + 1, M, offs_n), nm,
+                      HAS_BIAS)
+        if BLOCK_M > 2:
+            store_out(r2, out_ptr + (m0 + 2) * stride_om + offs_n, bias_ptr + offs_n, nm & below(m0 + 2, M, offs_n), nm,
+                      HAS_BIAS)
+            store_out(r3, out_ptr + (m0 + 3) * stride_om + offs_n, bias_ptr + offs_n, nm & below(m0 + 3, M, offs_n), nm,
+                      HAS_BIAS)
+    else:
+        tl.atomic_add(ws_ptr + m0 * N + offs_n, r0, mask=nm & below(m0, M, offs_n))
+        if BLOCK_M > 1:
+            tl.atomic_add(ws_ptr + (m0 + 1) * N + offs_n, r1, mask=nm & below(m0 + 1, M, offs_n))
+        if BLOCK_M > 2:
+            tl.atomic_add(ws_ptr + (m0 + 2) * N + offs_n, r2, mask=nm & below(m0 + 2, M, offs_n))
+            tl.atomic_add(ws_ptr + (m0 + 3) * N + offs_n, r3, mask=nm & below(m0 + 3, M, offs_n))
+        if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
+            for i in tl.static_range(BLOCK_M):
+                mask = nm & below(m0 + i, M, offs_n)
+                total = take(ws_ptr + (m0 + i) * N + offs_n, mask)
+                store_out(total, out_ptr + (m0 + i) * stride_om + offs_n, bias_ptr + offs_n, mask, nm, HAS_BIAS)
+            release(lock_ptr, tile_id)
+
+
+@triton.jit
+def _split_range(num_it, SPLIT_K: tl.constexpr):
+    per_split = tl.cdiv(num_it, SPLIT_K)
+    start = tl.program_id(1) * per_split
+    return start, tl.minimum(start + per_split, num_it)
+
+
+@triton.jit
+def _gemv_lowbit_kernel(
+    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+    M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
+    V: tl.constexpr = E * CU
+    pid_n = tl.program_id(0)
+    m0 = tl.program_id(2) * BLOCK_M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_n[:, None, None]  # [BN, 1, 1]
+    row_ok = rows < N
+    cc = tl.arange(0, BLOCK_C)[None, :, None]  # [1, BC, 1]
+    vv = tl.arange(0, CU)[None, None, :]  # [1, 1, CU]
+    num_chunks = K // V
+    it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
+    acc0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    acc1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
+    for it in range(it0, it1):
+        c = it * BLOCK_C + cc  # [1, BC, 1] chunk
+        c_ok = c < num_chunks
+        u = c * CU + vv  # [1, BC, CU] unit of the row
+        w_ok = row_ok & c_ok
+        words = tl.load(packed_ptr + rows * stride_pn + u, mask=w_ok, other=0)  # [BN, BC, CU]
+        high = words
+        if BITS == 3:
+            high = tl.load(high_base + u, mask=w_ok, other=0).to(tl.int32)
+        kbase = c * V + vv  # value index of field 0
+        for e in tl.static_range(E):
+            if e % FLUSH == 0:  # a new quantization group starts at this field
+                g = (c * V + e * CU) // GROUP  # [1, BC, 1]
+                s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
+                cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
+                p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+                p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+                p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+                p3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+                xs0 = tl.zeros((1, BLOCK_C, CU), tl.float32)
+                xs1 = tl.zeros((1, BLOCK_C, CU), tl.float32)
+                xs2 = tl.zeros((1, BLOCK_C, CU), tl.float32)
+                xs3 = tl.zeros((1, BLOCK_C, CU), tl.float32)
+            f = field_float(words, high, e, BITS)  # 2**BITS + q
+            idx = kbase + e * CU
+            x0 = _x_row(x_ptr, m0, stride_xm, M, idx, c_ok)
+            p0 += f * x0
+            xs0 += x0
+            if BLOCK_M > 1:
+                x1 = _x_row(x_ptr, m0 + 1, stride_xm, M, idx, c_ok)
+                p1 += f * x1
+                xs1 += x1
+            if BLOCK_M > 2:
+                x2 = _x_row(x_ptr, m0 + 2, stride_xm, M, idx, c_ok)
+                x3 = _x_row(x_ptr, m0 + 3, stride_xm, M, idx, c_ok)
+                p2 += f * x2
+                xs2 += x2
+                p3 += f * x3
+                xs3 += x3
+            if e % FLUSH == FLUSH - 1:  # the group ends: s * (Σ (2^b + q) x - (2^b + z) Σ x)
+                acc0 += s * (p0 - cz * xs0)
+                if BLOCK_M > 1:
+                    acc1 += s * (p1 - cz * xs1)
+                if BLOCK_M > 2:
+                    acc2 += s * (p2 - cz * xs2)
+                    acc3 += s * (p3 - cz * xs3)
+    tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
+    _finish(_row_sums(acc0), _row_sums(acc1), _row_sums(acc2), _row_sums(acc3), out_ptr, bias_ptr, ws_ptr,
+            lock_ptr, m0, offs_n, M, N, stride_om, tile_id, HAS_BIAS, SPLIT_K, BLOCK_M)
+
+
+@triton.jit
+def _gemv_sparse24_kernel(
+    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+    M, N, K, stride_xm, stride_vn, stride_mn, stride_sn, stride_om,
+    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, UNROLL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """2:4 kernels: kept values (fp16/bf16/fp32, or low-bit codes with ``QUANT``) and their positions.
+
+    Units: without ``QUANT`` the meta words (16 positions each) drive the loop and kept value
+    ``kk`` is read from ``values``; with ``QUANT`` the code units (``E`` fields) and the meta units
+    of ``E`` positions (8, 16 or 32 bits) are aligned unit for unit (see :mod:`.sparse24`).
+    """
+    E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
+    V: tl.constexpr = E * CU
+    pid_n = tl.program_id(0)
+    m0 = tl.program_id(2) * BLOCK_M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_n[:, None, None]
+    row_ok = rows < N
+    cc = tl.arange(0, BLOCK_C)[None, :, None]
+    vv = tl.arange(0, CU)[None, None, :]
+    num_chunks = (K // 2) // V
+    it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
+    acc0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    acc1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
+    if QUANT:
+        if E == 4:
+            meta_base = meta_ptr.to(tl.pointer_type(tl.int8)) + rows * (4 * stride_mn)
+        elif E == 8:
+            meta_base = meta_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_mn)
+        else:
+            meta_base = meta_ptr + rows * stride_mn
+        high_base = values_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_vn) + K // 16
+    else:
+        meta_base = meta_ptr + rows * stride_mn
+        high_base = meta_ptr.to(tl.pointer_type(tl.int16))
+    for it in range(it0, it1):
+        c = it * BLOCK_C + cc
+        c_ok = c < num_chunks
+        u = c * CU + vv
+        w_ok = row_ok & c_ok
+        meta = tl.load(meta_base + u, mask=w_ok, other=0).to(tl.int32)  # [BN, BC, CU]
+        if QUANT:
+            words = tl.load(values_ptr + rows * stride_vn + u, mask=w_ok, other=0)
+            high = words
+            if BITS == 3:
+                high = tl.load(high_base + u, mask=w_ok, other=0).to(tl.int32)
+        kbase = c * V + vv  # kept-value index of field 0
+        for e in tl.range(0, E, 1, loop_unroll_factor=UNROLL):  # run-time fields: fewer live gathers
+            kk = kbase + e * CU
+            if QUANT:
+                g = (c * V + e * CU) // GROUP
+                s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
+                cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
+                w = (field_float_at(words, high, e, BITS) - cz) * s
+            else:
+                w = tl.load(values_ptr + rows * stride_vn + kk, mask=w_ok, other=0.0).to(tl.float32)
+            xi = 4 * (kk // 2) + field_int(meta, e, 2)  # [BN, BC, CU] dense column of the kept value
+            acc0 += w * _x_row(x_ptr, m0, stride_xm, M, xi, w_ok)
+            if BLOCK_M > 1:
+                acc1 += w * _x_row(x_ptr, m0 + 1, stride_xm, M, xi, w_ok)
+            if BLOCK_M > 2:
+                acc2 += w * _x_row(x_ptr, m0 + 2, stride_xm, M, xi, w_ok)
+                acc3 += w * _x_row(x_ptr, m0 + 3, stride_xm, M, xi, w_ok)
+    tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
+    _finish(_row_sums(acc0), _row_sums(acc1), _row_sums(acc2), _row_sums(acc3), out_ptr, bias_ptr, ws_ptr,
+            lock_ptr, m0, offs_n, M, N, stride_om, tile_id, HAS_BIAS, SPLIT_K, BLOCK_M)
+
+
+def flush_fields(group: int, chunk: int, cu: int, e: int) -> int:
+    """Fields per group run inside a chunk: ``E`` (groups cover whole chunks), ``group / CU`` (a chunk holds
+    whole groups), else 1 (a group may change at any field)."""
+    if group % chunk == 0:
+        return e
+    if chunk % group == 0:
+        return group // cu
+    return 1
+
+
+def supports_group(group: int, cu: int) -> bool:
+    """The kernels need each field's run of ``CU`` values inside one quantization group."""
+    return group % cu == 0
+
+
+def _launch_shape(m: int, n: int, cfg: LaunchConfig, chunk: int, kvals: int) -> tuple[int, tuple[int, int, int]]:
+    """(chunks per step, grid) for ``kvals`` values per row cut in chunks of ``chunk``."""
+    block_c = max(1, cfg.block_k // chunk)
+    block_c = 1 << (block_c.bit_length() - 1)  # a power of two
+    return block_c, (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
+
+
+def _buffers(x: torch.Tensor, m: int, n: int, grid: tuple[int, int, int], split_k: int):
+    if split_k == 1:
+        return x, x
+    return split_k_buffers(x.device, m * n, grid[0] * grid[2])
+
+
+def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
+    """Launch the low-bit decode kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
+    m, k = x.shape
+    n = weight.n
+    cu = chunk_units(weight.bits, k)
+    chunk = fields_per_unit(weight.bits) * cu
+    block_c, grid = _launch_shape(m, n, cfg, chunk, k)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws, lock = _buffers(x, m, n, grid, cfg.split_k)
+    _gemv_lowbit_kernel[grid](
+        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
+        m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
+        BITS=weight.bits, GROUP=weight.group, CU=cu,
+        FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)),
+        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -> torch.Tensor:
+    m, k = x.shape
+    e, chunk = meta_layout(k, bits if quant else None)
+    cu = chunk // e
+    block_c, grid = _launch_shape(m, n, cfg, chunk, k // 2)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws, lock = _buffers(x, m, n, grid, cfg.split_k)
+    _gemv_sparse24_kernel[grid](
+        x, values, meta, scales, zeros, x if bias is None else bias, out, ws, lock,
+        m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
+        QUANT=quant, BITS=bits, GROUP=group, CU=cu, UNROLL=4,
+        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def gemv_sparse24(x: torch.Tensor, weight: Sparse24Weight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
+    """Launch the 2:4 decode kernel."""
+    v = weight.values
+    return _gemv_24(x, v, weight.meta, v, v, bias, weight.n, False, 16, 1, cfg)
+
+
+def gemv_sparse24_quant(
+    x: torch.Tensor, weight: Sparse24QuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig
+) -> torch.Tensor:
+    """Launch the 2:4 + low-bit decode kernel."""
+    q = weight.values
+    return _gemv_24(x, q.packed, weight.meta, q.scales, q.zeros, bias, weight.n, True, q.bits, q.group, cfg)

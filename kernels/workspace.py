@@ -1,0 +1,25 @@
+"""Split-K scratch buffers shared by the kernels: an fp32 workspace and per-tile arrival counters.
+
+Both stay all-zero between launches: the kernels that use them (see
+:func:`layerbudget.kernels.triton_common.arrive`) leave them as they found them, so they are
+allocated (zeroed) once per device and grown when a larger launch needs more. Launches on one
+device that run concurrently on different streams must not use split-K at the same time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_BUFFERS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def split_k_buffers(device: torch.device, values: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(workspace fp32 [>= values], counters int32 [>= tiles])`` on ``device``, all zero."""
+    ws, lock = _BUFFERS.get(device, (None, None))
+    if ws is None or ws.numel() < values or lock.numel() < tiles:
+        size = max(values, 0 if ws is None else ws.numel())
+        count = max(tiles, 0 if lock is None else lock.numel())
+        ws = torch.zeros(size, dtype=torch.float32, device=device)
+        lock = torch.zeros(count, dtype=torch.int32, device=device)
+        _BUFFERS[device] = (ws, lock)
+    return ws, lock
