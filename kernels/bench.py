@@ -130,21 +130,23 @@ def tinygemm_case(dense: torch.Tensor, group: int = 128, inner_k_tiles: int = 8)
 
 
 # ----- configurations --------------------------------------------------------------------------------
-def candidates(kernel: str, m: int) -> list[LaunchConfig]:
-    """Launch configurations the sweep tries for one kernel at ``m`` rows (split-K filled in per shape)."""
+def candidates(kernel: str, m: int, quick: bool = False) -> list[LaunchConfig]:
+    """Launch configurations the sweep tries for one kernel at ``m`` rows (split-K filled in per shape);
+    ``quick``: a smaller set around the usual winners."""
     if kernel == "gemv":
         bm = 1 if m == 1 else 2 if m == 2 else 4
-        return [LaunchConfig("gemv", bm, bn, bk, 1, w, s)
-                for bn, bk, w, s in itertools.product((16, 32, 64, 128), (256, 512, 1024), (4, 8), (1, 2))
+        grid = ((32, 64, 128), (512, 1024), (4, 8), (1,)) if quick else ((16, 32, 64, 128), (256, 512, 1024),
+                                                                         (4, 8), (1,))
+        return [LaunchConfig("gemv", bm, bn, bk, 1, w, s) for bn, bk, w, s in itertools.product(*grid)
                 if bn * bk <= 64 * 1024]
     if m <= 16:
-        tiles = [(16, 64, 4), (16, 128, 4), (16, 128, 8)]
+        tiles = [(16, 64, 4), (16, 128, 4)] if quick else [(16, 64, 4), (16, 128, 4), (16, 128, 8)]
     elif m <= 64:
-        tiles = [(64, 64, 4), (64, 128, 4), (64, 128, 8)]
+        tiles = [(64, 64, 4), (64, 128, 4)] if quick else [(64, 64, 4), (64, 128, 4), (64, 128, 8)]
     else:
-        tiles = [(64, 128, 8), (128, 128, 8), (128, 256, 8), (256, 128, 8)]
-    return [LaunchConfig("tc", bm, bn, bk, 1, w, s)
-            for (bm, bn, w), bk, s in itertools.product(tiles, (64, 128, 256), (2, 3, 4))]
+        tiles = [(128, 128, 8)] if quick else [(64, 128, 8), (128, 128, 8), (128, 256, 8), (256, 128, 8)]
+    steps = ((128, 256), (2, 3)) if quick else ((64, 128, 256), (2, 3))
+    return [LaunchConfig("tc", bm, bn, bk, 1, w, s) for (bm, bn, w), bk, s in itertools.product(tiles, *steps)]
 
 
 def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[LaunchConfig]:
@@ -257,10 +259,12 @@ def bench_shape(
     return rows
 
 
-def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels: list[str]) -> list[dict]:
+def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels: list[str],
+                quick: bool = False, device: str = "cuda",
+                timer: Callable[[Callable[[], object]], float] = _bench) -> list[dict]:
     """Time every candidate launch configuration of ``kernels`` for one shape (rows of SWEEP_COLUMNS)."""
-    gen = torch.Generator(device="cuda").manual_seed(n * 100003 + k)
-    dense = torch.randn(n, k, device="cuda", dtype=torch.float16, generator=gen) * 0.02
+    gen = torch.Generator(device=device).manual_seed(n * 100003 + k)
+    dense = torch.randn(n, k, device=device, dtype=torch.float16, generator=gen) * 0.02
     rows = []
     for name in formats:
         if FORMATS[name].build is None:
@@ -268,18 +272,18 @@ def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels
         w = FORMATS[name].build(dense)
         fmt = format_of(w)
         for m in ms:
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
-            ms_fp16 = _bench(lambda: F.linear(x, dense))  # noqa: B023
+            x = torch.randn(m, k, device=device, dtype=torch.float16, generator=gen)
+            ms_fp16 = timer(lambda: F.linear(x, dense))  # noqa: B023
             ref = packed_matmul(x, w, path="dequant")
             for kern in kernels:
                 if kern == "gemv" and m > max(GEMV_ROWS):
                     continue
                 best = math.inf
-                for base in candidates(kern, m):
+                for base in candidates(kern, m, quick):
                     for cfg in with_split(base, m, n, k, fmt):
                         try:
                             err = rel_err(packed_matmul(x, w, path="triton", config=cfg), ref)
-                            t = _bench(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
+                            t = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
                         except Exception as exc:  # an invalid config (shared memory, ...) is skipped
                             print(f"  {name} M={m} {cfg}: {type(exc).__name__}", flush=True)
                             continue
@@ -297,7 +301,8 @@ def _parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
         raise argparse.ArgumentTypeError(f"shapes must look like 4096x4096,8192x28672 (NxK), got {text!r}") from err
 
 
-def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str]) -> list[tuple[str, int, LaunchConfig | None]]:
+def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = False
+          ) -> list[tuple[str, int, LaunchConfig | None]]:
     jobs: list[tuple[str, int, LaunchConfig | None]] = []
     for (n, k), m, name in itertools.product(shapes, ms, formats):
         if FORMATS[name].build is None:
@@ -306,7 +311,7 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str]) -> list[tuple[st
         jobs.append((name, m, None))
         if sweep:
             jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))
-                     for base in candidates(kern, m) for c in with_split(base, m, n, k, fmt)]
+                     for base in candidates(kern, m, quick) for c in with_split(base, m, n, k, fmt)]
         else:
             jobs += [(name, m, pick_config(m, n, k, fmt, kern)) for kern in kernel_paths(m, fmt)]
     return jobs
@@ -321,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"subset of {','.join(FORMATS)}")
     parser.add_argument("--sweep", action="store_true", help="time candidate launch configurations instead")
     parser.add_argument("--kernels", default="gemv,tc", help="kernels the sweep tries (gemv, tc)")
+    parser.add_argument("--quick", action="store_true", help="the sweep tries fewer configurations")
     parser.add_argument("--jobs", type=int, default=1, help="processes compiling the kernels before timing")
     args = parser.parse_args(argv)
     formats = args.formats.split(",")
@@ -336,14 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     ms = tuple(int(v) for v in args.ms.split(","))
-    precompile(_jobs(args.shapes, ms, formats, args.sweep, kernels), args.jobs)
+    precompile(_jobs(args.shapes, ms, formats, args.sweep, kernels, args.quick), args.jobs)
     gpu = torch.cuda.get_device_name()
     if args.sweep:
         with open(args.out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS)
             writer.writeheader()
             for n, k in args.shapes:
-                for row in sweep_shape(n, k, ms, formats, kernels):
+                for row in sweep_shape(n, k, ms, formats, kernels, args.quick):
                     writer.writerow({"gpu": gpu, **row})
                 fh.flush()
         return 0

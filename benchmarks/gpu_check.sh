@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU check of the kernels, run from the project root on a CUDA machine where the project is not
+# installed (layerbudget.* is mapped through a temporary folder of links):
+#   bash benchmarks/gpu_check.sh sweep OUT   # kernel tests on CUDA, then launch-config sweeps (data for kernels/configs.py)
+#   bash benchmarks/gpu_check.sh check OUT   # kernel tests, the kernel bench (every format, Llama and MiniLM shapes),
+#                                            # the Llama-block bench
+# Every step has its own time limit, so one that hangs cannot eat the others' time; the files land in OUT.
+set -uo pipefail
+mode=${1:?sweep or check}
+out=${2:?output folder}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+shim=$(mktemp -d)
+mkdir -p "$shim/layerbudget"
+for d in kernels profiles evaluators search experiments; do ln -s "$root/$d" "$shim/layerbudget/$d"; done
+for f in "$root"/layerbudget/*.py; do ln -s "$f" "$shim/layerbudget/"; done
+export PYTHONPATH="$shim" PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+cd "$root"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
+start=$SECONDS
+timeout 120 python3 -m pytest -q --maxfail=20 -n 12 -p no:cacheprovider tests/kernels 2>&1 | tail -15 | tee "$out/tests.txt"
+echo "tests: $((SECONDS - start)) s"
+bench="python3 -m layerbudget.kernels.bench --jobs 14"
+if [ "$mode" = sweep ]; then
+  timeout 160 $bench --sweep --shapes 8192x8192 --ms 1,16,256 --formats w4g128 --out "$out/sweep-w4.csv" 2>&1 | grep -v "^  " | tail -8
+  timeout 80 $bench --sweep --quick --kernels gemv --shapes 8192x8192 --ms 1 \
+    --formats w3g128,w2g64,w8g128,2:4,2:4+w4g64 --out "$out/sweep-gemv.csv" 2>&1 | grep -v "^  " | tail -8
+  timeout 60 $bench --sweep --quick --kernels tc --shapes 8192x8192 --ms 16 \
+    --formats w2g64,2:4,2:4+w4g64 --out "$out/sweep-tc.csv" 2>&1 | grep -v "^  " | tail -8
+else
+  timeout 330 $bench --out "$out/bench.csv" 2>&1 | tail -60
+  timeout 120 python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -12
+fi
+echo "gpu_check $mode: $((SECONDS - start)) s"
