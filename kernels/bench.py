@@ -79,7 +79,7 @@ COLUMNS = (
     "gpu", "date", "torch", "triton", "timer", "copy_gbps", "peers", "n", "k", "m", "format", "bits_per_weight",
     "weight_bytes", "path_auto", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "ms_auto", "ms_tinygemm",
     "tinygemm_vs_bf16", "gbps_auto", "frac_copy_bw", "speedup_vs_fp16", "speedup_vs_tinygemm", "best_path",
-    "max_rel_err",
+    "max_rel_err", "config_gemv", "config_tc",
 )
 SWEEP_COLUMNS = ("gpu", "n", "k", "m", "format", "kernel", "block_m", "block_n", "block_k", "split_k", "num_warps",
                  "num_stages", "ms", "ms_fp16", "speedup_vs_fp16", "max_rel_err")
@@ -89,7 +89,7 @@ NAN = float("nan")
 def _bench(fn: Callable[[], object]) -> float:
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
 
 
 def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
@@ -159,6 +159,31 @@ def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[Laun
                               cfg.num_stages)]
 
 
+def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str) -> list[LaunchConfig]:
+    """The table's configuration and a few alternatives that the bench times per row (the fastest is
+    reported, with its configuration, so the table can be refitted from the CSV)."""
+    base = pick_config(m, n, k, fmt, kernel)
+    if kernel == "gemv":
+        alts = [(64, 128, 4), (128, 128, 8), (128, 256, 4)]
+        shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, 1) for bn, bk, w in alts]
+    elif m <= 16:
+        shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
+    elif m <= 64:
+        shapes = [LaunchConfig("tc", 64, 128, 128, 1, 8, 3)]
+    else:
+        shapes = []
+    out = [base]
+    for cfg in shapes:
+        for c in with_split(cfg, m, n, k, fmt):
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def config_name(cfg: LaunchConfig) -> str:
+    return f"{cfg.kernel}:m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}s{cfg.split_k}w{cfg.num_warps}p{cfg.num_stages}"
+
+
 # ----- precompiling -----------------------------------------------------------------------------------
 def _small_weight(name: str, n: int = 256, k: int = 1024) -> PackedWeight:
     """A weight with the same kernel specialization (bits, group, chunk, divisibility) as the bench shapes."""
@@ -208,8 +233,10 @@ def bench_shape(
     device: str = "cuda",
     timer: Callable[[Callable[[], object]], float] = _bench,
     peers: bool = True,
+    tune: bool = False,
 ) -> list[dict]:
-    """All rows for one weight shape ``[N, K]`` (``device``/``timer`` are swappable for a CPU smoke test)."""
+    """All rows for one weight shape ``[N, K]`` (``device``/``timer`` are swappable for a CPU smoke test);
+    ``tune``: each kernel path reports the fastest of :func:`row_candidates`."""
     gen = torch.Generator(device=device).manual_seed(n * 100003 + k)
     dense = torch.randn(n, k, device=device, dtype=torch.float16, generator=gen) * 0.02
     weights = {name: FORMATS[name].build(dense) for name in formats if FORMATS[name].build is not None}
@@ -230,17 +257,20 @@ def bench_shape(
                    "tinygemm_vs_bf16": ratio_tiny, "peers": "tinygemm-w4g128-bf16" if tiny is not None else ""}
             if name == "fp16":
                 row.update(bits_per_weight=16.0, weight_bytes=2 * n * k, path_auto="cublas", ms_gemv=NAN, ms_tc=NAN,
-                           ms_dequant=NAN, ms_auto=ms_fp16, best_path="cublas", max_rel_err=0.0)
+                           ms_dequant=NAN, ms_auto=ms_fp16, best_path="cublas", max_rel_err=0.0, config_gemv="",
+                           config_tc="")
             else:
                 w = weights[name]
                 fmt = format_of(w)
                 ref = packed_matmul(x, w, path="dequant")
-                times, err = {"gemv": NAN, "tc": NAN}, 0.0
+                times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
                 if kernel_supported(w):
                     for kern in kernel_paths(m, fmt):
-                        cfg = pick_config(m, n, k, fmt, kern)
-                        err = max(err, rel_err(packed_matmul(x, w, path="triton", config=cfg), ref))
-                        times[kern] = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
+                        for cfg in (row_candidates(kern, m, n, k, fmt) if tune else [pick_config(m, n, k, fmt, kern)]):
+                            err = max(err, rel_err(packed_matmul(x, w, path="triton", config=cfg), ref))
+                            t = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
+                            if not t >= times[kern]:  # first, or faster
+                                times[kern], configs[kern] = t, config_name(cfg)
                 ms_dequant = timer(lambda: packed_matmul(x, w, path="dequant"))  # noqa: B023
                 path = choose_path(x, fmt, supported=kernel_supported(w))
                 if path == "triton":
@@ -251,7 +281,7 @@ def bench_shape(
                 best = min((t, p) for p, t in timed.items() if not math.isnan(t))[1]
                 row.update(bits_per_weight=w.bits_per_weight, weight_bytes=w.nbytes, path_auto=path,
                            ms_gemv=times["gemv"], ms_tc=times["tc"], ms_dequant=ms_dequant, ms_auto=timed[path],
-                           best_path=best, max_rel_err=err)
+                           best_path=best, max_rel_err=err, config_gemv=configs["gemv"], config_tc=configs["tc"])
             gbps = (row["weight_bytes"] + io_bytes) / (row["ms_auto"] * 1e-3) / 1e9
             row.update(gbps_auto=gbps, frac_copy_bw=gbps / copy_gbps, speedup_vs_fp16=ms_fp16 / row["ms_auto"],
                        speedup_vs_tinygemm=ms_tiny / row["ms_auto"])
@@ -301,7 +331,7 @@ def _parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
         raise argparse.ArgumentTypeError(f"shapes must look like 4096x4096,8192x28672 (NxK), got {text!r}") from err
 
 
-def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = False
+def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = False, tune: bool = False
           ) -> list[tuple[str, int, LaunchConfig | None]]:
     jobs: list[tuple[str, int, LaunchConfig | None]] = []
     for (n, k), m, name in itertools.product(shapes, ms, formats):
@@ -313,7 +343,8 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = Fa
             jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))
                      for base in candidates(kern, m, quick) for c in with_split(base, m, n, k, fmt)]
         else:
-            jobs += [(name, m, pick_config(m, n, k, fmt, kern)) for kern in kernel_paths(m, fmt)]
+            jobs += [(name, m, c) for kern in kernel_paths(m, fmt)
+                     for c in (row_candidates(kern, m, n, k, fmt) if tune else [pick_config(m, n, k, fmt, kern)])]
     return jobs
 
 
@@ -327,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="time candidate launch configurations instead")
     parser.add_argument("--kernels", default="gemv,tc", help="kernels the sweep tries (gemv, tc)")
     parser.add_argument("--quick", action="store_true", help="the sweep tries fewer configurations")
+    parser.add_argument("--tune", action="store_true",
+                        help="each kernel path reports the fastest of a few configurations (and which)")
     parser.add_argument("--jobs", type=int, default=1, help="processes compiling the kernels before timing")
     args = parser.parse_args(argv)
     formats = args.formats.split(",")
@@ -342,16 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     ms = tuple(int(v) for v in args.ms.split(","))
-    precompile(_jobs(args.shapes, ms, formats, args.sweep, kernels, args.quick), args.jobs)
+    precompile(_jobs(args.shapes, ms, formats, args.sweep, kernels, args.quick, args.tune), args.jobs)
     gpu = torch.cuda.get_device_name()
     if args.sweep:
         with open(args.out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS)
             writer.writeheader()
             for n, k in args.shapes:
-                for row in sweep_shape(n, k, ms, formats, kernels, args.quick):
-                    writer.writerow({"gpu": gpu, **row})
-                fh.flush()
+                for name in formats:  # written format by format: a time limit keeps what was measured
+                    for row in sweep_shape(n, k, ms, [name], kernels, args.quick):
+                        writer.writerow({"gpu": gpu, **row})
+                    fh.flush()
         return 0
     copy_gbps = copy_bandwidth_gbps()
     common = {
@@ -365,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         for n, k in args.shapes:
-            for row in bench_shape(n, k, ms, formats, copy_gbps):
+            for row in bench_shape(n, k, ms, formats, copy_gbps, tune=args.tune):
                 writer.writerow({**common, **row})
                 print(f"{n:>6}x{k:<6} M={row['m']:<4} {row['format']:<10} {row['path_auto']:<8} "
                       f"{row['ms_auto']:.4f} ms  {row['gbps_auto']:.0f} GB/s ({row['frac_copy_bw']:.2f} of copy)  "

@@ -23,6 +23,9 @@ try:  # kernels in this package were built for the interpreter (read as @triton.
 except ImportError:  # triton < 3.4 has no knobs
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
+# Compiled kernels fence their split-K partial sums with PTX; the interpreter runs programs one by one.
+GPU_FENCE = tl.constexpr(not INTERPRET)
+
 
 @triton.jit
 def move_bits(t, src: tl.constexpr, dst: tl.constexpr):
@@ -92,8 +95,19 @@ def arrive(lock_ptr, tile_id):
     sums out with :func:`take` (leaving zeros), writes the output and resets the counter with
     :func:`release`. No launch is needed before or after the kernel.
     """
-    tl.debug_barrier()  # every thread's workspace adds come before the arrival
-    return tl.atomic_add(lock_ptr + tile_id, 1)
+    tile_id = fence(tile_id)  # each thread's adds are performed GPU-wide before the CTA meets (a __threadfence)
+    tl.debug_barrier()  # every thread has fenced before one of them arrives
+    return fence(tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel"))  # and every thread reads after it
+
+
+@triton.jit
+def fence(value):
+    """A GPU-scope memory fence in every thread (``fence.acq_rel.gpu``); returns ``value`` through the
+    fence so that what uses it comes after. The interpreter, which runs programs one at a time, skips it."""
+    if GPU_FENCE:
+        value = tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", "=r,r", [value],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+    return value
 
 
 @triton.jit

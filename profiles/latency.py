@@ -3,9 +3,9 @@
 One matmul ``y = x Wᵀ`` with ``x: [M, K]`` and ``W: [N, K]`` runs as what deployment runs:
 
 - options with a kernel format (2/3/4/8-bit group-wise, 2:4, 2:4 + 2/3/4/8-bit; see
-  :func:`kernel_format`) run the project's packed kernels: on a GPU the fused Triton kernel below
-  ``DEQUANT_MIN_M`` rows, else dequantize + dense matmul (:mod:`layerbudget.kernels.configs`); on
-  the CPU the torch reference (dequantize + matmul);
+  :func:`kernel_format`) run the project's packed kernels: on a GPU the decode kernel up to
+  ``GEMV_MAX_M`` rows, the tensor-core kernel below ``DEQUANT_MIN_M`` rows, else a dequantize
+  kernel + dense matmul (:mod:`layerbudget.kernels.configs`); on the CPU the torch reference;
 - ``dense`` and options without a kernel format (unstructured sparsity, 5/6-bit codes) run as a
   dense matmul in the activation dtype.
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.kernels.configs import dequant_min_m
+from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
 from layerbudget.kernels.packing import PACK_BITS, k_multiple
 from layerbudget.profiles.cache import content_hash, file_hash
 from layerbudget.profiles.database import CorruptCache
@@ -98,7 +98,7 @@ def launches(option: Option, shape: tuple[int, int], m: int, hw: Hardware) -> tu
         return None, "dense", [dense]
     packed = math.ceil(option.cost_bits(shape) / 8)
     if hw.name != CPU and m < dequant_min_m(fmt):
-        return fmt, "triton", [Launch(packed + io, flops)]
+        return fmt, ("gemv" if m <= gemv_max_m(fmt) else "tc"), [Launch(packed + io, flops)]
     return fmt, ("reference" if hw.name == CPU else "dequant"), [Launch(packed + a * n * k, 0.0), dense]
 
 
@@ -215,7 +215,7 @@ def measured_tables(target: str, root: Path | None = None) -> pd.DataFrame | Non
 def _table_launches(row, a: int = 2) -> list[Launch]:
     n, k, m = int(row.n), int(row.k), int(row.m)
     io, flops = a * m * (k + n), 2.0 * m * n * k
-    if row.path_auto == "triton":
+    if row.path_auto in ("gemv", "tc", "triton"):  # one fused launch
         return [Launch(int(row.weight_bytes) + io, flops)]
     dense = Launch(a * n * k + io, flops)
     return [dense] if row.path_auto == "cublas" else [Launch(int(row.weight_bytes) + a * n * k, 0.0), dense]

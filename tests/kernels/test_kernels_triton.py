@@ -96,7 +96,7 @@ def test_bf16_activations_on_gpu(fmt: str, m: int, gen: torch.Generator) -> None
     else:
         w = Sparse24QuantWeight.from_dense(dense, 4, 64).to("cuda")
         y, ref = sparse24_quant_matmul(x, w, path="triton"), sparse24_quant_matmul_ref(x, w)
-    torch.testing.assert_close(y.float(), ref.float(), rtol=1e-2, atol=1e-2)  # bf16 output: 8-bit mantissa
+    assert (y.double() - ref.double()).norm() <= 1e-2 * ref.double().norm()  # bf16: 8-bit mantissa
 
 
 SPARSE_SHAPES = [(40, 192), (72, 96), (24, 512)]  # K/2 = 96, 48 (one unit per chunk), 256

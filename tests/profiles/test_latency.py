@@ -54,7 +54,7 @@ def test_roofline_at_decode_is_the_byte_ratio():
     n = k = 8192
     dense = roofline_us(h100, launches(parse_option("dense"), (n, k), 1, h100)[2])
     fmt, path, kern = launches(parse_option("rtn-b4-g128"), (n, k), 1, h100)
-    assert (fmt, path) == ("lowbit", "triton")
+    assert (fmt, path) == ("lowbit", "gemv")
     w4 = roofline_us(h100, kern)
     assert dense == pytest.approx((2 * n * k + 2 * (n + k)) / 3350e9 * 1e6)
     assert dense / w4 == pytest.approx((2 * n * k + 4 * k) / (n * k * 4.25 / 8 + 4 * k), rel=1e-6)
@@ -93,7 +93,7 @@ def test_measured_gpu_tables_are_used_and_calibrate_the_rest(tmp_path):
     rows = []
     for m, ms_fp16, ms_w4 in ((1, 0.030, 0.012), (16, 0.031, 0.013), (256, 0.060, 0.070)):
         rows.append({**base, "m": m, "format": "fp16", "weight_bytes": 2 * n * k, "path_auto": "cublas", "ms_auto": ms_fp16})
-        path = "triton" if m < 128 else "dequant"
+        path = "gemv" if m == 1 else "tc" if m < 128 else "dequant"
         rows.append({**base, "m": m, "format": "w4g128", "weight_bytes": n * k * 17 // 32, "path_auto": path, "ms_auto": ms_w4})
     _write_bench_csv(tmp_path / "h100-2026-01-01.csv", rows)
     items = [((n, k), "dense"), ((n, k), "rtn-b4-g128"), ((n, k), "rtn-b2-g64")]
