@@ -58,18 +58,23 @@ def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
                f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
 
 
-def _tc(x: str, bits: int, bm: int, bn: int, split: int, flush: int, warps: int) -> Variant:
-    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
+def _tc(x: str, bits: int, bm: int, bn: int, flush: int, warps: int) -> Variant:
+    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "HAS_BIAS": True,
               "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_U": 16}
-    return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
-               f"tc x={x} b{bits} tile={bn}x{bm} split={split} flush={flush}")
+    return _tile("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, f"tc x={x} b{bits} tile={bn}x{bm} flush={flush}")
 
 
-def _tc24(x: str, quant: bool, bits: int, cu: int, split: int) -> Variant:
-    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "HAS_BIAS": True, "SPLIT_K": split,
+def _tc24(x: str, quant: bool, bits: int, cu: int) -> Variant:
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "HAS_BIAS": True,
               "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 4 if cu == 1 else 2}
-    return _mm("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4, 3,
-               f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} split={split}")
+    return _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
+                 f"tc 2:4 x={x} quant={quant} b{bits} cu={cu}")
+
+
+def _tile(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, name: str) -> Variant:
+    """A tensor-core kernel variant (no split-K workspace)."""
+    ptrs = {"x_ptr": x, **_PTRS[fmt], "bias_ptr": "*fp32", "out_ptr": x}
+    return Variant(module, kernel, ptrs, consts, warps, 3, name)
 
 
 def _dequant(bits: int) -> Variant:
@@ -89,17 +94,17 @@ def variants(full: bool = False) -> list[Variant]:
     if not full:
         return [
             _gemv("*fp16", 4, 1, 1, 8), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
-            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 1, 8, 4), _tc("*bf16", 2, 64, 128, 2, 2, 8),
-            _tc24("*fp16", False, 16, 16, 1), _tc24("*bf16", True, 3, 1, 2), _dequant(4), _dequant24(True, 8),
+            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 8, 4), _tc("*bf16", 2, 64, 128, 2, 8),
+            _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
         ]
     out = [_gemv(x, b, bm, s, f) for x, b, bm, s, f in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 16 if False else 2))]
+        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2))]
     out += [_gemv24(x, q, b, bm, s) for x, q, b, bm, s in itertools.product(
         ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
-    out += [_tc(x, b, bm, bn, s, 1, w) for x, b, (bm, bn, w), s in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4))]
-    out += [_tc24(x, q, b, cu, s) for x, q, b, cu, s in itertools.product(
-        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (1, 2)) if q or b == 4]
+    out += [_tc(x, b, bm, bn, 1, w) for x, b, (bm, bn, w) in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)))]
+    out += [_tc24(x, q, b, cu) for x, q, b, cu in itertools.product(
+        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16)) if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]
     return out
 

@@ -2,8 +2,9 @@
 
 Block sizes come from a small table rather than ``triton.autotune`` so that the same choice is made
 on a CPU host (interpreter tests) and on a GPU, and no timing runs at first call. The table's
-values and the dispatch thresholds are read off ``python -m layerbudget.kernels.bench`` runs on a
-GPU (``--sweep`` times candidate launch configurations; ``best_path`` gives the crossovers).
+values and the dispatch thresholds are read off ``python -m layerbudget.kernels.bench --tune`` on
+an H200 (the fastest configuration per path, ``best_path`` for the crossovers; the CSV is under
+``profiles/data/latency/``). Split-K exists for the decode kernel only.
 
 Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``), with CUDA tensors,
 fp16/bf16 activations and Triton installed:
@@ -23,8 +24,9 @@ FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 KERNELS = ("gemv", "tc")
 
 # Decode kernel up to this many rows; tensor-core kernel below DEQUANT_MIN_M; dequantize + cuBLAS above.
-GEMV_MAX_M: dict[str, int] = {"lowbit": 2, "sparse24": 2, "sparse24_quant": 2}
-DEQUANT_MIN_M: dict[str, int] = {"lowbit": 512, "sparse24": 256, "sparse24_quant": 512}
+# On the H200 the dequantize path was the fastest measured at M = 16, 64 and 256 for every format.
+GEMV_MAX_M: dict[str, int] = {"lowbit": 4, "sparse24": 4, "sparse24_quant": 4}
+DEQUANT_MIN_M: dict[str, int] = {"lowbit": 16, "sparse24": 16, "sparse24_quant": 16}
 
 # Programs wanted in flight to fill a GPU (132 SMs on an H100/H200, a few programs each).
 TARGET_PROGRAMS = 4 * 132
@@ -56,6 +58,8 @@ class LaunchConfig:
                 raise ValueError(f"`{name}` must be a power of two >= {lo}, but got {name}={v}.")
         if self.split_k < 1 or self.split_k > MAX_SPLIT_K:
             raise ValueError(f"`split_k` must be in [1, {MAX_SPLIT_K}], but got split_k={self.split_k}.")
+        if self.kernel == "tc" and self.split_k != 1:
+            raise ValueError(f"the tensor-core kernel has no split-K; `split_k` must be 1, got split_k={self.split_k}.")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"`num_warps` must be one of 1, 2, 4, 8, 16, but got num_warps={self.num_warps}.")
 
@@ -83,19 +87,16 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     """The launch for ``y[M, N] = x[M, K] @ W[N, K]^T`` of one format (``kernel=None``: by the dispatch rule)."""
     kernel = kernel or ("gemv" if m <= gemv_max_m(fmt) else "tc")
     kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
-    if kernel == "gemv":
+    if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
         bm = gemv_rows(m)
-        bn, bk, warps = 16, 512, 4
+        bn, bk, warps = (128, 128, 8) if fmt == "lowbit" else (64, 128, 4)
         steps = _cdiv(kvals, bk)
-        return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 2)
+        return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 1)
     if m <= 16:
-        bm, bn, bk, warps = 16, 64, 128, 4
-    elif m <= 64:
-        bm, bn, bk, warps = (32 if m <= 32 else 64), 64, 128, 4
-    else:
-        bm, bn, bk, warps = (64 if m <= 128 else 128), 128, 64, 8
-    steps = _cdiv(kvals, bk)
-    return LaunchConfig("tc", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 3)
+        return LaunchConfig("tc", 16, 64, 128, 1, 4, 3)
+    if m <= 64:
+        return LaunchConfig("tc", 32 if m <= 32 else 64, 64, 128, 1, 4, 3)
+    return LaunchConfig("tc", 64 if m <= 128 else 128, 128, 64, 1, 8, 3)
 
 
 def gemv_max_m(fmt: str) -> int:

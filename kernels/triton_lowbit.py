@@ -2,14 +2,13 @@
 
 Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs validated there.
 
-Tensor-core kernel (``kernel="tc"``): program ``(pid_n, pid_k, pid_m)`` owns the output tile of
-weight rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and a contiguous slice of the K steps
-(split-K). Each step loads ``[BLOCK_N, BLOCK_U]`` packed units once; for every field ``e`` it
+Tensor-core kernel (``kernel="tc"``): program ``(pid_n, pid_m)`` owns the output tile of weight
+rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and walks all of K (no split-K). Each step
+loads ``[BLOCK_N, BLOCK_U]`` packed units once; for every field ``e`` it
 dequantizes the field's codes in registers, ``((2**b + q) - (2**b + z)) * s`` rounded once to the
 activation dtype (the reference's ``W_hat``), and multiplies them with the matching transposed
 activation slice ``[BLOCK_U, BLOCK_M]`` in ``tl.dot`` (weights as the left operand, so a few
-activation rows fill the narrow side of the tile), accumulating in fp32. Split-K programs meet in
-the self-cleaning workspace of :mod:`.workspace`.
+activation rows fill the narrow side of the tile), accumulating in fp32.
 
 Dequantize kernel: writes ``W_hat`` (``[N, K]`` in the activation dtype) for ``F.linear`` at large M.
 """
@@ -23,57 +22,39 @@ import triton.language as tl
 from .configs import LaunchConfig
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import INTERPRET, arrive, field_float, release, store_out, take
+from .triton_common import INTERPRET, field_float, store_out
 from .triton_gemv import flush_fields
-from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "dequantize_lowbit", "tc_lowbit"]
 
 
 @triton.jit
-def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id,
-                HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+def finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS: tl.constexpr):
     """Write the fp32 tile ``acc: [BN, BM]`` (weight rows × activation rows) to ``out: [M, N]``."""
     n_ok = offs_n[:, None] < N
-    mask = n_ok & (offs_m[None, :] < M)
-    out = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
-    bias = bias_ptr + offs_n[:, None]
-    if SPLIT_K == 1:
-        store_out(acc, out, bias, mask, n_ok, HAS_BIAS)
-    else:
-        ws = ws_ptr + offs_m[None, :] * N + offs_n[:, None]
-        tl.atomic_add(ws, acc, mask=mask)
-        if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
-            store_out(take(ws, mask), out, bias, mask, n_ok, HAS_BIAS)
-            release(lock_ptr, tile_id)
+    store_out(acc, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
+              n_ok & (offs_m[None, :] < M), n_ok, HAS_BIAS)
 
 
 @triton.jit
 def _tc_lowbit_kernel(
-    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
 ):
     E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
     V: tl.constexpr = E * CU
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = offs_n[:, None]  # [BN, 1]
     row_ok = rows < N
     m_ok = offs_m[None, :] < M
     j = tl.arange(0, BLOCK_U)
     num_units = K // E
-    num_it = tl.cdiv(num_units, BLOCK_U)
-    per_split = tl.cdiv(num_it, SPLIT_K)
-    it0 = tl.program_id(1) * per_split
-    it1 = tl.minimum(it0 + per_split, num_it)
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
-    for it in range(it0, it1):
+    for it in range(0, tl.cdiv(num_units, BLOCK_U)):
         u = it * BLOCK_U + j  # [BU] unit of the row
         u_ok = u < num_units
         w_ok = row_ok & u_ok[None, :]
@@ -93,9 +74,7 @@ def _tc_lowbit_kernel(
             xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + (kbase + e * CU)[:, None],
                          mask=u_ok[:, None] & m_ok, other=0.0)  # [BU, BM]
             acc = tl.dot(w, xt, acc)
-    tile_id = pid_m * tl.num_programs(0) + pid_n
-    finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
-                SPLIT_K)
+    finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
 
 
 @triton.jit
@@ -138,14 +117,12 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
     n = weight.n
     cu, _, flush = _layout(weight, k)
     block_u = max(16, cfg.block_k // fields_per_unit(weight.bits))
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws, lock = (x, x) if cfg.split_k == 1 else split_k_buffers(x.device, m * n, grid[0] * grid[2])
     _tc_lowbit_kernel[grid](
-        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
+        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
-        BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush,
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_U=block_u,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -24,7 +24,6 @@ from .configs import LaunchConfig
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
 from .triton_common import INTERPRET, field_float_at, field_int
 from .triton_lowbit import finish_tile
-from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]
 
@@ -119,20 +118,17 @@ def _bases(values_ptr, meta_ptr, rows, stride_vn, stride_mn, K, E: tl.constexpr,
 
 @triton.jit
 def _tc_sparse24_kernel(
-    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
     M, N, K, stride_xm, stride_vn, stride_mn, stride_sn, stride_om,
-    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
     V: tl.constexpr = E * CU
     H: tl.constexpr = 1 if CU == 1 else CU // 2
     STEP: tl.constexpr = 2 if CU == 1 else 1
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = offs_n[:, None, None]
     row_ok = rows < N
     cc = tl.arange(0, BLOCK_C)[None, :, None]
@@ -140,13 +136,9 @@ def _tc_sparse24_kernel(
     t = tl.arange(0, BLOCK_C * H * 4)  # dense column of the step's tile
     t_first = (t // (H * 4)) * V * 2 + t % (H * 4)  # its offset from column 2 * c0 * V
     num_chunks = (K // 2) // V
-    num_it = tl.cdiv(num_chunks, BLOCK_C)
-    per_split = tl.cdiv(num_it, SPLIT_K)
-    it0 = tl.program_id(1) * per_split
-    it1 = tl.minimum(it0 + per_split, num_it)
     meta_base, high_base = _bases(values_ptr, meta_ptr, rows, stride_vn, stride_mn, K, E, QUANT)
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    for it in range(it0, it1):
+    for it in range(0, tl.cdiv(num_chunks, BLOCK_C)):
         c = it * BLOCK_C + cc
         w_ok = row_ok & (c < num_chunks)
         u = c * CU + vv
@@ -160,9 +152,7 @@ def _tc_sparse24_kernel(
             xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + col[:, None],
                          mask=t_ok[:, None] & (offs_m[None, :] < M), other=0.0)  # [BK, BM]
             acc = tl.dot(w2, xt, acc)
-    tile_id = pid_m * tl.num_programs(0) + pid_n
-    finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
-                SPLIT_K)
+    finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
 
 
 @triton.jit
@@ -198,13 +188,12 @@ def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: La
     h = 1 if cu == 1 else cu // 2
     block_c = max(1, cfg.block_k // (2 * chunk), -(-16 // (4 * h)))  # chunks per step; a dot needs K >= 16
     block_c = 1 << (block_c - 1).bit_length()
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws, lock = (x, x) if cfg.split_k == 1 else split_k_buffers(x.device, m * n, grid[0] * grid[2])
     _tc_sparse24_kernel[grid](
-        x, values, meta, scales, zeros, x if bias is None else bias, out, ws, lock,
+        x, values, meta, scales, zeros, x if bias is None else bias, out,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
-        QUANT=quant, BITS=bits, GROUP=group, CU=cu, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        QUANT=quant, BITS=bits, GROUP=group, CU=cu, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
