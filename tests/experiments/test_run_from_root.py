@@ -22,9 +22,9 @@ pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_LINES = (
-    r"database: 36 units, 8 options, (built|cached) \(.+\)",
+    r"database: 36 units, 8 options, (built|reused) \(.+\)",
     r"executor: ray \(2 workers\)",
-    r"profile: \d+ \(slot, option\) rows, (measured|cached)",
+    r"profile: \d+ \(slot, option\) rows, (measured|reused)",
     r"budget +searcher +avg_bits +fitness +heldout +evaluations +seconds",
     r"avg_bits<=4 +(uniform|ilp) +[\d.]+ +[\d.]+ +[\d.]+ +\d+ +[\d.]+",
     r"run directory: .+",
