@@ -67,10 +67,11 @@ from layerbudget.evaluators.engine import Evaluator
 from layerbudget.prepare import Prepared, prepare
 from layerbudget.profiles.cache import atomic_write_text
 from layerbudget.profiles.options import DENSE, DROP
-from layerbudget.search.base import EvalRequest, make_searcher
+from layerbudget.search.base import EvalRequest
 from layerbudget.search.executor import Executor, InlineExecutor
 from layerbudget.search.loop import run_search
 from layerbudget.search.problem import KEEP, Candidate, Problem
+from layerbudget.search.registry import make_searcher
 
 BENCH_OPTIONS = ("rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "rtn-b8-g128")
 

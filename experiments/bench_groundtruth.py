@@ -59,10 +59,13 @@ from layerbudget.model import BlockInputs
 from layerbudget.prepare import Prepared, prepare
 from layerbudget.profiles.cache import content_hash
 from layerbudget.profiles.options import DENSE, DROP
-from layerbudget.search import EvalRequest, Evaluation, Executor, make_searcher, run_search
+from layerbudget.search.base import EvalRequest, Evaluation
 from layerbudget.search.dp import solve_depth_dp, solve_dp
+from layerbudget.search.executor import Executor
 from layerbudget.search.ilp import solve_ilp
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 TABLE_VERSION = 1
 QUANT_OPTIONS = ("rtn-b2-g64", "rtn-b4-g64")  # (low, high)

@@ -35,7 +35,9 @@ from layerbudget.config import load_config
 from layerbudget.errors import LayerbudgetError
 from layerbudget.prepare import prepare
 from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.search import InlineExecutor, make_searcher, run_search
+from layerbudget.search.executor import InlineExecutor
+from layerbudget.search.loop import run_search
+from layerbudget.search.registry import make_searcher
 
 SEARCHERS = ("uniform", "ilp", "ilp-op", "ilp-op-sol", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
 SEEDLESS = ("uniform", "ilp", "ilp-op", "ilp-op-sol")

@@ -15,8 +15,9 @@ from layerbudget.experiments.outputs import CandidateLog, write_run_dir
 from layerbudget.plan import Plan, package_versions
 from layerbudget.prepare import prepare
 from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.search import Executor, InlineExecutor, make_searcher
 from layerbudget.search.checkpoint import run_search_checkpointed
+from layerbudget.search.executor import Executor, InlineExecutor
+from layerbudget.search.registry import make_searcher
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
+from layerbudget.package_data import package_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,9 +207,7 @@ def config_from_dict(data: Mapping[str, object]) -> ExperimentConfig:
 def load_config(path: str | Path | None = None) -> ExperimentConfig:
     """Load a TOML experiment config; ``None`` loads the embedded default."""
     if path is None:
-        from importlib.resources import files
-
-        text = (files("layerbudget.experiments") / "default.toml").read_text()
+        text = (package_dir("layerbudget.experiments") / "default.toml").read_text()
         where = "the default config"
     else:
         p = Path(path)
@@ -226,7 +225,7 @@ def load_config(path: str | Path | None = None) -> ExperimentConfig:
 def _validate(cfg: ExperimentConfig) -> None:
     from layerbudget.evaluators.fitness import known_fitness
     from layerbudget.profiles.options import parse_options
-    from layerbudget.search import known_searchers
+    from layerbudget.search.registry import known_searchers
 
     if cfg.seed < 0:
         raise LayerbudgetError(f"seed must be a non-negative integer, but got {cfg.seed}")

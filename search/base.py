@@ -1,11 +1,12 @@
-"""The searcher interface (ask/tell), evaluation requests and results, and the searcher registry."""
+"""The searcher interface (ask/tell), evaluation requests and results, and the decorator that registers a searcher."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -112,25 +113,17 @@ class ScoreOnceSearcher(Searcher):
         return self.candidates[min(finite)[2]]
 
 
-SearcherFactory = Callable[..., Searcher]
 _SEARCHERS: dict[str, type[Searcher]] = {}
 
 
 def register_searcher(cls: type[Searcher]) -> type[Searcher]:
-    """Class decorator: make a searcher available by its ``name``."""
+    """Class decorator: make a searcher available by its ``name`` (see :mod:`layerbudget.search.registry`)."""
     if not cls.name or cls.name in _SEARCHERS:
         raise ValueError(f"searcher name {cls.name!r} is empty or already registered")
     _SEARCHERS[cls.name] = cls
     return cls
 
 
-def known_searchers() -> list[str]:
-    return sorted(_SEARCHERS)
-
-
-def make_searcher(name: str, problem: Problem, budget: Budget, *, seed: int = 0, **params: Any) -> Searcher:
-    try:
-        cls = _SEARCHERS[name]
-    except KeyError:
-        raise LayerbudgetError(f"unknown searcher {name!r}; known: {', '.join(known_searchers())}") from None
-    return cls(problem, budget, seed=seed, **params)
+def registered_searchers() -> Mapping[str, type[Searcher]]:
+    """The searcher classes registered so far, by name (a read-only view)."""
+    return MappingProxyType(_SEARCHERS)

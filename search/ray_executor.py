@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,7 @@ from layerbudget.config import ExperimentConfig, config_from_dict
 from layerbudget.errors import LayerbudgetError
 from layerbudget.search.base import EvalRequest, Evaluation
 from layerbudget.search.executor import Executor
+from layerbudget.search.ray_connect import connect
 
 if TYPE_CHECKING:
     from layerbudget.prepare import Prepared
@@ -168,67 +168,6 @@ class _Worker:
 
 
 _RemoteWorker = ray.remote(_Worker)
-
-
-# ----- connecting --------------------------------------------------------------------------------
-def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``."""
-    if address in ("auto", "local"):
-        return None
-    rest = address.split("://", 1)[1] if "://" in address else address
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise LayerbudgetError(f"Ray address must look like host:port or ray://host:port, but got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def _probe(address: str, timeout: float) -> None:
-    """Fail fast with a clear error when nothing listens at ``address`` (ray.init would retry for minutes)."""
-    hp = _host_port(address)
-    if hp is None:
-        return
-    try:
-        with socket.create_connection(hp, timeout=timeout):
-            pass
-    except OSError as exc:
-        raise LayerbudgetError(
-            f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); start one with `ray start --head` "
-            "or pass the head node's host:port"
-        ) from None
-
-
-def _same_address(a: str, b: str) -> bool:
-    ha, hb = _host_port(a), _host_port(b)
-    if ha is None or hb is None:
-        return True
-    try:
-        return ha[1] == hb[1] and socket.gethostbyname(ha[0]) == socket.gethostbyname(hb[0])
-    except OSError:
-        return ha == hb
-
-
-def connect(address: str | None = None, *, timeout: float = 30.0) -> bool:
-    """Connect to the Ray cluster at ``address``, or reuse the current session, or start a local one.
-
-    Returns True when this call started (and so owns) a local Ray instance.
-    """
-    if address is not None:
-        _probe(address, timeout)
-    if ray.is_initialized():
-        if address is not None and "://" not in address:
-            current = ray.get_runtime_context().gcs_address
-            if not _same_address(address, current):
-                raise LayerbudgetError(
-                    f"this process is already connected to the Ray cluster at {current}, not {address!r}; "
-                    "call ray.shutdown() first or pass that address"
-                )
-        return False
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerbudgetError(f"cannot connect to Ray at {address or 'a new local instance'!r}: {first}") from None
-    return address is None
 
 
 def _cause(exc: ray.exceptions.RayTaskError) -> BaseException:

@@ -11,16 +11,13 @@ batch_size = 4
 """
 
 
-def small_run_toml(name: str) -> str:
-    """TOML text of the small experiment, named ``name``."""
+def small_run_toml(name: str, budgets: tuple[float, ...] = (4.0, 6.0)) -> str:
+    """TOML text of the small experiment, named ``name``, with one ``avg_bits`` budget per entry of ``budgets``."""
+    tables = "".join(f"[[budget]]\navg_bits = {bits}\n" for bits in budgets)
     return f"""
 name = "{name}"
 {SMALL_DATA}[options]
 names = ["rtn-b2-g64", "rtn-b4-g128", "rtn-b5-g128", "magnitude-0.5", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64", "drop"]
-[[budget]]
-avg_bits = 4.0
-[[budget]]
-avg_bits = 6.0
-[search]
+{tables}[search]
 searchers = ["uniform", "ilp"]
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,12 @@ from layerbudget.apply import check_plan, compress_, reproduce
 from layerbudget.cli import main
 from layerbudget.config import config_from_dict, load_config
 from layerbudget.errors import LayerbudgetError
+from layerbudget.package_data import package_dir
 from layerbudget.plan import Plan
-from layerbudget.search import known_searchers
+from layerbudget.search.registry import known_searchers
 
 SMALL = small_run_toml("apply")
-EXPERIMENTS = Path(str(files("layerbudget.experiments")))
+EXPERIMENTS = package_dir("layerbudget.experiments")
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,8 @@ def test_every_shipped_config_loads(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_searcher_parameters_are_accepted(name):
     """Every searcher of every shipped config accepts its parameters (on a small synthetic problem)."""
-    from layerbudget.search import Problem, Slot, make_searcher
+    from layerbudget.search.problem import Problem, Slot
+    from layerbudget.search.registry import make_searcher
 
     cfg = load_config(EXPERIMENTS / name)
     options = tuple(o for o in ("dense", *cfg.options.names) if o != "drop")

@@ -11,8 +11,10 @@ import pytest
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.profiles.options import parse_option
-from layerbudget.search import InlineExecutor, make_searcher, run_search
+from layerbudget.search.executor import InlineExecutor
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 DEPTH_OPTIONS = ("dense", "rtn-b4-g128", "rtn-b2-g64")
 

@@ -10,9 +10,12 @@ import pytest
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import EvalRequest, Evaluation, InlineExecutor, Searcher, make_searcher, run_search
+from layerbudget.search.base import EvalRequest, Evaluation, Searcher
 from layerbudget.search.checkpoint import load_checkpoint, run_search_checkpointed, save_checkpoint
+from layerbudget.search.executor import InlineExecutor
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import Candidate, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 OPTIONS = ("dense", "rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128")
 BUDGET = Budget.from_dict({"avg_bits": 4.0})

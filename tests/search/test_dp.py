@@ -9,10 +9,12 @@ import pytest
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, make_searcher, run_search
 from layerbudget.search.dp import depth_objective, solve_depth_dp, solve_dp
+from layerbudget.search.executor import InlineExecutor
 from layerbudget.search.ilp import solve_ilp
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import KEEP, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 OPTIONS = (
     "dense",

@@ -10,9 +10,11 @@ import pytest
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, make_searcher, run_search
 from layerbudget.search.evolution import CALIB, MIN_GENERATIONS, PRESETS, EvolutionSearcher
+from layerbudget.search.executor import InlineExecutor
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 TWO = ("dense", "rtn-b4-g128")
 SHAPES = ((64, 128), (128, 128), (64, 256))  # units of different sizes

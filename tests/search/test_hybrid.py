@@ -10,7 +10,7 @@ from test_problem_ilp import make_problem
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, make_searcher, run_search
+from layerbudget.search.executor import InlineExecutor
 from layerbudget.search.hybrid import (
     DEFAULT_VALIDATION_WINDOWS,
     VALIDATION_BATCH,
@@ -19,6 +19,8 @@ from layerbudget.search.hybrid import (
     uniform_seeds,
 )
 from layerbudget.search.ilp import solve_ilp
+from layerbudget.search.loop import run_search
+from layerbudget.search.registry import make_searcher
 
 EVO = {"generations": 6, "offspring": 8, "stages": [(3, 1), (1, 2)]}
 

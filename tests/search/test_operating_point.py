@@ -10,11 +10,13 @@ from test_problem_ilp import make_problem
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, make_searcher, run_search
 from layerbudget.search.checkpoint import run_search_checkpointed
+from layerbudget.search.executor import InlineExecutor
 from layerbudget.search.ilp import solve_ilp
+from layerbudget.search.loop import run_search
 from layerbudget.search.operating_point import deviations, sensitivities
 from layerbudget.search.problem import INACTIVE, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 LADDER = {"rtn-b2-g128": 1.0, "rtn-b2-g64": 0.8, "rtn-b3-g128": 0.3, "rtn-b3-g64": 0.25, "rtn-b4-g128": 0.08}
 

@@ -9,9 +9,11 @@ import pytest
 
 from layerbudget.budget import Budget, Constraint
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, make_searcher, run_search
+from layerbudget.search.executor import InlineExecutor
 from layerbudget.search.ilp import solve_ilp
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import INACTIVE, KEEP, Problem, Slot
+from layerbudget.search.registry import make_searcher
 
 QUANT = ("dense", "rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "rtn-b8-g128")
 

@@ -18,8 +18,11 @@ ray = pytest.importorskip("ray")
 from layerbudget.config import config_from_dict  # noqa: E402
 from layerbudget.errors import LayerbudgetError  # noqa: E402
 from layerbudget.prepare import prepare  # noqa: E402
-from layerbudget.search import EvalRequest, InlineExecutor, make_searcher, run_search  # noqa: E402
+from layerbudget.search.base import EvalRequest  # noqa: E402
+from layerbudget.search.executor import InlineExecutor  # noqa: E402
+from layerbudget.search.loop import run_search  # noqa: E402
 from layerbudget.search.ray_executor import RayExecutor, _WorkPlan  # noqa: E402
+from layerbudget.search.registry import make_searcher  # noqa: E402
 
 SMALL_EVOLUTION = {"generations": 3, "offspring": 4, "stages": [(2, 1), (1, 2)]}
 

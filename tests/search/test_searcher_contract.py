@@ -15,9 +15,11 @@ import pytest
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, known_searchers, make_searcher, run_search
-from layerbudget.search.base import _SEARCHERS
+from layerbudget.search.base import registered_searchers
+from layerbudget.search.executor import InlineExecutor
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem, Slot
+from layerbudget.search.registry import known_searchers, make_searcher
 
 SMALL: dict[str, dict[str, object]] = {
     "evolution": {"generations": 4, "offspring": 6, "stages": [(3, 1), (1, 2)]},
@@ -78,7 +80,7 @@ CASES = {
 
 def declared(name: str, attribute: str, default: object) -> object:
     """A searcher's class-level declaration for this suite (``default`` when it declares nothing)."""
-    return getattr(_SEARCHERS[name], attribute, default)
+    return getattr(registered_searchers()[name], attribute, default)
 
 
 def skip_if_not_applicable(name: str, problem: Problem, budget: Budget) -> None:

@@ -8,9 +8,11 @@ from test_operating_point import LowBit, ladder_problem
 
 from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search import InlineExecutor, make_searcher, run_search
 from layerbudget.search.checkpoint import run_search_checkpointed
+from layerbudget.search.executor import InlineExecutor
+from layerbudget.search.loop import run_search
 from layerbudget.search.problem import INACTIVE
+from layerbudget.search.registry import make_searcher
 from layerbudget.search.surrogate import DeltaSurrogate
 
 

@@ -1,1 +1,0 @@
-"""Fitness functions and the candidate evaluation engine."""

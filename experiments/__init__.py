@@ -1,1 +1,0 @@
-"""Experiment configs, the runner, and run outputs (plans, tables, reports)."""

@@ -1,1 +1,0 @@
-"""Compressed-variant database, cost table and sensitivity profiles for every (unit, option)."""
