@@ -23,7 +23,17 @@ from .configs import LaunchConfig
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import INTERPRET, arrive, below, field_float, field_float_at, field_int, release, store_out, take
+from .triton_common import (
+    INTERPRET,
+    arrive,
+    below,
+    field_float,
+    field_float_at,
+    field_int,
+    release,
+    store_out,
+    take,
+)
 from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]

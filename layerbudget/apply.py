@@ -39,7 +39,6 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.families import DROP_ZERO, FamilySpec, family_by_name, family_for_model_type, known_families
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.kernels.ops import PackedWeight, format_of
-from layerbudget.kernels.packing import pack
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
 from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput, load_model
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
     from layerbudget.evaluators.fitness import Fitness
 
 CHECKPOINT_SCHEMA = "layerbudget.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: packed codes and 2:4 positions interleaved (kernels format version 2)
 MANIFEST = "layerbudget_checkpoint.json"
 PLAN_FILE = "layerbudget_plan.json"
 WEIGHTS = "model.safetensors"
@@ -238,16 +237,15 @@ def pack_variant(
         pos = _positions_24(_mask(tensors, shape))
         if pos is None:
             return None, "the stored mask is not exactly two of every four"
-        meta = pack(pos, 2).contiguous()
         if option.bits is None:
-            return Sparse24Weight.from_parts(tensors["values"].reshape(n, k // 2).contiguous(), meta, shape), ""
+            return Sparse24Weight.from_positions(tensors["values"].reshape(n, k // 2).contiguous(), pos, shape), ""
         g = option.group_size
         codes = load_codes(dict(tensors), shape)  # [N, K]
         kept = codes.reshape(n, k // 4, 4).gather(-1, pos.reshape(n, k // 4, 2).long()).reshape(n, k // 2)
         # a dense group of g columns holds exactly g/2 kept values, so the scales line up unchanged
         values = PackedQuantWeight.from_codes(kept, tensors["scales"], tensors["zeros"], option.bits,
                                               None if g is None else g // 2)
-        return Sparse24QuantWeight(values, meta, shape), ""
+        return Sparse24QuantWeight.from_positions(values, pos, shape), ""
     return PackedQuantWeight(tensors["packed"].contiguous(), tensors["scales"].contiguous(),
                              tensors["zeros"].contiguous(), option.bits, option.group_size, shape), ""  # type: ignore[arg-type]
 

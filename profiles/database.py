@@ -34,7 +34,7 @@ from layerbudget.profiles.calibration import first_block_inputs, outlier_ratio, 
 from layerbudget.profiles.methods import UnitStats, compress, decode
 from layerbudget.profiles.options import Option
 
-DB_VERSION = 3
+DB_VERSION = 4  # 4: codes packed in the kernels' interleaved layout (format version 2)
 
 
 class CorruptCache(LayerbudgetError):

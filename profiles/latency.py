@@ -27,7 +27,6 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
 from layerbudget.kernels.packing import PACK_BITS, k_multiple
+from layerbudget.package_data import package_dir
 from layerbudget.profiles.cache import content_hash, file_hash
 from layerbudget.profiles.database import CorruptCache
 from layerbudget.profiles.hardware import CPU, GPUS, Hardware, measure_cpu
@@ -197,7 +197,7 @@ def bench_format_name(option: Option, fmt: str | None) -> str:
 
 def measured_tables(target: str, root: Path | None = None) -> pd.DataFrame | None:
     """Every committed ``kernels.bench`` CSV for ``target`` (``<target>-*.csv``), or ``None``."""
-    base = Path(root) if root is not None else Path(str(resources.files("layerbudget.profiles"))) / "data" / "latency"
+    base = Path(root) if root is not None else package_dir("layerbudget.profiles") / "data" / "latency"
     files = sorted(base.glob(f"{target}-*.csv")) if base.is_dir() else []
     if not files:
         return None

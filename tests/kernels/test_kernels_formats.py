@@ -6,9 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
-
 from layerbudget.kernels.packing import FORMAT_VERSION
+from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 
 GRIDS = [(2, 32), (2, 64), (3, 128), (3, None), (4, 128), (4, 64), (8, 32), (8, None)]

@@ -8,9 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
-
 from layerbudget.kernels.quant_weight import PackedQuantWeight
-
 from layerbudget.kernels.sparse24 import is_24_sparse
 
 BUILDERS = {

@@ -8,14 +8,10 @@ import sys
 import pytest
 import torch
 
-from layerbudget.kernels.configs import DEQUANT_MIN_M
-
+from layerbudget.kernels.configs import DEQUANT_MIN_M, dequant_min_m
 from layerbudget.kernels.ops import choose_path, lowbit_matmul, packed_matmul, sparse24_matmul
-
 from layerbudget.kernels.quant_weight import PackedQuantWeight
-
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
-from layerbudget.kernels.configs import dequant_min_m
 
 
 @pytest.fixture

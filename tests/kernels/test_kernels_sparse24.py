@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layerbudget.kernels.quant_weight import PackedQuantWeight
-
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, is_24_sparse, magnitude_prune_24
 
 

@@ -20,7 +20,6 @@ from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
 from layerbudget.kernels.workspace import split_k_buffers
 
-
 # (N, K, group_size): N ragged against every block size; groups covering whole chunks, chunks holding
 # several groups, and groups of 48 that start at irregular fields; per-channel.
 GRIDS = [(40, 256, 128), (72, 256, 32), (40, 192, 48), (24, 160, None)]

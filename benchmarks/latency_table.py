@@ -1,0 +1,73 @@
+"""Build a GPU latency table for ``profiles/data/latency/`` from ``layerbudget.kernels.bench`` CSVs.
+
+Usage: ``python benchmarks/latency_table.py BENCH.csv [BENCH.csv ...] --out profiles/data/latency/h200-DATE.csv``.
+
+Every row keeps its measured columns, with two corrections so that the table describes what the
+dispatch rule of the current kernels runs:
+
+- a tensor-core time is kept only when it came from a configuration the kernels still offer
+  (no split-K) and the row's fused paths agreed with the dequantize path (``max_rel_err`` below
+  1e-2); otherwise ``ms_tc`` is left empty, since the kernel that produced it was wrong or is gone;
+- ``path_auto``/``ms_auto`` follow :mod:`layerbudget.kernels.configs` (decode kernel up to
+  ``GEMV_MAX_M`` rows, tensor-core kernel below ``DEQUANT_MIN_M``, else dequantize + cuBLAS), and
+  ``best_path``, the bandwidth and speedup columns are recomputed from the kept times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+
+from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
+
+FORMATS = {"2:4": "sparse24"}
+
+
+def kernel_format(name: str) -> str:
+    return "lowbit" if name.startswith("w") else FORMATS.get(name, "sparse24_quant")
+
+
+def fix(row: dict) -> dict:
+    out = dict(row)
+    if row["format"] == "fp16":
+        return out
+    tc_ok = row["config_tc"] and "s1w" in row["config_tc"] and float(row["max_rel_err"]) < 1e-2
+    if not tc_ok:
+        out["ms_tc"] = "nan"
+    times = {p: float(out[f"ms_{p}"]) for p in ("gemv", "tc", "dequant")}
+    m, fmt = int(row["m"]), kernel_format(row["format"])
+    path = "gemv" if m <= gemv_max_m(fmt) else "tc" if m < dequant_min_m(fmt) else "dequant"
+    if math.isnan(times[path]):
+        raise SystemExit(f"row {row['n']}x{row['k']} M={m} {row['format']}: no measured time for path {path!r}")
+    ms = times[path]
+    io = 2 * m * (int(row["n"]) + int(row["k"]))
+    gbps = (int(row["weight_bytes"]) + io) / (ms * 1e-3) / 1e9
+    out.update(path_auto=path, ms_auto=ms, best_path=min((t, p) for p, t in times.items() if not math.isnan(t))[1],
+               gbps_auto=gbps, frac_copy_bw=gbps / float(row["copy_gbps"]),
+               speedup_vs_fp16=float(row["ms_fp16"]) / ms, speedup_vs_tinygemm=float(row["ms_tinygemm"]) / ms)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    rows, columns = [], None
+    for path in args.inputs:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = columns or reader.fieldnames
+            rows += [fix(r) for r in reader]
+    with open(args.out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows)} rows -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
