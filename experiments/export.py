@@ -8,7 +8,8 @@ vLLM runs them as one fused layer and refuses mixed schemes. Each returns an :cl
   config group per (bits, group size); ``SparseGPTModifier``/``WandaPruningModifier`` with one
   sparsity per target); llm-compressor re-runs the methods on its own calibration data.
 - :func:`export_gptqmodel`: ``quantize_config.json`` for GPTQModel (``dynamic`` per-module rules).
-- :func:`export_checkpoint`: the packed checkpoint of :mod:`layerbudget.apply` (exact weights).
+- :func:`export_checkpoint`: the packed checkpoint of :mod:`layerbudget.experiments.packed_checkpoint`
+  (exact weights).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerbudget.apply import check_ties, plan_family, save_compressed, tie_groups
 from layerbudget.errors import LayerbudgetError
+from layerbudget.experiments.apply import check_ties, plan_family, tie_groups
+from layerbudget.experiments.packed_checkpoint import save_compressed
 from layerbudget.model import ModelAdapter, load_model
+from layerbudget.options import DENSE, DROP, Option, parse_option
 from layerbudget.plan import Plan
-from layerbudget.profiles.cache import atomic_write_text
 from layerbudget.profiles.database import Database
-from layerbudget.profiles.options import DENSE, DROP, Option, parse_option
+from layerbudget.storage import atomic_write_text
 
 FORMATS = ("llmcompressor", "gptqmodel", "checkpoint")
 GPTQ_BITS = (2, 3, 4, 8)  # what vLLM's GPTQ path runs
@@ -285,7 +287,7 @@ def export_gptqmodel(plan: Plan, out: str | Path, *, allow_drop: bool = False) -
 def export_checkpoint(
     plan: Plan, model_dir_or_adapter: str | Path | ModelAdapter, database: Database | None, out: str | Path
 ) -> Exported:
-    """Write the packed checkpoint of ``plan`` (see :mod:`layerbudget.apply`) to the directory ``out``.
+    """Write the packed checkpoint of ``plan`` (see :mod:`layerbudget.experiments.packed_checkpoint`) to the directory ``out``.
 
     ``database`` holds the variants the search scored; without one, only options that need no
     calibration (``rtn``, ``magnitude``) can be exported.

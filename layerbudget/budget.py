@@ -25,6 +25,26 @@ LE = "<="
 GE = ">="
 
 METRICS: dict[str, str] = {"avg_bits": LE, "bytes": LE, "sparsity": GE, "dropped": GE, "latency_us": LE}
+NS_PER_US = 1000  # latency coefficients are integer nanoseconds; the metric is in microseconds
+
+
+def metric_scale(metric: str, unit_numel: int, other_numel: int) -> tuple[int, int]:
+    """``(divisor, offset)`` such that a metric's value is ``(raw + offset) / divisor``.
+
+    ``raw`` is the integer sum of per-(slot, option) coefficients that solvers and budget checks
+    work with; this is the one table from a metric's value to that integer form.
+    ``unit_numel``: weights of the compressible units; ``other_numel``: every other parameter.
+    """
+    table = {
+        "avg_bits": (unit_numel, 0),  # storage bits per compressible weight
+        "sparsity": (unit_numel, 0),  # zero weights per compressible weight
+        "bytes": (1, 2 * other_numel),  # units' bytes plus every other parameter at fp16
+        "dropped": (1, 0),  # sub-blocks
+        "latency_us": (NS_PER_US, 0),  # nanoseconds
+    }
+    if metric not in table:
+        raise LayerbudgetError(f"unknown budget metric {metric!r}; known: {', '.join(METRICS)}")
+    return table[metric]
 
 
 @dataclass(frozen=True)

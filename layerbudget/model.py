@@ -135,6 +135,19 @@ def resolve_model_path(model_id: str | None) -> str:
     return model_id
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how (the ``[model]`` section of an experiment)."""
+
+    id: str = DEFAULT_MODEL  # the embedded all-MiniLM-L6-v2; else a directory or hub id
+    family: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def load(self) -> ModelAdapter:
+        return load_model(self.id, family=self.family, dtype=self.dtype, device=self.device)
+
+
 def load_model(
     model_id: str | None = None,
     *,

@@ -12,9 +12,9 @@ import yaml
 from safetensors import safe_open
 from smallrun import small_run_toml
 
-from layerbudget.apply import compress_, load_compressed
-from layerbudget.cli import main
 from layerbudget.errors import LayerbudgetError
+from layerbudget.experiments.apply import compress_
+from layerbudget.experiments.cli import main
 from layerbudget.experiments.export import (
     export_checkpoint,
     export_gptqmodel,
@@ -23,6 +23,7 @@ from layerbudget.experiments.export import (
     llmcompressor_recipe,
     unit_regex,
 )
+from layerbudget.experiments.packed_checkpoint import load_compressed
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.plan import Plan
 
@@ -35,9 +36,9 @@ DROPPED = ("encoder.layer.4.attn", "encoder.layer.5.mlp")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(run directory, prepared state) of the small experiment; the database is cached for the session."""
-    from layerbudget.config import load_config
+    from layerbudget.experiments.config import load_config
+    from layerbudget.experiments.prepare import prepare
     from layerbudget.experiments.runner import run_experiment
-    from layerbudget.prepare import prepare
 
     root = tmp_path_factory.mktemp("export")
     (root / "small.toml").write_text(SMALL)
@@ -354,7 +355,7 @@ def test_cli_export_bad_arguments(args, message, setup, capsys):
 
 
 def test_cli_lists_every_export_format():
-    from layerbudget.cli import EXPORT_FORMATS
+    from layerbudget.experiments.cli import EXPORT_FORMATS
     from layerbudget.experiments.export import FORMATS, PLAN_EXPORTERS
 
     assert EXPORT_FORMATS == FORMATS and set(PLAN_EXPORTERS) | {"checkpoint"} == set(FORMATS)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from layerbudget.cli import main
-from layerbudget.config import config_from_dict
 from layerbudget.errors import LayerbudgetError
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.experiments.cli import main
+from layerbudget.experiments.config import config_from_dict
 from layerbudget.experiments.runner import partial_dir, run_experiment
 from layerbudget.plan import Plan
-from layerbudget.search.executor import InlineExecutor
 
 
 def small_cfg(cache) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Protocol
 
-from layerbudget.search.base import EvalRequest, Evaluation
-from layerbudget.search.problem import Candidate
+from layerbudget.asktell import EvalRequest, Evaluation
+from layerbudget.problem import Candidate
 
 
 class Scorer(Protocol):

@@ -1,4 +1,8 @@
-"""The ``layerbudget`` command line: run experiments, build profiles, show and plot runs, export and apply plans."""
+"""The ``layerbudget`` command line: run experiments, build profiles, show and plot runs, export and apply plans.
+
+Each command imports what it needs when it runs, so ``--help`` and usage errors answer at once.
+Bad input is one line ``error: ...`` on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import TYPE_CHECKING
 from layerbudget.errors import LayerbudgetError
 
 if TYPE_CHECKING:
-    from layerbudget.config import ExperimentConfig
+    from layerbudget.experiments.config import ExperimentConfig
     from layerbudget.plan import Plan
 
 EXIT_USAGE = 2
@@ -90,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from layerbudget.config import config_from_dict, load_config
+    from layerbudget.experiments.config import config_from_dict, load_config
     from layerbudget.experiments.outputs import SUMMARY_COLUMNS
     from layerbudget.experiments.runner import partial_dir, run_experiment
 
@@ -159,11 +163,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     import torch
 
-    from layerbudget.config import load_config
-    from layerbudget.profiles.cache import atomic_dir
+    from layerbudget.experiments.config import load_config
+    from layerbudget.experiments.prepare import prepare
     from layerbudget.profiles.hardware import known_targets
     from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
     from layerbudget.profiles.profile import write_profile
+    from layerbudget.storage import atomic_dir
 
     cfg = load_config(args.config)
     targets = list(args.target or ([cfg.latency.target] if cfg.latency.target else []))
@@ -181,8 +186,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.out and Path(args.out).exists():
         raise LayerbudgetError(f"output directory {args.out!r} exists; choose another --out")
-    from layerbudget.prepare import prepare
-
     t0 = time.perf_counter()
     prep = prepare(cfg, progress=not args.quiet)
     db = prep.database
@@ -293,8 +296,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     default = {"llmcompressor": "recipe.yaml", "gptqmodel": "quantize_config.json", "checkpoint": "checkpoint"}
     out = Path(args.out) if args.out else Path(args.run_dir) / "export" / default[args.format]
     if args.format == "checkpoint":
-        from layerbudget.apply import check_checkpoint_dir, check_ties
-        from layerbudget.prepare import prepare
+        from layerbudget.experiments.apply import check_ties
+        from layerbudget.experiments.packed_checkpoint import check_checkpoint_dir
+        from layerbudget.experiments.prepare import prepare
 
         check_ties(plan)  # fail fast, before the model and database are prepared
         check_checkpoint_dir(out)
@@ -312,7 +316,7 @@ def _plan_config(plan: Plan, config_file: str | None, model: str | None = None) 
     """The experiment config of a plan: ``config_file``, else the one stored in its provenance."""
     import dataclasses
 
-    from layerbudget.config import config_from_dict, load_config
+    from layerbudget.experiments.config import config_from_dict, load_config
 
     if config_file is not None:
         cfg = load_config(config_file)
@@ -326,7 +330,7 @@ def _plan_config(plan: Plan, config_file: str | None, model: str | None = None) 
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from layerbudget.apply import reproduce
+    from layerbudget.experiments.apply import reproduce
     from layerbudget.plan import Plan
 
     if not args.tolerance >= 0:

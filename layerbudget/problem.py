@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerbudget.budget import LE, Budget, Constraint
+from layerbudget.budget import LE, Budget, Constraint, metric_scale
 from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DROP, parse_option
+from layerbudget.options import DROP, parse_option
 
 KEEP = "keep"
 LATENCY = "latency_us"
-_SCALE_NS = 1000  # latency coefficients are integer nanoseconds; the metric is in microseconds
 INACTIVE = -1
 Candidate = tuple[int, ...]
 
@@ -186,31 +185,22 @@ class Problem:
         coef = self._coef(metric)
         return int(sum(coef[i][c] for i, c in enumerate(cand) if c != INACTIVE))
 
+    def metric_value(self, metric: str, raw: int) -> float:
+        """The value of a budget metric whose coefficients sum to ``raw`` (see :func:`~layerbudget.budget.metric_scale`)."""
+        divisor, offset = metric_scale(metric, self.unit_numel, self.other_numel)
+        return (raw + offset) / divisor
+
     def metric(self, cand: Candidate, metric: str) -> float:
         """The achieved value of a budget metric (see :mod:`layerbudget.budget`)."""
-        raw = self.raw(cand, metric)
-        if metric == "avg_bits":
-            return raw / self.unit_numel
-        if metric == "sparsity":
-            return raw / self.unit_numel
-        if metric == "bytes":
-            return float(raw + 2 * self.other_numel)
-        if metric == LATENCY:
-            return raw / _SCALE_NS
-        return float(raw)
+        return self.metric_value(metric, self.raw(cand, metric))
 
     def metrics(self, cand: Candidate) -> dict[str, float]:
         return {m: self.metric(cand, m) for m in self.coef}
 
     def rhs(self, c: Constraint) -> float:
         """Right-hand side of ``Σ coef · x (sense) rhs`` for one constraint."""
-        if c.metric in ("avg_bits", "sparsity"):
-            return c.value * self.unit_numel
-        if c.metric == "bytes":
-            return c.value - 2 * self.other_numel
-        if c.metric == LATENCY:
-            return c.value * _SCALE_NS
-        return c.value
+        divisor, offset = metric_scale(c.metric, self.unit_numel, self.other_numel)
+        return c.value * divisor - offset
 
     def satisfies(self, cand: Candidate, budget: Budget) -> bool:
         return all(c.holds(self.metric(cand, c.metric)) for c in budget.constraints)
@@ -297,9 +287,7 @@ class Problem:
             else:
                 lo += int(coef[i].min())
                 hi += int(coef[i].max())
-        scale = self.unit_numel if metric in ("avg_bits", "sparsity") else (_SCALE_NS if metric == LATENCY else 1)
-        shift = 2 * self.other_numel if metric == "bytes" else 0
-        return (lo + shift) / scale, (hi + shift) / scale
+        return self.metric_value(metric, lo), self.metric_value(metric, hi)
 
     def check_budget(self, budget: Budget) -> None:
         """Raise a one-line error when a constraint on its own cannot be met by any candidate."""
