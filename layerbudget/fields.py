@@ -147,11 +147,16 @@ def _check(name: str, value: Any, tp: Any, r: Rule, where: str) -> Any:
     return value
 
 
+def _own(cls: type) -> set[str]:
+    return {f.name for f, _, r in _fields(cls) if not r.flat}
+
+
 def keys(cls: type) -> list[str]:
-    """The keys a record of ``cls`` reads: its fields, with those of flat nested records in their place."""
+    """The keys a record of ``cls`` reads: its fields, with those of flat nested records in their place
+    (a key that is also one of ``cls``'s own fields is its own)."""
     out: list[str] = []
     for f, tp, r in _fields(cls):
-        out += keys(tp) if r.flat else [f.name]
+        out += [k for k in keys(tp) if k not in _own(cls)] if r.flat else [f.name]
     return out
 
 
@@ -166,7 +171,7 @@ def read_record(cls: type[T], data: Mapping[str, Any], where: str, *, what: str 
     values: dict[str, Any] = {}
     for f, tp, r in _fields(cls):
         if r.flat:
-            inner = {k: v for k, v in data.items() if k in keys(tp)}
+            inner = {k: v for k, v in data.items() if k in keys(tp) and k not in _own(cls)}
             values[f.name] = read_record(tp, inner, where, what=what)
         elif f.name in data:
             values[f.name] = _check(f.name, data[f.name], tp, r, where)
