@@ -42,7 +42,7 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.families import DROP_ZERO
 from layerbudget.model import ModelAdapter
 from layerbudget.plan import Plan
-from layerbudget.profiles.cache import atomic_dir, atomic_write_text
+from layerbudget.profiles.cache import atomic_dir
 from layerbudget.profiles.database import Database
 from layerbudget.profiles.methods import decode, load_codes
 from layerbudget.profiles.options import DENSE, DROP, Option, parse_option

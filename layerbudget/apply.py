@@ -45,6 +45,7 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.families import DROP_ZERO, FamilySpec, family_by_name, family_for_model_type, known_families
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.kernels.ops import PackedWeight, format_of
+from layerbudget.kernels.quant import dequantize_groupwise
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
 from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput, load_model
@@ -52,7 +53,6 @@ from layerbudget.plan import Plan
 from layerbudget.profiles.cache import atomic_dir, atomic_write_text
 from layerbudget.profiles.database import Database
 from layerbudget.profiles.latency import kernel_format
-from layerbudget.kernels.quant import dequantize_groupwise
 from layerbudget.profiles.methods import compress, decode, load_codes, store_codes
 from layerbudget.profiles.options import DENSE, DROP, Option, parse_option
 
