@@ -70,8 +70,12 @@ class _PackedLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _current_weight(self) -> PackedWeight:
-        """:meth:`packed_weight`, built (and validated) again only when a buffer was replaced or changed."""
-        key = tuple((id(b), b._version) for b in self._buffers.values() if b is not None)
+        """:meth:`packed_weight`, built (and validated) again only when a buffer was replaced or changed
+        (inference-mode tensors keep no version counter: then it is built every call)."""
+        try:
+            key = tuple((id(b), b._version) for b in self._buffers.values() if b is not None)
+        except RuntimeError:
+            return self.packed_weight()
         cached = self.__dict__.get("_packed_cache")
         if cached is None or cached[0] != key:
             cached = (key, self.packed_weight())
