@@ -10,15 +10,21 @@ Checkpoint layout (``CHECKPOINT_VERSION``)::
 
     config.json                  the model's config, plus a ``quantization_config`` naming layerbudget
     tokenizer files              when the model has a tokenizer
-    model.safetensors            dense tensors under their usual names; a packed unit ``U`` stores
+    layerbudget.safetensors      dense tensors under their usual names, stored at fp16 (bf16 for a bf16
+                                 model) as the plan counts them; a packed unit ``U`` stores
                                  ``U.packed``/``U.scales``/... as written by the kernels' ``to_tensors``
-    layerbudget_checkpoint.json  family, dtype, per-unit option and storage format, notes
+    layerbudget_checkpoint.json  family, compute dtype, per-unit option and storage format, notes
     layerbudget_plan.json        the plan
 
+The weights file is not named ``model.safetensors``, so plain ``transformers.from_pretrained`` refuses
+the directory (no weights file it knows) instead of filling the packed units with random weights.
+
 Storage formats: ``dense`` (the original weight), ``lowbit`` (2/3/4/8-bit ``PackedQuantWeight``),
-``sparse24`` (``Sparse24Weight``), ``sparse24_quant`` (``Sparse24QuantWeight``), ``fakequant`` (an
-option without a kernel format — 5/6 bits, unstructured sparsity — stored as the dense weight it
-decodes to) and ``drop`` (nothing stored; the module computes zeros).
+``sparse24`` (``Sparse24Weight``), ``sparse24_quant`` (``Sparse24QuantWeight``), ``variant`` (an
+option without a kernel format — 5/6 bits, unstructured sparsity — in the variant database's own
+encoding: bit-plane codes, fp16 kept values and a 1-bit mask, the kept codes only when pruned and
+quantized; its bytes are the plan's; decoded to a dense weight when loaded) and ``drop`` (nothing
+stored; the module computes zeros).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from layerbudget.experiments.apply import compress_, variant_tensors
 from layerbudget.families import DROP_ZERO, family_by_name
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.kernels.ops import PackedWeight, format_of
+from layerbudget.kernels.quant import dequantize_groupwise
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
 from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput
@@ -43,14 +50,14 @@ from layerbudget.options import DENSE, DROP, Option, parse_option
 from layerbudget.plan import Plan
 from layerbudget.profiles.database import Database
 from layerbudget.profiles.latency import kernel_format
-from layerbudget.profiles.methods import load_codes
+from layerbudget.profiles.methods import decode, load_codes, store_codes
 from layerbudget.storage import atomic_dir, atomic_write_text
 
 CHECKPOINT_SCHEMA = "layerbudget.checkpoint"
-CHECKPOINT_VERSION = 2  # 2: packed codes and 2:4 positions interleaved (kernels format version 2)
+CHECKPOINT_VERSION = 3  # 3: fp16 storage, ``variant`` format, own weights file name; 2: interleaved packing
 MANIFEST = "layerbudget_checkpoint.json"
 PLAN_FILE = "layerbudget_plan.json"
-WEIGHTS = "model.safetensors"
+WEIGHTS = "layerbudget.safetensors"  # not model.safetensors: transformers must not load it without the packed units
 PACKED_FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 _MODULES = {"lowbit": QuantLinear, "sparse24": SparseLinear, "sparse24_quant": Sparse24QuantLinear}
 _WEIGHTS = {"lowbit": PackedQuantWeight, "sparse24": Sparse24Weight, "sparse24_quant": Sparse24QuantWeight}
@@ -102,6 +109,29 @@ def pack_variant(
                              tensors["zeros"].contiguous(), option.bits, option.group_size, shape), ""  # type: ignore[arg-type]
 
 
+def variant_storage(tensors: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A stored variant in exactly the bytes its option costs: a pruned + quantized variant keeps only the
+    codes of its kept weights (the database stores every code); everything else is stored as it is."""
+    out = dict(tensors)
+    if "mask" in out and "bits" in out:
+        mask = _mask(out, shape)
+        kept = load_codes(out, shape)[mask]  # [kept] in row-major order
+        out.pop("packed", None)
+        out.pop("planes", None)
+        out.update(store_codes(kept[None, :], int(out["bits"])))
+    return out
+
+
+def variant_weight(tensors: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """The float32 ``[N, K]`` weight of a :func:`variant_storage` dict (what :func:`decode` gives the database's)."""
+    if "mask" in tensors and "bits" in tensors:
+        mask = _mask(tensors, shape)
+        codes = torch.zeros(shape, dtype=torch.uint8)
+        codes[mask] = load_codes(dict(tensors), (1, int(mask.sum())))[0]
+        return dequantize_groupwise(codes, tensors["scales"], tensors["zeros"]) * mask
+    return decode(dict(tensors), shape)
+
+
 # ----- save ---------------------------------------------------------------------------------------
 def check_checkpoint_dir(out: str | Path) -> None:
     """Raise unless ``out`` is free or an earlier layerbudget checkpoint (which may be replaced)."""
@@ -142,7 +172,9 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
     check_checkpoint_dir(out)
     compress_(adapter, plan, database)
     try:
-        state = dict(adapter.model.state_dict())
+        model_dtype = next(adapter.model.parameters()).dtype
+        store = torch.bfloat16 if model_dtype == torch.bfloat16 else torch.float16  # what the plan counts
+        state = {k: (v.to(store) if v.is_floating_point() else v) for k, v in adapter.model.state_dict().items()}
         units: dict[str, dict] = {}
         fallbacks: dict[tuple[str, str], list[str]] = {}
         for unit, option in plan.units.items():
@@ -155,9 +187,12 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
                 state.pop(f"{unit}.bias", None)
                 entry["format"] = "drop"
             else:
-                packed, reason = pack_variant(parse_option(option), variant_tensors(adapter, database, unit, option), shape)
+                stored = variant_tensors(adapter, database, unit, option)
+                packed, reason = pack_variant(parse_option(option), stored, shape)
                 if packed is None:
-                    entry["format"] = "fakequant"
+                    del state[f"{unit}.weight"]
+                    state.update({f"{unit}.{k}": v for k, v in variant_storage(stored, shape).items()})
+                    entry["format"] = "variant"
                     fallbacks.setdefault((option, reason), []).append(unit)
                 else:
                     del state[f"{unit}.weight"]
@@ -165,9 +200,10 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
                     entry["format"] = format_of(packed)
             units[unit] = entry
         tensors, aliases = _dedupe(state)
-        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+        dtype = str(model_dtype).removeprefix("torch.")
         notes = [
-            f"{opt} ({len(us)} unit(s)) stored as dense fake-quantized {dtype} weights: {why}"
+            f"{opt} ({len(us)} unit(s)) stored in the variant database's encoding and decoded to a dense weight "
+            f"when loaded: {why}"
             for (opt, why), us in sorted(fallbacks.items())
         ]
         manifest = {
@@ -176,6 +212,7 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
             "model": dict(plan.model),
             "family": adapter.spec.name,
             "dtype": dtype,
+            "storage_dtype": str(store).removeprefix("torch."),
             "dropped": list(plan.dropped),
             "units": units,
             "aliases": aliases,
@@ -186,7 +223,7 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
                       metadata={"format": "pt", "layerbudget_checkpoint": str(CHECKPOINT_VERSION)})
             adapter.model.config.save_pretrained(tmp)
             config = json.loads((tmp / "config.json").read_text())
-            # makes other loaders warn instead of silently using random weights for packed units
+            # other loaders find no weights file they know (WEIGHTS) and refuse; this names the loader
             config["quantization_config"] = {"quant_method": "layerbudget", "version": CHECKPOINT_VERSION,
                                              "loader": "layerbudget.experiments.packed_checkpoint.load_compressed"}
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -214,7 +251,7 @@ def read_manifest(path: str | Path) -> dict:
             f"{root / MANIFEST} has schema/version {manifest.get('schema')!r}/{manifest.get('version')!r}; "
             f"expected {CHECKPOINT_SCHEMA!r}/{CHECKPOINT_VERSION}"
         )
-    formats = ("dense", "fakequant", "drop", *PACKED_FORMATS)
+    formats = ("dense", "variant", "drop", *PACKED_FORMATS)
     for unit, entry in manifest.get("units", {}).items():
         if entry.get("format") not in formats:
             raise LayerbudgetError(f"{root / MANIFEST}: unit {unit} has unknown format {entry.get('format')!r}")
@@ -274,6 +311,17 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
             except AttributeError:
                 continue  # replaced by its sub-block's drop rule
             _replace(model, unit, ZeroOutput(int(entry["shape"][0])))
+        elif fmt == "variant":
+            prefix = f"{unit}."
+            own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+            bias = own.pop("bias", None)
+            try:
+                weight = variant_weight(own, tuple(entry["shape"]))
+            except (KeyError, ValueError, RuntimeError, LayerbudgetError) as exc:
+                raise LayerbudgetError(f"checkpoint tensors of {unit} are damaged: {exc}") from None
+            tensors[f"{unit}.weight"] = weight.t() if spec.transposed else weight
+            if bias is not None:
+                tensors[f"{unit}.bias"] = bias
         elif fmt in PACKED_FORMATS:
             prefix = f"{unit}."
             own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
@@ -284,7 +332,7 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
                 raise LayerbudgetError(f"checkpoint tensors of {unit} are damaged: {exc}") from None
             if list(weight.shape) != list(entry["shape"]):
                 raise LayerbudgetError(f"checkpoint stores {unit} with shape {weight.shape}, expected {entry['shape']}")
-            _replace(model, unit, _MODULES[fmt].from_packed(weight, bias))
+            _replace(model, unit, _MODULES[fmt].from_packed(weight, None if bias is None else bias.to(dtype)))
             packed_units.append(prefix)
     for alias, saved in manifest.get("aliases", {}).items():
         tensors[alias] = tensors[saved]

@@ -20,6 +20,11 @@ import torch
 # No hub look-ups at test time (a hub id must fail fast instead of waiting on the network).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Without a GPU the Triton kernels run in Triton's interpreter. Triton reads the switch when it and
+# the kernels are first imported, which a library (transformers, compressed-tensors) may do before
+# tests/kernels is collected, so it is set here, first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TINY_VOCAB = 320
 TINY_POSITIONS = 64
