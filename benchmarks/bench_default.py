@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerbudget.budget import Budget
 from layerbudget.experiments.config import load_config
 from layerbudget.experiments.runner import run_experiment
+from layerbudget.problem import Budget
 
 
 def timed_cli_run(cache: Path, out: Path, *extra: str) -> float:

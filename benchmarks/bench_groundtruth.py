@@ -52,8 +52,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import Budget
 from layerbudget.evaluators.engine import Evaluator
 from layerbudget.evaluators.executor import Executor
 from layerbudget.evaluators.loop import run_search
@@ -61,7 +59,7 @@ from layerbudget.experiments.config import load_config
 from layerbudget.experiments.prepare import Prepared, prepare
 from layerbudget.model import BlockInputs
 from layerbudget.options import DENSE, DROP
-from layerbudget.problem import KEEP, Candidate, Problem, Slot
+from layerbudget.problem import KEEP, Budget, Candidate, EvalRequest, Evaluation, Problem, Slot
 from layerbudget.search.dp import solve_depth_dp, solve_dp
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.registry import make_searcher

@@ -62,13 +62,12 @@ import numpy as np
 import torch
 from scoring_engine import evolution_requests, measure_engine, pass_times, profile_walk, quantization_walk
 
-from layerbudget.asktell import EvalRequest
 from layerbudget.evaluators.executor import Executor, InlineExecutor
 from layerbudget.evaluators.ray_worker import memory
 from layerbudget.evaluators.scorer import identity
 from layerbudget.experiments.config import ExperimentConfig, config_from_dict
 from layerbudget.experiments.prepare import Prepared, prepare
-from layerbudget.problem import Candidate
+from layerbudget.problem import Candidate, EvalRequest
 from layerbudget.storage import atomic_write_text
 
 BENCH_OPTIONS = ("rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "rtn-b8-g128")

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
 from layerbudget.experiments.config import load_config
 from layerbudget.experiments.prepare import prepare
+from layerbudget.problem import Budget
 from layerbudget.search.registry import make_searcher
 from layerbudget.storage import atomic_write_text
 

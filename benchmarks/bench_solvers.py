@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from layerbudget.budget import Budget
+from layerbudget.problem import Budget
 from layerbudget.search.dp import solve_dp
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.testing import LEVELS, synthetic_problem

@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerbudget.asktell import EvalRequest
 from layerbudget.evaluators.engine import EngineStats, Evaluator, prefix_bound
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
 from layerbudget.experiments.prepare import Prepared
 from layerbudget.options import DENSE, DROP
-from layerbudget.problem import KEEP, Candidate, Problem
+from layerbudget.problem import KEEP, Candidate, EvalRequest, Problem
 from layerbudget.search.registry import make_searcher
 
 

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerbudget.asktell import AskTell, EvalRequest, Evaluation
 from layerbudget.errors import LayerbudgetError
-from layerbudget.problem import Problem
+from layerbudget.problem import AskTell, EvalRequest, Evaluation, Problem
 from layerbudget.storage import atomic_write_bytes, content_hash
 
 MAGIC = b"LAYERBUDGET-CHECKPOINT"

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerbudget.asktell import EvalRequest
 from layerbudget.data import TokenSets
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.fitness import Fitness
 from layerbudget.model import BlockInputs, ModelAdapter
 from layerbudget.options import DENSE, DROP
-from layerbudget.problem import Candidate, Problem
+from layerbudget.problem import Candidate, EvalRequest, Problem
 from layerbudget.profiles.database import Database
 
 

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerbudget.asktell import AskTell, Evaluation
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.checkpoint import Rounds, load_checkpoint, save_checkpoint
 from layerbudget.evaluators.executor import Executor
-from layerbudget.problem import Candidate
+from layerbudget.problem import AskTell, Candidate, Evaluation
 
 
 @dataclass

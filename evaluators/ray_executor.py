@@ -34,12 +34,12 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from layerbudget.asktell import EvalRequest, Evaluation
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import Executor
 from layerbudget.evaluators.ray_connect import connect
 from layerbudget.evaluators.ray_worker import ScoringWorker, database_files
 from layerbudget.evaluators.scorer import ScorerSpec
+from layerbudget.problem import EvalRequest, Evaluation
 
 # an actor process that is gone: crashed, killed, or killed by Ray's memory monitor (host OOM)
 _DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from layerbudget.asktell import EvalRequest
 from layerbudget.evaluators.scorer import ScorerSpec, identity
+from layerbudget.problem import EvalRequest
 from layerbudget.storage import atomic_dir
 
 

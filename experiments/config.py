@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerbudget.budget import Budget
 from layerbudget.data import DEFAULT_CALIBRATION_WINDOWS, TextSpec
-from layerbudget.errors import LayerbudgetError
+from layerbudget.errors import LayerbudgetError, Record, read_record
 from layerbudget.evaluators.fitness import known_fitness
-from layerbudget.fields import Record, read_record
 from layerbudget.model import ModelSpec
 from layerbudget.options import parse_options
+from layerbudget.problem import Budget
 from layerbudget.profiles.hardware import known_targets
 from layerbudget.search.registry import known_searchers, read_params
 from layerbudget.storage import cache_dir_or_default, content_hash, package_dir

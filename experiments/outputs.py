@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerbudget.asktell import Evaluation
 from layerbudget.experiments.config import ExperimentConfig
 from layerbudget.experiments.plots import write_run_plots
 from layerbudget.plan import Plan
-from layerbudget.problem import INACTIVE, Problem
+from layerbudget.problem import INACTIVE, Evaluation, Problem
 from layerbudget.profiles.profile import Profile, write_profile
 from layerbudget.storage import atomic_dir
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from layerbudget.asktell import EvalRequest
-from layerbudget.budget import Budget
 from layerbudget.data import TokenSets
 from layerbudget.evaluators.engine import Evaluator
 from layerbudget.evaluators.executor import Executor
@@ -23,7 +21,7 @@ from layerbudget.evaluators.scorer import ScorerSpec, load_model_and_text
 from layerbudget.experiments.config import ExperimentConfig
 from layerbudget.model import ModelAdapter
 from layerbudget.options import DENSE, parse_options
-from layerbudget.problem import Problem
+from layerbudget.problem import Budget, EvalRequest, Problem
 from layerbudget.profiles.database import Database, calib_digest, load_or_build_database, open_cached_database
 from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
 from layerbudget.profiles.profile import Profile, build_problem, load_or_build_profile

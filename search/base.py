@@ -11,11 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record
-from layerbudget.problem import Candidate, Problem
+from layerbudget.errors import LayerbudgetError, Record
+from layerbudget.problem import Budget, Candidate, EvalRequest, Evaluation, Problem
 
 
 @dataclass(frozen=True)

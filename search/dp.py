@@ -29,11 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerbudget.budget import LE, Budget, Constraint
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import rule
+from layerbudget.errors import LayerbudgetError, rule
 from layerbudget.options import DROP
-from layerbudget.problem import INACTIVE, KEEP, Candidate, Problem
+from layerbudget.problem import INACTIVE, KEEP, LE, Budget, Candidate, Constraint, Problem
 from layerbudget.search.base import register_searcher
 from layerbudget.search.feasible import raw_limit
 from layerbudget.search.operating_point import SolverParams, SolverSearcher

@@ -22,12 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, rule
+from layerbudget.errors import LayerbudgetError, Record, rule
 from layerbudget.options import DROP
-from layerbudget.problem import Candidate
+from layerbudget.problem import Budget, Candidate, EvalRequest, Evaluation
 from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.feasible import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from layerbudget.budget import LE, Budget, Constraint
 from layerbudget.options import DROP
-from layerbudget.problem import INACTIVE, KEEP, Candidate, Problem
+from layerbudget.problem import INACTIVE, KEEP, LE, Budget, Candidate, Constraint, Problem
 
 
 def raw_limit(problem: Problem, constraint: Constraint) -> int:

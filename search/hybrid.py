@@ -34,11 +34,8 @@ from typing import Literal
 
 import numpy as np
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import Budget, Constraint
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, rule
-from layerbudget.problem import INACTIVE, Candidate, Problem
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import INACTIVE, Budget, Candidate, Constraint, EvalRequest, Evaluation, Problem
 from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.dp import solve_dp
 from layerbudget.search.evolution import CALIB, EvolutionParams, EvolutionSearcher

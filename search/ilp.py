@@ -13,11 +13,9 @@ from typing import Literal
 
 import pulp
 
-from layerbudget.budget import LE, Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import rule
+from layerbudget.errors import LayerbudgetError, rule
 from layerbudget.options import DROP
-from layerbudget.problem import Candidate, Problem
+from layerbudget.problem import LE, Budget, Candidate, Problem
 from layerbudget.search.base import register_searcher
 from layerbudget.search.operating_point import SolverParams, SolverSearcher
 

@@ -32,11 +32,8 @@ from typing import Literal
 
 import numpy as np
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, rule
-from layerbudget.problem import INACTIVE, Candidate, Problem
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import INACTIVE, Budget, Candidate, EvalRequest, Evaluation, Problem
 from layerbudget.search.base import Searcher
 
 REFERENCES = ("dense", "uniform", "solution")

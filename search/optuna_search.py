@@ -19,11 +19,8 @@ from typing import Literal
 import optuna
 from optuna.trial import TrialState
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import LE
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, rule
-from layerbudget.problem import Candidate
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import LE, Candidate, EvalRequest, Evaluation
 from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.feasible import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp

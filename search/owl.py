@@ -36,11 +36,9 @@ from typing import Literal
 
 import numpy as np
 
-from layerbudget.budget import LE
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, rule
+from layerbudget.errors import LayerbudgetError, Record, rule
 from layerbudget.options import DENSE, SPARSE_METHODS, parse_option
-from layerbudget.problem import KEEP, Candidate, Problem
+from layerbudget.problem import KEEP, LE, Candidate, Problem
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 from layerbudget.search.feasible import raw_limit
 

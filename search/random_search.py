@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, rule
+from layerbudget.errors import LayerbudgetError, Record, rule
 from layerbudget.problem import Candidate
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 from layerbudget.search.feasible import FeasibleSpace

@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record, read_record
-from layerbudget.problem import Problem
+from layerbudget.errors import LayerbudgetError, Record, read_record
+from layerbudget.problem import Budget, Problem
 from layerbudget.search import (  # noqa: F401  (each module registers its searcher)
     dp,
     evolution,

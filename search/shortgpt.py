@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 
-from layerbudget.budget import LE, Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.options import DENSE, DROP
-from layerbudget.problem import KEEP, Candidate, Problem
+from layerbudget.problem import KEEP, LE, Budget, Candidate, Problem
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 
-from layerbudget.asktell import EvalRequest, Evaluation
 from layerbudget.errors import LayerbudgetError
-from layerbudget.problem import Candidate
+from layerbudget.problem import Candidate, EvalRequest, Evaluation
 from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.shortgpt import check_reachable, drop, least_compressed, subblock_slots
 

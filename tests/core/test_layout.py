@@ -129,7 +129,7 @@ def test_core_nouns_load_no_searcher_solver_or_sampler():
     """Importing Problem, Plan and Budget loads no searcher, and neither PuLP nor Optuna."""
     code = (
         "import sys\n"
-        "from layerbudget.budget import Budget\n"
+        "from layerbudget.problem import Budget\n"
         "from layerbudget.plan import Plan\n"
         "from layerbudget.problem import Problem\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pulp', 'optuna', 'ray')\n"

@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerbudget.asktell import EvalRequest, Evaluation
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.checkpoint import load_checkpoint, save_checkpoint
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
 from layerbudget.experiments.config import config_from_dict
-from layerbudget.problem import Candidate, Problem, Slot
+from layerbudget.problem import Budget, Candidate, EvalRequest, Evaluation, Problem, Slot
 from layerbudget.search.base import Searcher
 from layerbudget.search.registry import make_searcher
 

@@ -292,8 +292,8 @@ def test_trace_cache_is_bounded(setup, spare):
 
 def test_the_trace_cache_meets_the_prefix_bound_while_nothing_is_evicted(setup, spare):
     """With every trace still cached the engine restarts as late as any block-granular scheme can."""
-    from layerbudget.asktell import EvalRequest
     from layerbudget.evaluators.engine import prefix_bound
+    from layerbudget.problem import EvalRequest
 
     _, db, problem, tokens, _ = setup
     rng = np.random.default_rng(5)

@@ -16,7 +16,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from layerbudget.asktell import EvalRequest  # noqa: E402
 from layerbudget.errors import LayerbudgetError  # noqa: E402
 from layerbudget.evaluators.executor import InlineExecutor  # noqa: E402
 from layerbudget.evaluators.loop import run_search  # noqa: E402
@@ -25,6 +24,7 @@ from layerbudget.evaluators.ray_worker import ScoringWorker  # noqa: E402
 from layerbudget.evaluators.scorer import identity  # noqa: E402
 from layerbudget.experiments.config import config_from_dict  # noqa: E402
 from layerbudget.experiments.prepare import prepare  # noqa: E402
+from layerbudget.problem import EvalRequest  # noqa: E402
 from layerbudget.search.registry import make_searcher  # noqa: E402
 
 SMALL_EVOLUTION = {"generations": 3, "offspring": 4, "stages": [(2, 1), (1, 2)]}

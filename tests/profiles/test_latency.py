@@ -7,12 +7,11 @@ import math
 
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.experiments.config import config_from_dict
 from layerbudget.kernels.bench import COLUMNS as BENCH_COLUMNS
 from layerbudget.options import parse_option
-from layerbudget.problem import Problem, Slot
+from layerbudget.problem import Budget, Problem, Slot
 from layerbudget.profiles.hardware import GPUS, Hardware, known_targets
 from layerbudget.profiles.latency import (
     Launch,

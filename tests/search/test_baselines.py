@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
 from layerbudget.options import parse_option
-from layerbudget.problem import INACTIVE, KEEP, Candidate, Problem, Slot
+from layerbudget.problem import INACTIVE, KEEP, Budget, Candidate, Problem, Slot
 from layerbudget.search.registry import make_searcher
 
 DEPTH_OPTIONS = ("dense", "rtn-b4-g128", "rtn-b2-g64")

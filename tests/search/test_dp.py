@@ -7,11 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import KEEP, Problem, Slot
+from layerbudget.problem import KEEP, Budget, Problem, Slot
 from layerbudget.search.dp import depth_objective, solve_depth_dp, solve_dp
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.registry import make_searcher

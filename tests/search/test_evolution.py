@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import KEEP, Candidate, Problem, Slot
+from layerbudget.problem import KEEP, Budget, Candidate, Problem, Slot
 from layerbudget.search.evolution import CALIB, MIN_GENERATIONS, PRESETS, EvolutionSearcher
 from layerbudget.search.registry import make_searcher
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerbudget.budget import METRICS, Budget, Constraint
-from layerbudget.problem import KEEP, Problem, Slot
+from layerbudget.problem import KEEP, METRICS, Budget, Constraint, Problem, Slot
 from layerbudget.search.dp import solve_dp
 from layerbudget.search.feasible import FeasibleSpace, raw_limit
 from layerbudget.search.ilp import solve_ilp

@@ -14,10 +14,9 @@ import itertools
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import KEEP, Candidate, Problem, Slot
+from layerbudget.problem import KEEP, Budget, Candidate, Problem, Slot
 from layerbudget.search.dp import solve_depth_dp, solve_dp
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.registry import make_searcher

@@ -8,10 +8,10 @@ import math
 import pytest
 from test_problem_ilp import make_problem
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import Budget
 from layerbudget.search.hybrid import (
     DEFAULT_VALIDATION_WINDOWS,
     VALIDATION_BATCH,

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from test_problem_ilp import make_problem
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import INACTIVE, Problem, Slot
+from layerbudget.problem import INACTIVE, Budget, Problem, Slot
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.operating_point import deviations, sensitivities
 from layerbudget.search.registry import make_searcher

@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from layerbudget.errors import LayerbudgetError
-from layerbudget.fields import Record
+from layerbudget.errors import LayerbudgetError, Record
 from layerbudget.search.evolution import EvolutionParams
 from layerbudget.search.registry import known_searchers, read_params, searcher_class
 

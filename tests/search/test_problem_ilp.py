@@ -7,11 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget, Constraint
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import INACTIVE, KEEP, Problem, Slot
+from layerbudget.problem import INACTIVE, KEEP, Budget, Constraint, Problem, Slot
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.registry import make_searcher
 

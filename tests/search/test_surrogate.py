@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from test_operating_point import LowBit, ladder_problem
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
 from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import INACTIVE
+from layerbudget.problem import INACTIVE, Budget
 from layerbudget.search.registry import make_searcher
 from layerbudget.search.surrogate import DeltaSurrogate
 
