@@ -414,6 +414,9 @@ class DpSearcher(SolverSearcher):
 
     name = "dp"
     Params = DpParams
+    # declarations read by tests/search/test_searcher_contract.py (opt-outs with their reasons)
+    max_constraints = 1
+    contract_reasons = {"max_constraints": "a knapsack DP over one capacity; several constraints need the ilp"}
 
     def __init__(self, problem, budget, *, seed: int = 0, params: DpParams | None = None):
         super().__init__(problem, budget, seed=seed, params=params)

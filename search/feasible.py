@@ -8,7 +8,7 @@ checks accept is always within budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,29 @@ def raw_limit(problem: Problem, constraint: Constraint) -> int:
         else:
             break
     return r
+
+
+def explain(budget: Budget, reached: Sequence[Mapping[str, float]]) -> str:
+    """Why none of a set of plans meets ``budget``, given each plan's metrics (``reached``).
+
+    For each constraint, the range its metric spans over the plans that meet every *other*
+    constraint (``"avg_bits ranges from 3.25 to 16 where sparsity>=0.1"``): when no plan meets the
+    whole budget, that range lies on the wrong side of the constraint's value. Constraints that no
+    plan brings within the others are left out; when that leaves nothing, every metric's whole range.
+    """
+    parts = []
+    for c in budget.constraints:
+        others = [o for o in budget.constraints if o is not c]
+        vals = [r[c.metric] for r in reached if all(o.holds(r[o.metric]) for o in others)]
+        if vals:
+            where = f" where {', '.join(str(o) for o in others)}" if others else ""
+            parts.append(f"{c.metric} ranges from {min(vals):.6g} to {max(vals):.6g}{where}")
+    if not parts:
+        parts = [
+            f"{c.metric} ranges from {min(r[c.metric] for r in reached):.6g} to {max(r[c.metric] for r in reached):.6g}"
+            for c in budget.constraints
+        ]
+    return "; ".join(parts)
 
 
 class FeasibleSpace:

@@ -40,7 +40,7 @@ from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.dp import solve_dp
 from layerbudget.search.evolution import CALIB, EvolutionParams, EvolutionSearcher
 from layerbudget.search.feasible import FeasibleSpace
-from layerbudget.search.ilp import solve_ilp
+from layerbudget.search.ilp import explain_infeasible, solve_ilp
 from layerbudget.search.operating_point import deviations, sensitivities
 
 DEFAULT_NEIGHBOURS = (0.98, 0.96, 0.93, 1.02, 1.05)
@@ -150,7 +150,7 @@ class HybridSearcher(Searcher):
         if p.uniform:
             self.seeds += [c for c in uniform_seeds(problem, budget) if c not in self.seeds]
         if not self.seeds:
-            raise LayerbudgetError(f"no solver plan fits budget {budget} ({problem.describe_ranges(budget)})")
+            raise LayerbudgetError(f"no solver plan fits budget {budget}: {explain_infeasible(problem, budget)}")
         self.max_evaluations = p.max_evaluations
         switches = sum(min(linearise, len(sl.options) - 1) for sl in problem.slots) + 1 if linearise else 0
         before = len(self.seeds) + corrections + switches  # evaluations before the evolution, at most

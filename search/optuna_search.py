@@ -64,8 +64,9 @@ class OptunaSearcher(Searcher):
         self.scores: dict[Candidate, float] = {}
         self._pending: dict[Candidate, list[optuna.trial.Trial]] = {}
         self._asked = 0
+        seeds = self._seed_candidates()  # the ILP raises a clear error when no candidate fits
         if seed_plans:
-            for cand in self._seed_candidates():
+            for cand in seeds:
                 self.study.enqueue_trial(self._params(cand))
 
     def _seed_candidates(self) -> list[Candidate]:

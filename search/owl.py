@@ -40,7 +40,7 @@ from layerbudget.errors import LayerbudgetError, Record, rule
 from layerbudget.options import DENSE, SPARSE_METHODS, parse_option
 from layerbudget.problem import KEEP, LE, Candidate, Problem
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
-from layerbudget.search.feasible import raw_limit
+from layerbudget.search.feasible import explain, raw_limit
 
 DEFAULT_LAMBDAS = (0.02, 0.05, 0.08, 0.12)
 MAX_LAMBDA = 0.5  # the block targets span 2λ, at most the whole [0, 1] range
@@ -110,12 +110,12 @@ class OWLSearcher(ScoreOnceSearcher):
     """Outlier-weighted per-block sparsity, one plan per ``λ``, the best by fitness (module docstring)."""
 
     name = "owl"
-    # declarations read by tests/search/test_searcher_contract.py
+    # declarations read by tests/search/test_searcher_contract.py (opt-outs with their reasons)
     needs_features = ("outlier_ratio",)  # profile features it reads
-    # the budget metric it is built for: it chooses sparsity levels only, so avg_bits/bytes budgets
-    # are met only where those levels reach them (not on the contract's problems, whose one sparse
-    # option costs 9 bits per weight)
     budget_metrics = frozenset({"sparsity"})
+    contract_reasons = {
+        "budget_metrics": "it picks sparsity levels only; other budgets fit only where those levels reach them",
+    }
 
     Params = OwlParams
 
@@ -170,6 +170,7 @@ class OWLSearcher(ScoreOnceSearcher):
         def fits() -> bool:
             return bool(np.all(sign * (totals - limit) <= 0))
 
+        first = problem.canonical(cand)
         for shift in [None, *sorted(events)]:
             if shift is not None:
                 for i in events[shift]:
@@ -181,9 +182,10 @@ class OWLSearcher(ScoreOnceSearcher):
                 plan = problem.canonical(cand)
                 assert problem.satisfies(plan, budget)
                 return plan
+        reached = [problem.metrics(first), problem.metrics(problem.canonical(cand))]  # each step only sparser
         raise LayerbudgetError(
-            f"owl cannot meet budget {budget} with {self.method} sparsity levels alone (sub-blocks kept): "
-            f"at its sparsest the plan reaches {problem.metrics(problem.canonical(cand))}"
+            f"owl cannot meet budget {budget} with {self.method} sparsity levels alone (sub-blocks kept), "
+            f"from its least to its most sparse plan: {explain(budget, reached)}"
         )
 
     def lambda_of(self, candidate: Candidate) -> float:

@@ -21,6 +21,7 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.options import DENSE, DROP
 from layerbudget.problem import KEEP, LE, Budget, Candidate, Problem
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
+from layerbudget.search.feasible import explain
 
 
 def least_compressed(problem: Problem, budget: Budget) -> list[int]:
@@ -85,10 +86,11 @@ def check_reachable(problem: Problem, budget: Budget, start: list[int], subs: li
     for s in subs:
         drop(problem, cand, s)
     everything = problem.canonical(cand)
-    if not problem.satisfies(everything, budget):
+    if not problem.satisfies(everything, budget):  # dropping only ever helps: its plans lie between the two
+        reached = [problem.metrics(problem.canonical(start)), problem.metrics(everything)]
         raise LayerbudgetError(
-            f"{who} cannot meet budget {budget} by dropping sub-blocks alone: with all {len(subs)} dropped "
-            f"the plan still reaches {problem.metrics(everything)}"
+            f"{who} cannot meet budget {budget} by dropping sub-blocks alone (from none to all {len(subs)} "
+            f"dropped): {explain(budget, reached)}"
         )
 
 
@@ -97,9 +99,10 @@ class ShortGPTSearcher(ScoreOnceSearcher):
     """Drops the sub-blocks of lowest ``block_influence`` until the budget holds (module docstring)."""
 
     name = "shortgpt"
-    # declarations read by tests/search/test_searcher_contract.py
-    needs_subblocks = True  # its only decision is which sub-blocks to drop
+    # declarations read by tests/search/test_searcher_contract.py (opt-outs with their reasons)
+    needs_subblocks = True
     needs_features = ("block_influence",)  # profile features it reads
+    contract_reasons = {"needs_subblocks": "its only decision is which sub-blocks to drop"}
 
     def __init__(self, problem, budget, *, seed: int = 0, params=None):
         super().__init__(problem, budget, seed=seed, params=params)

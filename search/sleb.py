@@ -32,9 +32,13 @@ class SLEBSearcher(Searcher):
     """Greedy sub-block removal by measured fitness (module docstring)."""
 
     name = "sleb"
-    # declarations read by tests/search/test_searcher_contract.py
-    needs_subblocks = True  # its only decision is which sub-blocks to drop
-    scores_partial_plans = True  # each round scores plans with fewer drops than the budget needs
+    # declarations read by tests/search/test_searcher_contract.py (opt-outs with their reasons)
+    needs_subblocks = True
+    scores_partial_plans = True
+    contract_reasons = {
+        "needs_subblocks": "its only decision is which sub-blocks to drop",
+        "scores_partial_plans": "each round scores plans with one drop more than the last, fewer than the budget needs",
+    }
 
     def __init__(self, problem, budget, *, seed: int = 0, params=None):
         super().__init__(problem, budget, seed=seed, params=params)

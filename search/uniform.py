@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from layerbudget.errors import LayerbudgetError
 from layerbudget.problem import Candidate
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
+from layerbudget.search.feasible import explain
 
 
 @register_searcher
@@ -17,15 +16,10 @@ class UniformSearcher(ScoreOnceSearcher):
 
     def __init__(self, problem, budget, *, seed: int = 0, params=None):
         super().__init__(problem, budget, seed=seed, params=params)
-        shared = problem.shared_options()
         self.candidates: list[Candidate] = list(problem.fitting_uniform(budget).values())
         if not self.candidates:
-            cheapest = min(
-                (problem.uniform(o) for o in shared),
-                key=lambda c: problem.metric(c, budget.constraints[0].metric) if c else math.inf,
-                default=None,
-            )
-            detail = f"; the closest uniform plan reaches {problem.metrics(cheapest)}" if cheapest else ""
+            plans = [c for c in map(problem.uniform, problem.shared_options()) if c is not None]
+            detail = f": over the uniform plans {explain(budget, [problem.metrics(c) for c in plans])}" if plans else ""
             raise LayerbudgetError(f"no uniform option fits budget {budget}{detail}")
         self._candidates(self.candidates)
 

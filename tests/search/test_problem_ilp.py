@@ -91,10 +91,14 @@ def test_contradictory_constraints_are_reported():
     opts = (*QUANT, "magnitude-0.5")
     slots = [Slot(f"s{i}", opts, ((f"u{i}", (64, 128)),), i) for i in range(3)]
     p = Problem(slots, proxy={(s.name, o): 1.0 for s in slots for o in opts})
-    # each constraint alone is feasible; sparsity 0.5 needs 9-bit sparse weights everywhere
+    # each constraint alone is feasible; sparsity 0.5 needs 9-bit sparse weights everywhere, and
+    # within 4 bits no weight is sparse: each metric's range given the other says so
     p.check_budget(Budget.from_dict({"sparsity": 0.5}))
     p.check_budget(Budget.from_dict({"avg_bits": 4.0}))
-    with pytest.raises(LayerbudgetError, match=r"infeasible.*sparsity ranges from 0 to 0\.5"):
+    with pytest.raises(
+        LayerbudgetError,
+        match=r"infeasible.*avg_bits ranges from 9 to 9 where sparsity>=0\.5; sparsity ranges from 0 to 0 where avg_bits<=4",
+    ):
         solve_ilp(p, Budget.from_dict({"avg_bits": 4.0, "sparsity": 0.5}))
 
 

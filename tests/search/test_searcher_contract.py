@@ -1,144 +1,108 @@
-"""The contract every registered searcher must pass: within budget, deterministic, clear errors, ties.
+"""The contract every registered searcher must pass (checks in ``contract_checks.py``): within budget,
+ties kept in every asked candidate, ``max_evaluations`` never exceeded, deterministic for a seed in
+this and in other processes, infeasible budgets refused with the achievable range, opt-outs justified.
 
-A new searcher gets this suite for free; give it small parameters in ``SMALL`` if its defaults are slow.
-Baselines that cannot apply to every case say so with class attributes (see :func:`declared`):
-``needs_subblocks`` (it only drops sub-blocks: cases without them are skipped), ``needs_features``
-(profile features it reads: filled here with fixed synthetic values), ``budget_metrics`` (the only
-budget metrics it targets: other cases are skipped) and ``scores_partial_plans`` (it scores plans
-that do not meet the budget yet, as SLEB's greedy does: only that check is skipped).
+A new searcher gets this suite for free; give it small parameters in ``contract_checks.SMALL`` if its
+defaults are slow. ``test_contract_catches.py`` shows each check failing on a broken searcher.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import json
+
 import pytest
+from contract_checks import (
+    CASES,
+    applicable_case,
+    check_case,
+    check_opt_outs_are_justified,
+    check_raises_infeasible,
+    fingerprint,
+    fingerprints_in_processes,
+    has_cap,
+    not_applicable,
+    run_checked,
+    tied_problem,
+)
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.evaluators.executor import InlineExecutor
-from layerbudget.evaluators.loop import run_search
-from layerbudget.problem import INACTIVE, KEEP, Budget, Candidate, Problem, Slot
-from layerbudget.search.base import registered_searchers
-from layerbudget.search.registry import known_searchers, make_searcher
-
-SMALL: dict[str, dict[str, object]] = {
-    "evolution": {"generations": 4, "offspring": 6, "stages": [(3, 1), (1, 2)]},
-    "random": {"n": 6},
-    "optuna": {"max_evaluations": 16},
-    "hybrid": {"generations": 4, "offspring": 6, "stages": [(3, 1), (1, 2)]},
-}
-ONE_CONSTRAINT_ONLY = {"dp"}
-OPTIONS = ("dense", "rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128", "magnitude-0.5", "magnitude-0.5+rtn-b4-g128")
-
-
-def tied_problem(drop: bool = False) -> Problem:
-    """3 blocks: a tied q/k/v slot, an o slot of another shape, a tied gate/up slot (+ droppable sub-blocks)."""
-    rng = np.random.default_rng(0)
-    slots, proxy = [], {}
-    for b in range(3):
-        attn, mlp = (f"b{b}.attn", f"b{b}.mlp") if drop else (None, None)
-        qkv = tuple((f"b{b}.{n}", (64, 128)) for n in "qkv")
-        o = ((f"b{b}.o", (32, 256)),)
-        gate_up = ((f"b{b}.gate", (64, 128)), (f"b{b}.up", (64, 128)))
-        if drop:
-            slots.append(Slot(attn, (KEEP, "drop"), qkv + o, b, is_subblock=True))
-            slots.append(Slot(mlp, (KEEP, "drop"), gate_up, b, is_subblock=True))
-            proxy[(attn, "drop")], proxy[(mlp, "drop")] = 3.0 + b, 4.0 + b
-        slots.append(Slot(f"b{b}.qkv", OPTIONS, qkv, b, subblock=attn))
-        slots.append(Slot(f"b{b}.o", OPTIONS, o, b, subblock=attn))
-        slots.append(Slot(f"b{b}.gate_up", OPTIONS, gate_up, b, subblock=mlp))
-    for s in slots:
-        if not s.is_subblock:
-            scale = rng.uniform(0.5, 2.0)
-            for o, base in zip(OPTIONS[1:], (1.0, 0.4, 0.15, 0.6, 0.7)):
-                proxy[(s.name, o)] = scale * base
-    return Problem(slots, other_numel=1000, proxy=proxy)
-
-
-class Scorer:
-    """Proxy plus a non-additive term (neighbouring slots both below 4 bits), plus batch-seeded noise."""
-
-    def __init__(self, problem: Problem, noise: float = 0.01):
-        self.problem, self.noise = problem, noise
-
-    def score(self, candidate: Candidate, windows: int | None = None, batch: int = 0) -> float:
-        p = self.problem
-        low = [c != INACTIVE and "b2" in p.slots[i].options[c] for i, c in enumerate(candidate)]
-        inter = 0.3 * sum(a and b for a, b in zip(low, low[1:]))
-        rng = np.random.default_rng([batch, 0 if windows is None else windows, *(c + 1 for c in candidate)])
-        return p.proxy_score(candidate) + inter + self.noise * float(rng.normal())
-
-
-CASES = {
-    "bits": (False, {"avg_bits": 4.0}),
-    "bytes": (True, {"bytes": 60000}),
-    "sparsity": (True, {"sparsity": 0.3}),
-    "bits+sparsity": (False, {"avg_bits": 4.0, "sparsity": 0.25}),
-    "bits+bytes": (True, {"avg_bits": 3.8, "bytes": 62000}),
-}
-
-
-def declared(name: str, attribute: str, default: object) -> object:
-    """A searcher's class-level declaration for this suite (``default`` when it declares nothing)."""
-    return getattr(registered_searchers()[name], attribute, default)
-
-
-def skip_if_not_applicable(name: str, problem: Problem, budget: Budget) -> None:
-    if declared(name, "needs_subblocks", False) and not any(s.is_subblock for s in problem.slots):
-        pytest.skip(f"{name} only drops sub-blocks, and this problem has none")
-    metrics = declared(name, "budget_metrics", None)
-    if metrics is not None and not set(budget.to_dict()) <= set(metrics):
-        pytest.skip(f"{name} targets only {sorted(metrics)} budgets")
-
-
-def _run(name: str, problem: Problem, budget: Budget, seed: int = 0):
-    for feature in declared(name, "needs_features", ()):  # fixed synthetic profile features
-        values = np.random.default_rng(len(feature)).uniform(0.01, 1.0, len(problem.slots))
-        problem.set_feature(feature, {s.name: float(v) for s, v in zip(problem.slots, values)})
-    searcher = make_searcher(name, problem, budget, seed=seed, **SMALL.get(name, {}))
-    return run_search(searcher, InlineExecutor(Scorer(problem)))
+from layerbudget.problem import Budget
+from layerbudget.search.registry import known_searchers
 
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", known_searchers())
-def test_stays_within_budget_and_respects_ties(name, case):
-    drop, spec = CASES[case]
-    budget = Budget.from_dict(spec)
-    if name in ONE_CONSTRAINT_ONLY and len(spec) > 1:
-        pytest.skip(f"{name} handles one constraint")
-    p = tied_problem(drop)
-    skip_if_not_applicable(name, p, budget)
-    out = _run(name, p, budget)
-    assert p.satisfies(out.result, budget)
-    assert p.canonical(out.result) == out.result
-    partial = declared(name, "scores_partial_plans", False)
-    for e in out.evaluations:  # nothing over budget is ever evaluated (unless declared)
-        assert p.canonical(e.candidate) == e.candidate
-        assert partial or p.satisfies(e.candidate, budget), (e.candidate, p.metrics(e.candidate))
-    units, dropped = p.assignment(out.result)
-    for s in p.slots:
-        if not s.is_subblock:
-            assert len({units[u] for u, _ in s.units}) == 1, f"tied units of {s.name} differ"
-    assert p.from_assignment(units, dropped) == out.result
+def test_stays_within_budget_and_keeps_ties_in_what_it_asks(name, case):
+    check_case(name, case)
+
+
+@pytest.mark.parametrize("name", known_searchers())
+def test_opt_outs_are_justified_in_one_line(name):
+    check_opt_outs_are_justified(name)
+
+
+@pytest.mark.parametrize("cap", [19, 41])
+@pytest.mark.parametrize("kind", ["flat", "drop"])
+@pytest.mark.parametrize("name", [n for n in known_searchers() if has_cap(n)])
+def test_max_evaluations_is_never_exceeded(name, kind, cap):
+    out = run_checked(name, tied_problem(kind), Budget.from_dict({"avg_bits": 3.9}), cap=cap)
+    assert len(out.evaluations) <= cap  # also checked request by request
 
 
 @pytest.mark.parametrize("name", known_searchers())
 def test_deterministic_for_a_seed(name):
-    p = tied_problem(drop=True)
-    budget = Budget.from_dict({"avg_bits": 3.9})
-    skip_if_not_applicable(name, p, budget)
-    a, b = _run(name, p, budget, seed=3), _run(name, p, budget, seed=3)
-    assert a.result == b.result
-    assert [e.request for e in a.evaluations] == [e.request for e in b.evaluations]
-    assert [e.fitness for e in a.evaluations] == [e.fitness for e in b.evaluations]
+    case = applicable_case(name)
+    assert fingerprint(name, case) == fingerprint(name, case)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [{"avg_bits": 1.0}, {"sparsity": 0.9}, {"avg_bits": 2.6, "sparsity": 0.5}],
-    ids=["bits-below-range", "sparsity-above-range", "contradictory-pair"],
-)
+def test_deterministic_across_processes():
+    """Two new processes with different string-hash seeds ask for exactly what this one asks for."""
+    specs = [(name, applicable_case(name)) for name in known_searchers()]
+    here = json.loads(json.dumps({n: fingerprint(n, c) for n, c in specs}))  # tuples as lists
+    for there in fingerprints_in_processes(specs):
+        for name, _ in specs:
+            assert there[name] == here[name], f"{name} differs in another process"
+
+
+INFEASIBLE = {  # case: (problem kind, budget, raised by the shared check before any searcher code)
+    "bits-below-range": ("flat", {"avg_bits": 1.0}, True),
+    "sparsity-above-range": ("flat", {"sparsity": 0.9}, True),
+    "contradictory-pair": ("flat", {"avg_bits": 2.6, "sparsity": 0.5}, False),
+}
+
+
+@pytest.mark.parametrize("case", list(INFEASIBLE))
 @pytest.mark.parametrize("name", known_searchers())
-def test_raises_on_infeasible_budget(name, spec):
-    p = tied_problem()
-    with pytest.raises(LayerbudgetError):
-        _run(name, p, Budget.from_dict(spec))
+def test_infeasible_budget_is_refused_with_the_achievable_range(name, case):
+    kind, spec, shared = INFEASIBLE[case]
+    problem, budget = tied_problem(kind), Budget.from_dict(spec)
+    if not shared:  # each constraint alone is reachable: the error comes from the searcher's own path
+        problem.check_budget(budget)
+    if not_applicable(name, problem, budget) is not None:  # its declared opt-out raises first
+        with pytest.raises(LayerbudgetError):
+            run_checked(name, problem, budget)
+        return
+    check_raises_infeasible(name, problem, budget)
+
+
+OWN_PATHS = {  # searcher: (problem kind, a budget other plans meet but none of the searcher's)
+    "uniform": ("flat", {"avg_bits": 3.0, "sparsity": 0.1}),
+    "shortgpt": ("partial", {"avg_bits": 4.0}),  # attention units are not droppable
+    "sleb": ("partial", {"avg_bits": 4.0}),
+    "owl": ("flat", {"avg_bits": 4.0}),  # its sparsity levels cost 9 bits and more
+}
+
+
+@pytest.mark.parametrize("name", list(OWN_PATHS))
+def test_a_budget_out_of_the_searchers_own_reach_is_explained(name):
+    kind, spec = OWN_PATHS[name]
+    problem, budget = tied_problem(kind), Budget.from_dict(spec)
+    run_checked("ilp", problem, budget)  # the budget itself can be met
+    check_raises_infeasible(name, problem, budget)
+
+
+def test_every_opt_out_case_still_runs_the_searcher():
+    """Opting out of a case means raising there, not skipping: the declared reasons say why."""
+    opted = [(n, c) for n in known_searchers() for c, (k, s) in CASES.items()
+             if not_applicable(n, tied_problem(k), Budget.from_dict(s)) is not None]
+    assert {n for n, _ in opted} == {"dp", "owl", "shortgpt", "sleb"}
