@@ -34,16 +34,31 @@ def check_grid(shape: tuple[int, ...], bits: int, group_size: int | None) -> int
 def group_params(
     w: torch.Tensor, bits: int, meta_dtype: torch.dtype = torch.float16
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min/max scale and zero for each row of ``w`` (``[..., g]`` → ``[...]``), rounded to ``meta_dtype``."""
+    """Min/max scale and zero for each row of ``w`` (``[..., g]`` → ``[...]``), rounded to ``meta_dtype``.
+
+    The range ``[min(w, 0), max(w, 0)]`` spans ``2**bits - 1`` steps of ``scale``, rounded to the
+    nearest ``meta_dtype`` value; where that is a subnormal below the exact step, the next value up,
+    so that small ranges keep their own grid (their relative rounding is coarse). A group of zeros
+    gets scale 1 (its codes all equal its zero point); a range too wide for ``meta_dtype`` is refused
+    (its scale would be inf and its values NaN).
+    """
     if meta_dtype not in _META_DTYPES:
         raise ValueError(f"`meta_dtype` must be float16 or bfloat16, but got {meta_dtype}.")
     qmax = 2**bits - 1
     wf = w.float()
     lo = wf.amin(dim=-1).clamp(max=0.0)
     hi = wf.amax(dim=-1).clamp(min=0.0)
-    scale = ((hi - lo) / qmax).to(meta_dtype).float()
-    tiny = torch.finfo(meta_dtype).tiny
-    scale = torch.where(scale > tiny, scale, torch.ones_like(scale))
+    exact = (hi - lo) / qmax
+    scale = exact.to(meta_dtype).float()
+    info = torch.finfo(meta_dtype)
+    short = (scale < info.tiny) & (scale < exact)  # a subnormal scale rounded down: the grid would miss the top
+    scale = torch.where(short, scale + info.tiny * info.eps, scale)  # the next value up (exact in float32)
+    if not torch.isfinite(scale).all():
+        raise ValueError(
+            f"a group's scale is not finite in {meta_dtype} at bits={bits}: the weights hold NaN/inf, or a "
+            f"range (largest {float((hi - lo).nan_to_num(nan=float('inf')).max()):.4g}) beyond it; try torch.bfloat16."
+        )
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.round(-lo / scale).clamp(0, qmax)
     return scale.to(meta_dtype), zero.to(meta_dtype)
 
