@@ -9,14 +9,16 @@ at seed 0); ``hybrid`` runs with each search seed under ``--max-evaluations`` (s
 ``optuna`` samplers get exactly as many fitness evaluations as ``hybrid`` used with that seed
 (``--max-evaluations`` when hybrid is not run). Every run is appended to the JSON file as soon as it
 ends, so a subset (``--searchers``, ``--budgets``, ``--seeds``/``--first-seed``) can run now and
-the rest later or elsewhere; every row names its experiment config, and ``--table`` prints mean ±
-std of the calibration fitness and the held-out distortion per config, budget and searcher over any
-set of such files::
+the rest later or elsewhere; every row names its experiment config and records its best-so-far
+calibration fitness against the evaluation count (``trace``, see ``search_curves.py``).
+``--table`` prints, over any set of such files, mean ± std of the calibration fitness and the
+held-out distortion per config, budget and searcher, and how many evaluations each searcher needed
+to reach the evolution's final calibration fitness (same seed); ``--plot PNG`` draws the curves::
 
     python benchmarks/bench_search.py --budgets 3.0 2.5 --seeds 5 [--threads 1] [--out bench-search.json]
     python benchmarks/bench_search.py --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
     python benchmarks/bench_search.py --config experiments/minilm_gptq.toml --out gptq.json
-    python benchmarks/bench_search.py --table bench-search.json part2.json
+    python benchmarks/bench_search.py --table bench-search.json part2.json [--plot curves.png]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from search_curves import plot, target_table, to_target, trace
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.executor import InlineExecutor
@@ -71,6 +74,7 @@ def run_one(prep, evaluator, label: str, budget: Budget, seed: int, params: dict
         "fitness": evaluator.score(best),
         "heldout": evaluator.heldout(best),
         "seconds": time.perf_counter() - t,
+        "trace": trace(out.evaluations, lambda c: prep.problem.satisfies(c, budget)),
     }
     if name == "hybrid":  # where the evolution started: the best seed, and whether it was a uniform plan
         row["seeds"] = len(searcher.seeds)
@@ -139,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch CPU threads (1 is fastest on a busy 2-core machine)"
     )
     parser.add_argument(
-        "--table", nargs="+", metavar="JSON", help="only print the table of these result files"
+        "--table", nargs="+", metavar="JSON", help="only print the tables of these result files"
     )
+    parser.add_argument("--plot", metavar="PNG", help="draw the best-so-far curves of the rows printed")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.table:
-        print(table([r for f in args.table for r in json.loads(Path(f).read_text())]))
+        report([r for f in args.table for r in json.loads(Path(f).read_text())], args.plot)
         return 0
     try:
         cfg = load_config(args.config)
@@ -183,8 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("evolution", "optuna-nsga2", "optuna-tpe"):
                 if name in args.searchers:
                     record(run_one(prep, evaluator, name, budget, seed, {"max_evaluations": n}))
-    print(table(new))
+    report(new, args.plot)
     return 0
+
+
+def report(rows: list[dict], png: str | None) -> None:
+    """Print the fitness table and the evaluations-to-target table; draw the curves to ``png``."""
+    print(table(rows))
+    default = load_config().name
+    print("\nevaluations to the evolution's final calibration fitness (same seed; seedless runs: every seed):")
+    print(target_table(to_target(rows, default, SEEDLESS), ORDER))
+    if png:
+        plot(rows, default, Path(png), ORDER)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def test_search_table_groups_by_config_budget_and_searcher(tmp_path):
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     proc = bench("bench_search.py", "--table", str(tmp_path / "rows.json"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
+    lines = proc.stdout.split("\n\n")[0].strip().splitlines()  # the fitness table comes first
     assert len(lines) == 1 + 4
     body = [line.split() for line in lines[1:]]
     # per config: budgets from high to low, searchers in benchmark order
@@ -52,6 +52,32 @@ def test_search_table_groups_by_config_budget_and_searcher(tmp_path):
     assert quant[3] == "2"  # both default-config rows in one group
     assert quant[5:8] == ["2.0000", "±", "1.4142"]  # fitness mean ± std of 1 and 3
     assert quant[8:11] == ["3.0000", "±", "1.4142"]
+
+
+def _traced(searcher, seed, steps, evaluations, budget=3.0):
+    row = _row("minilm-quant", budget, searcher, seed, steps[-1][1], 1.0)
+    row.update(trace=steps, evaluations=evaluations)
+    return row
+
+
+def test_evaluations_to_the_evolutions_final_fitness_are_counted_per_seed(tmp_path):
+    rows = [
+        _traced("evolution", 0, [[1, 0.9], [200, 0.62], [340, 0.60]], 350),  # target of seed 0: 0.60
+        _traced("evolution", 1, [[1, 0.9], [90, 0.70]], 350),  # target of seed 1: 0.70
+        _traced("hybrid", 0, [[8, 0.65], [100, 0.60], [300, 0.58]], 350),  # reaches 0.60 at 100
+        _traced("hybrid", 1, [[8, 0.75], [130, 0.71]], 350),  # never reaches 0.70
+        _traced("ilp", 0, [[1, 0.70]], 1),  # seedless: reaches seed 1's target, not seed 0's
+    ]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    png = tmp_path / "curves.png"
+    proc = bench("bench_search.py", "--table", str(tmp_path / "rows.json"), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = {line.split()[2]: line.split()[3:] for line in proc.stdout.split("\n\n")[1].strip().splitlines()[2:]}
+    # cap, reached/runs, median, worst, runs within cap/3
+    assert body["hybrid"] == ["350", "1/2", "100", "100", "1/2"]
+    assert body["evolution"] == ["350", "2/2", "215", "340", "1/2"]
+    assert body["ilp"] == ["350", "1/2", "1", "1", "1/2"]
+    assert png.stat().st_size > 0
 
 
 def test_search_benchmark_refuses_a_missing_config_in_one_line(tmp_path):
