@@ -1,6 +1,6 @@
 """Ground truth on tiny problems: dp/ilp reach the exhaustive proxy optimum, evolution/hybrid the real one.
 
-The synthetic problems mirror ``experiments/bench_groundtruth.py`` (12 free slots, 4096 plans): depth
+The synthetic problems mirror ``benchmarks/bench_groundtruth.py`` (12 free slots, 4096 plans): depth
 (6 blocks x attention/MLP, keep or drop; unit slots dense-only) and two-option quantization. Their
 "real" fitness adds interactions the additive proxy cannot see (adjacent sub-blocks dropped
 together, low-bit slots compounding), so the proxy optimum is not always the real one, and requests
