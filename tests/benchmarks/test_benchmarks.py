@@ -106,3 +106,29 @@ def test_bench_solvers_runs(tmp_path):
     proc = bench("bench_solvers.py", "--units", "50", "--options", "6", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dp vs ilp relative proxy gap" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_groundtruth_records_returned_hits_and_its_tables(tmp_path):
+    """The depth problem with one seed of the evolution: every instance has a qualifying flag, hits
+    count returned plans, and the report says which table it used and that it was built now."""
+    out = tmp_path / "gt.json"
+    env_cache = {"LAYERBUDGET_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_groundtruth.py", "--problems", "depth", "--seeds", "1",
+         "--searchers", "evolution", "--out", str(out)],
+        cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **env_cache},
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    table = report["environment"]["tables"]["depth"]
+    assert table["rebuilt"] and len(table["key"]) > 24 and table["plans"] == 4096
+    assert "torch" in report["environment"]["versions"]
+    rows = report["problems"]["depth"]["rows"]
+    assert len(rows) == 11 and all(isinstance(r["qualifies"], bool) for r in rows)
+    for r in rows:
+        run = r["search"]["evolution"]["runs"][0]
+        assert run["hit"] == (run["plan"] == r["real_opt"])
+        assert r["qualifies"] == (r["proxy_opt"] != r["real_opt"] and r["feasible"] > 300)
+    assert report["targets"]["qualifying"] == sum(r["qualifies"] for r in rows)
