@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 TOL = 1e-9
 TARGET_SEARCHER = "evolution"
 
 
-def trace(evaluations: Iterable, fits: callable) -> list[list[float]]:
+def trace(evaluations: Iterable, fits: Callable[[tuple[int, ...]], bool]) -> list[list[float]]:
     """``[[k, best], ...]``: evaluation counts where the best in-budget calibration fitness fell, and its value.
 
     ``evaluations``: the run's :class:`Evaluation` records in order; ``fits(candidate)``: whether a
@@ -108,6 +108,11 @@ def target_table(entries: Sequence[dict], order: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def _at(steps: Sequence[Sequence[float]], k: float) -> float | None:
+    """A trace's best fitness after ``k`` evaluations (None before its first)."""
+    return next((f for n, f in reversed(steps) if n <= k), None)
+
+
 def plot(rows: Sequence[dict], default_config: str, path: Path, order: dict[str, int]) -> None:
     """Best-so-far calibration fitness against evaluations, one panel per (config, budget): every run
     a thin line, the evolution's final fitness per seed dotted, and cap/3 marked."""
@@ -134,14 +139,18 @@ def plot(rows: Sequence[dict], default_config: str, path: Path, order: dict[str,
             ys = [f for _, f in steps] + [steps[-1][1]]
             first = r is next(x for x in sel if x["searcher"] == r["searcher"] and x["trace"])
             ax.step(xs, ys, where="post", color=colours[r["searcher"]], lw=1, alpha=0.7,
-                    label=r["searcher"] if first else None)
+                    marker="o" if r["evaluations"] <= 2 else None, ms=3, label=r["searcher"] if first else None)
         for f in goal.get((config, budget), {}).values():
             ax.axhline(f, color="k", ls=":", lw=0.6)
         ax.axvline(cap / 3, color="grey", ls="--", lw=0.8)
-        finals = [f for _, f in (s[-1] for s in (r["trace"] for r in sel) if s)]
-        lo, hi = min(finals), max(finals)
-        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.6 * (hi - lo + 1e-9))
-        ax.set_xscale("symlog", linthresh=10)
+        # y from the best final value to where the long runs stand after a tenth of the cap
+        finals = [r["trace"][-1][1] for r in sel if r["trace"]]
+        later = [_at(r["trace"], cap / 10) for r in sel if r["trace"] and r["evaluations"] > 10]
+        lo, hi = min(finals), max([f for f in later if f is not None] or finals)
+        pad = 0.05 * (hi - lo) or 0.01 * abs(lo) or 0.01
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xscale("log")
+        ax.set_xlim(0.9, cap * 1.1)
         ax.set_title(f"{config}, avg_bits <= {budget}")
         ax.set_xlabel("evaluations")
         ax.set_ylabel("best calibration fitness so far")
