@@ -125,10 +125,14 @@ def plot(rows: Sequence[dict], default_config: str, path: Path, order: dict[str,
     panels = sorted({_key(r, default_config) for r in rows if "trace" in r}, key=lambda k: (k[0], -k[1]))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    cols = min(2, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6 * cols, 4.2 * rows_), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     names = sorted({r["searcher"] for r in rows if "trace" in r}, key=lambda n: (order.get(n, 99), n))
     colours = {n: f"C{k}" for k, n in enumerate(names)}
-    for ax, (config, budget) in zip(axes[0], panels):
+    for ax, (config, budget) in zip(axes.flat, panels):
         sel = [r for r in rows if "trace" in r and _key(r, default_config) == (config, budget)]
         cap = max(r["evaluations"] for r in sel)
         for r in sel:
@@ -147,6 +151,8 @@ def plot(rows: Sequence[dict], default_config: str, path: Path, order: dict[str,
         finals = [r["trace"][-1][1] for r in sel if r["trace"]]
         later = [_at(r["trace"], cap / 10) for r in sel if r["trace"] and r["evaluations"] > 10]
         lo, hi = min(finals), max([f for f in later if f is not None] or finals)
+        near = [f for r in sel if r["trace"] and r["evaluations"] <= 2 and (f := r["trace"][-1][1]) <= lo + 3 * (hi - lo)]
+        hi = max([hi, *near])  # one-evaluation plans close to the rest stay in view
         pad = 0.05 * (hi - lo) or 0.01 * abs(lo) or 0.01
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xscale("log")
