@@ -4,7 +4,7 @@ Stitching swaps only the units whose option differs from what the model currentl
 come decoded from the database); when something else changed the model since (another evaluator
 sharing the adapter: the adapter's ``version`` moved), it restores the dense model first. The
 dense outputs and the dense inputs of every block are cached per window set (calibration,
-held-out, and an LRU of ``max_fresh_sets`` fresh batches).
+held-out once it is first used, and an LRU of ``max_fresh_sets`` fresh batches).
 
 Trace cache. Scoring a candidate records the input of every block on every batch of the window
 set (a *trace*; tensors before the restart block are shared with the trace it started from, not
@@ -121,8 +121,7 @@ class Evaluator:
         self.n_scored = 0
         self.blocks_run = 0  # blocks run per batch, summed over scored candidates
         self.stitch_seconds = 0.0  # time spent stitching candidates into the model
-        self._refs[("calib",)] = self._reference(tokens.calib)
-        self._refs[("heldout",)] = self._reference(tokens.heldout)
+        self._refs[("calib",)] = self._reference(tokens.calib)  # held-out references: on first use
 
     # ----- references ----------------------------------------------------------------------------
     def _reference(self, ids: torch.Tensor) -> list[_Batch]:
@@ -306,4 +305,6 @@ class Evaluator:
 
     def heldout(self, candidate: Candidate) -> float:
         """The same fitness on the held-out windows (never used for search decisions)."""
+        if ("heldout",) not in self._refs:  # built on first use: evaluation workers never need them
+            self._refs[("heldout",)] = self._reference(self.tokens.heldout)
         return self._score(candidate, ("heldout",), self._refs[("heldout",)])

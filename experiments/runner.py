@@ -11,7 +11,9 @@ from pathlib import Path
 
 from layerbudget.config import ExperimentConfig, executor_kind
 from layerbudget.errors import LayerbudgetError
+from layerbudget.evalsets import HELDOUT, EvalSet, build_eval_sets, check_eval_sources
 from layerbudget.experiments.outputs import CandidateLog, write_run_dir
+from layerbudget.experiments.significance import compare_searchers, measure_final_plans
 from layerbudget.plan import Plan, package_versions
 from layerbudget.prepare import prepare
 from layerbudget.profiles.cache import atomic_write_text
@@ -28,6 +30,8 @@ class RunResult:
     rows: list[dict] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    comparisons: list[dict] = field(default_factory=list)  # paired searcher differences per budget and window set
+    eval_sets: list[EvalSet] = field(default_factory=list)  # where the final plans were measured besides calibration
 
 
 def partial_dir(run_dir: Path) -> Path:
@@ -94,6 +98,7 @@ def run_experiment(
     interrupted run from there and finishes with the plan an uninterrupted run would give.
     """
     run_dir = resolve_run_dir(cfg, out, overwrite, resume)
+    check_eval_sources(cfg.data.eval_sources, cfg.data.source)  # before any work
     partial = partial_dir(run_dir)
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
@@ -104,6 +109,13 @@ def run_experiment(
     prep = prepare(cfg, progress=progress)
     adapter, tokens, fitness, database, problem = prep.adapter, prep.tokens, prep.fitness, prep.database, prep.problem
     calib_hash = prep.calib_hash
+    eval_sets = [
+        EvalSet(HELDOUT, tokens.source, tokens.heldout, tokens.text_hash),
+        *build_eval_sets(
+            adapter.tokenizer, cfg.data.eval_sources, seq_len=tokens.seq_len, windows=cfg.data.heldout_windows,
+            seed=cfg.seed,
+        ),
+    ]
     timings["prepare"] = time.perf_counter() - t0
     log(
         f"database: {len(adapter.units)} units, {len(prep.option_names)} options, "
@@ -127,11 +139,18 @@ def run_experiment(
             log(f"latency: {lat.target} at {lat.tokens} row(s), dense units {dense_us:.1f} us ({source})")
 
         candidates = CandidateLog(problem)
-        result = RunResult(run_dir, timings=timings)
+        result = RunResult(run_dir, timings=timings, eval_sets=eval_sets)
+        finals = []  # the result of every (budget, searcher), in order
         provenance_base = {
             "profile_hash": profile.key,
             "database_key": database.key,
-            "data": {"source": tokens.source, "text_sha256": tokens.text_hash, "calib_sha256": calib_hash},
+            "data": {
+                "source": tokens.source,
+                "text_sha256": tokens.text_hash,
+                "calib_sha256": calib_hash,
+                "eval_texts": {es.label: {"source": es.source, "text_sha256": es.text_hash, "windows": es.windows}
+                               for es in eval_sets},
+            },
             "fitness": fitness.name,
             "seed": cfg.seed,
             "config": cfg.to_dict(),
@@ -152,7 +171,8 @@ def run_experiment(
                     on_evaluations=lambda evs, n=name, b=b_idx: candidates.add(b, n, evs),
                 )
                 best = outcome.result
-                fit, held = evaluator.score(best), evaluator.heldout(best)
+                fit = evaluator.score(best)
+                finals.append(best)
                 seconds = time.perf_counter() - t
                 timings[f"search:{name}:{b_idx}"] = seconds
                 units, dropped = problem.assignment(best)
@@ -164,7 +184,7 @@ def run_experiment(
                     searcher=name,
                     budget=budget.to_dict(),
                     predicted=predicted,
-                    measured={"fitness": fit, "heldout": held, "evaluations": len(outcome.evaluations)},
+                    measured={"fitness": fit, "evaluations": len(outcome.evaluations)},
                     provenance={**provenance_base, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                 )
                 result.plans.append(plan)
@@ -176,12 +196,16 @@ def run_experiment(
                         "bytes": predicted["bytes"],
                         **({"latency_us": predicted["latency_us"]} if "latency_us" in predicted else {}),
                         "fitness": fit,
-                        "heldout": held,
                         "evaluations": len(outcome.evaluations),
                         "broken": len(outcome.broken),
                         "seconds": seconds,
                     }
                 )
+    # every final plan on the calibration windows and every evaluation text, window by window
+    t = time.perf_counter()
+    scores = measure_final_plans(evaluator, finals, tokens.calib, eval_sets, result)
+    result.comparisons = compare_searchers(result.rows, scores)
+    timings["heldout"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite or resume, latency=prep.latency)
     shutil.rmtree(partial, ignore_errors=True)

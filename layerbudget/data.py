@@ -1,4 +1,4 @@
-"""Calibration and held-out token windows from pydoc topics (default), a text file, or strings.
+"""Calibration and held-out token windows from a built-in text (pydoc topics by default), a text file, or strings.
 
 The text is tokenized as one stream (documents joined by blank lines); the last ``heldout_fraction``
 of the tokens is the held-out part and the rest the calibration part, so the two never overlap and
@@ -26,8 +26,9 @@ import torch
 
 from layerbudget.config import DEFAULT_CALIBRATION_WINDOWS
 from layerbudget.errors import LayerbudgetError
+from layerbudget.texts import PYDOC, builtin_documents, builtin_texts
 
-PYDOC = "pydoc"
+__all__ = ["PYDOC", "TokenSets", "build_token_sets", "load_documents"]
 
 
 @dataclass(frozen=True)
@@ -63,19 +64,20 @@ class TokenSets:
 
 
 def load_documents(source: str | Sequence[str]) -> tuple[list[str], str]:
-    """Documents of a text source: ``"pydoc"``, a path to a UTF-8 text file, or a list of strings."""
+    """Documents of a text source: a built-in text (``"pydoc"``, ``"docstrings"``, see
+    :mod:`layerbudget.texts`), a path to a UTF-8 text file, or a list of strings."""
     if isinstance(source, str):
-        if source == PYDOC:
-            from pydoc_data import topics
-
-            return [topics.topics[k] for k in sorted(topics.topics)], PYDOC
+        if source in builtin_texts():
+            return builtin_documents(source), source
         path = Path(source).expanduser()
         try:
             is_file = path.is_file()
         except OSError:  # e.g. a long text passed where a path was expected
             is_file = False
         if not is_file:
-            raise LayerbudgetError(f"text source {source!r} is neither 'pydoc' nor an existing text file")
+            raise LayerbudgetError(
+                f"text source {source!r} is neither a built-in text ({', '.join(builtin_texts())}) nor an existing text file"
+            )
         try:
             return [path.read_text(encoding="utf-8")], str(path)
         except UnicodeDecodeError:
