@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.notices import show_notices
 
 if TYPE_CHECKING:
     from layerbudget.config import ExperimentConfig
@@ -362,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
+    show_notices()  # cache rebuilds and the like as plain `note:` lines
     try:
         commands = {"run": _cmd_run, "profile": _cmd_profile, "plot": _cmd_plot, "show": _cmd_show, "export": _cmd_export, "apply": _cmd_apply}
         return commands[args.command](args)

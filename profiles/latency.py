@@ -24,7 +24,6 @@ import csv
 import math
 import platform
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
 from layerbudget.kernels.packing import PACK_BITS, k_multiple
+from layerbudget.notices import notice
 from layerbudget.package_data import package_dir
 from layerbudget.profiles.cache import content_hash, file_hash
 from layerbudget.profiles.database import CorruptCache
@@ -351,7 +351,7 @@ def load_or_build_latency(problem: Problem, target: str, m: int, cache_dir: Path
                 raise CorruptCache(f"latency table {path} does not match its recorded hash")
             return pd.read_parquet(path), True
         except (CorruptCache, OSError, ValueError) as exc:
-            warnings.warn(f"{exc}; measuring the latency table again", stacklevel=2)
+            notice(f"{exc}; measuring the latency table again")
     table = latency_table(items, target, m)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
