@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerbudget.budget import Budget
+from layerbudget.devices import check_device_name
 from layerbudget.errors import LayerbudgetError
+from layerbudget.families import known_families
 from layerbudget.package_data import package_dir
 
 if sys.version_info >= (3, 11):
@@ -271,6 +273,9 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise LayerbudgetError("a latency_us budget needs [latency] target = cpu | h100 | h200 | a100 | l40s | rtx4090")
     if cfg.model.dtype not in ("float32", "float16", "bfloat16"):
         raise LayerbudgetError(f"model.dtype must be float32, float16 or bfloat16, but got {cfg.model.dtype!r}")
+    check_device_name(cfg.model.device)
+    if cfg.model.family != "auto" and cfg.model.family not in known_families():
+        raise LayerbudgetError(f"unknown model.family {cfg.model.family!r}; known: auto, {', '.join(known_families())}")
 
 
 def _validate_sweep(budgets: tuple[Budget, ...]) -> None:
