@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -12,9 +11,10 @@ from pathlib import Path
 from layerbudget.config import ExperimentConfig, executor_kind
 from layerbudget.errors import LayerbudgetError
 from layerbudget.experiments.outputs import CandidateLog, write_run_dir
+from layerbudget.experiments.partial_run import PartialRun, has_checkpoints, partial_dir
 from layerbudget.plan import Plan, package_versions
 from layerbudget.prepare import prepare
-from layerbudget.profiles.cache import atomic_write_text
+from layerbudget.profiles.option_fit import fit_notes
 from layerbudget.search.checkpoint import run_search_checkpointed
 from layerbudget.search.executor import Executor, InlineExecutor
 from layerbudget.search.registry import make_searcher
@@ -28,11 +28,6 @@ class RunResult:
     rows: list[dict] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def partial_dir(run_dir: Path) -> Path:
-    """Where an unfinished run keeps its config and searcher checkpoints until it completes."""
-    return run_dir.with_name(run_dir.name + ".partial")
 
 
 def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bool, resume: bool = False) -> Path:
@@ -53,6 +48,8 @@ def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bo
         raise LayerbudgetError(f"output directory {str(path)!r} exists; pass --overwrite or choose another --out")
     if path.exists() and not path.is_dir():
         raise LayerbudgetError(f"output path {str(path)!r} exists and is not a directory")
+    if partial_dir(path).is_dir() and not has_checkpoints(partial_dir(path)):
+        shutil.rmtree(partial_dir(path), ignore_errors=True)  # stale: nothing in it to resume
     if partial_dir(path).exists() and not overwrite:
         raise LayerbudgetError(
             f"an interrupted run exists at {str(partial_dir(path))!r}; pass --resume {path} or --overwrite"
@@ -94,13 +91,13 @@ def run_experiment(
     interrupted run from there and finishes with the plan an uninterrupted run would give.
     """
     run_dir = resolve_run_dir(cfg, out, overwrite, resume)
-    partial = partial_dir(run_dir)
-    if not resume:
-        shutil.rmtree(partial, ignore_errors=True)
-        (partial / "checkpoints").mkdir(parents=True)
-        atomic_write_text(partial / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    partial = PartialRun(run_dir, cfg, resume=resume)  # created with the first checkpoint
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if executor_kind(cfg.executor) == "ray":  # an unreachable cluster fails now, not after the database
+        from layerbudget.search.ray_connect import check_address
+
+        check_address(cfg.executor.address or None)
     prep = prepare(cfg, progress=progress)
     adapter, tokens, fitness, database, problem = prep.adapter, prep.tokens, prep.fitness, prep.database, prep.problem
     calib_hash = prep.calib_hash
@@ -109,6 +106,8 @@ def run_experiment(
         f"database: {len(adapter.units)} units, {len(prep.option_names)} options, "
         f"{'reused' if prep.database_reused else 'built'} ({database.root})"
     )
+    for note in fit_notes(adapter, prep.option_names, cfg.budget):
+        log(f"note: {note}")
 
     evaluator = prep.evaluator()
     with make_executor(cfg, prep, evaluator) as executor:
@@ -138,18 +137,24 @@ def run_experiment(
             "versions": package_versions(),
         }
         model_info = {"id": adapter.model_id, "weight_hash": adapter.weight_hash(), "family": adapter.spec.name}
+        partial.start()
         for b_idx, budget in enumerate(cfg.budget):
             for name in cfg.search.searchers:
                 t = time.perf_counter()
                 params = dict(cfg.search.params.get(name, {}))
-                searcher = make_searcher(name, problem, budget, seed=cfg.seed, **params)
-                tokens.check_fresh(searcher.fresh_windows(), f"search.params.{name}")
+                try:
+                    searcher = make_searcher(name, problem, budget, seed=cfg.seed, **params)
+                    tokens.check_fresh(searcher.fresh_windows(), f"search.params.{name}")
+                except LayerbudgetError:  # bad parameters: earlier searchers' checkpoints are of no use
+                    partial.discard()
+                    raise
                 outcome = run_search_checkpointed(
                     searcher,
                     executor,
-                    partial / "checkpoints" / f"b{b_idx}-{name}.ckpt",
+                    partial.checkpoint(f"b{b_idx}-{name}"),
                     config=cfg,
                     on_evaluations=lambda evs, n=name, b=b_idx: candidates.add(b, n, evs),
+                    before_save=partial.ensure,
                 )
                 best = outcome.result
                 fit, held = evaluator.score(best), evaluator.heldout(best)
@@ -184,5 +189,5 @@ def run_experiment(
                 )
     timings["total"] = time.perf_counter() - t0
     write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite or resume, latency=prep.latency)
-    shutil.rmtree(partial, ignore_errors=True)
+    partial.finish()
     return result

@@ -238,6 +238,7 @@ def run_search_checkpointed(
     *,
     config: Any = None,
     on_evaluations: Callable[[list[Evaluation]], None] | None = None,
+    before_save: Callable[[], None] | None = None,
 ) -> SearchOutcome:
     """:func:`~layerbudget.search.loop.run_search` that saves a checkpoint at ``path`` after every tell.
 
@@ -245,6 +246,7 @@ def run_search_checkpointed(
     :func:`config_fingerprint`), the restored rounds are replayed to ``on_evaluations`` in order, and
     the search continues; with a deterministic executor the outcome equals an uninterrupted run.
     The checkpoint is left in place when the search finishes (resuming it returns the same outcome).
+    ``before_save`` is called before every checkpoint is written (e.g. to create its directory).
     """
     path = Path(path)
     rounds: Rounds = load_checkpoint(searcher, path, config=config) if path.exists() else []
@@ -260,6 +262,8 @@ def run_search_checkpointed(
             on_evaluations(results)
         searcher.tell(results)
         rounds.append(results)
+        if before_save is not None:
+            before_save()
         save_checkpoint(searcher, path, rounds, config=config)
     evaluations = [e for r in rounds for e in r]
     if not evaluations:

@@ -59,3 +59,46 @@ def test_interrupted_run_resumes_to_the_same_plan(tmp_path, monkeypatch):
 def test_resume_without_unfinished_run_is_refused(tmp_path, capsys):
     assert main(["run", "--quiet", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no unfinished run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    """A config with one quick searcher and a cache shared by the tests below."""
+    return {**small_cfg(tmp_path_factory.mktemp("cache")), "search": {"searchers": ["uniform", "ilp"]}}
+
+
+def test_interrupted_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatch, quick):
+    cfg = config_from_dict(quick)
+    original = InlineExecutor.evaluate
+
+    def interrupted(self, requests):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(InlineExecutor, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []  # no run dir, no .partial, no temporaries
+    monkeypatch.setattr(InlineExecutor, "evaluate", original)
+    run_experiment(cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "plan.json").is_file() and not partial_dir(tmp_path / "run").exists()
+
+
+def test_partial_without_checkpoints_does_not_block_the_next_run(tmp_path, quick):
+    stale = partial_dir(tmp_path / "run")
+    (stale / "checkpoints").mkdir(parents=True)  # what an older layerbudget left when its model failed to load
+    (stale / "config.json").write_text("{}")
+    run_experiment(config_from_dict(quick), out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "plan.json").is_file() and not stale.exists()
+
+
+def test_overwrite_keeps_the_interrupted_run_until_its_own_search_starts(tmp_path, quick):
+    partial = partial_dir(tmp_path / "run")
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints" / "b0-ilp.ckpt").write_bytes(b"another run's checkpoint")
+    bad = config_from_dict({**quick, "budget": [{"avg_bits": 1.0}]})
+    with pytest.raises(LayerbudgetError, match="infeasible"):
+        run_experiment(bad, out=tmp_path / "run", overwrite=True, progress=False, log=lambda m: None)
+    assert (partial / "checkpoints" / "b0-ilp.ckpt").read_bytes() == b"another run's checkpoint"
+    # the overwriting run neither resumes from nor trips over the old checkpoints
+    run_experiment(config_from_dict(quick), out=tmp_path / "run", overwrite=True, progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "plan.json").is_file() and not partial.exists()
