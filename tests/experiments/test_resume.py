@@ -102,3 +102,64 @@ def test_overwrite_keeps_the_interrupted_run_until_its_own_search_starts(tmp_pat
     # the overwriting run neither resumes from nor trips over the old checkpoints
     run_experiment(config_from_dict(quick), out=tmp_path / "run", overwrite=True, progress=False, log=lambda m: None)
     assert (tmp_path / "run" / "plan.json").is_file() and not partial.exists()
+
+
+def test_sigkill_then_resume_finishes_with_the_uninterrupted_plan(tmp_path, gpt2_tokenizer, monkeypatch):
+    """A run killed with SIGKILL mid-search resumes from its .partial to the plan of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import build_tiny_model
+
+    from layerbudget.config import load_config
+
+    model = tmp_path / "llama"
+    build_tiny_model("llama").save_pretrained(model)
+    gpt2_tokenizer.save_pretrained(model)
+    (tmp_path / "exp.toml").write_text(f"""
+name = "killed"
+[model]
+id = "{model.as_posix()}"
+[data]
+seq_len = 16
+calib_windows = 2
+heldout_windows = 2
+batch_size = 2
+[options]
+names = ["rtn-b2-g32", "rtn-b3-g32", "rtn-b4-g32", "rtn-b8-g32"]
+calibration_windows = 4
+[[budget]]
+avg_bits = 4.0
+[search]
+searchers = ["evolution"]
+[search.params.evolution]
+generations = 150
+offspring = 4
+stages = [[2, 1], [1, 2]]
+[output]
+cache_dir = "{(tmp_path / "cache").as_posix()}"
+""")
+    run_experiment(load_config(tmp_path / "exp.toml"), out=tmp_path / "ref", progress=False, log=lambda m: None)
+    env = {**os.environ, "LAYERBUDGET_EXECUTOR": "inline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerbudget.cli", "run", "exp.toml", "--quiet", "--out", "run"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    partial = partial_dir(tmp_path / "run")
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not list(partial.glob("checkpoints/*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before its first checkpoint was seen"
+    time.sleep(0.2)  # a few more rounds
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (partial / "config.json").is_file() and not (tmp_path / "run").exists()
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--quiet", "--resume", "run"]) == 0
+    a, b = Plan.load(tmp_path / "ref" / "plan.json"), Plan.load(tmp_path / "run" / "plan.json")
+    assert a.units == b.units and a.measured == b.measured
+    assert not partial.exists()
