@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from layerbudget.profiles.cache import atomic_dir
+from layerbudget.experiments.config import ExperimentConfig
+from layerbudget.experiments.plots import write_run_plots
+from layerbudget.plan import Plan
+from layerbudget.problem import INACTIVE, Evaluation, Problem
 from layerbudget.profiles.profile import Profile, write_profile
-from layerbudget.search.base import Evaluation
-from layerbudget.search.problem import INACTIVE, Problem
+from layerbudget.storage import atomic_dir
 
-if TYPE_CHECKING:
-    from layerbudget.config import ExperimentConfig
-    from layerbudget.experiments.runner import RunResult
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, one summary row and one plan per (budget, searcher)."""
+
+    run_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    plans: list[Plan] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class CandidateLog:
@@ -99,8 +107,6 @@ def write_run_dir(
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(cfg, result, best))
         if len(cfg.budget) > 1 or len(cfg.search.searchers) > 1:
-            from layerbudget.experiments.plots import write_run_plots
-
             write_run_plots(tmp, name=run_dir.name)
 
 

@@ -13,8 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from layerbudget.config import ExperimentConfig
-from layerbudget.profiles.cache import atomic_dir
+from layerbudget.experiments.config import ExperimentConfig
+from layerbudget.storage import atomic_dir
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"

@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from layerbudget.config import ExperimentConfig, executor_kind
 from layerbudget.errors import LayerbudgetError
-from layerbudget.experiments.outputs import CandidateLog, write_run_dir
+from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.executor import Executor, InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.evaluators.scorer import identity
+from layerbudget.experiments.config import ExperimentConfig, executor_kind
+from layerbudget.experiments.outputs import CandidateLog, RunResult, write_run_dir
 from layerbudget.experiments.partial_run import PartialRun, has_checkpoints, partial_dir
+from layerbudget.experiments.prepare import Prepared, prepare
 from layerbudget.plan import Plan, package_versions
-from layerbudget.prepare import prepare
 from layerbudget.profiles.option_fit import fit_notes
-from layerbudget.search.checkpoint import run_search_checkpointed
-from layerbudget.search.executor import Executor, InlineExecutor
 from layerbudget.search.registry import make_searcher
-
-
-@dataclass
-class RunResult:
-    """What a run produced: its directory, one summary row and one plan per (budget, searcher)."""
-
-    run_dir: Path
-    rows: list[dict] = field(default_factory=list)
-    plans: list[Plan] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bool, resume: bool = False) -> Path:
@@ -57,21 +48,21 @@ def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bo
     return path
 
 
-def make_executor(cfg: ExperimentConfig, prep, evaluator) -> Executor:
-    """The executor of ``cfg.executor`` (see :func:`~layerbudget.config.executor_kind`; Ray is imported
-    only when it is used)."""
+def make_executor(cfg: ExperimentConfig, prep: Prepared, evaluator: Evaluator) -> Executor:
+    """The executor of ``cfg.executor`` (see :func:`~layerbudget.experiments.config.executor_kind`;
+    Ray is imported only when it is used, not to load it for inline runs)."""
     if executor_kind(cfg.executor) == "inline":
         return InlineExecutor(evaluator)
-    from layerbudget.search.ray_executor import RayExecutor
+    from layerbudget.evaluators.ray_executor import RayExecutor
 
     ex = cfg.executor
     return RayExecutor(
-        cfg,
+        prep.scorer_spec(),
         address=ex.address or None,
         num_workers=ex.workers or None,
         threads_per_worker=ex.threads_per_worker or None,
         max_retries=ex.max_retries,
-        prepared=prep,
+        expect=identity(evaluator),
         ship_database=ex.ship_database,
     )
 
@@ -95,7 +86,7 @@ def run_experiment(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if executor_kind(cfg.executor) == "ray":  # an unreachable cluster fails now, not after the database
-        from layerbudget.search.ray_connect import check_address
+        from layerbudget.evaluators.ray_connect import check_address
 
         check_address(cfg.executor.address or None)
     prep = prepare(cfg, progress=progress)
@@ -141,18 +132,18 @@ def run_experiment(
         for b_idx, budget in enumerate(cfg.budget):
             for name in cfg.search.searchers:
                 t = time.perf_counter()
-                params = dict(cfg.search.params.get(name, {}))
                 try:
-                    searcher = make_searcher(name, problem, budget, seed=cfg.seed, **params)
+                    searcher = make_searcher(name, problem, budget, seed=cfg.seed,
+                                             params=cfg.search.searcher_params(name))
                     tokens.check_fresh(searcher.fresh_windows(), f"search.params.{name}")
                 except LayerbudgetError:  # bad parameters: earlier searchers' checkpoints are of no use
                     partial.discard()
                     raise
-                outcome = run_search_checkpointed(
+                outcome = run_search(
                     searcher,
                     executor,
-                    partial.checkpoint(f"b{b_idx}-{name}"),
-                    config=cfg,
+                    checkpoint=partial.checkpoint(f"b{b_idx}-{name}"),
+                    fingerprint=cfg.fingerprint(),
                     on_evaluations=lambda evs, n=name, b=b_idx: candidates.add(b, n, evs),
                     before_save=partial.ensure,
                 )

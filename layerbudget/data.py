@@ -8,10 +8,7 @@ windows are used.
 
 The database's calibration statistics (GPTQ/SparseGPT Hessians, Wanda norms, output errors) come
 from their own windows of the calibration part, disjoint from the fitness windows: GPTQ fitted to
-the very windows the search scores on looks better there than anywhere else (on MiniLM, uniform
-GPTQ 3-bit g64 fitted to the 16 fitness windows scored 0.109 on them and 0.181 held out; fitted to
-128 other windows, 0.145 and 0.146), and a Hessian of a 1536-wide layer needs more than the
-fitness set's 2048 tokens.
+the very windows the search scores on would look better there than anywhere else.
 """
 
 from __future__ import annotations
@@ -24,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerbudget.config import DEFAULT_CALIBRATION_WINDOWS
 from layerbudget.errors import LayerbudgetError
 
 PYDOC = "pydoc"
+DEFAULT_CALIBRATION_WINDOWS = 128  # windows of the database's calibration statistics
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,32 @@ class TokenSets:
             raise LayerbudgetError(f"asked for {n} calibration windows but the text gives {len(self.calib_pool)}")
         idx = np.sort(generator.choice(len(self.calib_pool), size=n, replace=False))
         return self.calib_pool[torch.from_numpy(idx)]
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Which text, and how it is cut into windows and drawn from (see :func:`build_token_sets`)."""
+
+    source: str = PYDOC
+    seq_len: int = 128
+    calib_windows: int = 16
+    heldout_windows: int = 16
+    heldout_fraction: float = 0.2
+    seed: int = 0
+    db_windows: int = DEFAULT_CALIBRATION_WINDOWS
+
+    def build(self, tokenizer: object, max_positions: int | None = None) -> TokenSets:
+        return build_token_sets(
+            tokenizer,
+            self.source,
+            seq_len=self.seq_len,
+            calib_windows=self.calib_windows,
+            heldout_windows=self.heldout_windows,
+            heldout_fraction=self.heldout_fraction,
+            seed=self.seed,
+            max_positions=max_positions,
+            db_windows=self.db_windows,
+        )
 
 
 def load_documents(source: str | Sequence[str]) -> tuple[list[str], str]:

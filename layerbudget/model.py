@@ -137,6 +137,19 @@ def resolve_model_path(model_id: str | None) -> str:
     return model_id
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how (the ``[model]`` section of an experiment)."""
+
+    id: str = DEFAULT_MODEL  # the embedded all-MiniLM-L6-v2; else a directory or hub id
+    family: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def load(self) -> ModelAdapter:
+        return load_model(self.id, family=self.family, dtype=self.dtype, device=self.device)
+
+
 def load_model(
     model_id: str | None = None,
     *,
@@ -197,6 +210,7 @@ class ModelAdapter:
         self.blocks: nn.ModuleList = blocks
         self._modules: dict[str, nn.Module] = {}
         self._dense: dict[str, torch.Tensor] = {}
+        self._packed: set[str] = set()  # units held by packed modules (no weight to swap)
         units: list[Unit] = []
         subblock_units: dict[str, list[str]] = {}
         for b, block in enumerate(blocks):
@@ -205,7 +219,13 @@ class ModelAdapter:
                 if module is None:
                     continue
                 name = f"{self.spec.blocks}.{b}.{path}"
-                w = module.weight
+                w = getattr(module, "weight", None)
+                if not isinstance(w, torch.Tensor):
+                    if not hasattr(module, "dequantized_weight"):  # e.g. a dropped unit's ZeroOutput
+                        continue
+                    # a packed module of a loaded checkpoint (QuantLinear, ...): readable, not swappable
+                    w = module.dequantized_weight().t() if self.spec.transposed else module.dequantized_weight()
+                    self._packed.add(name)
                 shape = (w.shape[1], w.shape[0]) if self.spec.transposed else (w.shape[0], w.shape[1])
                 sub = f"{self.spec.blocks}.{b}.{kind}"
                 units.append(Unit(name, b, sub, (int(shape[0]), int(shape[1]))))
@@ -298,7 +318,7 @@ class ModelAdapter:
     def _count_non_unit(self) -> int:
         seen: set[int] = set()
         total = 0
-        unit_weights = {id(m.weight) for m in self._modules.values()}
+        unit_weights = {id(getattr(m, "weight", None)) for m in self._modules.values()}
         for p in self.model.parameters():
             if id(p) in seen or id(p) in unit_weights:
                 continue
@@ -317,12 +337,18 @@ class ModelAdapter:
         unit = self.unit(name)
         if tuple(weight.shape) != unit.shape:
             raise LayerbudgetError(f"weight for {name} must have shape {unit.shape}, but got {tuple(weight.shape)}")
+        if name in self._packed:
+            raise LayerbudgetError(
+                f"unit {name} holds a packed {type(self._modules[name]).__name__}; its weight cannot be replaced in place"
+            )
         param = self._modules[name].weight
         with torch.no_grad():
             param.copy_(weight.t() if self.spec.transposed else weight)
         self.version += 1
 
     def restore_weight(self, name: str) -> None:
+        if name in self._packed:
+            return  # never changed
         with torch.no_grad():
             self._modules[self.unit(name).name].weight.copy_(self._dense[name])
         self.version += 1

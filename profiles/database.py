@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 from layerbudget.errors import LayerbudgetError
 from layerbudget.model import ModelAdapter
 from layerbudget.notices import notice
-from layerbudget.profiles.cache import atomic_dir, content_hash, file_hash
+from layerbudget.options import Option
 from layerbudget.profiles.calibration import first_block_inputs, outlier_ratio, output_error, run_block
 from layerbudget.profiles.methods import UnitStats, compress, decode
-from layerbudget.profiles.options import Option
+from layerbudget.storage import atomic_dir, content_hash, database_dir, file_hash
 
 DB_VERSION = 4  # 4: codes packed in the kernels' interleaved layout (format version 2)
 INDEX_HASH = "index.sha256"  # the sha256 of index.json, written beside it
@@ -284,6 +284,16 @@ def _build_unit(
     return {"_index": entry, "variants": variants}
 
 
+def open_cached_database(
+    adapter: ModelAdapter, options: Sequence[Option], cache_dir: Path, *, calib: torch.Tensor | None, inputs: str = "dense"
+) -> Database:
+    """The cached database for this (model, options, data, inputs); a one-line error when it was never built."""
+    root = database_dir(cache_dir, database_key(adapter, options, calib_digest(calib), inputs))
+    if not root.exists():
+        raise LayerbudgetError(f"database {root} does not exist; run the experiment once to build it")
+    return open_database(root)
+
+
 def load_or_build_database(
     adapter: ModelAdapter,
     options: Sequence[Option],
@@ -295,7 +305,7 @@ def load_or_build_database(
     progress: bool = True,
 ) -> tuple[Database, bool]:
     """Reuse the cached database for this (model, options, data, inputs) or build it; (db, reused)."""
-    root = Path(cache_dir) / "db" / database_key(adapter, options, calib_digest(calib), inputs)[:32]
+    root = database_dir(cache_dir, database_key(adapter, options, calib_digest(calib), inputs))
     if root.exists():
         try:
             return open_database(root), True

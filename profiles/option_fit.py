@@ -15,12 +15,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
 from layerbudget.model import ModelAdapter
-from layerbudget.profiles.options import DENSE, DROP, META_BITS, Option, parse_option
+from layerbudget.options import DENSE, DROP, META_BITS, Option, parse_option
+from layerbudget.problem import Budget, Problem
 from layerbudget.profiles.profile import build_problem
-from layerbudget.search.problem import Problem
 
 GROUP_SIZES = (256, 128, 64, 32, 16, 8)  # group sizes worth suggesting, largest first
 _BLOCK_INDEX = re.compile(r"^(?P<head>.*?\.)(?P<index>\d+)(?P<tail>\..*)$")

@@ -30,11 +30,11 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from layerbudget.cli import main
+from layerbudget.experiments.cli import main
 from layerbudget.experiments.runner import partial_dir
 from layerbudget.plan import Plan
-from layerbudget.profiles.cache import file_hash
 from layerbudget.profiles.database import open_database
+from layerbudget.storage import file_hash
 
 OUT = "run"  # every case runs with --out run, relative to its working directory
 BASE: dict = {
@@ -307,7 +307,7 @@ def resolve_models(cfg: dict, models: Path) -> dict:
 def cli() -> list[str]:
     """The installed console script, as a user runs it (``python -m`` where there is none)."""
     script = Path(sys.executable).with_name("layerbudget")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "layerbudget.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "layerbudget.experiments.cli"]
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -6,7 +6,7 @@ import json
 
 from conftest import build_tiny_model
 
-from layerbudget.cli import main
+from layerbudget.experiments.cli import main
 
 CONFIG = {
     "data": {"seq_len": 16, "calib_windows": 2, "heldout_windows": 2, "batch_size": 2},

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from layerbudget.cli import main
-from layerbudget.config import config_from_dict
 from layerbudget.errors import LayerbudgetError
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.experiments.cli import main
+from layerbudget.experiments.config import config_from_dict
 from layerbudget.experiments.runner import partial_dir, run_experiment
 from layerbudget.plan import Plan
-from layerbudget.search.executor import InlineExecutor
 
 
 def small_cfg(cache) -> dict:
@@ -114,7 +114,7 @@ def test_sigkill_then_resume_finishes_with_the_uninterrupted_plan(tmp_path, gpt2
 
     from conftest import build_tiny_model
 
-    from layerbudget.config import load_config
+    from layerbudget.experiments.config import load_config
 
     model = tmp_path / "llama"
     build_tiny_model("llama").save_pretrained(model)
@@ -145,7 +145,7 @@ cache_dir = "{(tmp_path / "cache").as_posix()}"
     run_experiment(load_config(tmp_path / "exp.toml"), out=tmp_path / "ref", progress=False, log=lambda m: None)
     env = {**os.environ, "LAYERBUDGET_EXECUTOR": "inline", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "layerbudget.cli", "run", "exp.toml", "--quiet", "--out", "run"],
+        [sys.executable, "-m", "layerbudget.experiments.cli", "run", "exp.toml", "--quiet", "--out", "run"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     partial = partial_dir(tmp_path / "run")

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
+from layerbudget.options import parse_options
 from layerbudget.profiles.database import INDEX_HASH, CorruptCache, load_or_build_database, open_database
-from layerbudget.profiles.options import parse_options
 
 
 @pytest.fixture(scope="module")

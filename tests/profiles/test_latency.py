@@ -7,10 +7,11 @@ import math
 
 import pytest
 
-from layerbudget.budget import Budget
-from layerbudget.config import config_from_dict
 from layerbudget.errors import LayerbudgetError
+from layerbudget.experiments.config import config_from_dict
 from layerbudget.kernels.bench import COLUMNS as BENCH_COLUMNS
+from layerbudget.options import parse_option
+from layerbudget.problem import Budget, Problem, Slot
 from layerbudget.profiles.hardware import GPUS, Hardware, known_targets
 from layerbudget.profiles.latency import (
     Launch,
@@ -23,9 +24,7 @@ from layerbudget.profiles.latency import (
     roofline_us,
     slot_latency_ns,
 )
-from layerbudget.profiles.options import parse_option
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.problem import Problem, Slot
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
+from layerbudget.options import parse_options
+from layerbudget.problem import Budget
 from layerbudget.profiles.database import load_or_build_database
 from layerbudget.profiles.option_fit import (
     check_budget_fit,
@@ -15,7 +16,6 @@ from layerbudget.profiles.option_fit import (
     fit_notes,
     shape_problem,
 )
-from layerbudget.profiles.options import parse_options
 from layerbudget.profiles.profile import build_problem
 
 G128 = ["dense", "rtn-b2-g128", "rtn-b3-g128", "rtn-b4-g128"]

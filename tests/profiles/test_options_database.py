@@ -10,9 +10,9 @@ import torch
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.quant import quantize_groupwise
+from layerbudget.options import parse_option, parse_options
 from layerbudget.profiles.database import CorruptCache, load_or_build_database, open_database
 from layerbudget.profiles.methods import UnitStats, compress, decode, load_codes, store_codes
-from layerbudget.profiles.options import parse_option, parse_options
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ with an empty cache, then again with the cache filled, then once more cached wit
 inline`` as the in-process baseline, and then compares the searchers at 3.5 and 3.0 average bits on the
 same profile. Usage::
 
-    python -m layerbudget.experiments.bench_default [--out bench-default.json]
+    python benchmarks/bench_default.py [--out bench-default.json]
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerbudget.budget import Budget
-from layerbudget.config import load_config
+from layerbudget.experiments.config import load_config
 from layerbudget.experiments.runner import run_experiment
+from layerbudget.problem import Budget
 
 
 def timed_cli_run(cache: Path, out: Path, *extra: str) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("LAYERBUDGET_EXECUTOR", "RAY_ADDRESS")}
     env["LAYERBUDGET_CACHE"] = str(cache)
     t = time.perf_counter()
-    cmd = [sys.executable, "-m", "layerbudget.cli", "run", "--quiet", "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "layerbudget.experiments.cli", "run", "--quiet", "--out", str(out), *extra]
     subprocess.run(cmd, check=True, env=env)
     return time.perf_counter() - t
 

@@ -1,8 +1,8 @@
 """Prepare an experiment's shared state from its config: model, tokens, database, problem, evaluator.
 
-The runner calls :func:`prepare` once; remote evaluation workers call :func:`prepare` with the same
-config (``build=False``: the database must already exist in the cache) and get an identical
-evaluator, which is what makes inline and distributed scoring give the same numbers.
+The runner calls :func:`prepare` once. Evaluation workers do not: they build their evaluator from
+:meth:`Prepared.scorer_spec` (:mod:`layerbudget.evaluators.scorer`), the same way the driver builds
+its own, which is what makes inline and distributed scoring give the same numbers.
 """
 
 from __future__ import annotations
@@ -12,35 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from layerbudget.budget import Budget
-from layerbudget.config import ExperimentConfig
-from layerbudget.data import TokenSets, build_token_sets
-from layerbudget.errors import LayerbudgetError
+from layerbudget.data import TokenSets
 from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.executor import Executor
 from layerbudget.evaluators.fitness import Fitness, make_fitness
-from layerbudget.model import ModelAdapter, load_model
-from layerbudget.profiles.cache import default_cache_dir
-from layerbudget.profiles.database import (
-    Database,
-    calib_digest,
-    database_key,
-    load_or_build_database,
-    open_database,
-)
+from layerbudget.evaluators.scorer import ScorerSpec, load_model_and_text
+from layerbudget.experiments.config import ExperimentConfig
+from layerbudget.model import ModelAdapter
+from layerbudget.options import DENSE, parse_options
+from layerbudget.problem import Budget, EvalRequest, Problem
+from layerbudget.profiles.database import Database, calib_digest, load_or_build_database, open_cached_database
 from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
 from layerbudget.profiles.option_fit import check_budget_fit, check_budgets_early
-from layerbudget.profiles.options import DENSE, parse_options
 from layerbudget.profiles.profile import Profile, build_problem, load_or_build_profile
-from layerbudget.search.base import EvalRequest
-from layerbudget.search.executor import Executor
-from layerbudget.search.problem import Problem
 
 
 @dataclass
 class Prepared:
-    """Everything a search needs besides the searcher: built once per experiment (or per worker)."""
+    """Everything a search needs besides the searcher: built once per experiment."""
 
     cfg: ExperimentConfig
     adapter: ModelAdapter
@@ -54,20 +44,21 @@ class Prepared:
     database_reused: bool
     latency: pd.DataFrame | None = None  # the latency table of cfg.latency.target, when one is set
 
+    def scorer_spec(self, problem: Problem | None = None) -> ScorerSpec:
+        """The picklable spec an evaluation worker builds this experiment's evaluator from."""
+        return ScorerSpec(
+            model=self.cfg.model,
+            text=self.cfg.text(),
+            database=str(Path(self.database.root).expanduser().resolve()),
+            fitness=self.fitness.name,
+            batch_size=self.cfg.data.batch_size,
+            problem=self.problem if problem is None else problem,
+        )
+
     def evaluator(self, problem: Problem | None = None, **engine: Any) -> Evaluator:
         """An evaluator of ``problem`` (default: this one) on this model, data and fitness; ``engine``
         passes further :class:`Evaluator` options (e.g. ``max_traces``)."""
-        return Evaluator(
-            self.adapter,
-            self.database,
-            self.problem if problem is None else problem,
-            self.tokens,
-            self.fitness,
-            batch_size=self.cfg.data.batch_size,
-            data_seed=self.cfg.seed,
-            **engine,
-        )
-
+        return self.scorer_spec(problem).evaluator(self.adapter, self.tokens, self.database, **engine)
 
     def profile(
         self, evaluator: Evaluator | None = None, *, executor: Executor | None = None, progress: bool = True
@@ -85,30 +76,16 @@ class Prepared:
         )
 
 
-def cache_dir_of(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output.cache_dir).expanduser() if cfg.output.cache_dir else default_cache_dir()
-
-
 def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True) -> Prepared:
-    """Load the model and data, build (or reuse) the database, and set up the search problem."""
-    torch.manual_seed(cfg.seed)
-    adapter = load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype, device=cfg.model.device)
-    tokens = build_token_sets(
-        adapter.tokenizer,
-        cfg.data.source,
-        seq_len=cfg.data.seq_len,
-        calib_windows=cfg.data.calib_windows,
-        heldout_windows=cfg.data.heldout_windows,
-        heldout_fraction=cfg.data.heldout_fraction,
-        seed=cfg.seed,
-        max_positions=getattr(adapter.model.config, "max_position_embeddings", None),
-        db_windows=cfg.options.calibration_windows,
-    )
+    """Load the model and data, build (or reuse) the database, and set up the search problem.
+
+    ``build=False``: the database must already be in the cache, and no latency table is made.
+    """
+    adapter, tokens = load_model_and_text(cfg.model, cfg.text())
     fitness = make_fitness(cfg.search.fitness, adapter.task)
     names = list(cfg.options.names) if DENSE in cfg.options.names else [DENSE, *cfg.options.names]
     options = parse_options(names)
-    calib_hash = calib_digest(tokens.calib)
-    cache_dir = cache_dir_of(cfg)
+    cache_dir = cfg.cache_dir()
     inputs = cfg.options.calibration_inputs
     if build:
         check_budgets_early(adapter, names, cfg.budget)  # before the database is built
@@ -122,13 +99,10 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
             progress=progress,
         )
     else:
-        root = cache_dir / "db" / database_key(adapter, options, calib_digest(tokens.db_calib), inputs)[:32]
-        if not root.exists():
-            raise LayerbudgetError(f"database {root} does not exist; run the experiment once to build it")
-        database, reused = open_database(root), True
+        database, reused = open_cached_database(adapter, options, cache_dir, calib=tokens.db_calib, inputs=inputs), True
     problem = build_problem(adapter, database, names)
     latency = None
-    if cfg.latency.target and build:  # evaluation workers (build=False) only score; they need no costs
+    if cfg.latency.target and build:
         latency, _ = load_or_build_latency(problem, cfg.latency.target, cfg.latency.tokens, cache_dir)
         problem.set_latency(slot_latency_ns(problem, latency))
     for budget in cfg.budget:
@@ -137,4 +111,5 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
             check_budget_fit(problem, budget, adapter, names)
         elif known:
             check_budget_fit(problem, Budget(known), adapter, names)
+    calib_hash = str(calib_digest(tokens.calib))
     return Prepared(cfg, adapter, tokens, fitness, database, problem, names, calib_hash, cache_dir, reused, latency)

@@ -1,4 +1,8 @@
-"""The ``layerbudget`` command line: run experiments, build profiles, show and plot runs, export and apply plans."""
+"""The ``layerbudget`` command line: run experiments, build profiles, show and plot runs, export and apply plans.
+
+Each command imports what it needs when it runs, so ``--help`` and usage errors answer at once.
+Bad input is one line ``error: ...`` on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.notices import show_notices
 
 if TYPE_CHECKING:
-    from layerbudget.config import ExperimentConfig
+    from layerbudget.experiments.config import ExperimentConfig
     from layerbudget.plan import Plan
 
 EXIT_USAGE = 2
 EXIT_MISMATCH = 1
-EXPORT_FORMATS = ("llmcompressor", "gptqmodel", "checkpoint")  # experiments.export.FORMATS, without importing it
+EXPORT_FORMATS = ("llmcompressor", "gptqmodel", "checkpoint", "compressed-tensors")  # experiments.export.FORMATS
+CT_LAYOUTS = ("pack-quantized", "naive-quantized")  # experiments.export_ct.CT_FORMATS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,14 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a run's plan to a deployment format")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
-    export.add_argument("--out", help="output path (default: RUN_DIR/export/<recipe.yaml|quantize_config.json|checkpoint>)")
+    export.add_argument("--out", help="output path (default: RUN_DIR/export/<recipe.yaml|quantize_config.json|checkpoint"
+                                      "|compressed-tensors>)")
     export.add_argument("--plan", help="plan file to export instead of RUN_DIR/plan.json (e.g. plans/ilp-b1.json)")
     export.add_argument("--allow-drop", action="store_true",
-                        help="export plans with dropped sub-blocks to formats that cannot drop (they are left out)")
+                        help="export plans with dropped sub-blocks to formats that cannot drop (llmcompressor, gptqmodel: "
+                             "left out; compressed-tensors: zero output projections)")
+    export.add_argument("--ct-format", choices=CT_LAYOUTS,
+                        help="compressed-tensors layout: pack-quantized (default; vLLM) or naive-quantized (one int8 "
+                             "per code; transformers runs it)")
     export.add_argument("--quiet", action="store_true", help="no progress bars")
 
     apply = sub.add_parser("apply", help="rebuild a plan's compressed model and re-measure its fitness")
-    apply.add_argument("plan", metavar="PLAN", help="plan.json (or a run directory holding one)")
+    apply.add_argument("plan", metavar="PLAN",
+                       help="plan.json, a run directory, or a checkpoint / compressed-tensors export directory")
     apply.add_argument("model", nargs="?", metavar="MODEL", help="model directory or hub id (default: the plan's)")
     apply.add_argument("--config", help="experiment TOML to use instead of the config stored in the plan")
     apply.add_argument("--tolerance", type=float, default=1e-4, help="relative tolerance on fitness (default 1e-4)")
@@ -91,7 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from layerbudget.config import config_from_dict, load_config
+    from layerbudget.experiments.config import config_from_dict, load_config
     from layerbudget.experiments.outputs import SUMMARY_COLUMNS
     from layerbudget.experiments.runner import partial_dir, run_experiment
 
@@ -160,11 +171,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     import torch
 
-    from layerbudget.config import load_config
-    from layerbudget.profiles.cache import atomic_dir
+    from layerbudget.experiments.config import load_config
+    from layerbudget.experiments.prepare import prepare
     from layerbudget.profiles.hardware import known_targets
     from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
     from layerbudget.profiles.profile import write_profile
+    from layerbudget.storage import atomic_dir
 
     cfg = load_config(args.config)
     targets = list(args.target or ([cfg.latency.target] if cfg.latency.target else []))
@@ -182,8 +194,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.out and Path(args.out).exists():
         raise LayerbudgetError(f"output directory {args.out!r} exists; choose another --out")
-    from layerbudget.prepare import prepare
-
     t0 = time.perf_counter()
     prep = prepare(cfg, progress=not args.quiet)
     db = prep.database
@@ -288,32 +298,61 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from layerbudget.experiments.export import PLAN_EXPORTERS, export_checkpoint
+    from layerbudget.experiments.apply import check_ties
+    from layerbudget.experiments.export import PLAN_EXPORTERS, export_checkpoint, export_compressed_tensors
+    from layerbudget.experiments.export_check import check_export
+    from layerbudget.experiments.export_ct import check_ct_dir
+    from layerbudget.experiments.packed_checkpoint import check_checkpoint_dir
+    from layerbudget.model import load_model
 
     plan = _load_run_plan(args.run_dir, args.plan)
-    default = {"llmcompressor": "recipe.yaml", "gptqmodel": "quantize_config.json", "checkpoint": "checkpoint"}
+    default = {"llmcompressor": "recipe.yaml", "gptqmodel": "quantize_config.json", "checkpoint": "checkpoint",
+               "compressed-tensors": "compressed-tensors"}
     out = Path(args.out) if args.out else Path(args.run_dir) / "export" / default[args.format]
-    if args.format == "checkpoint":
-        from layerbudget.apply import check_checkpoint_dir, check_ties
-        from layerbudget.prepare import prepare
+    if args.ct_format is not None and args.format != "compressed-tensors":
+        raise LayerbudgetError("--ct-format applies to --format compressed-tensors only")
+    check_ties(plan)  # fail fast, before any model is loaded
+    cfg = _export_config(plan, Path(args.run_dir))
+    if args.format in ("checkpoint", "compressed-tensors"):  # the searched weights: model and database
+        from layerbudget.experiments.prepare import prepare
 
-        check_ties(plan)  # fail fast, before the model and database are prepared
-        check_checkpoint_dir(out)
-        prep = prepare(_plan_config(plan, None), progress=not args.quiet)
-        exported = export_checkpoint(plan, prep.adapter, prep.database, out)
+        (check_checkpoint_dir if args.format == "checkpoint" else check_ct_dir)(out)
+        try:  # reuse the cached database without building anything
+            prep = prepare(cfg, progress=not args.quiet, build=False)
+        except LayerbudgetError:  # no database yet: check the model before paying for one
+            check_export(plan, load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype))
+            prep = prepare(cfg, progress=not args.quiet)
+        if args.format == "checkpoint":
+            exported = export_checkpoint(plan, prep.adapter, prep.database, out)
+        else:
+            exported = export_compressed_tensors(plan, prep.adapter, prep.database, out, allow_drop=args.allow_drop,
+                                                 layout=args.ct_format or CT_LAYOUTS[0])
     else:
-        exported = PLAN_EXPORTERS[args.format](plan, out, allow_drop=args.allow_drop)
+        adapter = load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype)
+        exported = PLAN_EXPORTERS[args.format](plan, out, model=adapter, allow_drop=args.allow_drop)
     for note in exported.notes:
         _note(f"note: {note}")
     print(f"wrote {exported.path}")
     return 0
 
 
+def _export_config(plan: Plan, run_dir: Path) -> ExperimentConfig:
+    """The experiment config of an exported plan: its own, else the run directory's ``config.json``."""
+    from layerbudget.experiments.config import config_from_dict
+
+    if isinstance(plan.provenance.get("config"), dict) or not (run_dir / "config.json").is_file():
+        return _plan_config(plan, None)
+    try:
+        return config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    except ValueError as exc:
+        raise LayerbudgetError(f"{run_dir / 'config.json'} is unreadable: {exc}") from None
+
+
 def _plan_config(plan: Plan, config_file: str | None, model: str | None = None) -> ExperimentConfig:
     """The experiment config of a plan: ``config_file``, else the one stored in its provenance."""
     import dataclasses
 
-    from layerbudget.config import config_from_dict, load_config
+    from layerbudget.experiments.config import config_from_dict, load_config
 
     if config_file is not None:
         cfg = load_config(config_file)
@@ -327,13 +366,17 @@ def _plan_config(plan: Plan, config_file: str | None, model: str | None = None) 
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from layerbudget.apply import reproduce
+    from layerbudget.experiments.apply import reproduce
     from layerbudget.plan import Plan
 
     if not args.tolerance >= 0:
         raise LayerbudgetError(f"--tolerance must be a non-negative number, but got {args.tolerance}")
+    from layerbudget.experiments.packed_checkpoint import PLAN_FILE
+
     path = Path(args.plan)
-    plan = Plan.load(path / "plan.json" if path.is_dir() else path)
+    if path.is_dir():  # a run directory (plan.json) or a checkpoint / compressed-tensors export (its plan file)
+        path = path / PLAN_FILE if not (path / "plan.json").is_file() and (path / PLAN_FILE).is_file() else path / "plan.json"
+    plan = Plan.load(path)
     result = reproduce(plan, _plan_config(plan, args.config, args.model), progress=not args.quiet)
     if not result.same_calibration:
         _note("note: the calibration tokens differ from those the plan was measured on")

@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher
-from layerbudget.search.checkpoint import load_checkpoint, run_search_checkpointed, save_checkpoint
-from layerbudget.search.executor import InlineExecutor
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import Candidate, Problem, Slot
+from layerbudget.evaluators.checkpoint import load_checkpoint, save_checkpoint
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.experiments.config import config_from_dict
+from layerbudget.problem import Budget, Candidate, EvalRequest, Evaluation, Problem, Slot
+from layerbudget.search.base import Searcher
 from layerbudget.search.registry import make_searcher
 
 OPTIONS = ("dense", "rtn-b2-g64", "rtn-b3-g64", "rtn-b4-g128")
 BUDGET = Budget.from_dict({"avg_bits": 4.0})
 CONFIG = {"name": "ckpt", "seed": 0, "search": {"searchers": ["evolution"]}, "output": {"dir": "a"}}
+FINGERPRINT = config_from_dict(CONFIG).fingerprint()
 SMALL = {
     "evolution": {"generations": 4, "offspring": 5, "stages": [(2, 1), (1, 2)]},
     "random": {"n": 5},
@@ -132,21 +133,21 @@ def test_resume_after_any_round_equals_uninterrupted(problem, tmp_path, name):
         path = tmp_path / f"{name}-{crash_at}.ckpt"
         if crash_at < counting.calls:
             with pytest.raises(Interrupted):
-                run_search_checkpointed(make(name, problem), CrashingExecutor(scorer, crash_at), path, config=CONFIG)
+                run_search(make(name, problem), CrashingExecutor(scorer, crash_at), checkpoint=path, fingerprint=FINGERPRINT)
         else:
-            run_search_checkpointed(make(name, problem), InlineExecutor(scorer), path, config=CONFIG)
+            run_search(make(name, problem), InlineExecutor(scorer), checkpoint=path, fingerprint=FINGERPRINT)
         assert path.exists() == (crash_at > 0)
         log: list[list[Evaluation]] = []
-        got = run_search_checkpointed(make(name, problem), InlineExecutor(scorer), path, config=CONFIG,
-                                      on_evaluations=log.append)
+        got = run_search(make(name, problem), InlineExecutor(scorer), checkpoint=path, fingerprint=FINGERPRINT,
+                         on_evaluations=log.append)
         assert key(got) == key(expected)
         assert [e for r in log for e in r] == got.evaluations  # restored rounds were replayed in order
 
 
 def test_completed_checkpoint_resumes_to_the_same_outcome(problem, tmp_path):
     path = tmp_path / "done.ckpt"
-    first = run_search_checkpointed(make("evolution", problem), InlineExecutor(Scorer(problem)), path)
-    again = run_search_checkpointed(make("evolution", problem), CrashingExecutor(Scorer(problem), 0), path)
+    first = run_search(make("evolution", problem), InlineExecutor(Scorer(problem)), checkpoint=path)
+    again = run_search(make("evolution", problem), CrashingExecutor(Scorer(problem), 0), checkpoint=path)
     assert key(again) == key(first)
 
 
@@ -175,7 +176,7 @@ def saved(problem, tmp_path) -> Path:
     searcher = make("walk", problem)
     res = InlineExecutor(Scorer(problem)).evaluate(searcher.ask())
     searcher.tell(res)
-    save_checkpoint(searcher, path, [res], config=CONFIG)
+    save_checkpoint(searcher, path, [res], fingerprint=FINGERPRINT)
     return path
 
 
@@ -192,24 +193,26 @@ def _untouched(searcher: Searcher) -> tuple:
         (lambda b: b.replace(b'"seed": 0', b'"seed": 1'), r"corrupted \(sha256 mismatch\)"),
         (lambda b: b"garbage\n" + b, "not a layerbudget checkpoint"),
         (lambda b: b"", "not a layerbudget checkpoint"),
-        (lambda b: b.replace(b"CHECKPOINT 1 ", b"CHECKPOINT 9 ", 1), "format version 9"),
+        (lambda b: b.replace(b"CHECKPOINT 2 ", b"CHECKPOINT 9 ", 1), "format version 9"),
+        (lambda b: b.replace(b"CHECKPOINT 2 ", b"CHECKPOINT 1 ", 1), "format version 1, this layerbudget reads 2"),
     ],
-    ids=["truncated-tail", "truncated-half", "bit-flip", "edited-header", "garbage", "empty", "future-version"],
+    ids=["truncated-tail", "truncated-half", "bit-flip", "edited-header", "garbage", "empty", "future-version",
+         "old-version"],
 )
 def test_damaged_checkpoint_is_refused_and_changes_nothing(problem, saved, damage, match):
     saved.write_bytes(damage(saved.read_bytes()))
     fresh = make("walk", problem)
     before = _untouched(fresh)
     with pytest.raises(LayerbudgetError, match=match):
-        run_search_checkpointed(fresh, InlineExecutor(Scorer(problem)), saved, config=CONFIG)
+        run_search(fresh, InlineExecutor(Scorer(problem)), checkpoint=saved, fingerprint=FINGERPRINT)
     assert _untouched(fresh) == before
 
 
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"config": {**CONFIG, "seed": 1}}, "different config"),
-        ({"config": None}, "different config"),
+        ({"fingerprint": config_from_dict({**CONFIG, "seed": 1}).fingerprint()}, "different config"),
+        ({"fingerprint": None}, "different config"),
         ({"seed": 2}, "different seed"),
         ({"problem": small_problem(scale=2.0)}, "different problem"),
         ({"budget": Budget.from_dict({"avg_bits": 3.9})}, "different budget"),
@@ -225,12 +228,13 @@ def test_foreign_checkpoint_is_refused(problem, saved, change, match):
     else:
         fresh = WalkSearcher(prob, budget, seed=change.get("seed", 0))
     with pytest.raises(LayerbudgetError, match=match):
-        load_checkpoint(fresh, saved, config=change.get("config", CONFIG))
+        load_checkpoint(fresh, saved, fingerprint=change.get("fingerprint", FINGERPRINT))
 
 
-def test_output_section_does_not_block_resume(problem, saved):
-    moved = {**CONFIG, "output": {"dir": "elsewhere", "cache_dir": "/tmp/x"}}
-    assert len(load_checkpoint(make("walk", problem), saved, config=moved)) == 1
+def test_output_and_executor_sections_do_not_block_resume(problem, saved):
+    moved = {**CONFIG, "output": {"dir": "elsewhere", "cache_dir": "/tmp/x"}, "executor": {"workers": 7}}
+    fingerprint = config_from_dict(moved).fingerprint()
+    assert len(load_checkpoint(make("walk", problem), saved, fingerprint=fingerprint)) == 1
 
 
 def test_writes_are_atomic_and_unpicklable_state_is_a_clear_error(problem, saved):
@@ -238,6 +242,6 @@ def test_writes_are_atomic_and_unpicklable_state_is_a_clear_error(problem, saved
     searcher = make("walk", problem)
     searcher.hook = lambda: None  # lambdas do not pickle
     with pytest.raises(LayerbudgetError, match="cannot be checkpointed"):
-        save_checkpoint(searcher, saved, [], config=CONFIG)
+        save_checkpoint(searcher, saved, [], fingerprint=FINGERPRINT)
     assert saved.read_bytes() == before  # the old checkpoint survives a failed write
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]  # no temporary files left behind

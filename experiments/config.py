@@ -8,17 +8,23 @@ for a complete, commented example.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerbudget.budget import Budget
+from layerbudget.data import DEFAULT_CALIBRATION_WINDOWS, TextSpec
 from layerbudget.devices import check_device_name
-from layerbudget.errors import LayerbudgetError
+from layerbudget.errors import LayerbudgetError, Record, read_record
+from layerbudget.evaluators.fitness import known_fitness
 from layerbudget.families import known_families
-from layerbudget.package_data import package_dir
+from layerbudget.model import ModelSpec
+from layerbudget.options import parse_options
+from layerbudget.problem import Budget
+from layerbudget.profiles.hardware import known_targets
+from layerbudget.search.registry import known_searchers, read_params
+from layerbudget.storage import cache_dir_or_default, content_hash, package_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,15 +36,7 @@ DEFAULT_OPTIONS: tuple[str, ...] = tuple(
 )
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    id: str = "default"  # "default" = the embedded all-MiniLM-L6-v2; else a directory or hub id
-    family: str = "auto"
-    dtype: str = "float32"
-    device: str = "cpu"
-
-
-DEFAULT_CALIBRATION_WINDOWS = 128  # windows of the database's calibration statistics
+ModelConfig = ModelSpec  # the [model] section is the model's spec
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,10 @@ class SearchConfig:
     fitness: str = "auto"
     params: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
+    def searcher_params(self, name: str) -> Record:
+        """The typed parameters of searcher ``name`` (``[search.params.<name>]``, defaults elsewhere)."""
+        return read_params(name, self.params.get(name, {}), f"search.params.{name}")
+
 
 @dataclass(frozen=True)
 class ExecutorConfig:
@@ -87,12 +89,11 @@ class ExecutorConfig:
 
 
 ENV_EXECUTOR = "LAYERBUDGET_EXECUTOR"
+RESULT_NEUTRAL = ("output", "executor")  # sections that do not change a run's results
 
 
 def executor_kind(ex: ExecutorConfig) -> str:
     """The executor a run uses: ``executor.kind`` when set, else ``$LAYERBUDGET_EXECUTOR``, else ``ray``."""
-    import os
-
     kind = ex.kind or os.environ.get(ENV_EXECUTOR, "") or "ray"
     if kind not in ("inline", "ray"):
         raise LayerbudgetError(f"${ENV_EXECUTOR} must be 'inline' or 'ray', but got {kind!r}")
@@ -121,6 +122,21 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
+    def text(self) -> TextSpec:
+        """The token windows of this experiment (``[data]``, the seed, ``options.calibration_windows``)."""
+        d = self.data
+        return TextSpec(d.source, d.seq_len, d.calib_windows, d.heldout_windows, d.heldout_fraction, self.seed,
+                        self.options.calibration_windows)
+
+    def cache_dir(self) -> Path:
+        """``output.cache_dir``, else ``$LAYERBUDGET_CACHE``, else ``~/.cache/layerbudget``."""
+        return cache_dir_or_default(self.output.cache_dir)
+
+    def fingerprint(self) -> str:
+        """sha256 of what decides the results: every section but ``output`` and ``executor`` (where
+        results are written and how many workers compute them), so a run resumes anywhere."""
+        return content_hash({k: v for k, v in self.to_dict().items() if k not in RESULT_NEUTRAL})
+
     def to_dict(self) -> dict:
         """Plain data that :func:`config_from_dict` reads back to an equal config."""
         d = dataclasses.asdict(self)
@@ -142,44 +158,16 @@ _SECTIONS = {
 }
 
 
-def _typename(tp: object) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value: object, tp: object, where: str) -> object:
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value  # type: ignore[arg-type]
-    elif tp is str:
-        ok = isinstance(value, str)
-    elif origin is tuple:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value  # type: ignore[arg-type]
-        tp = "list of strings"
-    elif origin is Mapping:
-        ok = isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values())
-        tp = "table of tables"
-    else:  # pragma: no cover - a config field with an unsupported annotation
-        raise TypeError(f"unsupported config type {tp}")
-    if not ok:
-        raise LayerbudgetError(f"config key {where} must be a {_typename(tp)}, but got {value!r}")
-    return value
-
-
 def _section(cls: type, data: object, where: str) -> object:
     if not isinstance(data, Mapping):
         raise LayerbudgetError(f"config section [{where}] must be a table, but got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise LayerbudgetError(f"unknown config key(s) {', '.join(where + '.' + k for k in unknown)}; known: {', '.join(names)}")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    return read_record(cls, data, where, what="config key")
+
+
+@dataclass(frozen=True)
+class _Top:
+    name: str = "default"
+    seed: int = 0
 
 
 def config_from_dict(data: Mapping[str, object]) -> ExperimentConfig:
@@ -188,11 +176,8 @@ def config_from_dict(data: Mapping[str, object]) -> ExperimentConfig:
     unknown = sorted(set(data) - top)
     if unknown:
         raise LayerbudgetError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}")
-    kwargs: dict[str, object] = {}
-    if "name" in data:
-        kwargs["name"] = _coerce(data["name"], str, "name")
-    if "seed" in data:
-        kwargs["seed"] = _coerce(data["seed"], int, "seed")
+    top_keys = {k: data[k] for k in ("name", "seed") if k in data}
+    kwargs: dict[str, object] = dict(vars(read_record(_Top, top_keys, "config", what="config key")))
     for key, cls in _SECTIONS.items():
         if key in data:
             kwargs[key] = _section(cls, data[key], key)
@@ -225,10 +210,6 @@ def load_config(path: str | Path | None = None) -> ExperimentConfig:
 
 
 def _validate(cfg: ExperimentConfig) -> None:
-    from layerbudget.evaluators.fitness import known_fitness
-    from layerbudget.profiles.options import parse_options
-    from layerbudget.search.registry import known_searchers
-
     if cfg.seed < 0:
         raise LayerbudgetError(f"seed must be a non-negative integer, but got {cfg.seed}")
     parse_options(list(cfg.options.names))
@@ -239,6 +220,8 @@ def _validate(cfg: ExperimentConfig) -> None:
     for s in (*cfg.search.searchers, *cfg.search.params):
         if s not in known_searchers():
             raise LayerbudgetError(f"unknown searcher {s!r}; known: {', '.join(known_searchers())}")
+    for s in cfg.search.params:
+        cfg.search.searcher_params(s)  # a wrong parameter fails now, before anything is built
     if cfg.search.fitness not in ("auto", *known_fitness()):
         raise LayerbudgetError(f"unknown fitness {cfg.search.fitness!r}; known: auto, {', '.join(known_fitness())}")
     _validate_sweep(cfg.budget)
@@ -262,8 +245,6 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise LayerbudgetError(
             f"options.calibration_inputs must be 'dense' or 'compressed', but got {cfg.options.calibration_inputs!r}"
         )
-    from layerbudget.profiles.hardware import known_targets
-
     lat = cfg.latency
     if lat.target and lat.target not in known_targets():
         raise LayerbudgetError(f"unknown latency.target {lat.target!r}; known: {', '.join(known_targets())}")

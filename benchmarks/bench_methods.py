@@ -3,7 +3,7 @@
 Builds one database with every option (timed, size on disk reported), then scores each option
 applied uniformly to all units on the held-out windows. Usage::
 
-    python -m layerbudget.profiles.bench_methods [--out bench-methods.json] [--inputs compressed]
+    python benchmarks/bench_methods.py [--out bench-methods.json] [--inputs compressed]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerbudget.config import load_config
-from layerbudget.prepare import prepare
+from layerbudget.experiments.config import load_config
+from layerbudget.experiments.prepare import prepare
 
 QUANT = [f"{m}-b{b}-g64" for b in (2, 3, 4) for m in ("rtn", "gptq")]
 SPARSE = [f"{m}-{s}" for s in ("0.5", "0.7") for m in ("magnitude", "wanda", "sparsegpt")]
@@ -49,9 +49,9 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"database: {len(QUANT) + len(SPARSE)} options x 36 units ({args.inputs} inputs), built in {build_s:.1f} s "
           f"(model load and calibration included), {size / 2**20:.1f} MiB on disk")
-    print(f"{'option':<16}{'fitness':>10}{'held-out':>10}")
-    for r in rows:
-        print(f"{r['option']:<16}{r['fitness']:>10.4f}{r['heldout']:>10.4f}")
+    table = [f"{'option':<16}{'fitness':>10}{'held-out':>10}"]
+    table += [f"{r['option']:<16}{r['fitness']:>10.4f}{r['heldout']:>10.4f}" for r in rows]
+    print("\n".join(table))
     return 0
 
 

@@ -7,6 +7,7 @@ with one actor pinned to each node, so the suite pays for Ray and the actors' mo
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import time
 
@@ -15,13 +16,15 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from layerbudget.config import config_from_dict  # noqa: E402
 from layerbudget.errors import LayerbudgetError  # noqa: E402
-from layerbudget.prepare import prepare  # noqa: E402
-from layerbudget.search.base import EvalRequest  # noqa: E402
-from layerbudget.search.executor import InlineExecutor  # noqa: E402
-from layerbudget.search.loop import run_search  # noqa: E402
-from layerbudget.search.ray_executor import RayExecutor, _WorkPlan  # noqa: E402
+from layerbudget.evaluators.executor import InlineExecutor  # noqa: E402
+from layerbudget.evaluators.loop import run_search  # noqa: E402
+from layerbudget.evaluators.ray_executor import RayExecutor, WorkPlan  # noqa: E402
+from layerbudget.evaluators.ray_worker import ScoringWorker  # noqa: E402
+from layerbudget.evaluators.scorer import identity  # noqa: E402
+from layerbudget.experiments.config import config_from_dict  # noqa: E402
+from layerbudget.experiments.prepare import prepare  # noqa: E402
+from layerbudget.problem import EvalRequest  # noqa: E402
 from layerbudget.search.registry import make_searcher  # noqa: E402
 
 SMALL_EVOLUTION = {"generations": 3, "offspring": 4, "stages": [(2, 1), (1, 2)]}
@@ -58,18 +61,54 @@ def shipped_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("actor-cache")
 
 
+def faulty_worker() -> type[ScoringWorker]:
+    """An actor class that can be told to fail: defined in a function, so Ray ships it by value."""
+
+    class FaultyWorker(ScoringWorker):
+        exit_in: int | None = None
+        oom_in: int | None = None
+
+        def exit_after(self, n: int) -> None:
+            """Exit the process when about to score the request after the next ``n``."""
+            self.exit_in = n
+
+        def oom_after(self, n: int) -> None:
+            """Raise ``MemoryError`` (once) when about to score the request after the next ``n``."""
+            self.oom_in = n
+
+        def score_one(self, request):
+            if self.exit_in is not None:
+                self.exit_in -= 1
+                if self.exit_in < 0:
+                    os._exit(1)  # die like a crashed or OOM-killed worker
+            if self.oom_in is not None:
+                self.oom_in -= 1
+                if self.oom_in < 0:
+                    self.oom_in = None
+                    raise MemoryError("fault injection: allocation failed")
+            return super().score_one(request)
+
+    return FaultyWorker
+
+
 @pytest.fixture(scope="module")
-def executor(ray_cluster, prepared, shipped_cache):
+def spec(prepared, shipped_cache):
+    """The driver's scorer spec, its database moved to a cache dir the actors find empty."""
+    return dataclasses.replace(prepared.scorer_spec(), database=str(shipped_cache / "db" / prepared.database.root.name))
+
+
+@pytest.fixture(scope="module")
+def executor(ray_cluster, prepared, spec):
     """Two actors, one pinned to each node, given the database through the object store."""
-    cfg = dataclasses.replace(prepared.cfg, output=dataclasses.replace(prepared.cfg.output, cache_dir=str(shipped_cache)))
     ex = RayExecutor(
-        cfg,
+        spec,
         address=ray_cluster.address,
         num_workers=2,
         threads_per_worker=1,
         worker_resources=[{r: 1} for r in ray_cluster.node_resources],
-        prepared=prepared,
-        ship_database=True,
+        expect=identity(prepared.evaluator()),
+        ship_database=prepared.database.root,
+        worker_class=faulty_worker(),
     )
     yield ex
     ex.close()
@@ -89,7 +128,7 @@ def fitness(evaluations) -> list[float]:
     return [e.fitness for e in evaluations]
 
 
-def drain(plan: _WorkPlan, order: list[int]) -> dict[int, list[tuple[int, int]]]:
+def drain(plan: WorkPlan, order: list[int]) -> dict[int, list[tuple[int, int]]]:
     """Chunks handed to each worker when they ask in the cyclic ``order`` until none is left."""
     got: dict[int, list[tuple[int, int]]] = {w: [] for w in set(order)}
     while True:
@@ -104,14 +143,14 @@ def drain(plan: _WorkPlan, order: list[int]) -> dict[int, list[tuple[int, int]]]
 
 
 def test_work_plan_covers_every_request_once_in_shrinking_contiguous_chunks():
-    got = drain(_WorkPlan(10, 2, 2), [0, 1])  # chunks of ceil(left / 4)
+    got = drain(WorkPlan(10, 2, 2), [0, 1])  # chunks of ceil(left / 4)
     assert got == {0: [(0, 3), (3, 5), (9, 10)], 1: [(5, 7), (7, 8), (8, 9)]}  # 0 stole [9, 10)
-    assert drain(_WorkPlan(2, 4, 1), [0, 1, 2, 3]) == {0: [(0, 1)], 1: [(1, 2)], 2: [], 3: []}
-    assert drain(_WorkPlan(0, 2, 4), [0, 1]) == {0: [], 1: []}
+    assert drain(WorkPlan(2, 4, 1), [0, 1, 2, 3]) == {0: [(0, 1)], 1: [(1, 2)], 2: [], 3: []}
+    assert drain(WorkPlan(0, 2, 4), [0, 1]) == {0: [], 1: []}
 
 
 def test_work_plan_lets_a_fast_worker_steal_the_back_half_of_the_largest_range():
-    plan = _WorkPlan(40, 2, 1)
+    plan = WorkPlan(40, 2, 1)
     got = drain(plan, [0, 0, 0, 1])  # worker 0 asks three times as often as worker 1
     chunks = sorted(c for cs in got.values() for c in cs)
     assert [i for a, b in chunks for i in range(a, b)] == list(range(40))  # each request exactly once
@@ -120,7 +159,7 @@ def test_work_plan_lets_a_fast_worker_steal_the_back_half_of_the_largest_range()
 
 
 def test_work_plan_hands_out_retried_chunks_first():
-    plan = _WorkPlan(8, 2, 1)
+    plan = WorkPlan(8, 2, 1)
     assert plan.next(0) == (0, 4)
     plan.retry((0, 4))
     assert plan.next(1) == (0, 4)
@@ -156,8 +195,8 @@ def test_search_survives_dead_actors(executor, inline, prepared):
 
     expected = search(inline)
     before = executor.restarts
-    executor.inject_crash(0, after=2)
-    ray.kill(executor._actors[1], no_restart=True)
+    ray.get(executor.actors[0].exit_after.remote(2))
+    ray.kill(executor.actors[1], no_restart=True)
     got = search(executor)
     assert executor.restarts - before == 2
     assert got.result == expected.result
@@ -181,7 +220,7 @@ def test_an_actor_dying_with_queued_chunks_is_replaced_once(executor, inline, pr
     before, cpw = executor.restarts, executor.chunks_per_worker
     executor.chunks_per_worker = 6  # chunks of one request, two queued per actor
     try:
-        executor.inject_crash(0, after=0)
+        ray.get(executor.actors[0].exit_after.remote(0))
         got = executor.evaluate(reqs)
     finally:
         executor.chunks_per_worker = cpw
@@ -193,7 +232,7 @@ def test_gives_up_after_max_retries_with_a_clear_error(executor, inline, prepare
     reqs = requests(prepared.problem, 4, seed=1)
     executor.max_retries = 0
     try:
-        executor.inject_crash(1, after=0)
+        ray.get(executor.actors[1].exit_after.remote(0))
         with pytest.raises(LayerbudgetError, match=r"died 1 times \(max_retries=0\)"):
             executor.evaluate(reqs)
     finally:
@@ -204,7 +243,7 @@ def test_gives_up_after_max_retries_with_a_clear_error(executor, inline, prepare
 def test_out_of_memory_in_an_actor_is_reported_clearly(executor, inline, prepared):
     reqs = requests(prepared.problem, 4, seed=2)
     before = executor.restarts
-    executor.inject_oom(0, after=0)
+    ray.get(executor.actors[0].oom_after.remote(0))
     with pytest.raises(LayerbudgetError, match=r"ran out of memory scoring requests .*lower data.batch_size or --workers"):
         executor.evaluate(reqs)
     assert executor.restarts == before  # not a crash: nothing to replace, and the executor stays usable
@@ -225,7 +264,7 @@ def test_unreachable_address_fails_fast(prepared):
         port = s.getsockname()[1]
     t = time.perf_counter()
     with pytest.raises(LayerbudgetError, match=f"cannot reach a Ray cluster at '127.0.0.1:{port}'"):
-        RayExecutor(prepared.cfg, address=f"127.0.0.1:{port}")
+        RayExecutor(prepared.scorer_spec(), address=f"127.0.0.1:{port}")
     assert time.perf_counter() - t < 30
 
 
@@ -237,52 +276,10 @@ def test_unreachable_address_fails_fast(prepared):
         ({"max_retries": -1}, "max_retries must be an integer >= 0"),
         ({"queue_depth": 0}, "queue_depth must be an integer >= 1"),
         ({"num_workers": 2, "worker_resources": [{}]}, "one mapping per worker"),
-        ({"ship_database": True}, "needs prepared="),
         ({"address": "nonsense"}, "host:port"),
     ],
-    ids=["too-many-cpus", "zero-workers", "negative-retries", "zero-queue-depth", "resources-length", "ship-without-prepared", "address"],
+    ids=["too-many-cpus", "zero-workers", "negative-retries", "zero-queue-depth", "resources-length", "address"],
 )
 def test_bad_arguments_are_refused(ray_cluster, prepared, kwargs, match):
     with pytest.raises(LayerbudgetError, match=match):
-        RayExecutor(prepared.cfg, **kwargs)
-
-
-
-def test_bench_engine_matches_naive_smoke(prepared):
-    """The benchmark's naive re-evaluation agrees with the engine (2 candidates per sequence)."""
-    from layerbudget.evaluators.bench_scoring import measure_engine, profile_walk, quantization_walk
-
-    rng = np.random.default_rng(0)
-    seqs = {"walk": quantization_walk(prepared.problem, 2, rng), "profile": profile_walk(prepared.problem, 2, rng)}
-    assert all(sum(a != b for a, b in zip(s[0], s[1])) <= 3 for s in seqs.values())
-    out = measure_engine(prepared, prepare(prepared.cfg, progress=False, build=False), seqs, repeats=1)
-    assert {k: v["candidates"] for k, v in out.items()} == {"walk": 2, "profile": 2}
-    assert all(v["max_rel_diff"] <= 1e-4 and v["speedup"] > 0 for v in out.values())
-    assert all(v["blocks_per_request"] >= v["blocks_per_request_bound"] >= 1 for v in out.values())
-    assert all(v["compute_speedup"] <= v["compute_speedup_bound"] for v in out.values())
-    assert all(v["naive_stitching_ms"] > 0 and v["engine_stitching_ms"] > 0 for v in out.values())
-    assert all(v["references_ms"] >= 0 and v["speedup_ceiling"] > 0 for v in out.values())
-    # every request is on the calibration set: one group, which holds the pass's time of each scorer
-    assert all(list(v["seconds_per_windows"]) == ["calib"] for v in out.values())
-    assert all(min(v["seconds_per_windows"]["calib"].values()) > 0 for v in out.values())
-
-
-@pytest.mark.slow
-def test_bench_scoring_runs_end_to_end(tmp_path):
-    """The whole benchmark on 3 candidates, with its own local Ray instance (a subprocess)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = tmp_path / "bench.json"
-    subprocess.run(
-        [sys.executable, "-m", "layerbudget.evaluators.bench_scoring", "--out", str(out), "--candidates", "3",
-         "--generations", "1", "--offspring", "4", "--repeats", "1", "--cache-dir", str(tmp_path / "cache")],
-        check=True, env=env, timeout=600,
-    )
-    result = json.loads(out.read_text())
-    assert set(result["engine"]) == {"evolution search", "profile (one-at-a-time)"}
-    assert result["ray"]["speedup_ray2_vs_ray1"] > 0 and "overhead_ray1_vs_inline" in result["ray"]
-    assert result["ray"]["memory"]["object_store_bytes"]["database"] > 0
+        RayExecutor(prepared.scorer_spec(), **kwargs)

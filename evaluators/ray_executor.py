@@ -1,173 +1,49 @@
 """Ray executor: scores evaluation requests in parallel on a pool of Ray actors, one model replica each.
 
-Every actor rebuilds the experiment's evaluator with ``prepare(cfg, build=False).evaluator()``, so
-each request's fitness is the number :class:`~layerbudget.search.executor.InlineExecutor` gives for
-the same request (the fitness depends only on the candidate and ``(windows, batch)``; each actor
-computes the dense references of a fresh batch itself). Actors check at start-up that they see the
-same calibration tokens, database and model weights (hashes) as each other and as the driver.
+Every actor builds its evaluator from the driver's :class:`~layerbudget.evaluators.scorer.ScorerSpec`,
+so each request's fitness is the number the inline executor gives for the same request; actors
+check at start-up that they see the same calibration tokens, database and model weights (hashes)
+as each other and as the driver.
 
 Dispatch: a batch of requests is split into one contiguous range per actor, so consecutive
 requests -- usually neighbours in the search space -- land on the same actor and stitching swaps
-few units. Each actor takes its range in chunks that shrink as the batch runs out
-(``ceil(left / (workers * chunks_per_worker))`` requests, ``left`` counting all not yet handed
-out), with up to ``queue_depth`` chunks queued so it never waits for the driver; an actor that runs
-out of work steals the back half of the largest range not yet handed out, so fast and slow actors
-(or nodes) finish together. An actor that dies mid-chunk (process exit, node loss, ``ray.kill``) is
-replaced by a new one and its chunks are retried, up to ``max_retries`` times per chunk; errors
-raised by the evaluator itself (bad input) are re-raised, never retried.
+few units. Each actor takes its range in chunks that shrink as the batch runs out, with up to
+``queue_depth`` chunks queued so it never waits for the driver; an actor that runs out of work
+steals the back half of the largest range not yet handed out (:class:`WorkPlan`). An actor that
+dies mid-chunk (process exit, node loss, ``ray.kill``) is replaced and its chunks are retried, up
+to ``max_retries`` times per chunk; errors raised by the evaluator itself are re-raised, never
+retried.
 
-Shared data and memory:
-
-- Object store, put once (``ray.put``) and passed by reference to every actor: the config as plain
-  data (a few kB) and, with ``ship_database=True``, the database files as one ``uint8`` numpy array
-  each (read zero-copy; an actor whose node lacks the database writes them into its cache dir once).
-  :meth:`RayExecutor.shared_bytes` reports these sizes; they count once per cluster (plus one copy
-  per node that reads them).
-- Per actor (counted ``num_workers`` times): the model replica (fp32 MiniLM about 90 MB), the dense
-  outputs and block inputs of the calibration/held-out windows and of up to 4 fresh batches, and the
-  decoded-weight LRU of the database (at most 1 GiB). Without shipping, database files are read
-  through safetensors ``mmap``, so actors on one node share them in the OS page cache (``RssFile`` in
-  :meth:`RayExecutor.worker_info`; ``RssAnon`` is what each actor adds on its own).
-- Requests and results travel per task (candidates are small integer tuples).
-
-A fractional GPU (``num_gpus = gpus / num_workers``) is requested when the model runs on CUDA; it is
-only a scheduling label, every actor still holds a full replica in GPU memory.
+Shared data: the spec (a few kB) and, with ``ship_database=True``, the database files are put in the
+object store once and passed by reference to every actor (:meth:`RayExecutor.shared_bytes`). Each
+actor holds its own model replica, the dense references of its window sets and a decoded-weight
+LRU; without shipping, database files are read through ``mmap``, so actors on one node share them
+in the page cache. A fractional GPU is requested when the model runs on CUDA; it is only a
+scheduling label, every actor still holds a full replica in GPU memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import time
+import pickle
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import ray
 import ray.exceptions
 
-from layerbudget.config import ExperimentConfig, config_from_dict
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation
-from layerbudget.search.executor import Executor
-from layerbudget.search.ray_connect import connect
-
-if TYPE_CHECKING:
-    from layerbudget.prepare import Prepared
+from layerbudget.evaluators.executor import Executor
+from layerbudget.evaluators.ray_connect import connect
+from layerbudget.evaluators.ray_worker import ScoringWorker, database_files
+from layerbudget.evaluators.scorer import ScorerSpec
+from layerbudget.problem import EvalRequest, Evaluation
 
 # an actor process that is gone: crashed, killed, or killed by Ray's memory monitor (host OOM)
 _DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
 OOM_HINT = "lower data.batch_size or --workers, or give each actor more memory"
-
-
-# ----- the actor ---------------------------------------------------------------------------------
-def _memory() -> dict[str, int]:
-    """Resident memory of this process in bytes (``rss`` and, on Linux, its anon/file/shmem parts)."""
-    out: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out["rss" if key == "VmRSS" else key.lower().replace("rss", "rss_")] = int(value.split()[0]) * 1024
-    if "rss" not in out:
-        import resource
-
-        out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, KiB on Linux
-    return out
-
-
-def _write_database(cache_dir: Path, name: str, files: Mapping[str, np.ndarray]) -> None:
-    """Materialise a shipped database under ``cache_dir/db/name`` unless it is already there."""
-    from layerbudget.profiles.cache import atomic_dir
-
-    root = cache_dir / "db" / name
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{name}.lock", "w") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)  # actors of one node write the database once
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
-        if (root / "index.json").exists():
-            return
-        with atomic_dir(root) as tmp:
-            for rel, data in files.items():
-                path = tmp / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data.tobytes())
-
-
-class _Worker:
-    """One evaluation actor: builds the experiment's evaluator once, then scores chunks of requests."""
-
-    def __init__(self, cfg_data: dict, threads: int, database: tuple[str, Mapping[str, np.ndarray]] | None):
-        import torch
-
-        from layerbudget.prepare import cache_dir_of, prepare
-
-        torch.set_num_threads(threads)
-        cfg = config_from_dict(cfg_data)
-        if database is not None:
-            _write_database(cache_dir_of(cfg), *database)
-        prep = prepare(cfg, progress=False, build=False)
-        self.evaluator = prep.evaluator()
-        self.identity = {
-            "calib_sha256": prep.calib_hash,
-            "database_key": prep.database.key,
-            "weight_hash": prep.adapter.weight_hash(),
-        }
-        self.node_id = ray.get_runtime_context().get_node_id()
-        self.threads = threads
-        self.busy_s = 0.0  # seconds spent scoring (the rest of a task's wall time is Ray's)
-        self._exit_after: int | None = None
-        self._oom_after: int | None = None
-
-    def info(self) -> dict[str, Any]:
-        return {
-            **self.identity,
-            "node_id": self.node_id,
-            "pid": os.getpid(),
-            "threads": self.threads,
-            "scored": self.evaluator.n_scored,
-            "traces": self.evaluator.cached_traces,
-            "busy_s": self.busy_s,
-            "memory": _memory(),
-        }
-
-    def score(self, requests: list[EvalRequest]) -> tuple[list[float], str]:
-        """Fitness of each request in order, and the node that computed them."""
-        start = time.perf_counter()
-        out = []
-        for r in requests:
-            if self._exit_after is not None:
-                self._exit_after -= 1
-                if self._exit_after < 0:
-                    os._exit(1)  # fault injection (tests): die like a crashed or OOM-killed worker
-            if self._oom_after is not None:
-                self._oom_after -= 1
-                if self._oom_after < 0:
-                    self._oom_after = None
-                    raise MemoryError("fault injection: allocation failed")
-            out.append(float(self.evaluator.score(r.candidate, r.windows, r.batch)))
-        self.busy_s += time.perf_counter() - start
-        return out, self.node_id
-
-    def clear_caches(self) -> None:
-        self.evaluator.clear_caches()
-
-    def exit_after(self, n: int) -> None:
-        """Fault injection: exit the process when about to score the request after the next ``n``."""
-        self._exit_after = n
-
-    def oom_after(self, n: int) -> None:
-        """Fault injection: raise ``MemoryError`` (once) when about to score the request after the next ``n``."""
-        self._oom_after = n
-
-
-_RemoteWorker = ray.remote(_Worker)
 
 
 def _cause(exc: ray.exceptions.RayTaskError) -> BaseException:
@@ -178,7 +54,7 @@ def _cause(exc: ray.exceptions.RayTaskError) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-class _WorkPlan:
+class WorkPlan:
     """Which requests each actor scores next: own contiguous ranges, cut into shrinking chunks, stealing.
 
     ``range(n)`` is split into one contiguous range per worker (sizes differing by at most one).
@@ -226,31 +102,27 @@ class _WorkPlan:
         self.retries.append(chunk)
 
 
-def _database_files(root: Path) -> dict[str, np.ndarray]:
-    return {
-        p.relative_to(root).as_posix(): np.frombuffer(p.read_bytes(), dtype=np.uint8)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 # ----- the executor ------------------------------------------------------------------------------
 class RayExecutor(Executor):
-    """Scores requests on ``num_workers`` Ray actors built from ``cfg`` (see the module docstring).
+    """Scores requests on ``num_workers`` Ray actors built from ``spec`` (see the module docstring).
 
     ``address``: a running cluster (``host:port``, ``ray://host:port`` or ``auto``); ``None`` reuses the
     current Ray session or starts a local one (shut down again by :meth:`close`). ``threads_per_worker``
     is both each actor's CPU request and its ``torch.set_num_threads``; by default the cluster's CPUs
     are split evenly. ``worker_resources`` gives each actor extra custom resources (one mapping per
-    worker, e.g. to pin actors to nodes). ``prepared`` (the driver's :class:`~layerbudget.prepare.Prepared`)
-    lets actors be checked against the driver and is needed for ``ship_database``.
-    ``chunks_per_worker`` and ``queue_depth`` shape the dispatch (module docstring): more chunks
-    balance finer but jump more often; a deeper queue hides more driver round trips (slow networks).
+    worker, e.g. to pin actors to nodes). ``expect``: the driver's evaluator identity
+    (:func:`~layerbudget.evaluators.scorer.identity`) every actor must match; without it the actors
+    must match each other. ``ship_database`` sends the database through the object store, read here
+    from the spec's database directory (or from the directory it names); actors that lack the
+    database write it at the spec's path.
+    ``chunks_per_worker`` and ``queue_depth`` shape the dispatch: more chunks balance finer but jump
+    more often; a deeper queue hides more driver round trips. ``worker_class``: the actor class
+    (a :class:`~layerbudget.evaluators.ray_worker.ScoringWorker`).
     """
 
     def __init__(
         self,
-        cfg: ExperimentConfig,
+        spec: ScorerSpec,
         *,
         num_workers: int | None = None,
         address: str | None = None,
@@ -259,20 +131,17 @@ class RayExecutor(Executor):
         chunks_per_worker: int = 4,
         queue_depth: int = 2,
         worker_resources: Sequence[Mapping[str, float]] | None = None,
-        prepared: Prepared | None = None,
-        ship_database: bool = False,
+        expect: Mapping[str, str] | None = None,
+        ship_database: bool | str | Path = False,
         connect_timeout_s: float = 30.0,
         start_timeout_s: float = 600.0,
+        worker_class: type[ScoringWorker] = ScoringWorker,
     ):
-        from layerbudget.prepare import cache_dir_of
-
         for name, value, low in (("num_workers", num_workers, 1), ("threads_per_worker", threads_per_worker, 1),
                                  ("max_retries", max_retries, 0), ("chunks_per_worker", chunks_per_worker, 1),
                                  ("queue_depth", queue_depth, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise LayerbudgetError(f"RayExecutor {name} must be an integer >= {low}, but got {value!r}")
-        if ship_database and prepared is None:
-            raise LayerbudgetError("ship_database=True needs prepared= (the driver's Prepared, which knows the database)")
         self.max_retries = max_retries
         self.chunks_per_worker = chunks_per_worker
         self.queue_depth = queue_depth
@@ -280,23 +149,22 @@ class RayExecutor(Executor):
         self.last_nodes: list[str] = []
         self._closed = False
         self._actors: list[Any] = []
+        self._remote = ray.remote(worker_class)
         self._owns_ray = connect(address, timeout=connect_timeout_s)
         try:
-            self._setup(cfg, num_workers, threads_per_worker, worker_resources, prepared, ship_database,
-                        cache_dir_of(cfg), start_timeout_s)
+            self._setup(spec, num_workers, threads_per_worker, worker_resources, expect, ship_database, start_timeout_s)
         except BaseException:
             self.close()
             raise
 
     def _setup(
         self,
-        cfg: ExperimentConfig,
+        spec: ScorerSpec,
         num_workers: int | None,
         threads: int | None,
         worker_resources: Sequence[Mapping[str, float]] | None,
-        prepared: Prepared | None,
-        ship_database: bool,
-        cache_dir: Path,
+        expect: Mapping[str, str] | None,
+        ship_database: bool | str | Path,
         start_timeout_s: float,
     ) -> None:
         total = ray.cluster_resources()
@@ -317,9 +185,10 @@ class RayExecutor(Executor):
                 f"{cpus:g}; lower num_workers or threads_per_worker"
             )
         gpus = float(total.get("GPU", 0.0))
-        on_gpu = cfg.model.device.startswith("cuda")
+        device = spec.model.device
+        on_gpu = device.startswith("cuda")
         if on_gpu and gpus <= 0:
-            raise LayerbudgetError(f"model.device is {cfg.model.device!r}, but the Ray cluster has no GPU; use device = 'cpu'")
+            raise LayerbudgetError(f"model.device is {device!r}, but the Ray cluster has no GPU; use device = 'cpu'")
         self.num_workers, self.threads_per_worker = num_workers, threads
         self._options = {
             "num_cpus": threads,
@@ -327,17 +196,13 @@ class RayExecutor(Executor):
             "max_restarts": 0,  # replaced by hand: the retry count is per chunk, and errors stay clear
         }
         self._resources = [dict(r) for r in worker_resources] if worker_resources is not None else [{}] * num_workers
-
-        data = cfg.to_dict()
-        data["output"]["cache_dir"] = str(Path(cache_dir).expanduser().resolve())  # the driver's, not the worker's env
-        self._shared = {"config": len(repr(data).encode())}
-        self._cfg_ref = ray.put(data)
+        self._shared = {"spec": len(pickle.dumps(spec))}
+        self._spec_ref = ray.put(spec)
         self._db_ref = None
-        if ship_database and prepared is not None:
-            root = Path(prepared.database.root)
-            files = _database_files(root)
+        if ship_database is not False:
+            files = database_files(Path(spec.database if ship_database is True else ship_database))
             self._shared["database"] = sum(a.nbytes for a in files.values())
-            self._db_ref = ray.put((root.name, files))
+            self._db_ref = ray.put(files)
         self._actors = [self._spawn(i) for i in range(num_workers)]
         try:
             infos = ray.get([a.info.remote() for a in self._actors], timeout=start_timeout_s)
@@ -348,13 +213,9 @@ class RayExecutor(Executor):
             ) from None
         except _DIED as exc:
             raise LayerbudgetError(f"an evaluation actor failed to start: {_actor_error(exc)}") from None
-        expected = infos[0] if prepared is None else {
-            "calib_sha256": prepared.calib_hash,
-            "database_key": prepared.database.key,
-            "weight_hash": prepared.adapter.weight_hash(),
-        }
+        expected = dict(expect) if expect is not None else infos[0]["identity"]
         for info in infos:
-            diff = [k for k in expected if info[k] != expected[k]]
+            diff = [k for k in expected if info["identity"].get(k) != expected[k]]
             if diff:
                 raise LayerbudgetError(
                     f"an evaluation actor on node {info['node_id'][:12]} sees different {', '.join(diff)} than the "
@@ -365,7 +226,7 @@ class RayExecutor(Executor):
         opts = dict(self._options)
         if self._resources[i]:
             opts["resources"] = self._resources[i]
-        return _RemoteWorker.options(**opts).remote(self._cfg_ref, self.threads_per_worker, self._db_ref)
+        return self._remote.options(**opts).remote(self._spec_ref, self.threads_per_worker, self._db_ref)
 
     def _replace(self, i: int) -> None:
         with contextlib.suppress(Exception):
@@ -380,7 +241,7 @@ class RayExecutor(Executor):
         requests = list(requests)
         if not requests:
             return []
-        plan = _WorkPlan(len(requests), len(self._actors), self.chunks_per_worker)
+        plan = WorkPlan(len(requests), len(self._actors), self.chunks_per_worker)
         attempts: dict[tuple[int, int], int] = {}
         fitness: list[float] = [float("nan")] * len(requests)
         nodes = [""] * len(requests)
@@ -440,7 +301,7 @@ class RayExecutor(Executor):
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
         self._actors = []
-        self._cfg_ref = self._db_ref = None
+        self._spec_ref = self._db_ref = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
 
@@ -448,25 +309,21 @@ class RayExecutor(Executor):
         if not self._closed:
             ray.get([a.clear_caches.remote() for a in self._actors])
 
-    # ----- inspection and fault injection ------------------------------------------------------
+    # ----- inspection ----------------------------------------------------------------------------
+    @property
+    def actors(self) -> list[Any]:
+        """The live actor handles, in worker order (a replaced actor's successor takes its place)."""
+        return list(self._actors)
+
     def worker_info(self) -> list[dict[str, Any]]:
-        """Per actor: node id, pid, threads, candidates scored, cached traces, seconds spent scoring (``busy_s``), memory
-        (bytes: ``rss`` and on Linux ``rss_anon``/``rss_file``/``rss_shmem``) and identity hashes."""
+        """Per actor: node id, pid, threads, requests scored, cached traces, seconds spent scoring
+        (``busy_s``), memory (bytes: ``rss`` and on Linux ``rss_anon``/``rss_file``/``rss_shmem``) and
+        the identity hashes."""
         return ray.get([a.info.remote() for a in self._actors])
 
     def shared_bytes(self) -> dict[str, int]:
-        """Bytes this executor put in the object store, by item (``config``; ``database`` when shipped)."""
+        """Bytes this executor put in the object store, by item (``spec``; ``database`` when shipped)."""
         return dict(self._shared)
-
-    def inject_oom(self, worker: int, after: int = 0) -> None:
-        """Testing: make actor ``worker`` raise ``MemoryError`` once, when about to score its ``after+1``-th
-        next request, as an allocation failing inside the scoring would."""
-        ray.get(self._actors[worker].oom_after.remote(after))
-
-    def inject_crash(self, worker: int, after: int = 0) -> None:
-        """Testing: make actor ``worker`` exit (``os._exit(1)``) when it is about to score its ``after+1``-th
-        next request, as a crashed or OOM-killed process would."""
-        ray.get(self._actors[worker].exit_after.remote(after))
 
 
 def _is_oom(exc: BaseException) -> bool:

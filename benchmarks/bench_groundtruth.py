@@ -31,7 +31,7 @@ Checks per (problem, budget):
 Requests on the standard windows are looked up in the table; requests on fresh windows are really
 evaluated. Prints a table and writes JSON::
 
-    python -m layerbudget.experiments.bench_groundtruth [--problems depth quant] [--seeds 10]
+    python benchmarks/bench_groundtruth.py [--problems depth quant] [--seeds 10]
         [--searchers evolution hybrid] [--depth-k 1 2 ...] [--quant-bits 3.0 3.5 ...]
         [--params '{"evolution": {...}}'] [--threads 1] [--out bench-groundtruth.json]
 """
@@ -52,20 +52,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerbudget.budget import Budget
-from layerbudget.config import load_config
 from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.executor import Executor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.experiments.config import load_config
+from layerbudget.experiments.prepare import Prepared, prepare
 from layerbudget.model import BlockInputs
-from layerbudget.prepare import Prepared, prepare
-from layerbudget.profiles.cache import content_hash
-from layerbudget.profiles.options import DENSE, DROP
-from layerbudget.search.base import EvalRequest, Evaluation
+from layerbudget.options import DENSE, DROP
+from layerbudget.problem import KEEP, Budget, Candidate, EvalRequest, Evaluation, Problem, Slot
 from layerbudget.search.dp import solve_depth_dp, solve_dp
-from layerbudget.search.executor import Executor
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
 from layerbudget.search.registry import make_searcher
+from layerbudget.storage import atomic_write_text, content_hash
 
 TABLE_VERSION = 1
 QUANT_OPTIONS = ("rtn-b2-g64", "rtn-b4-g64")  # (low, high)
@@ -226,12 +224,7 @@ def exhaustive(prep: Prepared, gt: GroundTruth, log) -> float:
         raise SystemExit(
             f"{gt.name}: the prefix scorer disagrees with Evaluator.score; the table is not saved"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        json.dumps({"key": table_key(prep, gt), "problem": gt.name, "fitness": fit.tolist()}) + "\n"
-    )
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"key": table_key(prep, gt), "problem": gt.name, "fitness": fit.tolist()}) + "\n")
     gt.fitness = fit
     return seconds
 

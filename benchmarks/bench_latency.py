@@ -6,7 +6,7 @@ in the same run), once with the raw peaks and once calibrated — the efficienci
 on every *other* weight shape (leave-one-shape-out), so no prediction has seen its own timing.
 Prints the mean and median absolute relative error of both and writes every row as CSV::
 
-    python -m layerbudget.profiles.bench_latency [--out bench-latency.csv] [--ms 1 64 512]
+    python benchmarks/bench_latency.py [--out bench-latency.csv] [--ms 1 64 512]
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import sys
 
 import pandas as pd
 
+from layerbudget.options import parse_option
 from layerbudget.profiles.hardware import measure_cpu
 from layerbudget.profiles.latency import calibrate, launches, measure_cpu_us, roofline_us
-from layerbudget.profiles.options import parse_option
 
 SHAPES = ((384, 384), (1536, 384), (384, 1536), (1024, 1024), (4096, 1024), (1024, 4096))
 OPTIONS = ("dense", "rtn-b4-g128", "rtn-b3-g128", "rtn-b2-g64", "magnitude-2:4", "magnitude-2:4+rtn-b4-g64")

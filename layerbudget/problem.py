@@ -1,27 +1,124 @@
-"""The search problem: decision slots, their options, exact linear costs, and the additive proxy.
+"""The search problem: budgets, decision slots and their options, exact linear costs, the additive
+proxy, and the ask/tell contract between searchers and executors.
+
+A *budget* is one or more constraints on the whole model that every returned plan must satisfy; each
+metric is linear in the per-unit choices, so solvers handle any combination exactly:
+
+- ``avg_bits`` (≤): storage bits of the compressible units, scale/zero/mask metadata included,
+  divided by their number of weights (dense units count 16 bits, dropped units 0 bits);
+- ``bytes`` (≤): bytes of the whole model — each compressible unit at its compressed size, every
+  other parameter (embeddings, norms, biases, heads) at fp16;
+- ``sparsity`` (≥): fraction of zero weights over the compressible units (dropped units count as zero);
+- ``dropped`` (≥): number of attention/MLP sub-blocks dropped;
+- ``latency_us`` (≤): summed matmul latency of the compressible units, in microseconds, on the
+  config's ``[latency] target`` at ``tokens`` rows (dropped units cost 0).
 
 A *slot* is one search decision: a tie group of units that share one option, or (when depth is
 searched) a sub-block with options ``keep``/``drop``. A *candidate* is a tuple with one option
 index per slot; unit slots inside a dropped sub-block are inactive and hold ``-1``, so equal plans
-have equal tuples. Every budget metric is a sum of per-(slot, option) integer coefficients, which
-makes budget checks exact and lets the ILP and DP solvers use the same numbers.
+have equal tuples. Every metric is a sum of per-(slot, option) integer coefficients
+(:func:`metric_scale` is the one table from a value to that integer form), which makes budget
+checks exact and lets every solver use the same numbers. Searchers ask for :class:`EvalRequest`
+s and are told :class:`Evaluation` s (:class:`AskTell`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from layerbudget.budget import LE, Budget, Constraint
 from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DROP, parse_option
+from layerbudget.options import DROP, parse_option
+
+LE = "<="
+GE = ">="
+
+METRICS: dict[str, str] = {"avg_bits": LE, "bytes": LE, "sparsity": GE, "dropped": GE, "latency_us": LE}
+NS_PER_US = 1000  # latency coefficients are integer nanoseconds; the metric is in microseconds
+
+
+def metric_scale(metric: str, unit_numel: int, other_numel: int) -> tuple[int, int]:
+    """``(divisor, offset)`` such that a metric's value is ``(raw + offset) / divisor``.
+
+    ``raw`` is the integer sum of per-(slot, option) coefficients that solvers and budget checks
+    work with; this is the one table from a metric's value to that integer form.
+    ``unit_numel``: weights of the compressible units; ``other_numel``: every other parameter.
+    """
+    table = {
+        "avg_bits": (unit_numel, 0),  # storage bits per compressible weight
+        "sparsity": (unit_numel, 0),  # zero weights per compressible weight
+        "bytes": (1, 2 * other_numel),  # units' bytes plus every other parameter at fp16
+        "dropped": (1, 0),  # sub-blocks
+        "latency_us": (NS_PER_US, 0),  # nanoseconds
+    }
+    if metric not in table:
+        raise LayerbudgetError(f"unknown budget metric {metric!r}; known: {', '.join(METRICS)}")
+    return table[metric]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric`` must stay ``<=`` (or ``>=`` for sparsity and dropped) ``value``."""
+
+    metric: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise LayerbudgetError(f"unknown budget metric {self.metric!r}; known: {', '.join(METRICS)}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise LayerbudgetError(f"budget {self.metric} must be a finite number, but got {self.value!r}")
+        if self.value < 0:
+            raise LayerbudgetError(f"budget {self.metric} must be non-negative, but got {self.value}")
+        if self.metric == "sparsity" and self.value >= 1:
+            raise LayerbudgetError(f"budget sparsity is a fraction in [0, 1), but got {self.value}")
+
+    @property
+    def sense(self) -> str:
+        return METRICS[self.metric]
+
+    def holds(self, achieved: float, tol: float = 1e-9) -> bool:
+        if self.sense == LE:
+            return achieved <= self.value * (1 + tol) + tol
+        return achieved >= self.value * (1 - tol) - tol
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.sense}{self.value:g}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A set of constraints, at most one per metric."""
+
+    constraints: tuple[Constraint, ...]
+
+    def __post_init__(self) -> None:
+        if not self.constraints:
+            raise LayerbudgetError("a budget needs at least one constraint, e.g. avg_bits = 3.5")
+        metrics = [c.metric for c in self.constraints]
+        if len(set(metrics)) != len(metrics):
+            raise LayerbudgetError(f"a budget names each metric once, but got {metrics}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Budget:
+        if not isinstance(data, Mapping):
+            raise LayerbudgetError(f"a budget is a table of metric = value, but got {data!r}")
+        return cls(tuple(Constraint(str(k), v) for k, v in data.items()))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, float]:
+        return {c.metric: c.value for c in self.constraints}
+
+    def __str__(self) -> str:
+        return ", ".join(str(c) for c in self.constraints)
+
 
 KEEP = "keep"
 LATENCY = "latency_us"
-_SCALE_NS = 1000  # latency coefficients are integer nanoseconds; the metric is in microseconds
 INACTIVE = -1
 Candidate = tuple[int, ...]
 
@@ -186,31 +283,22 @@ class Problem:
         coef = self._coef(metric)
         return int(sum(coef[i][c] for i, c in enumerate(cand) if c != INACTIVE))
 
+    def metric_value(self, metric: str, raw: int) -> float:
+        """The value of a budget metric whose coefficients sum to ``raw`` (see :func:`metric_scale`)."""
+        divisor, offset = metric_scale(metric, self.unit_numel, self.other_numel)
+        return (raw + offset) / divisor
+
     def metric(self, cand: Candidate, metric: str) -> float:
-        """The achieved value of a budget metric (see :mod:`layerbudget.budget`)."""
-        raw = self.raw(cand, metric)
-        if metric == "avg_bits":
-            return raw / self.unit_numel
-        if metric == "sparsity":
-            return raw / self.unit_numel
-        if metric == "bytes":
-            return float(raw + 2 * self.other_numel)
-        if metric == LATENCY:
-            return raw / _SCALE_NS
-        return float(raw)
+        """The achieved value of a budget metric (see :func:`metric_scale`)."""
+        return self.metric_value(metric, self.raw(cand, metric))
 
     def metrics(self, cand: Candidate) -> dict[str, float]:
         return {m: self.metric(cand, m) for m in self.coef}
 
     def rhs(self, c: Constraint) -> float:
         """Right-hand side of ``Σ coef · x (sense) rhs`` for one constraint."""
-        if c.metric in ("avg_bits", "sparsity"):
-            return c.value * self.unit_numel
-        if c.metric == "bytes":
-            return c.value - 2 * self.other_numel
-        if c.metric == LATENCY:
-            return c.value * _SCALE_NS
-        return c.value
+        divisor, offset = metric_scale(c.metric, self.unit_numel, self.other_numel)
+        return c.value * divisor - offset
 
     def satisfies(self, cand: Candidate, budget: Budget) -> bool:
         return all(c.holds(self.metric(cand, c.metric)) for c in budget.constraints)
@@ -297,9 +385,7 @@ class Problem:
             else:
                 lo += int(coef[i].min())
                 hi += int(coef[i].max())
-        scale = self.unit_numel if metric in ("avg_bits", "sparsity") else (_SCALE_NS if metric == LATENCY else 1)
-        shift = 2 * self.other_numel if metric == "bytes" else 0
-        return (lo + shift) / scale, (hi + shift) / scale
+        return self.metric_value(metric, lo), self.metric_value(metric, hi)
 
     def check_budget(self, budget: Budget) -> None:
         """Raise a one-line error when a constraint on its own cannot be met by any candidate."""
@@ -316,3 +402,46 @@ class Problem:
             lo, hi = self.metric_range(c.metric)
             parts.append(f"{c.metric} ranges from {lo:.6g} to {hi:.6g}")
         return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Score ``candidate`` on ``windows`` calibration windows of fresh batch ``batch``.
+
+    ``windows=None`` means the standard calibration set (the same for every request); otherwise the
+    evaluator draws ``windows`` windows from the calibration pool with a generator seeded by
+    ``batch``, so requests with the same batch see the same tokens.
+    """
+
+    candidate: Candidate
+    windows: int | None = None
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The fitness of one request (lower is better; NaN marks a broken candidate)."""
+
+    request: EvalRequest
+    fitness: float
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.request.candidate
+
+
+class AskTell(Protocol):
+    """A searcher as the search loop sees it: it asks for requests, is told their fitness, and
+    returns a candidate within ``budget``; all its randomness comes from ``rng``."""
+
+    name: str
+    problem: Problem
+    budget: Budget
+    seed: int
+    rng: np.random.Generator
+
+    def ask(self) -> list[EvalRequest]: ...
+
+    def tell(self, evaluations: list[Evaluation]) -> None: ...
+
+    def result(self) -> Candidate: ...

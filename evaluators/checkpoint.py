@@ -1,70 +1,48 @@
-"""Checkpoint a searcher between ask/tell rounds, and resume an interrupted search where it stopped.
+"""Checkpoint a searcher between ask/tell rounds, and restore it where it stopped.
 
-File format (version 1), always replaced atomically (temporary file, fsync, rename)::
+File format (version 2), always replaced atomically and durably::
 
-    LAYERBUDGET-CHECKPOINT 1 <sha256 of body> <bytes in body>\\n
+    LAYERBUDGET-CHECKPOINT 2 <sha256 of body> <bytes in body>\\n
     body = <header: one JSON line>\\n<payload: pickle>
 
-The header names the searcher (registry name and class), the seed, the budget, hashes of the
-experiment config and of the problem, the ``numpy`` bit-generator state of ``searcher.rng`` and
-counts. The payload holds the searcher's attributes and every evaluation so far, round by round.
-The problem, budget and generator are stored *by reference*: on resume they are the live objects of
-the freshly built searcher, so a checkpoint stays small and cannot smuggle in another problem.
+The header names the searcher (registry name and class), the seed, the budget, a fingerprint of
+what else decides the search's results (given by the caller, e.g. the experiment config), a hash of
+the problem, the ``numpy`` bit-generator state of ``searcher.rng`` and counts. The payload holds
+the searcher's attributes and every evaluation so far, round by round. The problem, budget and
+generator are stored *by reference*: on restore they are the live objects of the freshly built
+searcher, so a checkpoint stays small and cannot smuggle in another problem.
 
-A file whose length or sha256 does not match, whose header is unreadable, or that belongs to another
-config, problem, budget, seed or searcher is refused with a :class:`LayerbudgetError`; nothing of
-the searcher changes unless the whole file verified. The hash guards against corruption and
-truncation, not against tampering: only resume from checkpoints this program wrote (unpickling
-runs code).
+A file whose length or sha256 does not match, whose header is unreadable, of another version, or
+that belongs to another fingerprint, problem, budget, seed or searcher is refused with a one-line
+:class:`LayerbudgetError`; nothing of the searcher changes unless the whole file verified. The hash
+guards against corruption and truncation, not against tampering: only restore checkpoints this
+program wrote (unpickling runs code).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher
-from layerbudget.search.executor import Executor
-from layerbudget.search.loop import SearchOutcome
-from layerbudget.search.problem import Problem
+from layerbudget.problem import AskTell, EvalRequest, Evaluation, Problem
+from layerbudget.storage import atomic_write_bytes, content_hash
 
 MAGIC = b"LAYERBUDGET-CHECKPOINT"
-VERSION = 1
-IGNORED_SECTIONS = ("output", "executor")  # config sections that do not change a search's results
+VERSION = 2  # 2: searchers take one typed parameters record; shared feasibility code in search.feasible
 
 Rounds = list[list[Evaluation]]
 
 
-def _sha256_json(obj: object) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def config_fingerprint(config: Any) -> str | None:
-    """sha256 of an experiment config (an ``ExperimentConfig`` or its ``to_dict()``).
-
-    The ``output`` and ``executor`` sections are left out: where results are written and how many
-    workers compute them do not change them, so a run can resume elsewhere or on another cluster.
-    """
-    if config is None:
-        return None
-    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return _sha256_json({k: v for k, v in data.items() if k not in IGNORED_SECTIONS})
-
-
 def problem_fingerprint(problem: Problem) -> str:
     """sha256 of the slots, options, costs and proxy scores of a problem."""
-    return _sha256_json(
+    return content_hash(
         {
             "slots": [[s.name, s.options, s.units, s.block, s.subblock, s.is_subblock] for s in problem.slots],
             "other_numel": problem.other_numel,
@@ -106,11 +84,11 @@ class _Unpickler(pickle.Unpickler):
         return getattr(self._live, pid)
 
 
-def _live(searcher: Searcher) -> _Live:
+def _live(searcher: AskTell) -> _Live:
     return _Live(searcher.problem, searcher.budget, searcher.rng)
 
 
-def _header(searcher: Searcher, config: Any, rounds: Rounds) -> dict[str, Any]:
+def _header(searcher: AskTell, fingerprint: str | None, rounds: Rounds) -> dict[str, Any]:
     cls = type(searcher)
     return {
         "version": VERSION,
@@ -118,7 +96,7 @@ def _header(searcher: Searcher, config: Any, rounds: Rounds) -> dict[str, Any]:
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "seed": searcher.seed,
         "budget": searcher.budget.to_dict(),
-        "config_sha256": config_fingerprint(config),
+        "config_sha256": fingerprint,
         "problem_sha256": problem_fingerprint(searcher.problem),
         "rng_state": searcher.rng.bit_generator.state,
         "rounds": len(rounds),
@@ -126,7 +104,7 @@ def _header(searcher: Searcher, config: Any, rounds: Rounds) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(searcher: Searcher, path: str | Path, rounds: Rounds, *, config: Any = None) -> None:
+def save_checkpoint(searcher: AskTell, path: str | Path, rounds: Rounds, *, fingerprint: str | None = None) -> None:
     """Write the searcher's state and the evaluations so far to ``path`` (atomically)."""
     path = Path(path)
     plain = [[(e.request.candidate, e.request.windows, e.request.batch, e.fitness) for e in r] for r in rounds]
@@ -135,30 +113,9 @@ def save_checkpoint(searcher: Searcher, path: str | Path, rounds: Rounds, *, con
         _Pickler(buf, _live(searcher)).dump({"state": searcher.__dict__, "rounds": plain})
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise LayerbudgetError(f"searcher {searcher.name!r} cannot be checkpointed: its state does not pickle ({exc})") from None
-    body = json.dumps(_header(searcher, config, rounds), sort_keys=True).encode("utf-8") + b"\n" + buf.getvalue()
+    body = json.dumps(_header(searcher, fingerprint, rounds), sort_keys=True).encode("utf-8") + b"\n" + buf.getvalue()
     first = MAGIC + f" {VERSION} {hashlib.sha256(body).hexdigest()} {len(body)}\n".encode("ascii")
-    _atomic_write(path, first + body)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where directories can be synced
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write_bytes(path, first + body, durable=True)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -188,7 +145,7 @@ def _read(path: Path) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
-def load_checkpoint(searcher: Searcher, path: str | Path, *, config: Any = None) -> Rounds:
+def load_checkpoint(searcher: AskTell, path: str | Path, *, fingerprint: str | None = None) -> Rounds:
     """Restore ``searcher`` (freshly built with the same problem, budget and seed) from ``path``.
 
     Returns the evaluations so far, round by round. Raises :class:`LayerbudgetError` and leaves the
@@ -197,7 +154,7 @@ def load_checkpoint(searcher: Searcher, path: str | Path, *, config: Any = None)
     path = Path(path)
     header, payload = _read(path)
     identity = ("searcher", "class", "seed", "budget", "config_sha256", "problem_sha256")
-    current = _header(searcher, config, [])
+    current = _header(searcher, fingerprint, [])
     expected = {key: current[key] for key in identity}
     for key, want in expected.items():
         if header.get(key) != json.loads(json.dumps(want)):
@@ -229,55 +186,3 @@ def load_checkpoint(searcher: Searcher, path: str | Path, *, config: Any = None)
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= 20 else text[:12] + "..."
-
-
-def run_search_checkpointed(
-    searcher: Searcher,
-    executor: Executor,
-    path: str | Path,
-    *,
-    config: Any = None,
-    on_evaluations: Callable[[list[Evaluation]], None] | None = None,
-    before_save: Callable[[], None] | None = None,
-) -> SearchOutcome:
-    """:func:`~layerbudget.search.loop.run_search` that saves a checkpoint at ``path`` after every tell.
-
-    When ``path`` exists the searcher is restored from it first (``config`` must be the same, see
-    :func:`config_fingerprint`), the restored rounds are replayed to ``on_evaluations`` in order, and
-    the search continues; with a deterministic executor the outcome equals an uninterrupted run.
-    The checkpoint is left in place when the search finishes (resuming it returns the same outcome).
-    ``before_save`` is called before every checkpoint is written (e.g. to create its directory).
-    """
-    path = Path(path)
-    rounds: Rounds = load_checkpoint(searcher, path, config=config) if path.exists() else []
-    if on_evaluations is not None:
-        for r in rounds:
-            on_evaluations(r)
-    while True:
-        requests = searcher.ask()
-        if not requests:
-            break
-        results = executor.evaluate(requests)
-        if on_evaluations is not None:
-            on_evaluations(results)
-        searcher.tell(results)
-        rounds.append(results)
-        if before_save is not None:
-            before_save()
-        save_checkpoint(searcher, path, rounds, config=config)
-    evaluations = [e for r in rounds for e in r]
-    if not evaluations:
-        raise LayerbudgetError(f"searcher {searcher.name!r} evaluated nothing")
-    best = searcher.result()
-    if not searcher.problem.satisfies(best, searcher.budget):  # a searcher bug, never a user error
-        raise RuntimeError(f"searcher {searcher.name!r} returned a candidate outside budget {searcher.budget}")
-    return SearchOutcome(best, evaluations)
-
-
-__all__ = [
-    "config_fingerprint",
-    "load_checkpoint",
-    "problem_fingerprint",
-    "run_search_checkpointed",
-    "save_checkpoint",
-]

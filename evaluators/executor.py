@@ -5,8 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Protocol
 
-from layerbudget.search.base import EvalRequest, Evaluation
-from layerbudget.search.problem import Candidate
+from layerbudget.problem import Candidate, EvalRequest, Evaluation
 
 
 class Scorer(Protocol):

@@ -18,12 +18,12 @@ Costs are exact integers of bits (metadata included) so budgets are checked with
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.wanda import num_pruned
 
 DENSE = "dense"
 DROP = "drop"
@@ -32,6 +32,18 @@ SPARSE_METHODS = ("magnitude", "wanda", "sparsegpt")
 BITS = (2, 3, 4, 5, 6, 8)
 DENSE_BITS = 16
 META_BITS = 32  # fp16 scale + fp16 zero per group
+
+
+
+def num_pruned(count: int, sparsity: float) -> int:
+    """Weights zeroed in a comparison group of ``count`` at ``sparsity``: ``floor(sparsity·count + 0.5)``.
+
+    Every pruner follows this rule (per output row for Wanda and SparseGPT, per matrix for
+    magnitude pruning), so an option's cost is known before it is built.
+    """
+    # the 1e-9 keeps products such as 0.7 * 10 = 7.000000000000001 or 2.4999999999 from flipping
+    return min(count, int(math.floor(sparsity * count + 0.5 + 1e-9)))
+
 
 _QUANT_RE = re.compile(r"^(?P<m>[a-z]+)-b(?P<b>\d+)-g(?P<g>\d+|ch)$")
 _SPARSE_RE = re.compile(r"^(?P<m>[a-z]+)-(?P<s>2:4|0\.\d+)$")

@@ -5,7 +5,7 @@ quantization levels and 2:4 variants, so costs differ per unit) and a convex-ish
 Times are medians over ``--repeats`` solves, each checked against the budget; the DP and the ILP
 must agree on the one-constraint problem (same proxy optimum)::
 
-    python -m layerbudget.experiments.bench_solvers [--units 1000] [--options 20] [--repeats 3]
+    python benchmarks/bench_solvers.py [--units 1000] [--options 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,31 +15,10 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
-from layerbudget.budget import Budget
-from layerbudget.profiles.options import parse_option
+from layerbudget.problem import Budget
 from layerbudget.search.dp import solve_dp
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.problem import Problem, Slot
-
-LEVELS = [f"rtn-b{b}-g{g}" for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128)] + ["magnitude-2:4", "magnitude-2:4+rtn-b4-g64"]
-
-
-def synthetic_problem(units: int, options: int, seed: int = 0) -> Problem:
-    """``units`` slots with ``options`` options each (``dense`` first) and a random decreasing proxy."""
-    rng = np.random.default_rng(seed)
-    names = ("dense", *LEVELS[: options - 1])
-    shapes = [(512, 512), (1024, 512), (512, 1024), (2048, 512), (512, 2048)]
-    slots, proxy = [], {}
-    for i in range(units):
-        shape = shapes[i % len(shapes)]
-        slots.append(Slot(f"u{i}", names, ((f"u{i}", shape),), block=i // 7))
-        sens = rng.lognormal(0.0, 1.0)
-        for o in names[1:]:
-            bits = parse_option(o).cost_bits(shape) / (shape[0] * shape[1])
-            proxy[(f"u{i}", o)] = sens * 2.0 ** (-bits) * (1 + 0.1 * rng.random())
-    return Problem(slots, proxy=proxy)
+from layerbudget.search.testing import LEVELS, synthetic_problem
 
 
 def _time(fn, repeats: int) -> tuple[float, object]:

@@ -13,10 +13,10 @@ the rest later or elsewhere; every row names its experiment config, and ``--tabl
 std of the calibration fitness and the held-out distortion per config, budget and searcher over any
 set of such files::
 
-    python -m layerbudget.experiments.bench_search --budgets 3.0 2.5 --seeds 5 [--threads 1] [--out bench-search.json]
-    python -m layerbudget.experiments.bench_search --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
-    python -m layerbudget.experiments.bench_search --config experiments/minilm_gptq.toml --out gptq.json
-    python -m layerbudget.experiments.bench_search --table bench-search.json part2.json
+    python benchmarks/bench_search.py --budgets 3.0 2.5 --seeds 5 [--threads 1] [--out bench-search.json]
+    python benchmarks/bench_search.py --budgets 2.5 --first-seed 2 --seeds 3 --out part2.json
+    python benchmarks/bench_search.py --config experiments/minilm_gptq.toml --out gptq.json
+    python benchmarks/bench_search.py --table bench-search.json part2.json
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from layerbudget.budget import Budget
-from layerbudget.config import load_config
 from layerbudget.errors import LayerbudgetError
-from layerbudget.prepare import prepare
-from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.search.executor import InlineExecutor
-from layerbudget.search.loop import run_search
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.experiments.config import load_config
+from layerbudget.experiments.prepare import prepare
+from layerbudget.problem import Budget
 from layerbudget.search.registry import make_searcher
+from layerbudget.storage import atomic_write_text
 
 SEARCHERS = ("uniform", "ilp", "ilp-op", "ilp-op-sol", "hybrid", "evolution", "optuna-nsga2", "optuna-tpe")
 SEEDLESS = ("uniform", "ilp", "ilp-op", "ilp-op-sol")

@@ -1,207 +1,66 @@
-"""Apply a plan to a model: ``compress_`` (the weights the search scored) and packed checkpoints.
+"""Packed checkpoints of a plan: every unit with a kernel format stored in it, loaded back as kernel modules.
 
-- :func:`compress_` swaps every unit of a model for the variant its plan names (decoded from the
-  variant database, or computed on the spot for options that need no calibration) and drops the
-  plan's sub-blocks, in place. Its outputs are exactly those of the model the search evaluated.
-- :func:`save_compressed` writes a checkpoint directory that stores every unit whose option has a
-  kernel format in that format (:mod:`layerbudget.kernels`), and :func:`load_compressed` rebuilds
-  the Hugging Face model from it with ``QuantLinear``/``SparseLinear``/``Sparse24QuantLinear``
-  modules (torch reference on CPU, Triton on GPU) whose outputs match :func:`compress_`.
+:func:`save_compressed` writes a checkpoint directory that stores every unit whose option has a
+kernel format in that format (:mod:`layerbudget.kernels`), and :func:`load_compressed` rebuilds
+the Hugging Face model from it with ``QuantLinear``/``SparseLinear``/``Sparse24QuantLinear``
+modules (torch reference on CPU, Triton on GPU) whose outputs match
+:func:`~layerbudget.experiments.apply.compress_`.
 
 Checkpoint layout (``CHECKPOINT_VERSION``)::
 
     config.json                  the model's config, plus a ``quantization_config`` naming layerbudget
     tokenizer files              when the model has a tokenizer
-    model.safetensors            dense tensors under their usual names; a packed unit ``U`` stores
+    layerbudget.safetensors      dense tensors under their usual names, stored at fp16 (bf16 for a bf16
+                                 model) as the plan counts them; a packed unit ``U`` stores
                                  ``U.packed``/``U.scales``/... as written by the kernels' ``to_tensors``
-    layerbudget_checkpoint.json  family, dtype, per-unit option and storage format, notes
+    layerbudget_checkpoint.json  family, compute dtype, per-unit option and storage format, notes
     layerbudget_plan.json        the plan
 
+The weights file is not named ``model.safetensors``, so plain ``transformers.from_pretrained`` refuses
+the directory (no weights file it knows) instead of filling the packed units with random weights.
+
 Storage formats: ``dense`` (the original weight), ``lowbit`` (2/3/4/8-bit ``PackedQuantWeight``),
-``sparse24`` (``Sparse24Weight``), ``sparse24_quant`` (``Sparse24QuantWeight``), ``fakequant`` (an
-option without a kernel format — 5/6 bits, unstructured sparsity — stored as the dense weight it
-decodes to) and ``drop`` (nothing stored; the module computes zeros).
+``sparse24`` (``Sparse24Weight``), ``sparse24_quant`` (``Sparse24QuantWeight``), ``variant`` (an
+option without a kernel format — 5/6 bits, unstructured sparsity — in the variant database's own
+encoding: bit-plane codes, fp16 kept values and a 1-bit mask, the kept codes only when pruned and
+quantized; its bytes are the plan's; decoded to a dense weight when loaded) and ``drop`` (nothing
+stored; the module computes zeros).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.families import DROP_ZERO, FamilySpec, family_by_name, family_for_model_type, known_families
+from layerbudget.experiments.apply import compress_, variant_tensors
+from layerbudget.families import DROP_ZERO, family_by_name
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.kernels.ops import PackedWeight, format_of
+from layerbudget.kernels.quant import dequantize_groupwise
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
-from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput, load_model
+from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput
+from layerbudget.options import DENSE, DROP, Option, parse_option
 from layerbudget.plan import Plan
-from layerbudget.profiles.cache import atomic_dir, atomic_write_text
 from layerbudget.profiles.database import Database
 from layerbudget.profiles.latency import kernel_format
-from layerbudget.profiles.methods import compress, decode, load_codes
-from layerbudget.profiles.options import DENSE, DROP, Option, parse_option
-
-if TYPE_CHECKING:
-    from layerbudget.config import ExperimentConfig
-    from layerbudget.evaluators.fitness import Fitness
+from layerbudget.profiles.methods import decode, load_codes, store_codes
+from layerbudget.storage import atomic_dir, atomic_write_text
 
 CHECKPOINT_SCHEMA = "layerbudget.checkpoint"
-CHECKPOINT_VERSION = 2  # 2: packed codes and 2:4 positions interleaved (kernels format version 2)
+CHECKPOINT_VERSION = 3  # 3: fp16 storage, ``variant`` format, own weights file name; 2: interleaved packing
 MANIFEST = "layerbudget_checkpoint.json"
 PLAN_FILE = "layerbudget_plan.json"
-WEIGHTS = "model.safetensors"
+WEIGHTS = "layerbudget.safetensors"  # not model.safetensors: transformers must not load it without the packed units
 PACKED_FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 _MODULES = {"lowbit": QuantLinear, "sparse24": SparseLinear, "sparse24_quant": Sparse24QuantLinear}
 _WEIGHTS = {"lowbit": PackedQuantWeight, "sparse24": Sparse24Weight, "sparse24_quant": Sparse24QuantWeight}
-
-
-# ----- plan ↔ model checks -------------------------------------------------------------------------
-def plan_family(plan: Plan) -> FamilySpec:
-    """The plan's model family (``plan.model["family"]``, else the family whose block path fits)."""
-    name = plan.model.get("family")
-    if name:
-        return family_by_name(str(name))
-    for fam in known_families():
-        spec = family_by_name(fam)
-        if all(u.startswith(spec.blocks + ".") for u in plan.units):
-            return spec
-    raise LayerbudgetError("the plan names no model family and its unit names fit none of the known families")
-
-
-def tie_groups(plan: Plan) -> list[tuple[str, ...]]:
-    """Groups of the plan's units that deployment engines run as one fused layer (q/k/v, gate/up)."""
-    spec = plan_family(plan)
-    tie_of = {p: group for group in spec.ties for p in group}
-    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    prefix = spec.blocks + "."
-    for unit in plan.units:
-        block, _, path = unit[len(prefix):].partition(".") if unit.startswith(prefix) else ("", "", unit)
-        if path in tie_of:
-            groups.setdefault((block, tie_of[path]), []).append(unit)
-    return [tuple(g) for g in groups.values() if len(g) > 1]
-
-
-def check_ties(plan: Plan) -> None:
-    """Raise unless every tie group shares one option (vLLM refuses mixed q/k/v or gate/up schemes)."""
-    for group in tie_groups(plan):
-        options = {plan.units[u] for u in group}
-        if len(options) > 1:
-            detail = ", ".join(f"{u.rsplit('.', 1)[-1]}={plan.units[u]}" for u in group)
-            raise LayerbudgetError(
-                f"tied units must share one option, but {group[0].rsplit('.', 1)[0]} has {detail}"
-            )
-
-
-def check_plan(adapter: ModelAdapter, plan: Plan, database: Database | None = None, *, check_hash: bool = True) -> None:
-    """Raise a one-line error unless ``plan`` (and ``database``) were made for this model."""
-    names = {u.name for u in adapter.units}
-    missing = [u.name for u in adapter.units if u.name not in plan.units]
-    unknown = [n for n in plan.units if n not in names]
-    if missing or unknown:
-        parts = []
-        if unknown:
-            parts.append(f"{len(unknown)} plan unit(s) not in the model (e.g. {unknown[0]!r})")
-        if missing:
-            parts.append(f"{len(missing)} model unit(s) not in the plan (e.g. {missing[0]!r})")
-        raise LayerbudgetError(f"the plan is for a different model ({plan.model.get('id')!r}): {'; '.join(parts)}")
-    if check_hash and plan.model["weight_hash"] != adapter.weight_hash():
-        raise LayerbudgetError(
-            f"the plan is for a different model: its weight hash {plan.model['weight_hash'][:16]} differs from "
-            f"{adapter.model_id!r} ({adapter.weight_hash()[:16]})"
-        )
-    if database is not None:
-        db_hash = database.index.get("model", {}).get("weight_hash")
-        if db_hash != adapter.weight_hash():
-            raise LayerbudgetError(f"the database {database.root} was built for another model (weight hash {str(db_hash)[:16]})")
-        for u in database.index["units"]:
-            if tuple(u["shape"]) != adapter.unit(u["name"]).shape:
-                raise LayerbudgetError(
-                    f"the database stores {u['name']} with shape {tuple(u['shape'])}, but the model has "
-                    f"{adapter.unit(u['name']).shape}"
-                )
-    droppable = {sb.name: sb for sb in adapter.subblocks}
-    for name in plan.dropped:
-        if name not in droppable:
-            raise LayerbudgetError(f"the plan drops {name!r}, which is not a droppable sub-block of this model")
-    in_dropped = {u for name in plan.dropped for u in droppable[name].units}
-    for unit, opt in plan.units.items():
-        if (opt == DROP) != (unit in in_dropped):
-            why = "but its sub-block is kept" if opt == DROP else "but its sub-block is dropped"
-            raise LayerbudgetError(f"the plan gives {unit} option {opt!r} {why}")
-        reason = None if opt in (DENSE, DROP) else parse_option(opt).applies_to(adapter.unit(unit).shape)
-        if reason:
-            raise LayerbudgetError(f"option {opt!r} does not apply to {unit}: {reason}")
-    for group in adapter.groups:
-        options = {plan.units[u.name] for u in group.units}
-        if len(options) > 1:
-            raise LayerbudgetError(f"tied units {group.name} must share one option, but the plan gives {sorted(options)}")
-
-
-# ----- compress_ ----------------------------------------------------------------------------------
-def adapter_for(model: nn.Module | ModelAdapter) -> ModelAdapter:
-    """``model`` itself when it is an adapter, else a new adapter (family from ``config.model_type``)."""
-    if isinstance(model, ModelAdapter):
-        return model
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type is None:
-        raise LayerbudgetError(f"cannot tell the family of a {type(model).__name__}; pass a ModelAdapter")
-    name = str(getattr(config, "_name_or_path", "") or type(model).__name__)
-    return ModelAdapter(model, family_for_model_type(model_type), model_id=name)
-
-
-def variant_tensors(adapter: ModelAdapter, database: Database | None, unit: str, option: str) -> dict[str, torch.Tensor]:
-    """The stored tensors of ``unit`` under ``option`` (from the database, or computed when it needs no data)."""
-    if database is not None:
-        return database.tensors(unit, option)
-    opt = parse_option(option)
-    if opt.needs_calibration:
-        raise LayerbudgetError(
-            f"option {option!r} needs calibration statistics; pass the database the plan was searched with "
-            "(`layerbudget apply PLAN` rebuilds it)"
-        )
-    return compress(opt, adapter.dense_weight(unit))
-
-
-def compress_(
-    model: nn.Module | ModelAdapter,
-    plan: Plan,
-    database: Database | None = None,
-    *,
-    check_hash: bool = True,
-) -> ModelAdapter:
-    """Make ``model`` hold ``plan`` in place: every unit at its option, the plan's sub-blocks dropped.
-
-    Weights come from ``database`` (the variants the search scored); without one, options that need
-    no calibration (``rtn``, ``magnitude``) are computed on the spot. Returns the adapter; its
-    :meth:`~layerbudget.model.ModelAdapter.restore` brings back the dense model.
-    """
-    adapter = adapter_for(model)
-    check_plan(adapter, plan, database, check_hash=check_hash)
-    adapter.restore()
-    try:
-        for name in plan.dropped:
-            adapter.drop(name)
-        for unit, option in plan.units.items():
-            if option in (DENSE, DROP):
-                continue
-            if database is not None:
-                weight = database.weight(unit, option)
-            else:
-                weight = decode(variant_tensors(adapter, None, unit, option), adapter.unit(unit).shape)
-            adapter.set_weight(unit, weight)
-    except BaseException:
-        adapter.restore()  # never leave a half-applied plan behind
-        raise
-    return adapter
 
 
 # ----- packed formats -----------------------------------------------------------------------------
@@ -250,6 +109,29 @@ def pack_variant(
                              tensors["zeros"].contiguous(), option.bits, option.group_size, shape), ""  # type: ignore[arg-type]
 
 
+def variant_storage(tensors: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A stored variant in exactly the bytes its option costs: a pruned + quantized variant keeps only the
+    codes of its kept weights (the database stores every code); everything else is stored as it is."""
+    out = dict(tensors)
+    if "mask" in out and "bits" in out:
+        mask = _mask(out, shape)
+        kept = load_codes(out, shape)[mask]  # [kept] in row-major order
+        out.pop("packed", None)
+        out.pop("planes", None)
+        out.update(store_codes(kept[None, :], int(out["bits"])))
+    return out
+
+
+def variant_weight(tensors: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """The float32 ``[N, K]`` weight of a :func:`variant_storage` dict (what :func:`decode` gives the database's)."""
+    if "mask" in tensors and "bits" in tensors:
+        mask = _mask(tensors, shape)
+        codes = torch.zeros(shape, dtype=torch.uint8)
+        codes[mask] = load_codes(dict(tensors), (1, int(mask.sum())))[0]
+        return dequantize_groupwise(codes, tensors["scales"], tensors["zeros"]) * mask
+    return decode(dict(tensors), shape)
+
+
 # ----- save ---------------------------------------------------------------------------------------
 def check_checkpoint_dir(out: str | Path) -> None:
     """Raise unless ``out`` is free or an earlier layerbudget checkpoint (which may be replaced)."""
@@ -290,7 +172,9 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
     check_checkpoint_dir(out)
     compress_(adapter, plan, database)
     try:
-        state = dict(adapter.model.state_dict())
+        model_dtype = next(adapter.model.parameters()).dtype
+        store = torch.bfloat16 if model_dtype == torch.bfloat16 else torch.float16  # what the plan counts
+        state = {k: (v.to(store) if v.is_floating_point() else v) for k, v in adapter.model.state_dict().items()}
         units: dict[str, dict] = {}
         fallbacks: dict[tuple[str, str], list[str]] = {}
         for unit, option in plan.units.items():
@@ -303,9 +187,12 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
                 state.pop(f"{unit}.bias", None)
                 entry["format"] = "drop"
             else:
-                packed, reason = pack_variant(parse_option(option), variant_tensors(adapter, database, unit, option), shape)
+                stored = variant_tensors(adapter, database, unit, option)
+                packed, reason = pack_variant(parse_option(option), stored, shape)
                 if packed is None:
-                    entry["format"] = "fakequant"
+                    del state[f"{unit}.weight"]
+                    state.update({f"{unit}.{k}": v for k, v in variant_storage(stored, shape).items()})
+                    entry["format"] = "variant"
                     fallbacks.setdefault((option, reason), []).append(unit)
                 else:
                     del state[f"{unit}.weight"]
@@ -313,9 +200,10 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
                     entry["format"] = format_of(packed)
             units[unit] = entry
         tensors, aliases = _dedupe(state)
-        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+        dtype = str(model_dtype).removeprefix("torch.")
         notes = [
-            f"{opt} ({len(us)} unit(s)) stored as dense fake-quantized {dtype} weights: {why}"
+            f"{opt} ({len(us)} unit(s)) stored in the variant database's encoding and decoded to a dense weight "
+            f"when loaded: {why}"
             for (opt, why), us in sorted(fallbacks.items())
         ]
         manifest = {
@@ -324,6 +212,7 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
             "model": dict(plan.model),
             "family": adapter.spec.name,
             "dtype": dtype,
+            "storage_dtype": str(store).removeprefix("torch."),
             "dropped": list(plan.dropped),
             "units": units,
             "aliases": aliases,
@@ -334,9 +223,9 @@ def save_compressed(adapter: ModelAdapter, plan: Plan, database: Database | None
                       metadata={"format": "pt", "layerbudget_checkpoint": str(CHECKPOINT_VERSION)})
             adapter.model.config.save_pretrained(tmp)
             config = json.loads((tmp / "config.json").read_text())
-            # makes other loaders warn instead of silently using random weights for packed units
+            # other loaders find no weights file they know (WEIGHTS) and refuse; this names the loader
             config["quantization_config"] = {"quant_method": "layerbudget", "version": CHECKPOINT_VERSION,
-                                             "loader": "layerbudget.apply.load_compressed"}
+                                             "loader": "layerbudget.experiments.packed_checkpoint.load_compressed"}
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             if adapter.tokenizer is not None and hasattr(adapter.tokenizer, "save_pretrained"):
                 adapter.tokenizer.save_pretrained(str(tmp))
@@ -362,7 +251,7 @@ def read_manifest(path: str | Path) -> dict:
             f"{root / MANIFEST} has schema/version {manifest.get('schema')!r}/{manifest.get('version')!r}; "
             f"expected {CHECKPOINT_SCHEMA!r}/{CHECKPOINT_VERSION}"
         )
-    formats = ("dense", "fakequant", "drop", *PACKED_FORMATS)
+    formats = ("dense", "variant", "drop", *PACKED_FORMATS)
     for unit, entry in manifest.get("units", {}).items():
         if entry.get("format") not in formats:
             raise LayerbudgetError(f"{root / MANIFEST}: unit {unit} has unknown format {entry.get('format')!r}")
@@ -422,6 +311,17 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
             except AttributeError:
                 continue  # replaced by its sub-block's drop rule
             _replace(model, unit, ZeroOutput(int(entry["shape"][0])))
+        elif fmt == "variant":
+            prefix = f"{unit}."
+            own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+            bias = own.pop("bias", None)
+            try:
+                weight = variant_weight(own, tuple(entry["shape"]))
+            except (KeyError, ValueError, RuntimeError, LayerbudgetError) as exc:
+                raise LayerbudgetError(f"checkpoint tensors of {unit} are damaged: {exc}") from None
+            tensors[f"{unit}.weight"] = weight.t() if spec.transposed else weight
+            if bias is not None:
+                tensors[f"{unit}.bias"] = bias
         elif fmt in PACKED_FORMATS:
             prefix = f"{unit}."
             own = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
@@ -432,7 +332,7 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
                 raise LayerbudgetError(f"checkpoint tensors of {unit} are damaged: {exc}") from None
             if list(weight.shape) != list(entry["shape"]):
                 raise LayerbudgetError(f"checkpoint stores {unit} with shape {weight.shape}, expected {entry['shape']}")
-            _replace(model, unit, _MODULES[fmt].from_packed(weight, bias))
+            _replace(model, unit, _MODULES[fmt].from_packed(weight, None if bias is None else bias.to(dtype)))
             packed_units.append(prefix)
     for alias, saved in manifest.get("aliases", {}).items():
         tensors[alias] = tensors[saved]
@@ -444,57 +344,3 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
             f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}"
         )
     return model.to(device).eval()
-
-
-# ----- reproduce ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reproduction:
-    """A plan re-applied from scratch and re-measured on its calibration and held-out windows."""
-
-    fitness: float
-    heldout: float
-    fitness_name: str
-    same_calibration: bool  # the calibration tokens hash to what the plan recorded
-
-    def rel_diff(self, recorded: float) -> float:
-        return abs(self.fitness - recorded) / max(abs(recorded), 1e-30)
-
-
-def _measure(adapter: ModelAdapter, ids: torch.Tensor, fitness: Fitness, batch_size: int,
-             refs: list[torch.Tensor]) -> float:
-    num = den = 0.0
-    for chunk, ref in zip(torch.split(ids, batch_size), refs):
-        n, d = fitness.partial(adapter.forward(chunk), ref)
-        num, den = num + n, den + d
-    return num / den if den > 0 else float("nan")
-
-
-def reproduce(plan: Plan, cfg: ExperimentConfig, *, progress: bool = False) -> Reproduction:
-    """Rebuild the model of ``plan`` from ``cfg`` (its database reused from the cache or rebuilt) and re-measure.
-
-    The model is compressed with :func:`compress_` and scored by full forward passes, independently
-    of the search's evaluator.
-    """
-    from layerbudget.prepare import prepare
-
-    try:  # reuse the cached database without building anything
-        prep = prepare(cfg, progress=progress, build=False)
-    except LayerbudgetError:  # no database yet: check the model before paying for one
-        probe = load_model(cfg.model.id, family=cfg.model.family, dtype=cfg.model.dtype, device=cfg.model.device)
-        check_plan(probe, plan)
-        del probe
-        prep = prepare(cfg, progress=progress, build=True)
-    adapter, tokens, fitness, bs = prep.adapter, prep.tokens, prep.fitness, cfg.data.batch_size
-    check_plan(adapter, plan, prep.database)
-    adapter.restore()
-    refs = {name: [fitness.reference(adapter.forward(c)) for c in torch.split(ids, bs)]
-            for name, ids in (("calib", tokens.calib), ("heldout", tokens.heldout))}
-    compress_(adapter, plan, prep.database)
-    try:
-        fit = _measure(adapter, tokens.calib, fitness, bs, refs["calib"])
-        held = _measure(adapter, tokens.heldout, fitness, bs, refs["heldout"])
-    finally:
-        adapter.restore()
-    recorded = plan.provenance.get("data", {})
-    same = not isinstance(recorded, Mapping) or recorded.get("calib_sha256") in (None, prep.calib_hash)
-    return Reproduction(fit, held, fitness.name, same)

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from layerbudget.config import config_from_dict  # noqa: E402
+from layerbudget.experiments.config import config_from_dict  # noqa: E402
 from layerbudget.experiments.runner import run_experiment  # noqa: E402
 from layerbudget.plan import Plan  # noqa: E402
 
