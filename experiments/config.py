@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerbudget.data import DEFAULT_CALIBRATION_WINDOWS, TextSpec
-from layerbudget.devices import check_device_name
 from layerbudget.errors import LayerbudgetError, Record, read_record
 from layerbudget.evaluators.fitness import known_fitness
 from layerbudget.families import known_families
+from layerbudget.hf_load import check_device_name
 from layerbudget.model import ModelSpec
 from layerbudget.options import parse_options
 from layerbudget.problem import Budget

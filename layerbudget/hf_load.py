@@ -1,16 +1,18 @@
-"""Loading Hugging Face weights for :func:`layerbudget.model.load_model` with one-line errors.
+"""Loading Hugging Face models with one-line errors: the device, the family, the config and the weights.
 
-``from_pretrained`` fails in many ways on a damaged model directory (a ``config.json`` with values
-of the wrong type, a truncated safetensors file, a ``pytorch_model.bin`` that is not a checkpoint,
-weights whose shapes disagree with ``config.json``); each becomes a :class:`LayerbudgetError`
-naming the model. transformers' load report and warnings are not printed: weights the checkpoint
-lacks inside the transformer blocks are an error (the model would be partly random), those it
-lacks elsewhere (e.g. a pooler) a one-line notice.
+``model.device`` is checked for its spelling when a config loads (:func:`check_device_name`) and for
+its presence before a model loads (:func:`require_device`). ``from_pretrained`` fails in many ways on
+a damaged model directory (a ``config.json`` with values of the wrong type, a truncated safetensors
+file, a ``pytorch_model.bin`` that is not a checkpoint, weights whose shapes disagree with
+``config.json``); each becomes a :class:`LayerbudgetError` naming the model. transformers' load
+report and warnings are not printed: weights the checkpoint lacks inside the transformer blocks are
+an error (the model would be partly random), those it lacks elsewhere (e.g. a pooler) a one-line notice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -19,6 +21,48 @@ from torch import nn
 from layerbudget.errors import LayerbudgetError
 from layerbudget.families import FamilySpec, family_by_name, known_families
 from layerbudget.notices import notice
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+_DEVICE_RE = re.compile(r"^(?P<type>[a-z]+)(?::(?P<index>\d+))?$")
+EXPECTED = "'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'"
+
+
+def check_device_name(name: str, where: str = "model.device") -> None:
+    """Raise :class:`LayerbudgetError` unless ``name`` is a device torch can put a model on (``cuda:1``)."""
+    m = _DEVICE_RE.match(name) if isinstance(name, str) else None
+    if m is None or m["type"] not in DEVICE_TYPES or (m["type"] == "cpu" and m["index"] not in (None, "0")):
+        raise LayerbudgetError(f"{where} must be {EXPECTED}, but got {name!r}")
+
+
+def require_device(name: str, where: str = "model.device") -> None:
+    """Raise :class:`LayerbudgetError` unless this torch can use device ``name`` now (built with its
+    backend, and the device index exists)."""
+    import torch
+
+    check_device_name(name, where)
+    kind, _, index = name.partition(":")
+    if kind == "cpu":
+        return
+    if kind == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise LayerbudgetError(
+                f"{where} is {name!r}, but this torch ({torch.__version__}) was built without CUDA; "
+                "use device = 'cpu' or install a CUDA build of torch"
+            )
+        available, count = torch.cuda.is_available(), torch.cuda.device_count()
+    elif kind == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:
+        xpu = getattr(torch, "xpu", None)
+        available = xpu is not None and xpu.is_available()
+        count = xpu.device_count() if available else 0
+    if not available or count == 0:
+        raise LayerbudgetError(f"{where} is {name!r}, but no {kind} device is visible to torch; use device = 'cpu'")
+    if index and int(index) >= count:
+        raise LayerbudgetError(
+            f"{where} is {name!r}, but torch sees {count} {kind} device{'s' if count != 1 else ''} "
+            f"({kind}:0{f'..{kind}:{count - 1}' if count > 1 else ''})"
+        )
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layerbudget.devices import require_device
 from layerbudget.errors import LayerbudgetError
 from layerbudget.families import (
     DROP_PASSTHROUGH,
@@ -26,7 +25,14 @@ from layerbudget.families import (
     family_by_name,
     family_for_model_type,
 )
-from layerbudget.hf_load import check_family, first_line, load_hf_config, load_weights, quiet_transformers
+from layerbudget.hf_load import (
+    check_family,
+    first_line,
+    load_hf_config,
+    load_weights,
+    quiet_transformers,
+    require_device,
+)
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerbudget.devices import check_device_name, require_device
 from layerbudget.errors import LayerbudgetError
 from layerbudget.experiments.config import config_from_dict
-from layerbudget.hf_load import check_family, first_line
+from layerbudget.hf_load import check_device_name, check_family, first_line, require_device
 from layerbudget.model import load_model
 
 
