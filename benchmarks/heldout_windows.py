@@ -28,13 +28,12 @@ from pathlib import Path
 
 import torch
 
-from layerbudget.config import config_from_dict
-from layerbudget.data import build_token_sets
-from layerbudget.evalsets import build_eval_sets
+from layerbudget.data import build_eval_sets, build_token_sets
 from layerbudget.evaluators.measure import measure_plans
 from layerbudget.evaluators.uncertainty import paired_difference, windows_for
+from layerbudget.experiments.config import config_from_dict
+from layerbudget.experiments.prepare import prepare
 from layerbudget.plan import Plan
-from layerbudget.prepare import prepare
 
 
 def main() -> int:

@@ -34,16 +34,16 @@ from pathlib import Path
 
 import torch
 
-from layerbudget.budget import Budget
-from layerbudget.config import load_config
-from layerbudget.evalsets import HELDOUT, build_eval_sets
+from layerbudget.data import HELDOUT, build_eval_sets
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
 from layerbudget.evaluators.measure import measure_plans
 from layerbudget.evaluators.uncertainty import relative_difference
-from layerbudget.prepare import prepare
-from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.search.executor import InlineExecutor
-from layerbudget.search.loop import run_search
+from layerbudget.experiments.config import load_config
+from layerbudget.experiments.prepare import prepare
+from layerbudget.problem import Budget
 from layerbudget.search.registry import make_searcher
+from layerbudget.storage import atomic_write_text
 
 VARIANTS: dict[str, dict] = {
     "before": {"anchor": 0.0},

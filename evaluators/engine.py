@@ -1,45 +1,26 @@
 """Candidate evaluation engine: stitch a candidate into the model and score it against the dense model.
 
 Stitching swaps only the units whose option differs from what the model currently holds (weights
-come decoded from the database); when something else changed the model since (another evaluator
-sharing the adapter: the adapter's ``version`` moved), it restores the dense model first. The
-dense outputs and the dense inputs of every block are cached per window set (calibration,
-held-out once it is first used, and an LRU of ``max_fresh_sets`` fresh batches).
+come decoded from the database); when another evaluator sharing the adapter changed the model (the
+adapter's ``version`` moved), it restores the dense model first. The dense outputs and block inputs
+of every window set are cached (calibration, held-out once it is first used, and an LRU of
+``max_fresh_sets`` fresh batches).
 
-Trace cache. Scoring a candidate records the input of every block on every batch of the window
-set (a *trace*; tensors before the restart block are shared with the trace it started from, not
-copied). The traces of recently scored candidates are kept in one LRU over all window sets,
-bounded by ``max_traces`` candidates and ``max_trace_bytes`` bytes of distinct activation storage
-(dense activations, held by the window set anyway, are not counted; a window set evicted from the
-fresh LRU takes its traces with it). A new candidate is scored from the cached trace of the same
-window set (the dense model included) that agrees with it on the longest prefix of blocks -- a block
-agrees when every unit in it holds the same option and its sub-blocks have the same drop state --
-by running only the blocks from the first disagreeing block on. In an EvoPress-style search,
-where offspring differ from the parent in a few slots, this restarts near the first mutated block
-instead of at the first compressed block (block 0 in most quantization searches): the parent is
-scored after its offspring on each fresh batch, so the first offspring of a batch starts from the
-dense inputs and later ones from the traces of siblings, which agree with the parent before their
-own mutations; the re-scored parent then finds its prefix cached. The restart input is the identical
-tensor that the same blocks with the same weights produced from the same dense input, so scores are
-bit-identical to a restart from the dense inputs (``max_traces=0``).
-
-Memory: a trace holds at most ``num_blocks - 1`` block inputs of ``[windows, seq_len, hidden]``
-activations in the model dtype (block 0's input is always dense). For all-MiniLM-L6-v2 on the
-standard calibration set (16 windows of 128 tokens, hidden 384, float32) one block input is 3 MiB
-and a full trace 15 MiB (measured: 15,728,640 bytes); a candidate that shares a prefix with a
-cached trace adds only the blocks after it. The default bound is 256 traces and 256 MiB: the bytes
-bind on large window sets (16 full traces of the standard calibration set, 240 MiB; 4 of a 64-window
-final stage at 128 tokens, 63 MiB each), the count on small ones, so the traces of all 129 entrants
-of EvoPress's 1-window first stage (under 1 MiB each) stay: every entrant restarts after the
-longest prefix it shares with any earlier one, the least any block-granular restart can run (on the
-scoring benchmark's first two evolution generations 16 traces ran 4.46 blocks per request, 256 ran
-3.92, the bound, and scored 5 % faster).
+Trace cache: scoring a candidate records the input of every block on every batch of its window set
+(a *trace*). The traces of recently scored candidates are kept in one LRU bounded by
+``max_traces`` candidates and ``max_trace_bytes`` bytes of activations the window sets do not hold
+anyway. A new candidate runs only the blocks after the longest prefix of blocks it shares with a
+cached trace of the same window set (a block agrees when its units hold the same options and its
+sub-blocks the same drop states), so offspring that differ from their parent in a few slots restart
+near their first change. The restart input is the identical tensor the same blocks produced from
+the same dense input: scores are bit-identical to a restart from the dense inputs (``max_traces=0``).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,9 +30,9 @@ from layerbudget.data import TokenSets
 from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.fitness import Fitness
 from layerbudget.model import BlockInputs, ModelAdapter
+from layerbudget.options import DENSE, DROP
+from layerbudget.problem import Candidate, EvalRequest, Problem
 from layerbudget.profiles.database import Database
-from layerbudget.profiles.options import DENSE, DROP
-from layerbudget.search.problem import Candidate, Problem
 
 
 @dataclass
@@ -74,6 +55,17 @@ DEFAULT_MAX_TRACES = 256
 DEFAULT_MAX_TRACE_BYTES = 256 * 2**20
 
 
+@dataclass
+class EngineStats:
+    """Counters of what an evaluator did, kept when one is passed to it (benchmarks, tests)."""
+
+    scored: int = 0  # candidates scored
+    blocks_run: int = 0  # blocks run per batch, summed over scored candidates
+    stitch_seconds: float = 0.0  # time spent stitching candidates into the model
+    reference_seconds: float = 0.0  # time spent on the dense references of window sets
+    trace_bytes_peak: int = 0  # the most activation bytes the trace cache held
+
+
 class Evaluator:
     """Scores candidates of a :class:`Problem` on calibration, fresh or held-out windows."""
 
@@ -90,6 +82,7 @@ class Evaluator:
         max_fresh_sets: int = 4,
         max_traces: int = DEFAULT_MAX_TRACES,
         max_trace_bytes: int | None = DEFAULT_MAX_TRACE_BYTES,
+        stats: EngineStats | None = None,
     ):
         if batch_size < 1:
             raise LayerbudgetError(f"batch_size must be at least 1, but got {batch_size}")
@@ -116,21 +109,21 @@ class Evaluator:
         self._traces: OrderedDict[tuple, _Trace] = OrderedDict()
         self._storages: dict[int, list[int]] = {}  # storage data_ptr -> [nbytes, references]
         self.trace_bytes = 0  # distinct activation bytes the trace cache holds
-        self.trace_bytes_peak = 0
         self.dense_key = self._block_key({}, [])  # what the dense model holds in every block
-        self.n_scored = 0
-        self.blocks_run = 0  # blocks run per batch, summed over scored candidates
-        self.stitch_seconds = 0.0  # time spent stitching candidates into the model
+        self.stats = stats
         self._refs[("calib",)] = self._reference(tokens.calib)  # held-out references: on first use
 
     # ----- references ----------------------------------------------------------------------------
     def _reference(self, ids: torch.Tensor) -> list[_Batch]:
         """Dense outputs and block inputs of ``ids`` (the model is restored to dense first)."""
+        t = time.perf_counter()
         self._set_dense()
         batches = []
         for chunk in torch.split(ids, self.batch_size):
             out, inputs = self.adapter.capture(chunk)
             batches.append(_Batch(chunk, self.fitness.reference(out), inputs))
+        if self.stats is not None:
+            self.stats.reference_seconds += time.perf_counter() - t
         return batches
 
     def _set_dense(self) -> None:
@@ -245,7 +238,8 @@ class Evaluator:
             len(self._traces) > self.max_traces or (limit is not None and self.trace_bytes > limit)
         ):
             self._forget(next(iter(self._traces)))
-        self.trace_bytes_peak = max(self.trace_bytes_peak, self.trace_bytes)
+        if self.stats is not None:
+            self.stats.trace_bytes_peak = max(self.stats.trace_bytes_peak, self.trace_bytes)
 
     def _forget(self, k: tuple) -> None:
         trace = self._traces.pop(k)
@@ -272,7 +266,7 @@ class Evaluator:
     def _score(self, candidate: Candidate, set_key: tuple, batches: list[_Batch]) -> float:
         t = time.perf_counter()
         first, key = self._stitch(candidate)
-        self.stitch_seconds += time.perf_counter() - t
+        stitched = time.perf_counter() - t
         nb = self.adapter.num_blocks
         agree, base = self._best_trace(set_key, key)
         start = min(agree, nb - 1)
@@ -291,13 +285,11 @@ class Evaluator:
             den += d
         if record:
             self._remember(set_key, _Trace(key, first, hidden))
-        self.n_scored += 1
-        self.blocks_run += nb - start
+        if self.stats is not None:
+            self.stats.scored += 1
+            self.stats.blocks_run += nb - start
+            self.stats.stitch_seconds += stitched
         return num / den if den > 0 else float("nan")
-
-    def window_set(self, windows: int | None, batch: int) -> None:
-        """Make sure the dense references of a window set are cached (built now if they are not)."""
-        self._windows(windows, batch)
 
     def score(self, candidate: Candidate, windows: int | None = None, batch: int = 0) -> float:
         """Fitness on the calibration set (``windows=None``) or on fresh windows of batch ``batch``."""
@@ -308,3 +300,22 @@ class Evaluator:
         if ("heldout",) not in self._refs:  # built on first use: evaluation workers never need them
             self._refs[("heldout",)] = self._reference(self.tokens.heldout)
         return self._score(candidate, ("heldout",), self._refs[("heldout",)])
+
+
+def prefix_bound(evaluator: Evaluator, requests: Sequence[EvalRequest]) -> list[int]:
+    """Per request, the fewest blocks any block-granular restart can run (an unlimited trace cache).
+
+    A request can restart no later than the first block where it disagrees with the dense model and
+    with every request scored before it on the same window set (the only block inputs computed so
+    far), and runs at least the last block. Summed over a window set this is the size of the trie of
+    its candidates' block keys, whatever the order.
+    """
+    nb = evaluator.adapter.num_blocks
+    known: dict[tuple, list[tuple]] = {}
+    out = []
+    for r in requests:
+        key = evaluator.block_key(r.candidate)
+        seen = known.setdefault((r.windows, r.batch), [evaluator.dense_key])
+        out.append(nb - min(max(Evaluator.agree(key, k) for k in seen), nb - 1))
+        seen.append(key)
+    return out

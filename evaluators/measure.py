@@ -20,8 +20,8 @@ from layerbudget.errors import LayerbudgetError
 from layerbudget.evaluators.engine import Evaluator
 from layerbudget.evaluators.fitness import Fitness
 from layerbudget.evaluators.uncertainty import WindowScores
-from layerbudget.profiles.options import DENSE
-from layerbudget.search.problem import Candidate
+from layerbudget.options import DENSE
+from layerbudget.problem import Candidate
 
 
 def window_partials(fitness: Fitness, out: torch.Tensor, ref: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,14 @@ vLLM runs them as one fused layer and refuses mixed schemes. Each returns an :cl
   config group per (bits, group size); ``SparseGPTModifier``/``WandaPruningModifier`` with one
   sparsity per target); llm-compressor re-runs the methods on its own calibration data.
 - :func:`export_gptqmodel`: ``quantize_config.json`` for GPTQModel (``dynamic`` per-module rules).
-- :func:`export_checkpoint`: the packed checkpoint of :mod:`layerbudget.apply` (exact weights).
+- :func:`export_checkpoint`: the packed checkpoint of :mod:`layerbudget.experiments.packed_checkpoint`
+  (exact weights).
+- :func:`export_compressed_tensors`: the searched weights as a compressed-tensors model directory
+  (:mod:`layerbudget.experiments.export_ct`) that transformers and vLLM load.
+
+Every file-writing exporter first checks the plan against the model it is for
+(:func:`~layerbudget.experiments.export_check.check_export`: unit names, shapes, weight hash, ties)
+and writes nothing when it does not fit.
 """
 
 from __future__ import annotations
@@ -20,15 +27,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerbudget.apply import check_ties, plan_family, save_compressed, tie_groups
 from layerbudget.errors import LayerbudgetError
-from layerbudget.model import ModelAdapter, load_model
+from layerbudget.experiments.apply import check_ties, plan_family, tie_groups
+from layerbudget.experiments.export_check import check_export, load_plan_model
+from layerbudget.experiments.export_ct import PACK_FORMAT, save_compressed_tensors, unit_target
+from layerbudget.experiments.packed_checkpoint import save_compressed
+from layerbudget.model import ModelAdapter
+from layerbudget.options import DENSE, DROP, Option, parse_option
 from layerbudget.plan import Plan
-from layerbudget.profiles.cache import atomic_write_text
 from layerbudget.profiles.database import Database
-from layerbudget.profiles.options import DENSE, DROP, Option, parse_option
+from layerbudget.storage import atomic_write_text
 
-FORMATS = ("llmcompressor", "gptqmodel", "checkpoint")
+FORMATS = ("llmcompressor", "gptqmodel", "checkpoint", "compressed-tensors")
 GPTQ_BITS = (2, 3, 4, 8)  # what vLLM's GPTQ path runs
 # vLLM fuses these Hugging Face projections into one layer; GPTQModel's dynamic rules are matched
 # against module names in GPTQModel (HF names) and in vLLM (fused names), so rules name both.
@@ -131,7 +141,7 @@ def llmcompressor_recipe(plan: Plan, *, allow_drop: bool = False) -> tuple[dict,
     options = {u: parse_option(o) for u, o in plan.units.items() if o not in (DENSE, DROP)}
     if not options:
         raise LayerbudgetError("the plan compresses no unit; there is nothing to export")
-    target = {u: f"re:{unit_regex([u])}" for u in plan.units}
+    target = {u: unit_target(u) for u in plan.units}  # also under a wrapper's prefix (bert. of BertLMHeadModel)
     untouched = [target[u] for u, o in plan.units.items() if o in (DENSE, DROP)]
 
     # sparsity: one modifier per (pruner, mask structure), one sparsity per target in model order
@@ -150,12 +160,21 @@ def llmcompressor_recipe(plan: Plan, *, allow_drop: bool = False) -> tuple[dict,
                      "magnitude pruner); its masks differ from the searched ones")
 
     # quantization: GPTQ and RTN (QuantizationModifier) each with one config group per (bits, group size)
+    # llm-compressor's GPTQ refills pruned weights; round-to-nearest maps a zero to its zero point and back
+    # to exactly 0, so pruned + quantized units are quantized by QuantizationModifier and keep their mask
     quant: dict[str, dict[tuple[int, int | None], list[str]]] = {}
+    kept_masks = []
     for unit, opt in options.items():
         if opt.bits is None:
             continue
-        modifier = "GPTQModifier" if opt.quant == "gptq" else "QuantizationModifier"
+        gptq = opt.quant == "gptq" and opt.sparse is None
+        if opt.quant == "gptq" and opt.sparse is not None:
+            kept_masks.append(unit)
+        modifier = "GPTQModifier" if gptq else "QuantizationModifier"
         quant.setdefault(modifier, {}).setdefault((opt.bits, opt.group_size), []).append(unit)
+    if kept_masks:
+        notes.append(f"{len(kept_masks)} pruned + GPTQ unit(s) are quantized by round-to-nearest (QuantizationModifier) "
+                     "after pruning: llm-compressor's GPTQModifier would refill the pruned weights and lose the mask")
 
     recipe: dict[str, dict] = {}
     if pruning:
@@ -174,9 +193,11 @@ def llmcompressor_recipe(plan: Plan, *, allow_drop: bool = False) -> tuple[dict,
             name = "gptq" if modifier == "GPTQModifier" else "rtn"
             stage[f"{name}_modifiers"] = {modifier: {"ignore": ["lm_head", *untouched], "config_groups": config_groups}}
         recipe["quantization_stage"] = stage
-    notes.append("layerbudget's grid is asymmetric min-max with an fp16 scale and zero per group; llm-compressor "
-                 "recomputes scales (and re-runs GPTQ/SparseGPT on its calibration data), so its model is close to, "
-                 "not bit-identical with, the searched one")
+    notes.append("llm-compressor re-calibrates everything on its own data: it recomputes scales and zero points, re-runs "
+                 "GPTQ/SparseGPT/Wanda and picks new masks, so its model is close to, not the one the search scored "
+                 "(--format compressed-tensors writes that one)")
+    notes.append("targets match the unit names also under a leading prefix, e.g. bert. when llm-compressor loads a BERT "
+                 "directory as BertLMHeadModel")
     return recipe, notes
 
 
@@ -200,8 +221,12 @@ def to_yaml(data: object) -> str:
     return yaml.dump(data, Dumper=Dumper, sort_keys=False, width=1000)
 
 
-def export_llmcompressor(plan: Plan, out: str | Path, *, allow_drop: bool = False) -> Exported:
-    """Write the llm-compressor recipe YAML of ``plan`` to ``out``."""
+def export_llmcompressor(
+    plan: Plan, out: str | Path, *, model: str | Path | ModelAdapter | None = None, allow_drop: bool = False
+) -> Exported:
+    """Write the llm-compressor recipe YAML of ``plan`` to ``out`` after checking the plan against ``model``
+    (an adapter, a model directory or hub id; default: the model of the plan's experiment config)."""
+    check_export(plan, load_plan_model(plan, model))
     recipe, notes = llmcompressor_recipe(plan, allow_drop=allow_drop)
     comments = [*_header(plan), *(f"note: {n}" for n in notes)]
     if plan.dropped:
@@ -247,6 +272,12 @@ def gptqmodel_config(plan: Plan, *, allow_drop: bool = False) -> tuple[dict, lis
                 dynamic[regex] = {"bits": opt.bits, "group_size": -1 if opt.group_size is None else opt.group_size}
     if any(o.quant == "rtn" for o in options.values()):
         notes.append("GPTQModel runs GPTQ for every quantized module, also those the plan quantizes with RTN")
+    notes.append("GPTQModel re-calibrates: it runs GPTQ on its own data with symmetric-or-asymmetric scales of its own, "
+                 "so its model is close to, not the one the search scored (--format compressed-tensors writes that one)")
+    per_channel = any(o.group_size is None for o in options.values())
+    if per_channel:
+        notes.append("act_group_aware is off: GPTQModel's group-aware reordering needs groups, and the plan has "
+                     "per-channel units")
     config = {
         "bits": bits,
         "group_size": -1 if group is None else group,
@@ -254,6 +285,7 @@ def gptqmodel_config(plan: Plan, *, allow_drop: bool = False) -> tuple[dict, lis
         "sym": False,
         "lm_head": False,
         "true_sequential": True,
+        **({"act_group_aware": False} if per_channel else {}),
         "quant_method": "gptq",
         "checkpoint_format": "gptq",
         "dynamic": dynamic,
@@ -271,8 +303,12 @@ def _version() -> str:
         return "unknown"
 
 
-def export_gptqmodel(plan: Plan, out: str | Path, *, allow_drop: bool = False) -> Exported:
-    """Write GPTQModel's ``quantize_config.json`` for ``plan`` (``out``: a ``.json`` file or a directory)."""
+def export_gptqmodel(
+    plan: Plan, out: str | Path, *, model: str | Path | ModelAdapter | None = None, allow_drop: bool = False
+) -> Exported:
+    """Write GPTQModel's ``quantize_config.json`` for ``plan`` (``out``: a ``.json`` file or a directory) after
+    checking the plan against ``model`` (as in :func:`export_llmcompressor`)."""
+    check_export(plan, load_plan_model(plan, model))
     config, notes = gptqmodel_config(plan, allow_drop=allow_drop)
     path = Path(out)
     if path.suffix != ".json":
@@ -285,20 +321,29 @@ def export_gptqmodel(plan: Plan, out: str | Path, *, allow_drop: bool = False) -
 def export_checkpoint(
     plan: Plan, model_dir_or_adapter: str | Path | ModelAdapter, database: Database | None, out: str | Path
 ) -> Exported:
-    """Write the packed checkpoint of ``plan`` (see :mod:`layerbudget.apply`) to the directory ``out``.
+    """Write the packed checkpoint of ``plan`` (see :mod:`layerbudget.experiments.packed_checkpoint`) to the directory ``out``.
 
     ``database`` holds the variants the search scored; without one, only options that need no
     calibration (``rtn``, ``magnitude``) can be exported.
     """
-    check_ties(plan)
-    if isinstance(model_dir_or_adapter, ModelAdapter):
-        adapter = model_dir_or_adapter
-    else:
-        adapter = load_model(str(model_dir_or_adapter), family=str(plan.model.get("family") or "auto"))
+    adapter = load_plan_model(plan, model_dir_or_adapter)
+    check_export(plan, adapter, database)
     manifest = save_compressed(adapter, plan, database, out)
     counts = Counter(e["format"] for e in manifest["units"].values())
     summary = "units by storage format: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     return Exported(Path(out), (summary, *manifest["notes"]))
+
+
+def export_compressed_tensors(
+    plan: Plan, model_dir_or_adapter: str | Path | ModelAdapter, database: Database | None, out: str | Path, *,
+    allow_drop: bool = False, layout: str = PACK_FORMAT,
+) -> Exported:
+    """Write ``plan``'s searched weights as a compressed-tensors model directory ``out`` (see
+    :mod:`layerbudget.experiments.export_ct`); ``database`` holds the variants the search scored."""
+    adapter = load_plan_model(plan, model_dir_or_adapter)
+    check_export(plan, adapter, database)
+    notes = save_compressed_tensors(plan, adapter, database, out, allow_drop=allow_drop, layout=layout)
+    return Exported(Path(out), tuple(notes))
 
 
 PLAN_EXPORTERS: dict[str, Callable[..., Exported]] = {

@@ -8,25 +8,36 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from layerbudget.data import EvalSet
+from layerbudget.experiments.config import ExperimentConfig
+from layerbudget.experiments.plots import write_run_plots
 from layerbudget.experiments.significance import (
     COMPARISON_COLUMNS,
     comparisons_markdown,
     display_rows,
     measured_columns,
 )
-from layerbudget.profiles.cache import atomic_dir
+from layerbudget.plan import Plan
+from layerbudget.problem import INACTIVE, Evaluation, Problem
 from layerbudget.profiles.profile import Profile, write_profile
-from layerbudget.search.base import Evaluation
-from layerbudget.search.problem import INACTIVE, Problem
+from layerbudget.storage import atomic_dir
 
-if TYPE_CHECKING:
-    from layerbudget.config import ExperimentConfig
-    from layerbudget.experiments.runner import RunResult
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, one summary row and one plan per (budget, searcher)."""
+
+    run_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    plans: list[Plan] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    comparisons: list[dict] = field(default_factory=list)  # paired searcher differences per budget and window set
+    eval_sets: list[EvalSet] = field(default_factory=list)  # where the final plans were measured besides calibration
 
 
 class CandidateLog:
@@ -115,8 +126,6 @@ def write_run_dir(
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(cfg, result, best))
         if len(cfg.budget) > 1 or len(cfg.search.searchers) > 1:
-            from layerbudget.experiments.plots import write_run_plots
-
             write_run_plots(tmp, name=run_dir.name)
 
 

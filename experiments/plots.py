@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.options import DENSE, DENSE_BITS, DROP, parse_option
 from layerbudget.plan import Plan
-from layerbudget.profiles.cache import atomic_write_bytes
-from layerbudget.profiles.options import DENSE, DENSE_BITS, DROP, parse_option
+from layerbudget.storage import atomic_write_bytes
 
 FITNESS_COSTS = ("avg_bits", "bytes")
 COST_LABELS = {"avg_bits": "average bits per weight (metadata included)", "bytes": "model size (MB)"}

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from layerbudget.config import ExperimentConfig, executor_kind
+from layerbudget.data import HELDOUT, EvalSet, build_eval_sets, check_eval_sources
 from layerbudget.errors import LayerbudgetError
-from layerbudget.evalsets import HELDOUT, EvalSet, build_eval_sets, check_eval_sources
-from layerbudget.experiments.outputs import CandidateLog, write_run_dir
+from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.executor import Executor, InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.evaluators.scorer import identity
+from layerbudget.experiments.config import ExperimentConfig, executor_kind
+from layerbudget.experiments.outputs import CandidateLog, RunResult, write_run_dir
+from layerbudget.experiments.partial_run import PartialRun, has_checkpoints, partial_dir
+from layerbudget.experiments.prepare import Prepared, prepare
 from layerbudget.experiments.significance import compare_searchers, measure_final_plans
 from layerbudget.plan import Plan, package_versions
-from layerbudget.prepare import prepare
-from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.search.checkpoint import run_search_checkpointed
-from layerbudget.search.executor import Executor, InlineExecutor
+from layerbudget.profiles.option_fit import fit_notes
 from layerbudget.search.registry import make_searcher
-
-
-@dataclass
-class RunResult:
-    """What a run produced: its directory, one summary row and one plan per (budget, searcher)."""
-
-    run_dir: Path
-    rows: list[dict] = field(default_factory=list)
-    plans: list[Plan] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    comparisons: list[dict] = field(default_factory=list)  # paired searcher differences per budget and window set
-    eval_sets: list[EvalSet] = field(default_factory=list)  # where the final plans were measured besides calibration
-
-
-def partial_dir(run_dir: Path) -> Path:
-    """Where an unfinished run keeps its config and searcher checkpoints until it completes."""
-    return run_dir.with_name(run_dir.name + ".partial")
 
 
 def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bool, resume: bool = False) -> Path:
@@ -57,6 +41,8 @@ def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bo
         raise LayerbudgetError(f"output directory {str(path)!r} exists; pass --overwrite or choose another --out")
     if path.exists() and not path.is_dir():
         raise LayerbudgetError(f"output path {str(path)!r} exists and is not a directory")
+    if partial_dir(path).is_dir() and not has_checkpoints(partial_dir(path)):
+        shutil.rmtree(partial_dir(path), ignore_errors=True)  # stale: nothing in it to resume
     if partial_dir(path).exists() and not overwrite:
         raise LayerbudgetError(
             f"an interrupted run exists at {str(partial_dir(path))!r}; pass --resume {path} or --overwrite"
@@ -64,21 +50,21 @@ def resolve_run_dir(cfg: ExperimentConfig, out: str | Path | None, overwrite: bo
     return path
 
 
-def make_executor(cfg: ExperimentConfig, prep, evaluator) -> Executor:
-    """The executor of ``cfg.executor`` (see :func:`~layerbudget.config.executor_kind`; Ray is imported
-    only when it is used)."""
+def make_executor(cfg: ExperimentConfig, prep: Prepared, evaluator: Evaluator) -> Executor:
+    """The executor of ``cfg.executor`` (see :func:`~layerbudget.experiments.config.executor_kind`;
+    Ray is imported only when it is used, not to load it for inline runs)."""
     if executor_kind(cfg.executor) == "inline":
         return InlineExecutor(evaluator)
-    from layerbudget.search.ray_executor import RayExecutor
+    from layerbudget.evaluators.ray_executor import RayExecutor
 
     ex = cfg.executor
     return RayExecutor(
-        cfg,
+        prep.scorer_spec(),
         address=ex.address or None,
         num_workers=ex.workers or None,
         threads_per_worker=ex.threads_per_worker or None,
         max_retries=ex.max_retries,
-        prepared=prep,
+        expect=identity(evaluator),
         ship_database=ex.ship_database,
     )
 
@@ -99,13 +85,13 @@ def run_experiment(
     """
     run_dir = resolve_run_dir(cfg, out, overwrite, resume)
     check_eval_sources(cfg.data.eval_sources, cfg.data.source)  # before any work
-    partial = partial_dir(run_dir)
-    if not resume:
-        shutil.rmtree(partial, ignore_errors=True)
-        (partial / "checkpoints").mkdir(parents=True)
-        atomic_write_text(partial / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    partial = PartialRun(run_dir, cfg, resume=resume)  # created with the first checkpoint
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if executor_kind(cfg.executor) == "ray":  # an unreachable cluster fails now, not after the database
+        from layerbudget.evaluators.ray_connect import check_address
+
+        check_address(cfg.executor.address or None)
     prep = prepare(cfg, progress=progress)
     adapter, tokens, fitness, database, problem = prep.adapter, prep.tokens, prep.fitness, prep.database, prep.problem
     calib_hash = prep.calib_hash
@@ -121,6 +107,8 @@ def run_experiment(
         f"database: {len(adapter.units)} units, {len(prep.option_names)} options, "
         f"{'reused' if prep.database_reused else 'built'} ({database.root})"
     )
+    for note in fit_notes(adapter, prep.option_names, cfg.budget):
+        log(f"note: {note}")
 
     evaluator = prep.evaluator()
     with make_executor(cfg, prep, evaluator) as executor:
@@ -157,18 +145,24 @@ def run_experiment(
             "versions": package_versions(),
         }
         model_info = {"id": adapter.model_id, "weight_hash": adapter.weight_hash(), "family": adapter.spec.name}
+        partial.start()
         for b_idx, budget in enumerate(cfg.budget):
             for name in cfg.search.searchers:
                 t = time.perf_counter()
-                params = dict(cfg.search.params.get(name, {}))
-                searcher = make_searcher(name, problem, budget, seed=cfg.seed, **params)
-                tokens.check_fresh(searcher.fresh_windows(), f"search.params.{name}")
-                outcome = run_search_checkpointed(
+                try:
+                    searcher = make_searcher(name, problem, budget, seed=cfg.seed,
+                                             params=cfg.search.searcher_params(name))
+                    tokens.check_fresh(searcher.fresh_windows(), f"search.params.{name}")
+                except LayerbudgetError:  # bad parameters: earlier searchers' checkpoints are of no use
+                    partial.discard()
+                    raise
+                outcome = run_search(
                     searcher,
                     executor,
-                    partial / "checkpoints" / f"b{b_idx}-{name}.ckpt",
-                    config=cfg,
+                    checkpoint=partial.checkpoint(f"b{b_idx}-{name}"),
+                    fingerprint=cfg.fingerprint(),
                     on_evaluations=lambda evs, n=name, b=b_idx: candidates.add(b, n, evs),
+                    before_save=partial.ensure,
                 )
                 best = outcome.result
                 fit = evaluator.score(best)
@@ -208,5 +202,5 @@ def run_experiment(
     timings["heldout"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     write_run_dir(run_dir, cfg, result, candidates, profile, overwrite=overwrite or resume, latency=prep.latency)
-    shutil.rmtree(partial, ignore_errors=True)
+    partial.finish()
     return result

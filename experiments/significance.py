@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from layerbudget.evalsets import EvalSet
+from layerbudget.data import EvalSet
 from layerbudget.evaluators.engine import Evaluator
 from layerbudget.evaluators.measure import measure_plans
 from layerbudget.evaluators.uncertainty import NOISE_Z, WindowScores, paired_difference
-from layerbudget.search.problem import Candidate
+from layerbudget.problem import Candidate
 
 if TYPE_CHECKING:
     from layerbudget.experiments.runner import RunResult

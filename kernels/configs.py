@@ -18,6 +18,7 @@ On CPU tensors the torch reference runs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
@@ -83,6 +84,7 @@ def gemv_rows(m: int) -> int:
     return 1 if m == 1 else 2 if m == 2 else 4
 
 
+@functools.lru_cache(maxsize=4096)
 def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None = None) -> LaunchConfig:
     """The launch for ``y[M, N] = x[M, K] @ W[N, K]^T`` of one format (``kernel=None``: by the dispatch rule)."""
     kernel = kernel or ("gemv" if m <= gemv_max_m(fmt) else "tc")

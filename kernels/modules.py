@@ -66,8 +66,21 @@ class _PackedLinear(nn.Module):
             raise ValueError(f"`x` must have shape [..., {self.in_features}], but got {tuple(x.shape)}.")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
-        y = packed_matmul(x2, self.packed_weight(), self.bias, path=self.path)  # [M, N]
+        y = packed_matmul(x2, self._current_weight(), self.bias, path=self.path)  # [M, N]
         return y.reshape(*lead, self.out_features)
+
+    def _current_weight(self) -> PackedWeight:
+        """:meth:`packed_weight`, built (and validated) again only when a buffer was replaced or changed
+        (inference-mode tensors keep no version counter: then it is built every call)."""
+        try:
+            key = tuple((id(b), b._version) for b in self._buffers.values() if b is not None)
+        except RuntimeError:
+            return self.packed_weight()
+        cached = self.__dict__.get("_packed_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.packed_weight())
+            self.__dict__["_packed_cache"] = cached
+        return cached[1]
 
 
 class QuantLinear(_PackedLinear):

@@ -24,6 +24,7 @@ only when a kernel is first needed.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -46,11 +47,13 @@ REFERENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 PackedWeight = PackedQuantWeight | Sparse24Weight | Sparse24QuantWeight
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether the ``triton`` package can be imported (without importing it)."""
+    """Whether the ``triton`` package can be imported (without importing it; looked up once)."""
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
 def _triton_module(name: str) -> ModuleType:
     if not triton_available():
         raise ValueError("path='triton' needs the `triton` package, which is not installed.")
@@ -120,7 +123,8 @@ def _run(
     config: LaunchConfig | None,
 ) -> torch.Tensor:  # [M, N]
     _check_inputs(x, weight, bias, path)
-    path = choose_path(x, fmt, path, kernel_supported(weight))
+    supported = kernel_supported(weight)
+    path = choose_path(x, fmt, path, supported)
     if x.shape[0] == 0:
         return x.new_zeros(0, weight.n)
     if path == "reference":
@@ -130,7 +134,7 @@ def _run(
         if x.dtype == torch.float32 or x.device.type == "cuda":
             return F.linear(x, w, None if bias is None else bias.to(x.dtype))
         return linear_ref(x, w, bias)
-    if not kernel_supported(weight):
+    if not supported:
         raise ValueError(
             "path='triton' needs every run of values of a packed field inside one quantization group; "
             f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."

@@ -25,6 +25,14 @@ from layerbudget.families import (
     family_by_name,
     family_for_model_type,
 )
+from layerbudget.hf_load import (
+    check_family,
+    first_line,
+    load_hf_config,
+    load_weights,
+    quiet_transformers,
+    require_device,
+)
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -135,6 +143,19 @@ def resolve_model_path(model_id: str | None) -> str:
     return model_id
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how (the ``[model]`` section of an experiment)."""
+
+    id: str = DEFAULT_MODEL  # the embedded all-MiniLM-L6-v2; else a directory or hub id
+    family: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def load(self) -> ModelAdapter:
+        return load_model(self.id, family=self.family, dtype=self.dtype, device=self.device)
+
+
 def load_model(
     model_id: str | None = None,
     *,
@@ -143,25 +164,23 @@ def load_model(
     device: str = "cpu",
 ) -> ModelAdapter:
     """Load a model and its tokenizer from a directory or hub id (the embedded MiniLM by default)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(model_id)
     torch_dtype = _parse_dtype(dtype)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerbudgetError(f"could not load model {model_id!r}: {first}") from None
-    spec = family_by_name(family) if family != "auto" else family_for_model_type(config.model_type)
+    shown = str(model_id or DEFAULT_MODEL)
+    config = load_hf_config(path, shown)
+    spec = check_family(family, config.model_type, shown) or family_for_model_type(config.model_type)
+    require_device(device)  # before reading the weights
     loader = AutoModel if spec.task == "encoder" else AutoModelForCausalLM
-    model = loader.from_pretrained(path, dtype=torch_dtype)
+    model = load_weights(loader, path, shown, spec, dtype=torch_dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerbudgetError(f"model {model_id!r} has no usable tokenizer: {first}") from None
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers reading a user's files: any failure means they are unusable
+        raise LayerbudgetError(f"model {model_id!r} has no usable tokenizer: {first_line(exc)}") from None
     name = DEFAULT_MODEL_NAME if model_id in (None, "", DEFAULT_MODEL) else str(model_id)
     return ModelAdapter(model.to(device).eval(), spec, tokenizer=tokenizer, model_id=name)
 
@@ -197,6 +216,7 @@ class ModelAdapter:
         self.blocks: nn.ModuleList = blocks
         self._modules: dict[str, nn.Module] = {}
         self._dense: dict[str, torch.Tensor] = {}
+        self._packed: set[str] = set()  # units held by packed modules (no weight to swap)
         units: list[Unit] = []
         subblock_units: dict[str, list[str]] = {}
         for b, block in enumerate(blocks):
@@ -205,7 +225,13 @@ class ModelAdapter:
                 if module is None:
                     continue
                 name = f"{self.spec.blocks}.{b}.{path}"
-                w = module.weight
+                w = getattr(module, "weight", None)
+                if not isinstance(w, torch.Tensor):
+                    if not hasattr(module, "dequantized_weight"):  # e.g. a dropped unit's ZeroOutput
+                        continue
+                    # a packed module of a loaded checkpoint (QuantLinear, ...): readable, not swappable
+                    w = module.dequantized_weight().t() if self.spec.transposed else module.dequantized_weight()
+                    self._packed.add(name)
                 shape = (w.shape[1], w.shape[0]) if self.spec.transposed else (w.shape[0], w.shape[1])
                 sub = f"{self.spec.blocks}.{b}.{kind}"
                 units.append(Unit(name, b, sub, (int(shape[0]), int(shape[1]))))
@@ -298,7 +324,7 @@ class ModelAdapter:
     def _count_non_unit(self) -> int:
         seen: set[int] = set()
         total = 0
-        unit_weights = {id(m.weight) for m in self._modules.values()}
+        unit_weights = {id(getattr(m, "weight", None)) for m in self._modules.values()}
         for p in self.model.parameters():
             if id(p) in seen or id(p) in unit_weights:
                 continue
@@ -317,12 +343,18 @@ class ModelAdapter:
         unit = self.unit(name)
         if tuple(weight.shape) != unit.shape:
             raise LayerbudgetError(f"weight for {name} must have shape {unit.shape}, but got {tuple(weight.shape)}")
+        if name in self._packed:
+            raise LayerbudgetError(
+                f"unit {name} holds a packed {type(self._modules[name]).__name__}; its weight cannot be replaced in place"
+            )
         param = self._modules[name].weight
         with torch.no_grad():
             param.copy_(weight.t() if self.spec.transposed else weight)
         self.version += 1
 
     def restore_weight(self, name: str) -> None:
+        if name in self._packed:
+            return  # never changed
         with torch.no_grad():
             self._modules[self.unit(name).name].weight.copy_(self._dense[name])
         self.version += 1

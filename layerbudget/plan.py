@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.cache import atomic_write_text
-from layerbudget.profiles.options import DROP, parse_option
+from layerbudget.options import DROP, parse_option
+from layerbudget.storage import atomic_write_text
 
 PLAN_SCHEMA = "layerbudget.plan"
 PLAN_VERSION = 1

@@ -24,7 +24,6 @@ import csv
 import math
 import platform
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +35,16 @@ import torch.nn.functional as F
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
+from layerbudget.kernels.ops import packed_matmul
 from layerbudget.kernels.packing import PACK_BITS, k_multiple
-from layerbudget.package_data import package_dir
-from layerbudget.profiles.cache import content_hash, file_hash
+from layerbudget.kernels.quant_weight import PackedQuantWeight
+from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
+from layerbudget.notices import notice
+from layerbudget.options import Option, parse_option
+from layerbudget.problem import Problem
 from layerbudget.profiles.database import CorruptCache
 from layerbudget.profiles.hardware import CPU, GPUS, Hardware, measure_cpu
-from layerbudget.profiles.options import Option, parse_option
-from layerbudget.search.problem import Problem
+from layerbudget.storage import content_hash, hash_matches, latency_file, package_dir, write_with_hash
 
 LATENCY_VERSION = 1
 COLUMNS = [
@@ -115,9 +117,6 @@ def roofline_us(hw: Hardware, kernels: Iterable[Launch]) -> float:
 # ----- measurement on this CPU ----------------------------------------------------------------------
 def _weight(option: Option, shape: tuple[int, int], fmt: str | None, gen: torch.Generator, device: str = "cpu"):
     """A random weight of ``shape`` in the form that runs ``option`` (fp32 on the CPU, fp16 on a GPU)."""
-    from layerbudget.kernels.quant_weight import PackedQuantWeight
-    from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
-
     n, k = shape
     w = (torch.randn(n, k, generator=gen) * 0.02).to(device, torch.float32 if device == "cpu" else torch.float16)
     if fmt == "lowbit":
@@ -132,8 +131,6 @@ def _weight(option: Option, shape: tuple[int, int], fmt: str | None, gen: torch.
 
 def measure_cpu_us(option: Option, shape: tuple[int, int], m: int, *, min_seconds: float = 0.05, repeats: int = 7) -> float:
     """Median wall time (µs) of the CPU path that runs ``option`` on ``[N, K]`` for ``m`` fp32 rows."""
-    from layerbudget.kernels.ops import packed_matmul
-
     fmt, _ = kernel_format(option, shape)
     gen = torch.Generator().manual_seed(shape[0] * 7919 + shape[1])
     weight = _weight(option, shape, fmt, gen)
@@ -170,8 +167,6 @@ def live_gpu(target: str) -> str | None:
 def measure_gpu_us(option: Option, shape: tuple[int, int], m: int) -> float:
     """Median time (µs, ``triton.testing.do_bench``, L2 flushed) of what runs ``option`` on this GPU, fp16."""
     from triton.testing import do_bench
-
-    from layerbudget.kernels.ops import packed_matmul
 
     fmt, _ = kernel_format(option, shape)
     gen = torch.Generator().manual_seed(shape[0] * 7919 + shape[1])
@@ -343,19 +338,15 @@ def load_or_build_latency(problem: Problem, target: str, m: int, cache_dir: Path
         parts["tables"] = None if table is None else content_hash(table.to_dict(orient="list"))
         parts["live"] = live_gpu(target) and {"gpu": live_gpu(target), **machine_id()}
     key = content_hash(parts)
-    path = Path(cache_dir) / "latency" / f"{target}-{key[:24]}.parquet"
-    sidecar = path.with_suffix(".sha256")
-    if path.exists() and sidecar.exists():
+    path = latency_file(cache_dir, target, key)
+    recorded = hash_matches(path)
+    if recorded is not None:
         try:
-            if file_hash(path) != sidecar.read_text().strip():
+            if not recorded:
                 raise CorruptCache(f"latency table {path} does not match its recorded hash")
             return pd.read_parquet(path), True
         except (CorruptCache, OSError, ValueError) as exc:
-            warnings.warn(f"{exc}; measuring the latency table again", stacklevel=2)
+            notice(f"{exc}; measuring the latency table again")
     table = latency_table(items, target, m)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    sidecar.write_text(file_hash(path))
+    write_with_hash(path, lambda p: table.to_parquet(p, index=False))
     return table, False

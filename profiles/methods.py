@@ -22,10 +22,10 @@ import torch
 from layerbudget.errors import LayerbudgetError
 from layerbudget.kernels.packing import PACK_BITS, k_multiple, pack, unpack
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
+from layerbudget.options import Option, num_pruned
 from layerbudget.profiles.gptq import gptq_quantize
-from layerbudget.profiles.options import Option
 from layerbudget.profiles.sparsegpt import sparsegpt_prune_mask, sparsegpt_prune_quantize
-from layerbudget.profiles.wanda import lowest_per_row, num_pruned
+from layerbudget.profiles.wanda import lowest_per_row
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The profile: cost and sensitivity of every (slot, option), cached as ``profile.parquet``.
 
-Also builds the search :class:`~layerbudget.search.problem.Problem` from a model and its database:
+Also builds the search :class:`~layerbudget.problem.Problem` from a model and its database:
 one slot per tie group (options = ``dense`` plus every stored option that applies to all its
 units) and, when ``drop`` is among the options, one keep/drop slot per attention/MLP sub-block.
 """
@@ -8,7 +8,6 @@ units) and, when ``drop`` is among the options, one keep/drop slot per attention
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,12 @@ import pyarrow.parquet as pq
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.model import ModelAdapter
-from layerbudget.profiles.cache import content_hash, file_hash
+from layerbudget.notices import notice
+from layerbudget.options import DENSE, DROP
+from layerbudget.problem import KEEP, Candidate, Problem, Slot
 from layerbudget.profiles.database import CorruptCache, Database
-from layerbudget.profiles.options import DENSE, DROP
 from layerbudget.profiles.sensitivity import one_at_a_time, weight_error
-from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
+from layerbudget.storage import atomic_path, content_hash, hash_matches, profile_file, write_with_hash
 
 PROFILE_VERSION = 2
 COLUMNS = [
@@ -161,9 +161,8 @@ def write_profile(profile: Profile, path: Path, provenance: dict) -> None:
     table = pa.Table.from_pandas(profile.table, preserve_index=False)
     meta = {b"layerbudget": json.dumps({"version": PROFILE_VERSION, "key": profile.key, **provenance}).encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_profile(path: Path) -> tuple[Profile, dict]:
@@ -192,30 +191,21 @@ def load_or_build_profile(
     """Reuse the cached profile for this (database, data, fitness, slots) or measure it."""
     slots = [(s.name, list(s.options)) for s in problem.slots]
     key = content_hash({"version": PROFILE_VERSION, "db": database.key, "slots": slots, **key_parts})
-    path = Path(cache_dir) / "profile" / f"{key[:32]}.parquet"
-    sidecar = path.with_suffix(".sha256")
-    if path.exists() and sidecar.exists():
+    path = profile_file(cache_dir, key)
+    recorded = hash_matches(path)
+    if recorded is not None:
         try:
-            if file_hash(path) != sidecar.read_text().strip():
+            if not recorded:
                 raise CorruptCache(f"profile {path} does not match its recorded hash")
             profile, meta = read_profile(path)
             if meta["key"] != key:
                 raise CorruptCache(f"profile {path} belongs to another configuration")
             return profile, True
         except CorruptCache as exc:
-            warnings.warn(f"{exc}; measuring the profile again", stacklevel=2)
+            notice(f"{exc}; measuring the profile again")
     fitness = one_at_a_time(problem, score, progress=progress, score_many=score_many)
     werr = weight_error(problem, database, adapter.dense_weight)
     oerr, feats = slot_measures(problem, database)
     profile = Profile(profile_table(problem, fitness, werr, oerr, feats), key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_profile(profile, path, {"db": database.key, **key_parts})
-    sidecar.write_text(file_hash(path))
+    write_with_hash(path, lambda p: write_profile(profile, p, {"db": database.key, **key_parts}))
     return profile, False
-
-
-def require_finite(profile: Profile) -> None:
-    bad = profile.table[~profile.table["fitness"].map(lambda v: v == v and abs(v) != float("inf"))]
-    if len(bad):
-        rows = ", ".join(f"{r.slot}:{r.option}" for r in bad.itertuples())
-        raise LayerbudgetError(f"the profile has non-finite fitness for {rows}")

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from layerbudget.options import DENSE, DROP
+from layerbudget.problem import KEEP, Candidate, Problem
 from layerbudget.profiles.database import Database
-from layerbudget.profiles.options import DENSE, DROP
-from layerbudget.search.problem import KEEP, Candidate, Problem
 
 
 def one_at_a_time(

@@ -21,9 +21,10 @@ from typing import cast
 import torch
 
 from layerbudget.kernels.quant import check_grid, group_params, quantize_with
+from layerbudget.options import num_pruned
 from layerbudget.profiles.gptq import current_columns
 from layerbudget.profiles.hessian import check_hessian, check_weight, inverse_hessian_cholesky
-from layerbudget.profiles.wanda import lowest_per_row, num_pruned, resolve_sparsity
+from layerbudget.profiles.wanda import lowest_per_row, resolve_sparsity
 
 
 def _sparsegpt(

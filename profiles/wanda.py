@@ -14,10 +14,9 @@ Shared conventions (also used by :mod:`layerbudget.profiles.sparsegpt`):
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from layerbudget.options import num_pruned
 from layerbudget.profiles.hessian import check_weight
 
 
@@ -59,12 +58,6 @@ def resolve_sparsity(
     if not 0.0 <= s <= 1.0:
         raise ValueError(f"`sparsity` must lie in [0, 1], but got sparsity={sparsity}.")
     return s, None
-
-
-def num_pruned(count: int, sparsity: float) -> int:
-    """Number of weights to zero in a comparison group of ``count``: ``floor(sparsity·count + 0.5)``."""
-    # the 1e-9 keeps products such as 0.7 * 10 = 7.000000000000001 or 2.4999999999 from flipping
-    return min(count, int(math.floor(sparsity * count + 0.5 + 1e-9)))
 
 
 def lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:

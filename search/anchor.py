@@ -20,8 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import Evaluation
-from layerbudget.search.problem import Candidate
+from layerbudget.problem import Candidate, Evaluation
 
 
 class AnchorPenalty:

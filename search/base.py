@@ -1,4 +1,4 @@
-"""The searcher interface (ask/tell), evaluation requests and results, and the decorator that registers a searcher."""
+"""The searcher interface (ask/tell), its parameters record, and the decorator that registers a searcher."""
 
 from __future__ import annotations
 
@@ -7,53 +7,34 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.search.problem import Candidate, Problem
+from layerbudget.errors import LayerbudgetError, Record
+from layerbudget.problem import Budget, Candidate, EvalRequest, Evaluation, Problem
 
 
 @dataclass(frozen=True)
-class EvalRequest:
-    """Score ``candidate`` on ``windows`` calibration windows of fresh batch ``batch``.
-
-    ``windows=None`` means the standard calibration set (the same for every request); otherwise the
-    evaluator draws ``windows`` windows from the calibration pool with a generator seeded by
-    ``batch``, so requests with the same batch see the same tokens.
-    """
-
-    candidate: Candidate
-    windows: int | None = None
-    batch: int = 0
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The fitness of one request (lower is better; NaN marks a broken candidate)."""
-
-    request: EvalRequest
-    fitness: float
-
-    @property
-    def candidate(self) -> Candidate:
-        return self.request.candidate
+class NoParams(Record):
+    """The parameters of a searcher that takes none."""
 
 
 class Searcher(ABC):
     """Proposes candidates (:meth:`ask`) and learns from their fitness (:meth:`tell`).
 
-    A searcher never evaluates anything itself: the loop in :mod:`layerbudget.search.loop` sends its
-    requests to an executor. All randomness comes from ``self.rng``, seeded by ``seed``.
+    A searcher never evaluates anything itself: a loop (:mod:`layerbudget.evaluators.loop`) sends
+    its requests to an executor. All randomness comes from ``self.rng``, seeded by ``seed``. Its
+    parameters are one frozen record of type ``Params``, checked before the searcher is built.
     """
 
     name: str = ""
+    Params: ClassVar[type[Record]] = NoParams
 
-    def __init__(self, problem: Problem, budget: Budget, *, seed: int = 0, **params: Any):
-        if params:
-            raise LayerbudgetError(f"searcher {self.name!r} got unknown parameters: {', '.join(sorted(params))}")
+    def __init__(self, problem: Problem, budget: Budget, *, seed: int = 0, params: Record | None = None):
+        self.params = type(self).Params() if params is None else params
+        if not isinstance(self.params, type(self).Params):
+            raise TypeError(f"searcher {self.name!r} takes {type(self).Params.__name__}, but got {type(params).__name__}")
         problem.check_budget(budget)
         self.problem = problem
         self.budget = budget

@@ -25,46 +25,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from layerbudget.budget import LE, Budget, Constraint
-from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DROP
+from layerbudget.errors import LayerbudgetError, rule
+from layerbudget.options import DROP
+from layerbudget.problem import INACTIVE, KEEP, LE, Budget, Candidate, Constraint, Problem
 from layerbudget.search.base import register_searcher
-from layerbudget.search.operating_point import SolverSearcher
-from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem
+from layerbudget.search.feasible import raw_limit
+from layerbudget.search.operating_point import SolverParams, SolverSearcher
 
 _RETRIES = 2  # finer discretisations tried (x8 buckets each) when rounding up loses every plan
-
-
-def raw_value(problem: Problem, metric: str, raw: int) -> float:
-    """The metric value of a raw coefficient sum (mirrors :meth:`Problem.metric`)."""
-    if metric in ("avg_bits", "sparsity"):
-        return raw / problem.unit_numel
-    if metric == "bytes":
-        return float(raw + 2 * problem.other_numel)
-    return float(raw)
-
-
-def raw_limit(problem: Problem, constraint: Constraint) -> int:
-    """The largest (``<=``) or smallest (``>=``) raw coefficient sum that satisfies ``constraint``.
-
-    Agrees exactly with :meth:`Problem.satisfies`, tolerance included, so integer checks against
-    this limit never accept a plan that the budget check would reject.
-    """
-    metric, le = constraint.metric, constraint.sense == LE
-    r = math.floor(problem.rhs(constraint)) if le else math.ceil(problem.rhs(constraint))
-    step = 1 if le else -1
-    ok = lambda x: constraint.holds(raw_value(problem, metric, x))  # noqa: E731
-    for _ in range(64):  # the float tolerance is tiny, so a few steps settle it
-        if ok(r + step):
-            r += step
-        elif not ok(r):
-            r -= step
-        else:
-            break
-    return r
 
 
 def single_constraint(budget: Budget) -> Constraint:
@@ -419,6 +391,16 @@ def _depth_only(problem: Problem) -> bool:
     return bool(subs) and all(s.is_subblock or len(s.options) == 1 for s in problem.slots)
 
 
+@dataclass(frozen=True)
+class DpParams(SolverParams):
+    """``buckets``: discretisation of the budget (unset: :func:`default_buckets`); ``pair``: adjacent-pair
+    corrections of a depth-only problem (see :class:`DpSearcher`)."""
+
+    WHERE = "dp"
+    buckets: int | None = rule(None, least=1)
+    pair: tuple[float, ...] | None = None
+
+
 @register_searcher
 class DpSearcher(SolverSearcher):
     """Solves the DP over an additive proxy and scores its solution.
@@ -431,22 +413,13 @@ class DpSearcher(SolverSearcher):
     """
 
     name = "dp"
+    Params = DpParams
 
-    def __init__(
-        self,
-        problem,
-        budget,
-        *,
-        seed: int = 0,
-        buckets: int | None = None,
-        pair: Sequence[float] | None = None,
-        reference: str = "dense",
-        rounds: int = 1,
-        **params,
-    ):
-        super().__init__(problem, budget, seed=seed, reference=reference, rounds=rounds, **params)
+    def __init__(self, problem, budget, *, seed: int = 0, params: DpParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
         self._constraint = single_constraint(budget)
-        self.buckets = buckets
+        self.buckets = self.params.buckets
+        pair, reference = self.params.pair, self.params.reference
         self.pair = None if pair is None else list(pair)
         if pair is not None:
             if self._constraint.metric != "dropped" or not _depth_only(problem):

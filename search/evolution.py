@@ -6,31 +6,28 @@ are scored on ``windows`` calibration windows of one fresh batch, and the best `
 the best of the last stage (the parent included: elitism) becomes the next parent.
 
 Presets follow EvoPress's table (generations, offspring, survivors per stage). Its stage sizes are
-in tokens; here one calibration window (``seq_len`` tokens) stands for 2048 EvoPress tokens, so the
-stage ratios are kept and at ``seq_len = 2048`` the token counts are EvoPress's own:
+in tokens; one calibration window (``seq_len`` tokens) stands for 2048 EvoPress tokens:
 ``windows = max(1, ceil(tokens / 2048))``. A stage of 0 windows compares on the standard
-calibration windows instead (scores are kept, so the parent is not re-scored there).
-
-Under an evaluation cap of a few hundred (``max_evaluations`` with the "auto" preset) the presets
-would stop after a handful of generations; the search is then sized to the cap instead (see
-:meth:`EvolutionSearcher._fit_to_cap`).
+calibration windows instead (scores are kept, so the parent is not re-scored there). Under an
+evaluation cap with the "auto" preset the search is sized to the cap
+(see :meth:`EvolutionSearcher._fit_to_cap`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-from layerbudget.budget import LE, Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DROP
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
-from layerbudget.search.dp import raw_limit
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.options import DROP
+from layerbudget.problem import Budget, Candidate, EvalRequest, Evaluation
+from layerbudget.search.base import Searcher, register_searcher
+from layerbudget.search.feasible import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem
 from layerbudget.search.surrogate import DeltaSurrogate
 
 TOKENS_PER_WINDOW = 2048
@@ -53,223 +50,6 @@ PRESETS: dict[str, tuple[int | None, int, list[tuple[int, int]]]] = {
     "depth": (None, 32, [(2, 2048), (1, 32768)]),
     "superfast": (400, 16, [(1, 512), (1, 8192)]),
 }
-
-
-class FeasibleSpace:
-    """Exact integer budget bookkeeping, per-slot compression levels, and greedy repair."""
-
-    def __init__(self, problem: Problem, budget: Budget):
-        self.problem = problem
-        slots = problem.slots
-        n, kmax = len(slots), max(len(s.options) for s in slots)
-        self.sign = np.array([1 if c.sense == LE else -1 for c in budget.constraints])
-        self.limit = np.array([raw_limit(problem, c) for c in budget.constraints], dtype=np.int64)
-        self.valid = np.zeros((n, kmax), dtype=bool)
-        self.coef = np.zeros((len(budget.constraints), n, kmax), dtype=np.int64)
-        self.proxy = np.zeros((n, kmax))
-        for i, s in enumerate(slots):
-            self.valid[i, : len(s.options)] = True
-            self.proxy[i, : len(s.options)] = problem.proxy[i]
-            for m, c in enumerate(budget.constraints):
-                self.coef[m, i, : len(s.options)] = problem.coef[c.metric][i]
-        most = np.where(self.valid, self.coef, 0).max(axis=2)
-        spread = most - np.where(self.valid, self.coef, 2**62).min(axis=2)
-        self.scale = np.maximum(spread.sum(axis=1), 1).astype(np.float64)
-        self.coef_by_slot = np.ascontiguousarray(np.moveaxis(self.coef, 0, -1))  # [L, K, M]
-        self.units = [i for i, s in enumerate(slots) if not s.is_subblock]
-        self.subs = [i for i, s in enumerate(slots) if s.is_subblock]
-        self.keep = {i: slots[i].options.index(KEEP) for i in self.subs}
-        self.drop = {i: slots[i].options.index(DROP) for i in self.subs}
-        # levels: each slot's options from least to most compressed (budget pressure, then proxy)
-        pressure = (self.sign[:, None, None] * self.coef / self.scale[:, None, None]).sum(axis=0)
-        self.levels: list[list[int]] = []
-        self.rank: list[dict[int, int]] = []
-        for i, s in enumerate(slots):
-            order = sorted(range(len(s.options)), key=lambda o, i=i: (-pressure[i, o], self.proxy[i, o], o))
-            self.levels.append(order)
-            self.rank.append({o: r for r, o in enumerate(order)})
-
-    # ----- budget ------------------------------------------------------------------------------
-    def totals(self, cand: Sequence[int]) -> np.ndarray:
-        idx = np.asarray(cand)
-        act = idx >= 0
-        rows = np.arange(len(idx))
-        return (self.coef[:, rows, np.where(act, idx, 0)] * act).sum(axis=1)
-
-    def violation(self, totals: np.ndarray) -> np.ndarray:
-        """Normalised excess over the budget (0 when feasible); broadcasts over leading move axes."""
-        excess = np.maximum(self.sign * (totals - self.limit), 0)
-        return (excess / self.scale).sum(axis=-1)
-
-    def feasible(self, cand: Sequence[int]) -> bool:
-        return bool(np.all(self.sign * (self.totals(cand) - self.limit) <= 0))
-
-    # ----- repair ------------------------------------------------------------------------------
-    def repair(self, cand: Sequence[int]) -> Candidate | None:
-        """Greedily change one slot at a time until every constraint holds; None when stuck.
-
-        Each step takes the change with the least proxy increase per unit of violation removed
-        (another option for an active unit slot, or dropping a kept sub-block).
-        """
-        cur = list(cand)
-        rows = np.arange(len(cur))
-        while True:
-            t = self.totals(cur)
-            v = float(self.violation(t))
-            if v == 0.0:
-                return self.problem.canonical(cur)
-            idx = np.asarray(cur)
-            act = idx >= 0
-            here = np.where(act, idx, 0)
-            cur_coef = self.coef[:, rows, here] * act  # [M, L]
-            delta = self.coef - cur_coef[:, :, None]  # [M, L, K]
-            new_v = self.violation(np.moveaxis(t[:, None, None] + delta, 0, -1))  # [L, K]
-            d_proxy = self.proxy - (self.proxy[rows, here] * act)[:, None]
-            ok = self.valid & act[:, None]
-            ok[self.subs] = False
-            ok[rows, here] = False
-            gain = v - new_v
-            ok &= gain > 0
-            best, best_ratio = None, math.inf
-            if ok.any():
-                ratio = np.where(ok, d_proxy / np.where(ok, gain, 1.0), np.inf)
-                flat = int(np.argmin(ratio))
-                best, best_ratio = divmod(flat, ratio.shape[1]), float(ratio.flat[flat])
-            for s in self.subs:  # dropping a kept sub-block
-                if cur[s] != self.keep[s]:
-                    continue
-                kids = self.problem.children.get(s, [])
-                d = (
-                    self.coef[:, s, self.drop[s]]
-                    - self.coef[:, s, self.keep[s]]
-                    - cur_coef[:, kids].sum(axis=1)
-                )
-                g = v - float(self.violation(t + d))
-                if g > 0:
-                    dp = (
-                        self.proxy[s, self.drop[s]]
-                        - self.proxy[s, self.keep[s]]
-                        - sum(self.proxy[k, cur[k]] for k in kids)
-                    )
-                    if dp / g < best_ratio:
-                        best, best_ratio = (s, self.drop[s]), dp / g
-            if best is None:
-                return None
-            i, o = int(best[0]), int(best[1])
-            cur[i] = o
-            if i in self.keep:
-                for k in self.problem.children.get(i, []):
-                    cur[k] = INACTIVE
-
-    # ----- candidates --------------------------------------------------------------------------
-    def required_drops(self, budget: Budget) -> int:
-        for c in budget.constraints:
-            if c.metric == "dropped":
-                return max(0, raw_limit(self.problem, c))
-        return 0
-
-    def random(self, rng: np.random.Generator, drops: int) -> Candidate | None:
-        """A random candidate (``drops`` random sub-blocks dropped), repaired into the budget."""
-        cand = [int(rng.integers(len(s.options))) for s in self.problem.slots]
-        chosen = (
-            set(rng.permutation(self.subs)[: min(drops, len(self.subs))].tolist()) if self.subs else set()
-        )
-        for s in self.subs:
-            cand[s] = self.drop[s] if s in chosen else self.keep[s]
-        return self.repair(self.problem.canonical(cand))
-
-    def mutate(self, parent: Candidate, rng: np.random.Generator) -> Candidate | None:
-        """min(U{1,3}, U{1,3}) switches, then repair; None if the child cannot be repaired.
-
-        A level switch moves one slot a level less compressed and another a level more compressed;
-        a depth switch keeps one dropped sub-block and drops one kept one (a swap). The second half
-        of a switch is skipped while the budget still holds, so slack left by the initial candidate
-        gets used; with exact budgets (e.g. ``dropped >= k`` met exactly) switches are EvoPress's.
-        """
-        child = list(parent)
-        t = self.totals(child)  # kept up to date change by change: feasibility checks stay cheap
-
-        def put(i: int, o: int) -> None:
-            nonlocal t
-            if child[i] != INACTIVE:
-                t = t - self.coef_by_slot[i, child[i]]
-            if o != INACTIVE:
-                t = t + self.coef_by_slot[i, o]
-            child[i] = o
-
-        def fits() -> bool:
-            return bool(np.all(self.sign * (t - self.limit) <= 0))
-
-        for _ in range(int(min(rng.integers(1, 4), rng.integers(1, 4)))):
-            active = [i for i in self.units if child[i] != INACTIVE]
-            up = [i for i in active if self.rank[i][child[i]] < len(self.levels[i]) - 1]
-            down = [i for i in active if self.rank[i][child[i]] > 0]
-            kept = [s for s in self.subs if child[s] == self.keep[s]]
-            gone = [s for s in self.subs if child[s] == self.drop[s]]
-            kinds = (["level"] if up or down else []) + (["depth"] if self.subs else [])
-            if not kinds:
-                break
-            if kinds[int(rng.integers(len(kinds)))] == "level":
-                b = down[int(rng.integers(len(down)))] if down else None
-                if b is not None:
-                    put(b, self.levels[b][self.rank[b][child[b]] - 1])  # less compressed
-                ups = [i for i in up if i != b]
-                if ups and (b is None or not fits()):
-                    a = ups[int(rng.integers(len(ups)))]
-                    put(a, self.levels[a][self.rank[a][child[a]] + 1])  # more compressed
-                continue
-            on = gone[int(rng.integers(len(gone)))] if gone else None
-            if on is not None:  # keep a dropped sub-block; its unit slots get random options
-                put(on, self.keep[on])
-                for k in self.problem.children.get(on, []):
-                    put(k, int(rng.integers(len(self.problem.slots[k].options))))
-            if kept and (on is None or not fits()):
-                off = kept[int(rng.integers(len(kept)))]
-                put(off, self.drop[off])
-                for k in self.problem.children.get(off, []):
-                    put(k, INACTIVE)
-        cand = self.problem.canonical(child)
-        return cand if fits() else self.repair(cand)
-
-    def greedy(self) -> Candidate | None:
-        """The lowest-proxy option everywhere (sub-blocks kept), repaired into the budget."""
-        cand = [int(np.argmin(self.problem.proxy[i])) for i in range(len(self.problem.slots))]
-        for s in self.subs:
-            cand[s] = self.keep[s]
-        return self.repair(self.problem.canonical(cand))
-
-    def fill(self, cand: Sequence[int]) -> Candidate:
-        """Spend budget slack greedily: while some change of one active unit slot lowers the proxy and
-        keeps every constraint, take the one with the largest proxy drop per unit of budget used."""
-        cur = list(cand)
-        rows = np.arange(len(cur))
-        pressure = (self.sign[:, None, None] * self.coef / self.scale[:, None, None]).sum(axis=0)  # [L, K]
-        while True:
-            idx = np.asarray(cur)
-            act = idx >= 0
-            here = np.where(act, idx, 0)
-            t = self.totals(cur)
-            delta = self.coef - (self.coef[:, rows, here] * act)[:, :, None]  # [M, L, K]
-            fits = np.all(
-                self.sign[:, None, None] * (t[:, None, None] + delta - self.limit[:, None, None]) <= 0, axis=0
-            )
-            gain = (self.proxy[rows, here] * act)[:, None] - self.proxy  # proxy drop of each change
-            ok = self.valid & act[:, None] & fits & (gain > 0)
-            ok[self.subs] = False
-            if not ok.any():
-                return self.problem.canonical(cur)
-            used = np.maximum(pressure - pressure[rows, here][:, None], 1e-12)
-            ratio = np.where(ok, gain / used, -np.inf)
-            i, o = divmod(int(np.argmax(ratio)), ratio.shape[1])
-            cur[i] = o
-
-    def best_uniform(self, budget: Budget) -> Candidate | None:
-        """The fitting uniform plan of lowest proxy (ties: the least compressed)."""
-        problem = self.problem
-        fits = [c for _, c in sorted(problem.fitting_uniform(budget).items())]
-        if not fits:
-            return None
-        return min(fits, key=lambda c: (problem.proxy_score(c), -float(self.sign @ self.totals(c))))
 
 
 def initial_candidate(
@@ -303,8 +83,6 @@ def initial_candidate(
             cand = space.random(rng, space.required_drops(budget))
             if cand is not None:
                 return cand
-    elif init != "uniform":
-        raise LayerbudgetError(f'init must be "uniform", "random" or "plan", but got {init!r}')
     cand = space.best_uniform(budget) or space.greedy()
     if cand is not None:  # spend what the uniform plan leaves of the budget where the proxy gains most
         cand = space.fill(cand)
@@ -313,43 +91,41 @@ def initial_candidate(
     return cand
 
 
-def _stages(stages: Any) -> list[tuple[int, int]]:
-    def ok(x: Any, least: int) -> bool:
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
-
-    pairs = list(stages) if isinstance(stages, Sequence) and not isinstance(stages, str) else []
-    if not pairs or not all(
-        isinstance(p, Sequence) and len(p) == 2 and ok(p[0], 1) and ok(p[1], 0) for p in pairs
-    ):
-        raise LayerbudgetError(
-            f"stages must be a non-empty list of (survivors >= 1, windows >= 0) pairs (0 windows: the standard "
-            f"calibration windows), but got {stages!r}"
-        )
-    return [(int(s), int(w)) for s, w in pairs]
-
-
-def _positive(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
+def _stages_ok(stages: tuple[tuple[int, int], ...]) -> str | None:
+    if stages and all(s >= 1 and w >= 0 for s, w in stages):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise LayerbudgetError(f"evolution `{name}` must be a positive integer, but got {value!r}")
-    return int(value)
+    return "must be a non-empty list of [survivors >= 1, windows >= 0] pairs (0 windows: the standard calibration windows)"
+
+
+@dataclass(frozen=True)
+class EvolutionParams(Record):
+    """Parameters of :class:`EvolutionSearcher` (``None``: from the preset).
+
+    ``preset`` "auto": depth for keep/drop-only problems, sparsity for sparsity budgets, else
+    quantization; with ``max_evaluations`` and neither ``offspring`` nor ``stages`` given, the search
+    is sized to the cap and scores on the standard windows (:meth:`EvolutionSearcher._fit_to_cap`).
+    ``stages``: ``[(survivors, windows), ...]``, a stage of 0 windows compares on the standard
+    calibration windows. ``init``: "uniform" (the fitting uniform plan of least proxy, its leftover
+    budget spent by the proxy), "random", or "plan" with ``init_candidate`` (option indices per
+    slot, or unit -> option name). ``prescreen`` k > 1: draw k times the offspring count of new
+    children and score only those a :class:`~layerbudget.search.surrogate.DeltaSurrogate` ranks best.
+    """
+
+    WHERE = "evolution"
+    preset: Literal["auto", "quantization", "sparsity", "depth", "superfast"] = "auto"
+    generations: int | None = rule(None, least=1)
+    offspring: int | None = rule(None, least=1)
+    stages: tuple[tuple[int, int], ...] | None = rule(None, check=_stages_ok)
+    max_evaluations: int | None = rule(None, least=1)
+    init: Literal["uniform", "random", "plan"] = "uniform"
+    init_candidate: tuple[int, ...] | Mapping[str, str] | None = None
+    prescreen: int = rule(1, least=1)
 
 
 @register_searcher
 class EvolutionSearcher(Searcher):
-    """(1+λ) evolution with staged selection on fresh calibration batches (see module docstring).
-
-    Parameters: ``preset`` ("auto": depth for keep/drop-only problems, sparsity for sparsity
-    budgets, else quantization; with ``max_evaluations`` and neither ``offspring`` nor ``stages``
-    given, it is sized to the cap and scores on the standard windows, see :meth:`_fit_to_cap`),
-    ``generations``, ``offspring``, ``stages`` (overrides of the preset; a stage with 0 windows
-    compares on the standard calibration windows), ``max_evaluations`` (a hard cap), ``init``
-    ("uniform": the fitting uniform plan of least proxy, its leftover budget spent by the proxy;
-    "random"; or "plan" with ``init_candidate``: option indices per slot, or unit -> option name),
-    ``prescreen`` (1: off; k > 1: draw k times the offspring count of distinct new children and
-    score only those a :class:`~layerbudget.search.surrogate.DeltaSurrogate`, fitted to the
-    fitness changes of every offspring scored so far, ranks best; the rest may be drawn again later).
+    """(1+λ) evolution with staged selection on fresh calibration batches (see module docstring and
+    :class:`EvolutionParams`).
 
     Duplicates are rejected: no candidate is offered twice (seeds passed to :meth:`remember`
     included). The search ends after ``generations``, at the cap, or when no new feasible
@@ -357,27 +133,15 @@ class EvolutionSearcher(Searcher):
     """
 
     name = "evolution"
+    Params = EvolutionParams
 
-    def __init__(
-        self,
-        problem,
-        budget,
-        *,
-        seed: int = 0,
-        preset: str = "auto",
-        generations: int | None = None,
-        offspring: int | None = None,
-        stages: Sequence[Sequence[int]] | None = None,
-        max_evaluations: int | None = None,
-        init: str = "uniform",
-        init_candidate: Any = None,
-        prescreen: int = 1,
-        **params: Any,
-    ):
-        super().__init__(problem, budget, seed=seed, **params)
-        self.prescreen = _positive("prescreen", prescreen)
+    def __init__(self, problem, budget, *, seed: int = 0, params: EvolutionParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        p: EvolutionParams = self.params
+        self.prescreen = p.prescreen
         self.surrogate = DeltaSurrogate(problem) if self.prescreen > 1 else None
         self.space = FeasibleSpace(problem, budget)
+        preset = p.preset
         auto = preset == "auto"
         if auto:
             depth_only = bool(self.space.subs) and all(
@@ -386,22 +150,20 @@ class EvolutionSearcher(Searcher):
             preset = (
                 "depth" if depth_only else "sparsity" if "sparsity" in budget.to_dict() else "quantization"
             )
-        if preset not in PRESETS:
-            raise LayerbudgetError(f"unknown evolution preset {preset!r}; known: auto, {', '.join(PRESETS)}")
         self.preset = preset
-        self.parent = initial_candidate(self.space, budget, self.rng, init, init_candidate)
+        self.parent = initial_candidate(self.space, budget, self.rng, p.init, p.init_candidate)
         self.calib: dict[Candidate, float] = {}  # fitness on the standard calibration windows
         gens, lam, stage_tokens = PRESETS[preset]
         if gens is None:  # depth: k(n-k)/1.5 generations for k of n sub-blocks dropped
             n, k = len(self.space.subs), round(problem.metric(self.parent, "dropped"))
             gens = max(1, math.ceil(k * (n - k) / 1.5))
-        self.generations = _positive("generations", gens if generations is None else generations)
-        self.offspring = _positive("offspring", lam if offspring is None else offspring)
-        self.stages = _stages([(s, _windows(t)) for s, t in stage_tokens] if stages is None else stages)
-        self.max_evaluations = _positive("max_evaluations", max_evaluations, allow_none=True)
+        self.generations = gens if p.generations is None else p.generations
+        self.offspring = lam if p.offspring is None else p.offspring
+        self.stages = [(s, _windows(t)) for s, t in stage_tokens] if p.stages is None else list(p.stages)
+        self.max_evaluations = p.max_evaluations
         self.adaptive: int | None = None  # the current offspring count when it adapts (see _fit_to_cap)
-        if auto and self.max_evaluations is not None and offspring is None and stages is None:
-            self._fit_to_cap(self.max_evaluations, keep_generations=generations is not None)
+        if auto and self.max_evaluations is not None and p.offspring is None and p.stages is None:
+            self._fit_to_cap(self.max_evaluations, keep_generations=p.generations is not None)
         if self.max_evaluations is not None and self.max_evaluations < self._generation_cost(1):
             raise LayerbudgetError(
                 f"evolution max_evaluations must cover one generation with one offspring "
@@ -424,8 +186,7 @@ class EvolutionSearcher(Searcher):
         after a handful of generations. When a request is the unit of cost, each one is better spent
         on the standard calibration windows, the measure every plan is finally judged by: a fresh
         batch estimates the whole calibration pool, whose best plan can differ from the standard
-        set's (on MiniLM depth pruning the best plan on the standard windows scored 5-10% worse than
-        the runner-up on fresh batches), so staged selection keeps losing it. So: one stage on the
+        set's, so staged selection keeps losing it. So: one stage on the
         standard windows (the parent is never re-scored), and a self-adjusting number of offspring
         between ``MIN_OFFSPRING`` and ``cap // MIN_GENERATIONS`` (at most the preset's): halved
         after a generation that improved the parent, doubled after one that did not, so easy

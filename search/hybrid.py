@@ -3,56 +3,46 @@
 1. Seeds: the ILP (or DP) solves the additive proxy at the target budget and at budgets scaled by
    ``neighbours`` (plans of looser budgets are repaired into the target budget), and every uniform
    plan that fits, its leftover budget spent where the proxy gains most. All distinct seeds are
-   scored on the standard calibration windows. Uniform seeds keep the hybrid robust where the
-   additive proxy is poor (at very low bits, where layer errors compound, the solver's plans are
-   no better than uniform ones: on MiniLM at 2.5 bits the ILP plan is 0.8% worse held out); where
-   it is good, a solver plan wins this round.
+   scored on the standard calibration windows; uniform seeds keep the hybrid robust where the
+   additive proxy is poor (very low bits, where layer errors compound).
 2. Proxy correction (``corrections`` rounds): a scale per option is fitted to the real fitness of
    the plans scored so far and the solver re-solves the target budget with the rescaled proxy; a
-   new plan is scored like a seed. This repairs the proxy where it misjudges whole options (at
-   2.5 bits on MiniLM, large-group 2-bit RTN compounds more than its one-at-a-time score says:
-   the corrected plan scored 2.11 against the plain ILP plan's 2.22).
-   With ``linearise = k`` the best plan so far is then the reference of operating-point
-   sensitivities (:mod:`layerbudget.search.operating_point`): per slot, the ``k`` switches nearest
-   in budget cost are scored inside it, and the solver's plan on these deltas is scored too. At
-   very low bits this start is far better than any plan of the one-at-a-time proxy, for about
-   ``k`` evaluations per slot.
+   new plan is scored like a seed. With ``linearise = k`` the best plan so far is then the reference
+   of operating-point sensitivities (:mod:`layerbudget.search.operating_point`), measured for the
+   ``k`` switches per slot nearest in budget cost, and the solver's plan on them is scored too.
 3. The best-scoring plan becomes the parent of an :class:`EvolutionSearcher`, which corrects the
-   additivity assumption with real fitness (EvoPress-style mutation and staged selection). With
-   ``max_evaluations`` the whole search, seeds included, stays within it, and the evolution is
-   sized to what is left (see :meth:`EvolutionSearcher._fit_to_cap`).
+   additivity assumption with real fitness. With ``max_evaluations`` the whole search, seeds
+   included, stays within it, and the evolution is sized to what is left.
 4. The evolution's winner is re-scored on the standard calibration windows (unless its last stage
    already did).
 5. Validation (``validate = k``): of the ``k`` best distinct plans on the standard calibration
-   windows (seeds and evolution alike), those within ``tolerance`` (relative, default 1 %) of the
-   best are scored once more on a validation batch of ``validation_windows`` windows the search
-   never compared plans on, and the result is the best of them there. Hundreds of plans compared on
-   the same few windows make the calibration-best plan's score optimistic (the winner's curse): on
-   MiniLM with GPTQ levels at 3.0 bits the evolution replaced its start plan with one 0.4 % better
-   on the 16 calibration windows and 4.7 % worse held out, and on 64 validation windows the start
-   plan was better on each of three batches. Gaps beyond the tolerance are taken as real, so a plan
-   clearly best on the calibration windows is kept. With ``validate = 0``, or when no other plan is
-   within the tolerance, the result is the best plan on the standard calibration windows, never
-   worse there than the best seed.
+   windows, those within ``tolerance`` (relative) of the best are scored once more on a validation
+   batch of ``validation_windows`` windows the search never compared plans on, and the result is
+   the best of them there: hundreds of plans compared on the same few windows make the
+   calibration-best plan's score optimistic (the winner's curse). Without validation, or when no
+   other plan is within the tolerance, the result is the best plan on the standard calibration
+   windows, never worse there than the best seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from layerbudget.budget import Budget, Constraint
-from layerbudget.errors import LayerbudgetError
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import INACTIVE, Budget, Candidate, Constraint, EvalRequest, Evaluation, Problem
 from layerbudget.search.anchor import AnchorPenalty
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
+from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.dp import solve_dp
-from layerbudget.search.evolution import CALIB, EvolutionSearcher, FeasibleSpace
+from layerbudget.search.evolution import CALIB, EvolutionParams, EvolutionSearcher
+from layerbudget.search.feasible import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
 from layerbudget.search.operating_point import deviations, sensitivities
-from layerbudget.search.problem import INACTIVE, Candidate, Problem
 
 DEFAULT_NEIGHBOURS = (0.98, 0.96, 0.93, 1.02, 1.05)
 DEFAULT_VALIDATE = 4
@@ -105,88 +95,77 @@ def uniform_seeds(problem: Problem, budget: Budget) -> list[Candidate]:
     return seeds
 
 
-@register_searcher
-class HybridSearcher(Searcher):
-    """Solver and uniform plans seed an EvoPress-style evolution (see module docstring).
+def _factors_ok(value: tuple[float, ...]) -> str | None:
+    return None if all(f > 0 for f in value) else "must be positive budget factors"
 
-    Parameters: ``neighbours`` (budget factors of the extra solver plans), ``solver`` ("ilp" or
-    "dp"), ``uniform`` (also seed from the fitting uniform plans), ``corrections`` (rounds of proxy
-    correction), ``linearise`` (switches per slot of the operating-point step; 0: none),
-    ``max_evaluations`` (a hard cap on everything the hybrid asks, seeds included), and
-    any :class:`EvolutionSearcher` parameter.
+
+@dataclass(frozen=True)
+class HybridParams(Record):
+    """Parameters of :class:`HybridSearcher` (module docstring); the evolution's own parameters are
+    given beside them and land in ``evolution``.
+
+    ``neighbours``: budget factors of the extra solver plans; ``solver``: "ilp" or "dp";
+    ``uniform``: also seed from the fitting uniform plans; ``corrections``: rounds of proxy
+    correction; ``linearise``: switches per slot of the operating-point step (0: none);
+    ``validate``: finalists compared on the validation batch (0 or 1: none);
+    ``anchor``: relative penalty per slot away from the solver's plan when plans are ranked
+    (:class:`~layerbudget.search.anchor.AnchorPenalty`; 0: none);
+    ``max_evaluations``: a hard cap on everything the hybrid asks, seeds included.
     """
 
-    name = "hybrid"
+    WHERE = "hybrid"
+    neighbours: tuple[float, ...] = rule(DEFAULT_NEIGHBOURS, check=_factors_ok)
+    solver: Literal["ilp", "dp"] = "ilp"
+    uniform: bool = True
+    corrections: int = rule(2, least=0)
+    linearise: int = rule(0, least=0)
+    validate: int = rule(DEFAULT_VALIDATE, least=0)
+    validation_windows: int = rule(DEFAULT_VALIDATION_WINDOWS, least=1)
+    tolerance: float = rule(DEFAULT_TOLERANCE, least=0)
+    anchor: float = rule(DEFAULT_ANCHOR, least=0)
+    max_evaluations: int | None = rule(None, least=1)
+    evolution: EvolutionParams = rule(default_factory=EvolutionParams, flat=True)
 
-    def __init__(
-        self,
-        problem,
-        budget,
-        *,
-        seed: int = 0,
-        neighbours: Sequence[float] = DEFAULT_NEIGHBOURS,
-        solver: str = "ilp",
-        uniform: bool = True,
-        corrections: int = 2,
-        linearise: int = 0,
-        validate: int = DEFAULT_VALIDATE,
-        validation_windows: int = DEFAULT_VALIDATION_WINDOWS,
-        tolerance: float = DEFAULT_TOLERANCE,
-        anchor: float = DEFAULT_ANCHOR,
-        max_evaluations: int | None = None,
-        **evolution: Any,
-    ):
-        bad = [k for k in evolution if k in ("init", "init_candidate")]
-        if bad:
-            raise LayerbudgetError(f"hybrid sets the evolution's start itself; remove {', '.join(bad)}")
-        super().__init__(problem, budget, seed=seed)
-        if solver not in ("ilp", "dp"):
-            raise LayerbudgetError(f"hybrid solver must be 'ilp' or 'dp', but got {solver!r}")
-        if any(not (isinstance(f, (int, float)) and f > 0) for f in neighbours):
-            raise LayerbudgetError(
-                f"hybrid neighbours must be positive budget factors, but got {list(neighbours)}"
-            )
-        if max_evaluations is not None and (
-            isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) or max_evaluations < 1
-        ):
-            raise LayerbudgetError(
-                f"hybrid `max_evaluations` must be a positive integer, but got {max_evaluations!r}"
-            )
-        if isinstance(corrections, bool) or not isinstance(corrections, int) or corrections < 0:
-            raise LayerbudgetError(
-                f"hybrid `corrections` must be a non-negative integer, but got {corrections!r}"
-            )
-        if isinstance(linearise, bool) or not isinstance(linearise, int) or linearise < 0:
-            raise LayerbudgetError(f"hybrid `linearise` must be a non-negative integer, but got {linearise!r}")
-        for name, value, least in (("validate", validate, 0), ("validation_windows", validation_windows, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise LayerbudgetError(f"hybrid `{name}` must be an integer of at least {least}, but got {value!r}")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-            raise LayerbudgetError(f"hybrid `tolerance` must be a non-negative number, but got {tolerance!r}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.evolution.init != "uniform" or self.evolution.init_candidate is not None:
+            raise LayerbudgetError("hybrid sets the evolution's start itself; remove init and init_candidate")
+
+
+@register_searcher
+class HybridSearcher(Searcher):
+    """Solver and uniform plans seed an EvoPress-style evolution (module docstring, :class:`HybridParams`)."""
+
+    name = "hybrid"
+    Params = HybridParams
+
+    def __init__(self, problem, budget, *, seed: int = 0, params: HybridParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        p: HybridParams = self.params
+        solver, corrections, linearise = p.solver, p.corrections, p.linearise
         self.corrections = corrections
         self.linearise = linearise
-        self.validate = 0 if validate == 1 else validate  # one plan needs no comparison
-        self.validation_windows = validation_windows
-        self.tolerance = float(tolerance)
+        self.validate = 0 if p.validate == 1 else p.validate  # one plan needs no comparison
+        self.validation_windows = p.validation_windows
+        self.tolerance = p.tolerance
         self._metric = budget.constraints[0].metric
         self._solve = solve_ilp if solver == "ilp" else solve_dp
-        self.seeds = solver_seeds(problem, budget, neighbours, solver)
+        self.seeds = solver_seeds(problem, budget, p.neighbours, solver)
         self.n_solver_seeds = len(self.seeds)  # seeds[:n] are solver plans, the rest uniform plans
         # plans are ranked with a penalty per slot that differs from the solver's plan at the target
-        self.penalty = AnchorPenalty(self.seeds[0] if self.seeds else None, anchor)
-        if uniform:
+        self.penalty = AnchorPenalty(self.seeds[0] if self.seeds else None, p.anchor)
+        if p.uniform:
             self.seeds += [c for c in uniform_seeds(problem, budget) if c not in self.seeds]
         if not self.seeds:
             raise LayerbudgetError(f"no solver plan fits budget {budget} ({problem.describe_ranges(budget)})")
-        self.max_evaluations = max_evaluations
-        self._evolution_params = dict(evolution)
+        self.max_evaluations = p.max_evaluations
         switches = sum(min(linearise, len(sl.options) - 1) for sl in problem.slots) + 1 if linearise else 0
         before = len(self.seeds) + corrections + switches  # evaluations before the evolution, at most
         probe = self._make_evolution(self.seeds[0], before)  # checks the evolution's parameters now
         # the final re-score of the winner, and the validation requests
         self._reserve = (0 if probe.stages[-1][1] == CALIB else 1) + self.validate
         self._fresh_windows = max(probe.fresh_windows(), self.validation_windows if self.validate else 0)
-        if max_evaluations is not None:
+        if self.max_evaluations is not None:
             self._make_evolution(self.seeds[0], before + self._reserve)
         self.scores: dict[Candidate, float] = {}  # standard calibration windows only
         self.validation: dict[Candidate, float] = {}  # the finalists on the validation batch
@@ -200,7 +179,7 @@ class HybridSearcher(Searcher):
         self._phase = "seeds"
 
     def _make_evolution(self, parent: Candidate, spent: int) -> EvolutionSearcher:
-        params = dict(self._evolution_params)
+        params = dataclasses.replace(self.params.evolution, init="plan", init_candidate=parent)
         if self.max_evaluations is not None:
             left = self.max_evaluations - spent
             if left < 1:
@@ -209,10 +188,8 @@ class HybridSearcher(Searcher):
                     f"{len(self.seeds)} seeds, {self.corrections} corrected plans"
                     + (f" and the switches of linearise={self.linearise}" if self.linearise else "")
                 )
-            params["max_evaluations"] = left
-        return EvolutionSearcher(
-            self.problem, self.budget, seed=self.seed, init="plan", init_candidate=parent, **params
-        )
+            params = dataclasses.replace(params, max_evaluations=left)
+        return EvolutionSearcher(self.problem, self.budget, seed=self.seed, params=params)
 
     def ask(self) -> list[EvalRequest]:
         if self._phase == "seeds":

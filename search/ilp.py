@@ -8,14 +8,16 @@ one linear row with the problem's exact integer coefficients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import pulp
 
-from layerbudget.budget import LE, Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DROP
+from layerbudget.errors import LayerbudgetError, rule
+from layerbudget.options import DROP
+from layerbudget.problem import LE, Budget, Candidate, Problem
 from layerbudget.search.base import register_searcher
-from layerbudget.search.operating_point import SolverSearcher
-from layerbudget.search.problem import Candidate, Problem
+from layerbudget.search.operating_point import SolverParams, SolverSearcher
 
 
 def _solver(name: str, time_limit: float | None) -> pulp.LpSolver:
@@ -66,6 +68,15 @@ def solve_ilp(problem: Problem, budget: Budget, *, solver: str = "cbc", time_lim
     return result
 
 
+@dataclass(frozen=True)
+class IlpParams(SolverParams):
+    """``solver``: the MILP solver; ``time_limit``: seconds per solve (unset: none)."""
+
+    WHERE = "ilp"
+    solver: Literal["cbc", "highs"] = "cbc"
+    time_limit: float | None = rule(60.0, least=0)
+
+
 @register_searcher
 class IlpSearcher(SolverSearcher):
     """Solves the ILP over an additive proxy and scores its solution.
@@ -76,22 +87,12 @@ class IlpSearcher(SolverSearcher):
     """
 
     name = "ilp"
+    Params = IlpParams
 
-    def __init__(
-        self,
-        problem,
-        budget,
-        *,
-        seed: int = 0,
-        solver: str = "cbc",
-        time_limit: float | None = 60.0,
-        reference: str = "dense",
-        rounds: int = 1,
-        **params,
-    ):
-        super().__init__(problem, budget, seed=seed, reference=reference, rounds=rounds, **params)
-        self.solver = solver
-        self.time_limit = time_limit
+    def __init__(self, problem, budget, *, seed: int = 0, params: IlpParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        self.solver = self.params.solver
+        self.time_limit = self.params.time_limit
         self._start()
 
     def solve(self, problem: Problem) -> Candidate:

@@ -2,8 +2,7 @@
 
 The profile's proxy is one-at-a-time: slot ``i`` at option ``o``, every other unit dense. Far from
 the dense model, where layer errors compound, it misjudges what a change costs inside a compressed
-model (on MiniLM at 2.5 average bits an ILP over it picks a plan worse than uniform 2-bit). The
-operating-point proxy measures each change where the plan will live: the fitness of the reference
+model. The operating-point proxy measures each change where the plan will live: the fitness of the reference
 plan with slot ``i`` switched to option ``o``, minus the reference's own fitness, for every slot and
 option (on the standard calibration windows). A solver over these deltas optimises the first-order
 model ``f(ref) + sum_i delta[i][c_i]`` around the reference; re-linearising around the solution
@@ -28,14 +27,14 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher
-from layerbudget.search.problem import INACTIVE, Candidate, Problem
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import INACTIVE, Budget, Candidate, EvalRequest, Evaluation, Problem
+from layerbudget.search.base import Searcher
 
 REFERENCES = ("dense", "uniform", "solution")
 
@@ -114,6 +113,15 @@ def sensitivities(
     return [np.where(np.isfinite(row), row, penalty) for row in out]
 
 
+@dataclass(frozen=True)
+class SolverParams(Record):
+    """What every solver searcher takes: the proxy it solves on (``reference``) and how often it
+    re-linearises around its solution (``rounds``)."""
+
+    reference: Literal["dense", "uniform", "solution"] = "dense"
+    rounds: int = rule(1, least=1)
+
+
 class SolverSearcher(Searcher):
     """A solver over an additive proxy: the profile's (``reference="dense"``) or operating-point
     sensitivities around the best fitting uniform plan (``"uniform"``) or the dense-proxy solution
@@ -122,16 +130,12 @@ class SolverSearcher(Searcher):
     Subclasses implement :meth:`solve` and call :meth:`_start` at the end of their ``__init__``.
     """
 
-    def __init__(
-        self, problem: Problem, budget: Budget, *, seed: int = 0, reference: str = "dense", rounds: int = 1, **params: Any
-    ):
-        super().__init__(problem, budget, seed=seed, **params)
-        if reference not in REFERENCES:
-            raise LayerbudgetError(f"{self.name} `reference` must be one of {', '.join(REFERENCES)}, but got {reference!r}")
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise LayerbudgetError(f"{self.name} `rounds` must be a positive integer, but got {rounds!r}")
-        self.reference_kind = reference
-        self.rounds = rounds
+    Params = SolverParams
+
+    def __init__(self, problem: Problem, budget: Budget, *, seed: int = 0, params: SolverParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        self.reference_kind = self.params.reference
+        self.rounds = self.params.rounds
 
     @abstractmethod
     def solve(self, problem: Problem) -> Candidate:

@@ -13,19 +13,32 @@ and the best-proxy uniform plan that fits.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
 
-from layerbudget.budget import LE
-from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
-from layerbudget.search.evolution import FeasibleSpace
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import LE, Candidate, EvalRequest, Evaluation
+from layerbudget.search.base import Searcher, register_searcher
+from layerbudget.search.feasible import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.problem import Candidate
 
 PENALTY = 1e9
-SAMPLERS = ("nsga2", "tpe")
+
+
+@dataclass(frozen=True)
+class OptunaParams(Record):
+    """``max_evaluations``: new candidates sent to the executor; ``batch``: candidates asked per round;
+    ``seed_plans``: enqueue the ILP and best uniform plans first; ``max_attempts``: trials per ask."""
+
+    WHERE = "optuna"
+    sampler: Literal["nsga2", "tpe"] = "tpe"
+    max_evaluations: int = rule(100, least=1)
+    batch: int = rule(8, least=1)
+    seed_plans: bool = True
+    max_attempts: int = rule(2000, least=1)
 
 
 @register_searcher
@@ -33,25 +46,14 @@ class OptunaSearcher(Searcher):
     """Optuna study (NSGA-II or TPE) proposing candidates, asked in batches for parallel scoring."""
 
     name = "optuna"
+    Params = OptunaParams
 
-    def __init__(
-        self,
-        problem,
-        budget,
-        *,
-        seed: int = 0,
-        sampler: str = "tpe",
-        max_evaluations: int = 100,
-        batch: int = 8,
-        seed_plans: bool = True,
-        max_attempts: int = 2000,
-        **params,
-    ):
-        super().__init__(problem, budget, seed=seed, **params)
-        if sampler not in SAMPLERS:
-            raise LayerbudgetError(f"optuna sampler must be one of {SAMPLERS}, but got {sampler!r}")
-        if max_evaluations < 1 or batch < 1:
-            raise LayerbudgetError("optuna max_evaluations and batch must be at least 1")
+    def __init__(self, problem, budget, *, seed: int = 0, params: OptunaParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        p = self.params
+        sampler, max_evaluations, batch, seed_plans, max_attempts = (
+            p.sampler, p.max_evaluations, p.batch, p.seed_plans, p.max_attempts
+        )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         smp = optuna.samplers.NSGAIISampler(seed=seed) if sampler == "nsga2" else optuna.samplers.TPESampler(seed=seed)
         self.study = optuna.create_study(direction="minimize", sampler=smp)

@@ -31,33 +31,35 @@ scored once and the best fitness wins (ties: the earlier ``λ``), as OWL tunes `
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from numbers import Real
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from layerbudget.budget import LE
-from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DENSE, SPARSE_METHODS, parse_option
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.options import DENSE, SPARSE_METHODS, parse_option
+from layerbudget.problem import KEEP, LE, Candidate, Problem
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
-from layerbudget.search.dp import raw_limit
-from layerbudget.search.problem import KEEP, Candidate, Problem
+from layerbudget.search.feasible import raw_limit
 
 DEFAULT_LAMBDAS = (0.02, 0.05, 0.08, 0.12)
 MAX_LAMBDA = 0.5  # the block targets span 2λ, at most the whole [0, 1] range
 
 
-def _lambdas(value: Any) -> tuple[float, ...]:
-    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
-    ok = ok and all(
-        isinstance(x, Real) and not isinstance(x, bool) and 0 <= float(x) <= MAX_LAMBDA for x in value
-    )
-    if not ok:
-        raise LayerbudgetError(
-            f"owl `lambdas` must be a non-empty list of numbers in [0, {MAX_LAMBDA}], but got {value!r}"
-        )
-    return tuple(float(x) for x in value)
+def _lambdas_ok(value: tuple[float, ...]) -> str | None:
+    if value and all(0 <= x <= MAX_LAMBDA for x in value):
+        return None
+    return f"must be a non-empty list of numbers in [0, {MAX_LAMBDA}]"
+
+
+@dataclass(frozen=True)
+class OwlParams(Record):
+    """``lambdas``: the λ of each plan; ``method``: the sparsity method of the levels (unset: the
+    first found in the slot options)."""
+
+    WHERE = "owl"
+    lambdas: tuple[float, ...] = rule(DEFAULT_LAMBDAS, check=_lambdas_ok)
+    method: Literal["magnitude", "wanda", "sparsegpt"] | None = None
 
 
 def sparsity_levels(problem: Problem, method: str | None) -> tuple[str, dict[int, list[tuple[float, int]]]]:
@@ -115,19 +117,12 @@ class OWLSearcher(ScoreOnceSearcher):
     # option costs 9 bits per weight)
     budget_metrics = frozenset({"sparsity"})
 
-    def __init__(
-        self,
-        problem,
-        budget,
-        *,
-        seed: int = 0,
-        lambdas: Any = DEFAULT_LAMBDAS,
-        method: str | None = None,
-        **params,
-    ):
-        super().__init__(problem, budget, seed=seed, **params)
-        self.lambdas = _lambdas(lambdas)
-        self.method, self.levels = sparsity_levels(problem, method)
+    Params = OwlParams
+
+    def __init__(self, problem, budget, *, seed: int = 0, params: OwlParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        self.lambdas = self.params.lambdas
+        self.method, self.levels = sparsity_levels(problem, self.params.method)
         ratio = problem.feature("outlier_ratio", who=self.name)
         missing = [problem.slots[i].name for i in self.levels if not math.isfinite(ratio[i])]
         if missing:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from layerbudget.errors import LayerbudgetError
+from dataclasses import dataclass
+
+from layerbudget.errors import LayerbudgetError, Record, rule
+from layerbudget.problem import Candidate
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
-from layerbudget.search.evolution import FeasibleSpace
+from layerbudget.search.feasible import FeasibleSpace
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.problem import Candidate
+
+
+@dataclass(frozen=True)
+class RandomParams(Record):
+    """``n``: how many distinct random candidates are scored."""
+
+    WHERE = "random"
+    n: int = rule(32, least=1)
 
 
 @register_searcher
@@ -15,11 +25,11 @@ class RandomSearcher(ScoreOnceSearcher):
     budgets the required number of random sub-blocks dropped) and keeps the best-scoring one."""
 
     name = "random"
+    Params = RandomParams
 
-    def __init__(self, problem, budget, *, seed: int = 0, n: int = 32, **params):
-        super().__init__(problem, budget, seed=seed, **params)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise LayerbudgetError(f"random `n` must be a positive integer, but got {n!r}")
+    def __init__(self, problem, budget, *, seed: int = 0, params: RandomParams | None = None):
+        super().__init__(problem, budget, seed=seed, params=params)
+        n = self.params.n
         space = FeasibleSpace(problem, budget)
         drops = space.required_drops(budget)
         self.candidates: list[Candidate] = []

@@ -1,11 +1,13 @@
-"""Every searcher shipped with layerbudget, by name: importing this module registers them all."""
+"""Every searcher shipped with layerbudget, by name (importing this module registers them all), and
+the reading of each searcher's parameters into its typed record."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from layerbudget.budget import Budget
-from layerbudget.errors import LayerbudgetError
+from layerbudget.errors import LayerbudgetError, Record, read_record
+from layerbudget.problem import Budget, Problem
 from layerbudget.search import (  # noqa: F401  (each module registers its searcher)
     dp,
     evolution,
@@ -19,7 +21,6 @@ from layerbudget.search import (  # noqa: F401  (each module registers its searc
     uniform,
 )
 from layerbudget.search.base import Searcher, registered_searchers
-from layerbudget.search.problem import Problem
 
 
 def known_searchers() -> list[str]:
@@ -27,10 +28,40 @@ def known_searchers() -> list[str]:
     return sorted(registered_searchers())
 
 
-def make_searcher(name: str, problem: Problem, budget: Budget, *, seed: int = 0, **params: Any) -> Searcher:
-    """A new searcher ``name`` for ``problem`` under ``budget``; an unknown name lists the known ones."""
+def searcher_class(name: str) -> type[Searcher]:
+    """The searcher registered as ``name``; an unknown name lists the known ones."""
     try:
-        cls = registered_searchers()[name]
+        return registered_searchers()[name]
     except KeyError:
         raise LayerbudgetError(f"unknown searcher {name!r}; known: {', '.join(known_searchers())}") from None
-    return cls(problem, budget, seed=seed, **params)
+
+
+def read_params(name: str, data: Mapping[str, Any], where: str | None = None) -> Record:
+    """The parameters record of searcher ``name`` from plain data (e.g. ``[search.params.<name>]``).
+
+    ``where`` names the table in errors (default: the searcher's name): an unknown key or a value
+    of the wrong type or range is a one-line :class:`LayerbudgetError` naming ``where.key``.
+    """
+    return read_record(searcher_class(name).Params, data, where or name, what="parameter")
+
+
+def make_searcher(
+    name: str,
+    problem: Problem,
+    budget: Budget,
+    *,
+    seed: int = 0,
+    params: Record | Mapping[str, Any] | None = None,
+    **values: Any,
+) -> Searcher:
+    """A new searcher ``name`` for ``problem`` under ``budget``.
+
+    Its parameters are ``params`` (a record of the searcher's ``Params`` type, or plain data read
+    with :func:`read_params`), or the keyword ``values``.
+    """
+    cls = searcher_class(name)
+    if params is None or isinstance(params, Mapping):
+        params = read_params(name, {**(params or {}), **values})
+    elif values:
+        raise TypeError("make_searcher takes a parameters record or keyword values, not both")
+    return cls(problem, budget, seed=seed, params=params)

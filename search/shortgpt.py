@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 
-from layerbudget.budget import LE, Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.profiles.options import DENSE, DROP
+from layerbudget.options import DENSE, DROP
+from layerbudget.problem import KEEP, LE, Budget, Candidate, Problem
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
-from layerbudget.search.problem import KEEP, Candidate, Problem
 
 
 def least_compressed(problem: Problem, budget: Budget) -> list[int]:
@@ -102,8 +101,8 @@ class ShortGPTSearcher(ScoreOnceSearcher):
     needs_subblocks = True  # its only decision is which sub-blocks to drop
     needs_features = ("block_influence",)  # profile features it reads
 
-    def __init__(self, problem, budget, *, seed: int = 0, **params):
-        super().__init__(problem, budget, seed=seed, **params)
+    def __init__(self, problem, budget, *, seed: int = 0, params=None):
+        super().__init__(problem, budget, seed=seed, params=params)
         subs = subblock_slots(problem, self.name)
         influence = problem.feature("block_influence", who=self.name)
         missing = [problem.slots[i].name for i in subs if not math.isfinite(influence[i])]

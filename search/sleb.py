@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.base import EvalRequest, Evaluation, Searcher, register_searcher
-from layerbudget.search.problem import Candidate
+from layerbudget.problem import Candidate, EvalRequest, Evaluation
+from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.shortgpt import check_reachable, drop, least_compressed, subblock_slots
 
 
@@ -36,8 +36,8 @@ class SLEBSearcher(Searcher):
     needs_subblocks = True  # its only decision is which sub-blocks to drop
     scores_partial_plans = True  # each round scores plans with fewer drops than the budget needs
 
-    def __init__(self, problem, budget, *, seed: int = 0, **params):
-        super().__init__(problem, budget, seed=seed, **params)
+    def __init__(self, problem, budget, *, seed: int = 0, params=None):
+        super().__init__(problem, budget, seed=seed, params=params)
         self.subs = subblock_slots(problem, self.name)
         start = least_compressed(problem, budget)
         check_reachable(problem, budget, start, self.subs, self.name)

@@ -14,16 +14,7 @@ least-squares scale of the proxy on the same deltas (1 before any data). With no
 is the proxy's; each observation moves only the options it involves.
 
 Used by ``evolution``/``hybrid`` with ``prescreen = k > 1``: of ``k`` times the offspring count of
-new children, only the best-ranked are scored. On a synthetic fitness where 2-bit errors compound
-it reaches lower fitness at the same number of evaluations (tests/search/test_surrogate.py). On
-MiniLM at 2.5 bits (hybrid, 350 evaluations) its predictions track the real deltas (correlation
-0.7-0.97 per generation in a traced run) but the greedier descent stalls in poorer local optima:
-calibration fitness 1.4077 / 1.5862 / 1.4229 / 1.5526 on seeds 0-3 with ``prescreen = 4`` against
-1.4770 / 1.4208 / 1.4153 / 1.4331 without (held-out 1.4111 / 1.6620 / 1.4670 / 1.5007 against
-1.4153 / 1.5133 / 1.4403 / 1.4334; rows in
-experiments/results/bench-search-minilm-prescreen-2026-11-23.json, from ``python -m
-layerbudget.experiments.bench_search --budgets 2.5 --searchers hybrid --hybrid-params
-'{"prescreen": 4}'``), so it is off by default.
+new children, only the best-ranked are scored (off by default; README, "Benchmarks", says why).
 """
 
 from __future__ import annotations
@@ -33,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from layerbudget.search.problem import INACTIVE, Candidate, Problem
+from layerbudget.problem import INACTIVE, Candidate, Problem
 
 
 class DeltaSurrogate:

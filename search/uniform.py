@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.problem import Candidate
 from layerbudget.search.base import ScoreOnceSearcher, register_searcher
-from layerbudget.search.problem import Candidate
 
 
 @register_searcher
@@ -15,8 +15,8 @@ class UniformSearcher(ScoreOnceSearcher):
 
     name = "uniform"
 
-    def __init__(self, problem, budget, *, seed: int = 0, **params):
-        super().__init__(problem, budget, seed=seed, **params)
+    def __init__(self, problem, budget, *, seed: int = 0, params=None):
+        super().__init__(problem, budget, seed=seed, params=params)
         shared = problem.shared_options()
         self.candidates: list[Candidate] = list(problem.fitting_uniform(budget).values())
         if not self.candidates:

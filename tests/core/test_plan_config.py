@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from layerbudget.config import config_from_dict, load_config
 from layerbudget.errors import LayerbudgetError
+from layerbudget.experiments.config import config_from_dict, load_config
 from layerbudget.plan import PLAN_SCHEMA, Plan
 
 
@@ -87,8 +87,11 @@ def test_config_round_trip_and_sections():
     "data,message",
     [
         ({"bogus": 1}, "unknown config key(s) bogus"),
-        ({"data": {"seq_len": "x"}}, "data.seq_len must be a int"),
-        ({"data": {"seq_len": True}}, "data.seq_len must be a int"),
+        ({"data": {"seq_len": "x"}}, "data.seq_len must be an integer, but got 'x'"),
+        ({"data": {"seq_len": True}}, "data.seq_len must be an integer, but got True"),
+        ({"search": {"params": {"hybrid": {"generatoins": 3}}}}, "unknown parameter(s) search.params.hybrid.generatoins"),
+        ({"search": {"params": {"evolution": {"stages": [[1, "x"]]}}}}, "search.params.evolution.stages must be"),
+        ({"search": {"params": {"ilp": {"solver": "gurobi"}}}}, "search.params.ilp.solver must be one of 'cbc', 'highs'"),
         ({"data": {"seq_len": 0}}, "data.seq_len must be a positive integer"),
         ({"data": {"heldout_fraction": 1.5}}, "heldout_fraction"),
         ({"data": 3}, "section [data] must be a table"),

@@ -8,11 +8,11 @@ import torch
 
 from layerbudget.data import build_token_sets
 from layerbudget.errors import LayerbudgetError
-from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.engine import EngineStats, Evaluator
 from layerbudget.evaluators.fitness import make_fitness
 from layerbudget.model import load_model
+from layerbudget.options import parse_options
 from layerbudget.profiles.database import load_or_build_database
-from layerbudget.profiles.options import parse_options
 from layerbudget.profiles.profile import build_problem
 
 OPTIONS = ["dense", "rtn-b2-g64", "rtn-b4-g128", "magnitude-0.5", "drop"]
@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
         adapter, parse_options(OPTIONS), tmp_path_factory.mktemp("c"), progress=False
     )
     problem = build_problem(adapter, db, OPTIONS)
-    ev = Evaluator(adapter, db, problem, tokens, make_fitness("auto", "encoder"), batch_size=3)
+    ev = Evaluator(adapter, db, problem, tokens, make_fitness("auto", "encoder"), batch_size=3, stats=EngineStats())
     yield adapter, db, problem, tokens, ev
     adapter.restore()
 
@@ -117,8 +117,8 @@ def traced(setup):
     """A trace-cache engine and a dense-restart engine (``max_traces=0``), each on its own model."""
     _, db, problem, tokens, _ = setup
     fit = make_fitness("auto", "encoder")
-    ev = Evaluator(load_model(), db, problem, tokens, fit, batch_size=3)
-    ev0 = Evaluator(load_model(), db, problem, tokens, fit, batch_size=3, max_traces=0)
+    ev = Evaluator(load_model(), db, problem, tokens, fit, batch_size=3, stats=EngineStats())
+    ev0 = Evaluator(load_model(), db, problem, tokens, fit, batch_size=3, max_traces=0, stats=EngineStats())
     yield ev, ev0
     ev.adapter.restore()
     ev0.adapter.restore()
@@ -182,7 +182,7 @@ def test_traces_are_bit_identical_to_dense_restart_and_naive(setup, traced, othe
         parent = mutate(problem, parent, rng)
         requests.append((parent, None, 0))
     assert any(problem.assignment(c)[1] for c, _, _ in requests)  # dropped sub-blocks are exercised
-    before = (ev.blocks_run, ev0.blocks_run)
+    before = (ev.stats.blocks_run, ev0.stats.blocks_run)
     for k, (cand, windows, batch) in enumerate(requests):
         got, want = ev.score(cand, windows, batch), ev0.score(cand, windows, batch)
         assert got == want, (k, cand)
@@ -196,7 +196,7 @@ def test_traces_are_bit_identical_to_dense_restart_and_naive(setup, traced, othe
             == naive_exact(other, db, problem, fit, cand, tokens.heldout)
         )
     # the cache did restart later than the dense inputs allow
-    assert ev.blocks_run - before[0] < ev0.blocks_run - before[1]
+    assert ev.stats.blocks_run - before[0] < ev0.stats.blocks_run - before[1]
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def spare():
 def test_restart_at_the_first_block_that_differs_from_a_cached_trace(setup, spare):
     _, db, problem, tokens, _ = setup
     adapter = spare
-    ev = Evaluator(adapter, db, problem, tokens, make_fitness("auto", "encoder"), batch_size=3)
+    ev = Evaluator(adapter, db, problem, tokens, make_fitness("auto", "encoder"), batch_size=3, stats=EngineStats())
     nb = adapter.num_blocks
     block_input = 4 * 32 * 384 * 4  # windows x seq_len x hidden x float32 bytes
     parent = problem.uniform("rtn-b2-g64")
@@ -222,9 +222,9 @@ def test_restart_at_the_first_block_that_differs_from_a_cached_trace(setup, spar
         return problem.canonical(out)
 
     def blocks(cand, windows=None, batch=0):
-        n = ev.blocks_run
+        n = ev.stats.blocks_run
         ev.score(cand, windows, batch)
-        return ev.blocks_run - n
+        return ev.stats.blocks_run - n
 
     assert blocks(parent) == nb  # block 0 compressed: from the dense input of block 0
     assert ev.trace_bytes == (nb - 1) * block_input
@@ -262,11 +262,11 @@ def test_trace_cache_is_bounded(setup, spare):
         ev.score(c)
     assert ev.cached_traces == 2 and ev.trace_bytes == 2 * 5 * block_input
     # bytes: room for one full trace of the calibration set only
-    ev = Evaluator(adapter, db, problem, tokens, fit, batch_size=3, max_trace_bytes=6 * block_input)
+    ev = Evaluator(adapter, db, problem, tokens, fit, batch_size=3, max_trace_bytes=6 * block_input, stats=EngineStats())
     for c in cands:
         ev.score(c)
         assert ev.cached_traces == 1 and ev.trace_bytes == 5 * block_input
-    assert ev.trace_bytes_peak == 5 * block_input
+    assert ev.stats.trace_bytes_peak == 5 * block_input
     ev = Evaluator(adapter, db, problem, tokens, fit, batch_size=3, max_trace_bytes=0)
     assert ev.score(cands[0]) == ev.score(cands[0]) and ev.cached_traces == 0
     # a fresh window set evicted from its LRU takes its traces with it
@@ -292,8 +292,8 @@ def test_trace_cache_is_bounded(setup, spare):
 
 def test_the_trace_cache_meets_the_prefix_bound_while_nothing_is_evicted(setup, spare):
     """With every trace still cached the engine restarts as late as any block-granular scheme can."""
-    from layerbudget.evaluators.bench_scoring import prefix_bound
-    from layerbudget.search.base import EvalRequest
+    from layerbudget.evaluators.engine import prefix_bound
+    from layerbudget.problem import EvalRequest
 
     _, db, problem, tokens, _ = setup
     rng = np.random.default_rng(5)
@@ -306,12 +306,12 @@ def test_the_trace_cache_meets_the_prefix_bound_while_nothing_is_evicted(setup, 
     fit = make_fitness("auto", "encoder")
     runs = {}
     for name, traces in (("cached", 16), ("dense", 0)):
-        ev = Evaluator(spare, db, problem, tokens, fit, batch_size=3, max_traces=traces)
+        ev = Evaluator(spare, db, problem, tokens, fit, batch_size=3, max_traces=traces, stats=EngineStats())
         runs[name] = []
         for r in requests:
-            n = ev.blocks_run
+            n = ev.stats.blocks_run
             ev.score(r.candidate, r.windows, r.batch)
-            runs[name].append(ev.blocks_run - n)
+            runs[name].append(ev.stats.blocks_run - n)
         bound = prefix_bound(ev, requests)
     assert runs["cached"] == bound
     assert all(d >= b for d, b in zip(runs["dense"], bound))

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from layerbudget.data import build_token_sets
-from layerbudget.evaluators.engine import Evaluator
+from layerbudget.evaluators.engine import EngineStats, Evaluator
 from layerbudget.evaluators.fitness import make_fitness
 from layerbudget.evaluators.measure import measure_plans, window_partials
 from layerbudget.evaluators.uncertainty import paired_difference
 from layerbudget.model import load_model
+from layerbudget.options import parse_options
 from layerbudget.profiles.database import load_or_build_database
-from layerbudget.profiles.options import parse_options
 from layerbudget.profiles.profile import build_problem
 
 OPTIONS = ["dense", "rtn-b2-g64", "rtn-b4-g128", "drop"]
@@ -25,7 +25,8 @@ def setup(tmp_path_factory):
     tokens = build_token_sets(adapter.tokenizer, seq_len=32, calib_windows=4, heldout_windows=7, seed=0)
     db, _ = load_or_build_database(adapter, parse_options(OPTIONS), tmp_path_factory.mktemp("c"), progress=False)
     problem = build_problem(adapter, db, OPTIONS)
-    ev = Evaluator(adapter, db, problem, tokens, make_fitness("auto", "encoder"), batch_size=3)
+    ev = Evaluator(adapter, db, problem, tokens, make_fitness("auto", "encoder"), batch_size=3,
+                   stats=EngineStats())
     yield problem, tokens, ev
     adapter.restore()
 
@@ -65,9 +66,9 @@ def test_one_window_alone_scores_what_its_partials_say(setup):
 def test_repeated_plans_are_scored_once_and_compare_to_zero(setup):
     problem, tokens, ev = setup
     cand = plans(problem)[0]
-    before = ev.n_scored
+    before = ev.stats.scored
     a, b = measure_plans(ev, [cand, cand], tokens.heldout)
-    assert ev.n_scored == before and a is b
+    assert ev.stats.scored == before and a is b
     d = paired_difference(a, b)
     assert d.value == 0 and d.se == 0
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from smallrun import small_run_toml
 
-from layerbudget.apply import check_plan, compress_, reproduce
-from layerbudget.cli import main
-from layerbudget.config import config_from_dict, load_config
 from layerbudget.errors import LayerbudgetError
-from layerbudget.package_data import package_dir
+from layerbudget.experiments.apply import check_plan, compress_, reproduce
+from layerbudget.experiments.cli import main
+from layerbudget.experiments.config import config_from_dict, load_config
 from layerbudget.plan import Plan
 from layerbudget.search.registry import known_searchers
+from layerbudget.storage import package_dir
 
 SMALL = small_run_toml("apply")
 EXPERIMENTS = package_dir("layerbudget.experiments")
@@ -108,7 +108,7 @@ def test_apply_bad_inputs(run_dir, tmp_path, capsys):
 # ----- compress_ ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prepared(run_dir):
-    from layerbudget.prepare import prepare
+    from layerbudget.experiments.prepare import prepare
 
     return prepare(config_from_dict(Plan.load(run_dir / "plan.json").provenance["config"]), progress=False)
 
@@ -202,7 +202,7 @@ def test_every_shipped_config_loads(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_searcher_parameters_are_accepted(name):
     """Every searcher of every shipped config accepts its parameters (on a small synthetic problem)."""
-    from layerbudget.search.problem import Problem, Slot
+    from layerbudget.problem import Problem, Slot
     from layerbudget.search.registry import make_searcher
 
     cfg = load_config(EXPERIMENTS / name)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from smallrun import SMALL_DATA
 
-from layerbudget.cli import main
+from layerbudget.experiments.cli import main
 from layerbudget.plan import Plan
 from layerbudget.profiles.profile import COLUMNS, read_profile
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerbudget.cli import main
+from layerbudget.experiments.cli import main
 from layerbudget.plan import Plan
 
 SMALL = """
@@ -101,7 +101,7 @@ def test_existing_output_dir_refused_then_overwritten(tmp_path, cache, capsys):
 BAD_CASES = {
     "unknown option": ('"rtn-b4-g128"', '"rtn-b7-g128"', "supported bits"),
     "unknown key": ("seq_len = 32", "seq_len = 32\nwindow = 3", "unknown config key(s) data.window"),
-    "wrong type": ("seq_len = 32", 'seq_len = "long"', "data.seq_len must be a int"),
+    "wrong type": ("seq_len = 32", 'seq_len = "long"', "data.seq_len must be an integer, but got 'long'"),
     "infeasible budget": ("avg_bits = {bits}", "avg_bits = 1.0", "ranges from 2.5 to 16"),
     "missing model": ("[data]", '[model]\nid = "./no/such/model"\n[data]', "does not exist"),
     "unknown searcher": ('searchers = ["uniform", "ilp"]', 'searchers = ["magic"]', "unknown searcher 'magic'"),
@@ -121,6 +121,28 @@ def test_bad_config_one_line_error_exit_2_nothing_written(case, tmp_path, cache,
     assert message in err, err
     assert not out.exists()
     assert not list(tmp_path.glob(".run.tmp-*"))
+
+
+SEARCHERS = 'searchers = ["uniform", "ilp"]'
+BAD_PARAMS = {
+    "unknown parameter": ("hybrid", "generatoins = 3", "unknown parameter(s) search.params.hybrid.generatoins; known:"),
+    "mistyped parameter": ("evolution", 'offspring = "many"', "search.params.evolution.offspring must be an integer"),
+    "out of range": ("ilp", "rounds = 0", "search.params.ilp.rounds must be a positive integer, but got 0"),
+    "unknown choice": ("dp", 'reference = "parent"', "search.params.dp.reference must be one of 'dense'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PARAMS), ids=list(BAD_PARAMS))
+def test_bad_searcher_parameters_fail_before_anything_is_built(case, tmp_path, capsys):
+    searcher, line, message = BAD_PARAMS[case]
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    text = SMALL.replace(SEARCHERS, f'searchers = ["{searcher}"]\n[search.params.{searcher}]\n{line}')
+    cfg = write_config(tmp_path, fresh, text)
+    assert run_cli(str(cfg), "--out", str(tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not any(fresh.iterdir()) and not (tmp_path / "run").exists()  # refused as the config loaded
 
 
 def test_text_too_short(tmp_path, cache, capsys):
@@ -153,7 +175,7 @@ def test_missing_config_file_and_usage(tmp_path, capsys):
 
 
 def test_default_config_is_valid_and_documents_the_embedded_default():
-    from layerbudget.config import load_config
+    from layerbudget.experiments.config import load_config
 
     cfg = load_config()
     assert cfg.model.id == "default" and cfg.data.source == "pydoc"

@@ -11,10 +11,11 @@ import torch
 import yaml
 from safetensors import safe_open
 from smallrun import small_run_toml
+from stored import stored_reference
 
-from layerbudget.apply import compress_, load_compressed
-from layerbudget.cli import main
 from layerbudget.errors import LayerbudgetError
+from layerbudget.experiments.apply import compress_
+from layerbudget.experiments.cli import main
 from layerbudget.experiments.export import (
     export_checkpoint,
     export_gptqmodel,
@@ -23,6 +24,7 @@ from layerbudget.experiments.export import (
     llmcompressor_recipe,
     unit_regex,
 )
+from layerbudget.experiments.packed_checkpoint import load_compressed
 from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, SparseLinear
 from layerbudget.plan import Plan
 
@@ -35,9 +37,9 @@ DROPPED = ("encoder.layer.4.attn", "encoder.layer.5.mlp")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(run directory, prepared state) of the small experiment; the database is cached for the session."""
-    from layerbudget.config import load_config
+    from layerbudget.experiments.config import load_config
+    from layerbudget.experiments.prepare import prepare
     from layerbudget.experiments.runner import run_experiment
-    from layerbudget.prepare import prepare
 
     root = tmp_path_factory.mktemp("export")
     (root / "small.toml").write_text(SMALL)
@@ -79,10 +81,7 @@ def test_checkpoint_matches_compressed_model(setup, tmp_path):
     model = load_compressed(tmp_path / "ckpt")
     with torch.inference_mode():
         out = model(input_ids=ids).last_hidden_state
-    try:
-        ref = compress_(adapter, plan, db).forward(ids)  # the fake-quantized model the search scored
-    finally:
-        adapter.restore()
+    ref = stored_reference(adapter, plan, db).forward(ids)  # the searched weights, the rest at fp16
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert (out - dense).abs().max() > 1e-2
 
@@ -91,18 +90,20 @@ def test_checkpoint_matches_compressed_model(setup, tmp_path):
     assert isinstance(layer[0].attention.output.dense, QuantLinear) and layer[0].attention.output.dense.bits == 2
     assert isinstance(layer[0].intermediate, torch.nn.Module) and isinstance(layer[0].intermediate.dense, SparseLinear)
     assert isinstance(layer[0].output.dense, Sparse24QuantLinear)
-    assert type(layer[1].attention.self.query) is torch.nn.Linear  # 5-bit: dense fake-quant
+    assert type(layer[1].attention.self.query) is torch.nn.Linear  # 5-bit: decoded to a dense weight
     assert type(layer[4].attention.output).__name__ == "ResidualPassthrough"  # dropped attention
 
     manifest = json.loads((tmp_path / "ckpt" / "layerbudget_checkpoint.json").read_text())
     formats = {e["option"]: e["format"] for e in manifest["units"].values()}
     assert formats == {"rtn-b4-g128": "lowbit", "rtn-b2-g64": "lowbit", "magnitude-2:4": "sparse24",
-                       "magnitude-2:4+rtn-b4-g64": "sparse24_quant", "rtn-b5-g128": "fakequant",
-                       "magnitude-0.5": "fakequant", "drop": "drop"}
+                       "magnitude-2:4+rtn-b4-g64": "sparse24_quant", "rtn-b5-g128": "variant",
+                       "magnitude-0.5": "variant", "drop": "drop"}
     notes = " ".join(manifest["notes"])
-    assert "5-bit" in notes and "unstructured sparsity" in notes and any("fakequant" in n for n in exported.notes)
-    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), framework="pt") as f:
+    assert "5-bit" in notes and "unstructured sparsity" in notes and any("encoding" in n for n in exported.notes)
+    with safe_open(str(tmp_path / "ckpt" / "layerbudget.safetensors"), framework="pt") as f:
         keys = set(f.keys())
+        assert f.get_tensor("embeddings.word_embeddings.weight").dtype == torch.float16  # as the plan counts it
+        assert f.get_tensor("encoder.layer.0.attention.self.query.bias").dtype == torch.float16
     q = "encoder.layer.0.attention.self.query"
     assert {f"{q}.packed", f"{q}.scales", f"{q}.zeros", f"{q}.bias"} <= keys and f"{q}.weight" not in keys
     assert not any(k.startswith("encoder.layer.4.attention.output.") for k in keys)
@@ -133,7 +134,7 @@ def test_checkpoint_round_trip_on_causal_families(kind, make_tiny, tmp_path):
                 units=units, dropped=(sb.name,))
     export_checkpoint(plan, adapter, None, tmp_path / "ckpt")
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
-    ref = compress_(adapter, plan).forward(ids)
+    ref = stored_reference(adapter, plan, None).forward(ids)
     with torch.inference_mode():
         out = load_compressed(tmp_path / "ckpt")(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -186,7 +187,7 @@ def test_llmcompressor_recipe_groups_units_by_scheme(setup, tmp_path):
     _, prep = setup
     plan = mixed_plan(prep.adapter)
     names = list(plan.units)
-    exported = export_llmcompressor(plan, tmp_path / "recipe.yaml", allow_drop=True)
+    exported = export_llmcompressor(plan, tmp_path / "recipe.yaml", model=prep.adapter, allow_drop=True)
     text = exported.path.read_text()
     assert text.startswith("# layerbudget plan for sentence-transformers/all-MiniLM-L6-v2")
     assert "encoder.layer.4.attn, encoder.layer.5.mlp" in text.split("sparsity_stage")[0]
@@ -234,7 +235,7 @@ def test_llmcompressor_sparsity_list_follows_model_order():
 def test_llmcompressor_refuses_drops_without_allow_drop(setup, tmp_path):
     _, prep = setup
     with pytest.raises(LayerbudgetError, match="--allow-drop"):
-        export_llmcompressor(mixed_plan(prep.adapter), tmp_path / "r.yaml")
+        export_llmcompressor(mixed_plan(prep.adapter), tmp_path / "r.yaml", model=prep.adapter)
     assert not (tmp_path / "r.yaml").exists()
 
 
@@ -244,19 +245,24 @@ def test_llmcompressor_real_parser_accepts_recipe(setup, tmp_path):
     from llmcompressor.recipe import Recipe
 
     _, prep = setup
-    path = export_llmcompressor(mixed_plan(prep.adapter), tmp_path / "recipe.yaml", allow_drop=True).path
+    path = export_llmcompressor(mixed_plan(prep.adapter), tmp_path / "recipe.yaml", model=prep.adapter,
+                                allow_drop=True).path
     names = [type(m).__name__ for m in Recipe.create_instance(str(path)).modifiers]
     assert names == ["SparseGPTModifier", "SparseGPTModifier", "QuantizationModifier"]
 
 
 # ----- GPTQModel ----------------------------------------------------------------------------------
-def test_gptqmodel_config_defaults_and_dynamic_rules(tmp_path):
+def test_gptqmodel_config_defaults_and_dynamic_rules(make_tiny, tmp_path):
+    tiny = make_tiny("llama")  # hidden 32: groups of 32 fit, 128/64 would not; the rules are what is tested
     plan = llama_plan(**{"model.layers.1.mlp.gate_proj": "dense", "model.layers.1.mlp.up_proj": "dense",
                          "model.layers.0.mlp.down_proj": "gptq-b3-gch"})
-    path = export_gptqmodel(plan, tmp_path).path
+    plan = Plan({**plan.model, "weight_hash": tiny.weight_hash()},
+                {u: o.replace("-g128", "-g32").replace("-g64", "-g16") for u, o in plan.units.items()})
+    path = export_gptqmodel(plan, tmp_path, model=tiny).path
     assert path == tmp_path / "quantize_config.json"
     cfg = json.loads(path.read_text())
-    assert (cfg["bits"], cfg["group_size"], cfg["sym"], cfg["quant_method"]) == (4, 128, False, "gptq")
+    assert (cfg["bits"], cfg["group_size"], cfg["sym"], cfg["quant_method"]) == (4, 32, False, "gptq")
+    assert cfg["act_group_aware"] is False  # GPTQModel's default (True) refuses per-channel modules
 
     def rule(name: str) -> tuple[str, dict] | None:  # first match wins, as in GPTQModel and vLLM
         for key, value in cfg["dynamic"].items():
@@ -265,9 +271,9 @@ def test_gptqmodel_config_defaults_and_dynamic_rules(tmp_path):
         return None
 
     assert rule("model.layers.0.self_attn.q_proj") is None  # the default scheme
-    assert rule("model.layers.0.self_attn.o_proj")[1] == {"bits": 8, "group_size": 128}
+    assert rule("model.layers.0.self_attn.o_proj")[1] == {"bits": 8, "group_size": 32}
     for name in ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.gate_up_proj"):
-        assert rule(name)[1] == {"bits": 2, "group_size": 64}, name  # HF names and vLLM's fused name
+        assert rule(name)[1] == {"bits": 2, "group_size": 16}, name  # HF names and vLLM's fused name
     assert rule("model.layers.0.mlp.down_proj")[1] == {"bits": 3, "group_size": -1}
     key, value = rule("model.layers.1.mlp.gate_up_proj")
     assert key.startswith("-:") and value == {}
@@ -297,8 +303,8 @@ def test_every_export_refuses_broken_tie_groups(fmt, setup, tmp_path):
     units["encoder.layer.0.attention.self.key"] = "rtn-b2-g64"  # query/value stay rtn-b4-g128
     broken = Plan(plan.model, units)
     export = {
-        "llmcompressor": lambda: export_llmcompressor(broken, tmp_path / "r.yaml"),
-        "gptqmodel": lambda: export_gptqmodel(broken, tmp_path),
+        "llmcompressor": lambda: export_llmcompressor(broken, tmp_path / "r.yaml", model=prep.adapter),
+        "gptqmodel": lambda: export_gptqmodel(broken, tmp_path, model=prep.adapter),
         "checkpoint": lambda: export_checkpoint(broken, prep.adapter, prep.database, tmp_path / "ckpt"),
     }[fmt]
     with pytest.raises(LayerbudgetError, match="tied units must share one option"):
@@ -354,10 +360,10 @@ def test_cli_export_bad_arguments(args, message, setup, capsys):
 
 
 def test_cli_lists_every_export_format():
-    from layerbudget.cli import EXPORT_FORMATS
+    from layerbudget.experiments.cli import EXPORT_FORMATS
     from layerbudget.experiments.export import FORMATS, PLAN_EXPORTERS
 
-    assert EXPORT_FORMATS == FORMATS and set(PLAN_EXPORTERS) | {"checkpoint"} == set(FORMATS)
+    assert EXPORT_FORMATS == FORMATS and set(PLAN_EXPORTERS) | {"checkpoint", "compressed-tensors"} == set(FORMATS)
 
 
 def test_cli_export_run_dir_without_plan(tmp_path, capsys):

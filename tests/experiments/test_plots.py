@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from smallrun import small_run_toml
 
-from layerbudget.cli import main
+from layerbudget.experiments.cli import main
 from layerbudget.experiments.plots import option_bits_per_weight, pareto_front, plot_pareto, plot_plan_heatmap
 from layerbudget.plan import Plan
 
@@ -21,7 +21,7 @@ SMALL = small_run_toml("plots")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A finished run with two budgets and two searchers (database cached for the whole session)."""
-    from layerbudget.config import load_config
+    from layerbudget.experiments.config import load_config
     from layerbudget.experiments.runner import run_experiment
 
     root = tmp_path_factory.mktemp("plots")

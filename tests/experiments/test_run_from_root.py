@@ -38,7 +38,7 @@ def test_ray_run_from_the_root_writes_the_plan_and_prints_only_its_own_lines(tmp
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "LAYERBUDGET_EXECUTOR")}
     proc = subprocess.run(
-        [sys.executable, "-m", "layerbudget.cli", "run", str(config), "--workers", "2", "--quiet", "--out", str(out)],
+        [sys.executable, "-m", "layerbudget.experiments.cli", "run", str(config), "--workers", "2", "--quiet", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     printed = (proc.stdout + proc.stderr).strip().splitlines()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerbudget.cli import main
+from layerbudget.experiments.cli import main
 from layerbudget.plan import Plan
 
 STORY = (

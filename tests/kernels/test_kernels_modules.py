@@ -116,3 +116,16 @@ def test_modules_replace_linear_in_a_model(gen: torch.Generator) -> None:
     model[0] = QuantLinear.from_linear(model[0], bits=8, group_size=32)
     model[2] = SparseLinear.from_linear(model[2])
     assert model(x).shape == (5, 32)
+
+
+def test_forward_follows_buffer_changes(linear: nn.Linear, gen: torch.Generator) -> None:
+    """The module reuses its packed weight between calls but sees loaded or edited buffers."""
+    mod = QuantLinear.from_linear(linear, bits=4, group_size=32)
+    x = torch.randn(3, linear.in_features, generator=gen)
+    first = mod(x)
+    other = QuantLinear.from_linear(nn.Linear(linear.in_features, linear.out_features), bits=4, group_size=32)
+    mod.load_state_dict({k: v.clone() for k, v in other.state_dict().items()})
+    torch.testing.assert_close(mod(x), other(x))
+    mod.scales.mul_(2)  # an in-place edit
+    torch.testing.assert_close(mod(x), torch.nn.functional.linear(x, mod.dequantized_weight(), mod.bias))
+    assert not torch.equal(first, mod(x))

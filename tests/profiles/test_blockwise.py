@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.options import parse_options
 from layerbudget.profiles.calibration import first_block_inputs, outlier_ratio, output_error, run_block
 from layerbudget.profiles.database import build_database, database_key, load_or_build_database
 from layerbudget.profiles.hessian import HessianAccumulator
-from layerbudget.profiles.options import parse_options
 
 VOCAB = 320  # the tiny models' vocabulary (tests/conftest.py)
 

@@ -7,13 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import KEEP, Budget, Problem, Slot
 from layerbudget.search.dp import depth_objective, solve_depth_dp, solve_dp
-from layerbudget.search.executor import InlineExecutor
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import KEEP, Problem, Slot
 from layerbudget.search.registry import make_searcher
 
 OPTIONS = (
@@ -166,8 +165,8 @@ class _ZeroScorer:
 
 def test_bucketed_dp_stays_in_budget_and_close_to_the_ilp():
     """Coarse buckets (not exact): rounding to the nearest bucket, repair and polish with exact costs."""
-    from layerbudget.experiments.bench_solvers import synthetic_problem
     from layerbudget.search.ilp import solve_ilp
+    from layerbudget.search.testing import synthetic_problem
 
     problem = synthetic_problem(120, 12, seed=3)
     lo, hi = problem.metric_range("avg_bits")

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import KEEP, Budget, Candidate, Problem, Slot
 from layerbudget.search.evolution import CALIB, MIN_GENERATIONS, PRESETS, EvolutionSearcher
-from layerbudget.search.executor import InlineExecutor
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
 from layerbudget.search.registry import make_searcher
 
 TWO = ("dense", "rtn-b4-g128")
@@ -144,7 +143,7 @@ def test_init_plan_is_checked_and_used():
     assert s.result() == seed_plan
     units = {u: p.slots[i].options[c] for i, c in enumerate(seed_plan) for u, _ in p.slots[i].units}
     assert make_searcher("evolution", p, budget, init="plan", init_candidate=units).result() == seed_plan
-    with pytest.raises(LayerbudgetError, match='init must be "uniform", "random" or "plan"'):
+    with pytest.raises(LayerbudgetError, match="evolution.init must be one of 'uniform', 'random', 'plan', but got 'best'"):
         make_searcher("evolution", p, budget, init="best")
 
 
@@ -171,11 +170,11 @@ def test_presets_and_overrides():
     fast = make_searcher("evolution", p, budget, preset="superfast", offspring=5, stages=[[2, 3], [1, 9]])
     assert (fast.generations, fast.offspring, fast.stages) == (400, 5, [(2, 3), (1, 9)])
     assert set(PRESETS) == {"quantization", "sparsity", "depth", "superfast"}
-    with pytest.raises(LayerbudgetError, match="unknown evolution preset 'fastest'"):
+    with pytest.raises(LayerbudgetError, match="evolution.preset must be one of 'auto', .*but got 'fastest'"):
         make_searcher("evolution", p, budget, preset="fastest")
-    with pytest.raises(LayerbudgetError, match="stages must be a non-empty list"):
+    with pytest.raises(LayerbudgetError, match="evolution.stages must be a non-empty list"):
         make_searcher("evolution", p, budget, stages=[(0, 2)])
-    with pytest.raises(LayerbudgetError, match="`offspring` must be a positive integer, but got 0"):
+    with pytest.raises(LayerbudgetError, match="evolution.offspring must be a positive integer, but got 0"):
         make_searcher("evolution", p, budget, offspring=0)
 
 
@@ -245,7 +244,7 @@ def test_random_baseline_is_best_of_n_distinct_feasible_candidates():
     assert len(ex.batches) == 1 and len(set(cands)) == len(cands) == 12
     assert all(r.windows is None for r in ex.batches[0])  # the standard calibration set
     assert out.result == min(cands, key=p.proxy_score)
-    with pytest.raises(LayerbudgetError, match="`n` must be a positive integer, but got 0"):
+    with pytest.raises(LayerbudgetError, match="random.n must be a positive integer, but got 0"):
         make_searcher("random", p, budget, n=0)
 
 

@@ -14,12 +14,11 @@ import itertools
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import KEEP, Budget, Candidate, Problem, Slot
 from layerbudget.search.dp import solve_depth_dp, solve_dp
-from layerbudget.search.executor import InlineExecutor
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import KEEP, Candidate, Problem, Slot
 from layerbudget.search.registry import make_searcher
 
 MAX_EVALUATIONS = 300

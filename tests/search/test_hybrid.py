@@ -8,9 +8,10 @@ import math
 import pytest
 from test_problem_ilp import make_problem
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.executor import InlineExecutor
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import Budget
 from layerbudget.search.hybrid import (
     DEFAULT_VALIDATION_WINDOWS,
     VALIDATION_BATCH,
@@ -19,7 +20,6 @@ from layerbudget.search.hybrid import (
     uniform_seeds,
 )
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.loop import run_search
 from layerbudget.search.registry import make_searcher
 
 EVO = {"generations": 6, "offspring": 8, "stages": [(3, 1), (1, 2)]}
@@ -66,12 +66,14 @@ def test_hybrid_parameter_errors():
     b = Budget.from_dict({"avg_bits": 4})
     with pytest.raises(LayerbudgetError, match="sets the evolution's start"):
         make_searcher("hybrid", p, b, init="random")
-    with pytest.raises(LayerbudgetError, match="'ilp' or 'dp'"):
+    with pytest.raises(LayerbudgetError, match="hybrid.solver must be one of 'ilp', 'dp', but got 'cplex'"):
         make_searcher("hybrid", p, b, solver="cplex")
     with pytest.raises(LayerbudgetError, match="positive budget factors"):
         make_searcher("hybrid", p, b, neighbours=[0.9, -1])
-    with pytest.raises(LayerbudgetError, match="unknown evolution preset"):
-        make_searcher("hybrid", p, b, preset="fast")
+    with pytest.raises(LayerbudgetError, match="hybrid.preset must be one of 'auto'"):
+        make_searcher("hybrid", p, b, preset="fast")  # the evolution's parameters are named as the user wrote them
+    with pytest.raises(LayerbudgetError, match=r"unknown parameter\(s\) hybrid.generatoins; known: neighbours, .*generations"):
+        make_searcher("hybrid", p, b, generatoins=3)
 
 
 def test_uniform_seeds_fit_and_spend_the_slack():
@@ -134,7 +136,7 @@ def test_proxy_correction_rescales_a_misjudged_option(seed, option):
     plain = make_searcher("hybrid", p, b, seed=0, corrections=0, **EVO)
     run_search(plain, InlineExecutor(scorer))
     assert plain._rounds == 0 and plain.start in plain.seeds
-    with pytest.raises(LayerbudgetError, match="`corrections` must be a non-negative integer"):
+    with pytest.raises(LayerbudgetError, match="hybrid.corrections must be a non-negative integer"):
         make_searcher("hybrid", p, b, corrections=-1)
 
 
@@ -162,7 +164,7 @@ def test_linearise_scores_the_nearest_switches_and_the_operating_point_plan():
         ref = bits[sl.options[h.lin_reference[i]]]
         gaps = sorted(abs(bits[o] - ref) for o in sl.options if bits[o] != ref)
         assert sorted(abs(bits[sl.options[j]] - ref) for (k, j) in moves if k == i) == gaps[:2]
-    with pytest.raises(LayerbudgetError, match="`linearise` must be a non-negative integer"):
+    with pytest.raises(LayerbudgetError, match="hybrid.linearise must be a non-negative integer"):
         make_searcher("hybrid", p, b, linearise=-1)
     with pytest.raises(LayerbudgetError, match="switches of linearise=2"):
         make_searcher("hybrid", p, b, linearise=2, max_evaluations=20)
@@ -237,8 +239,8 @@ def test_validation_ignores_nan_finalists_and_checks_its_parameters():
     assert make_searcher("hybrid", p, b, validate=0, **EVO).fresh_windows() == 2
     assert make_searcher("hybrid", p, b, validate=0, max_evaluations=60).fresh_windows() == 0
     for bad in ({"validate": -1}, {"validate": 2.5}, {"validation_windows": 0}, {"validation_windows": True}):
-        with pytest.raises(LayerbudgetError, match="must be an integer of at least"):
+        with pytest.raises(LayerbudgetError, match=r"hybrid\.validat\w+ must be (a non-negative|a positive|an) integer"):
             make_searcher("hybrid", p, b, **bad)
     for bad in (-0.1, math.nan, "1%"):
-        with pytest.raises(LayerbudgetError, match="`tolerance` must be a non-negative number"):
+        with pytest.raises(LayerbudgetError, match="hybrid.tolerance must be a (non-negative )?number"):
             make_searcher("hybrid", p, b, tolerance=bad)

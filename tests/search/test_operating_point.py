@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 from test_problem_ilp import make_problem
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.checkpoint import run_search_checkpointed
-from layerbudget.search.executor import InlineExecutor
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import INACTIVE, Budget, Problem, Slot
 from layerbudget.search.ilp import solve_ilp
-from layerbudget.search.loop import run_search
 from layerbudget.search.operating_point import deviations, sensitivities
-from layerbudget.search.problem import INACTIVE, Problem, Slot
 from layerbudget.search.registry import make_searcher
 
 LADDER = {"rtn-b2-g128": 1.0, "rtn-b2-g64": 0.8, "rtn-b3-g128": 0.3, "rtn-b3-g64": 0.25, "rtn-b4-g128": 0.08}
@@ -169,9 +167,9 @@ def test_no_fitting_uniform_plan_linearises_around_the_dense_proxy_solution():
 def test_parameter_errors():
     p = make_problem(n_slots=4, seed=8)
     b = Budget.from_dict({"avg_bits": 4.0})
-    with pytest.raises(LayerbudgetError, match="`reference` must be one of dense, uniform, solution"):
+    with pytest.raises(LayerbudgetError, match="ilp.reference must be one of 'dense', 'uniform', 'solution', but got 'parent'"):
         make_searcher("ilp", p, b, reference="parent")
-    with pytest.raises(LayerbudgetError, match="`rounds` must be a positive integer"):
+    with pytest.raises(LayerbudgetError, match="dp.rounds must be a positive integer"):
         make_searcher("dp", p, b, reference="uniform", rounds=0)
 
 
@@ -197,8 +195,8 @@ def test_checkpointed_run_resumes_to_the_same_plan(tmp_path):
 
     path = tmp_path / "ckpt"
     with pytest.raises(Stop):
-        run_search_checkpointed(make_searcher("ilp", p, b, reference="uniform", rounds=2), Dies(f, 2), path)
-    resumed = run_search_checkpointed(make_searcher("ilp", p, b, reference="uniform", rounds=2), InlineExecutor(f), path)
+        run_search(make_searcher("ilp", p, b, reference="uniform", rounds=2), Dies(f, 2), checkpoint=path)
+    resumed = run_search(make_searcher("ilp", p, b, reference="uniform", rounds=2), InlineExecutor(f), checkpoint=path)
     assert resumed.result == whole.result
     assert [e.candidate for e in resumed.evaluations] == [e.candidate for e in whole.evaluations]
 

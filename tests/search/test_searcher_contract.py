@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import INACTIVE, KEEP, Budget, Candidate, Problem, Slot
 from layerbudget.search.base import registered_searchers
-from layerbudget.search.executor import InlineExecutor
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import INACTIVE, KEEP, Candidate, Problem, Slot
 from layerbudget.search.registry import known_searchers, make_searcher
 
 SMALL: dict[str, dict[str, object]] = {

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from test_operating_point import LowBit, ladder_problem
 
-from layerbudget.budget import Budget
 from layerbudget.errors import LayerbudgetError
-from layerbudget.search.checkpoint import run_search_checkpointed
-from layerbudget.search.executor import InlineExecutor
-from layerbudget.search.loop import run_search
-from layerbudget.search.problem import INACTIVE
+from layerbudget.evaluators.executor import InlineExecutor
+from layerbudget.evaluators.loop import run_search
+from layerbudget.problem import INACTIVE, Budget
 from layerbudget.search.registry import make_searcher
 from layerbudget.search.surrogate import DeltaSurrogate
 
@@ -108,7 +106,7 @@ def test_prescreen_is_deterministic_checkpoints_and_is_checked(tmp_path):
         scorer = InlineExecutor(LowBit(problem))
         if path is None:
             return run_search(searcher, scorer).result
-        return run_search_checkpointed(searcher, scorer, path).result
+        return run_search(searcher, scorer, checkpoint=path).result
 
     first = run()
     assert run() == first
