@@ -197,7 +197,7 @@ def run_experiment(
                 )
     # every final plan on the calibration windows and every evaluation text, window by window
     t = time.perf_counter()
-    scores = measure_final_plans(evaluator, finals, tokens.calib, eval_sets, result)
+    scores = measure_final_plans(evaluator, finals, tokens.calib, eval_sets, result.rows, result.plans)
     result.comparisons = compare_searchers(result.rows, scores)
     timings["heldout"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

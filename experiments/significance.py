@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,10 +21,8 @@ from layerbudget.data import EvalSet
 from layerbudget.evaluators.engine import Evaluator
 from layerbudget.evaluators.measure import measure_plans
 from layerbudget.evaluators.uncertainty import NOISE_Z, WindowScores, paired_difference
+from layerbudget.plan import Plan
 from layerbudget.problem import Candidate
-
-if TYPE_CHECKING:
-    from layerbudget.experiments.runner import RunResult
 
 FITNESS = "fitness"  # the calibration windows' column
 SE = "_se"  # suffix of a column's standard error
@@ -37,9 +34,10 @@ def measure_final_plans(
     finals: Sequence[Candidate],
     calib: torch.Tensor,
     eval_sets: Sequence[EvalSet],
-    result: RunResult,
+    rows: list[dict],
+    plans: list[Plan],
 ) -> dict[str, list[WindowScores]]:
-    """Score ``finals`` (one per row of ``result``) window by window and add the figures to its rows and plans.
+    """Score ``finals`` (one per summary row and plan) window by window and add the figures to ``rows`` and ``plans``.
 
     The calibration fitness keeps the search's own number and gains ``fitness_se``; every evaluation
     set adds ``<label>`` and ``<label>_se``. Returns the window scores per column label.
@@ -47,7 +45,7 @@ def measure_final_plans(
     scores = {FITNESS: measure_plans(evaluator, finals, calib)}
     for es in eval_sets:
         scores[es.label] = measure_plans(evaluator, finals, es.ids)
-    for k, (row, plan) in enumerate(zip(result.rows, result.plans)):
+    for k, (row, plan) in enumerate(zip(rows, plans)):
         figures = {FITNESS: row[FITNESS], FITNESS + SE: scores[FITNESS][k].se}
         for es in eval_sets:
             figures[es.label] = scores[es.label][k].value
@@ -55,9 +53,9 @@ def measure_final_plans(
         new_row: dict = {}
         for key, value in row.items():
             new_row.update(figures if key == FITNESS else {key: value})
-        result.rows[k] = new_row
+        rows[k] = new_row
         measured = {**figures, **{m: v for m, v in plan.measured.items() if m not in figures}}
-        result.plans[k] = dataclasses.replace(plan, measured=measured)
+        plans[k] = dataclasses.replace(plan, measured=measured)
     return scores
 
 
