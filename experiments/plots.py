@@ -142,7 +142,12 @@ def _fitness_name(run_dir: Path) -> str:
 
 
 def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None) -> list[Path]:
-    """Pareto frontiers of every (run, searcher) of ``run_dirs`` in one figure; returns the written files.
+    """Write :func:`pareto_figure` to ``out`` (and its ``.png``/``.svg`` sibling); returns the written files."""
+    return _save(pareto_figure(run_dirs, names=names), Path(out), sibling=True)
+
+
+def pareto_figure(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None = None):
+    """Pareto frontiers of every (run, searcher) of ``run_dirs`` in one matplotlib figure.
 
     Top row: calibration fitness of every evaluated candidate vs each cost; one row per evaluation
     text below: the held-out measure of each chosen plan vs the same costs, with ±1 standard-error
@@ -204,6 +209,7 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Seque
             ys = ys[np.isfinite(ys)]
             if len(ys) and ys.min() > 0 and ys.max() / ys.min() > 20:
                 ax.set_yscale("log")
+            _plain_numbers(ax)
             ax.grid(True, which="major", alpha=0.3)
     title = names[0] if len(runs) == 1 else f"{len(runs)} runs"
     fig.suptitle(f"Pareto frontiers of {title}: lower is better; faint points are dominated")
@@ -213,7 +219,18 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Seque
                    for label, st in legend.items()]
         fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
-    return _save(fig, Path(out), sibling=True)
+    return fig
+
+
+def _plain_numbers(ax) -> None:
+    """Linear axes label their ticks with the values themselves: no offset (``+2.883e1``), no ``1e-4`` factor."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+            formatter.set_scientific(False)
 
 
 # ----- plan heatmap --------------------------------------------------------------------------------
@@ -277,7 +294,15 @@ def _budget_label(plan: Plan) -> str:
 
 
 def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None = None) -> list[Path]:
-    """Heatmap of the chosen option of every unit (rows) in every plan of a run (columns)."""
+    """Write :func:`heatmap_figure` to ``out``; returns the written files."""
+    return _save(heatmap_figure(run_dir, name=name), Path(out))
+
+
+def heatmap_figure(run_dir: str | Path, *, name: str | None = None):
+    """Heatmap of the chosen option of every unit (rows) in every plan of a run (columns), as a matplotlib figure.
+
+    Column labels (searcher and budget) stand upright under the columns, so neighbours never overlap.
+    """
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch, Rectangle
 
@@ -311,8 +336,7 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None 
                     color="white" if dark else "black")
     prefix = _common_prefix(units)
     ax.set_yticks(range(n_units), [u[len(prefix):] for u in units], fontsize=7)
-    ax.set_xticks(range(n_plans), [label for label, _ in columns], fontsize=8)
-    ax.xaxis.tick_top()
+    ax.set_xticks(range(n_plans), [label.replace("\n", " ") for label, _ in columns], fontsize=8, rotation=90)
     ax.set_xticks(np.arange(-0.5, n_plans), minor=True)
     ax.set_yticks(np.arange(-0.5, n_units), minor=True)
     ax.grid(which="minor", color="white", linewidth=0.6)
@@ -324,11 +348,11 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None 
               loc="upper left", bbox_to_anchor=(1.0 + 0.9 / max(n_plans, 1), 1.0), frameon=False, fontsize=8)
     ax.set_ylabel(f"unit ({prefix}…)" if prefix else "unit")
     ax.set_xlabel(LABEL_KEY, fontsize=8)
-    ax.set_title(f"plans of {name or run_dir.resolve().name}", pad=34)
+    ax.set_title(f"plans of {name or run_dir.resolve().name}")
     with warnings.catch_warnings():  # the legend sits outside the axes; the tight bounding box at save keeps it
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    return _save(fig, Path(out))
+    return fig
 
 
 def _common_prefix(names: Sequence[str]) -> str:
