@@ -180,7 +180,7 @@ CASES: dict[str, Case] = {
     "config not TOML": Case("is not valid TOML", raw='name = "x"\n[model\n'),
     "unknown top-level key": Case("unknown config key(s) colour", set={"colour": "red"}),
     "unknown section key": Case("unknown config key(s) data.window", set={"data.window": 3}),
-    "wrong type": Case("config key data.seq_len must be a int, but got 'long'", set={"data.seq_len": "long"}),
+    "wrong type": Case("data.seq_len must be an integer, but got 'long'", set={"data.seq_len": "long"}),
     "section not a table": Case("config section [search] must be a table", set={"search": "fast"}),
     "negative seed": Case("seed must be a non-negative integer", set={"seed": -1}),
     # options
@@ -198,13 +198,13 @@ CASES: dict[str, Case] = {
     "fitness for another task": Case("fitness 'embedding_cos' is for encoder models, but this model is causal",
                                      set={"search.fitness": "embedding_cos"}),
     "bad evolution parameter": Case(
-        "got unknown parameters: colour", builds=True,
+        "unknown parameter(s) search.params.evolution.colour;",
         set={"search.searchers": ["uniform", "evolution"], "search.params": {"evolution": {"colour": 1}}},
         fixed={"search.searchers": ["uniform", "evolution"],
                "search.params": {"evolution": {"generations": 2, "offspring": 4, "stages": [[2, 1], [1, 2]]}}},
     ),
-    "bad hybrid parameter": Case(
-        "got unknown parameters: colour", builds=True,
+    "bad hybrid parameter": Case(  # named as the user wrote it, not as the evolution inside the hybrid
+        "unknown parameter(s) search.params.hybrid.colour;",
         set={"search.searchers": ["uniform", "hybrid"], "search.params": {"hybrid": {"colour": 1}}},
     ),
     "fresh windows beyond the text": Case(

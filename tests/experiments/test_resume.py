@@ -104,7 +104,8 @@ def test_overwrite_keeps_the_interrupted_run_until_its_own_search_starts(tmp_pat
     assert (tmp_path / "run" / "plan.json").is_file() and not partial.exists()
 
 
-def test_sigkill_then_resume_finishes_with_the_uninterrupted_plan(tmp_path, gpt2_tokenizer, monkeypatch):
+def test_sigkill_then_resume_finishes_with_the_uninterrupted_plan(tmp_path, gpt2_tokenizer, monkeypatch,
+                                                                 tiny_model_factory):
     """A run killed with SIGKILL mid-search resumes from its .partial to the plan of an uninterrupted run."""
     import os
     import signal
@@ -112,12 +113,10 @@ def test_sigkill_then_resume_finishes_with_the_uninterrupted_plan(tmp_path, gpt2
     import sys
     import time
 
-    from conftest import build_tiny_model
-
     from layerbudget.experiments.config import load_config
 
     model = tmp_path / "llama"
-    build_tiny_model("llama").save_pretrained(model)
+    tiny_model_factory("llama").save_pretrained(model)
     gpt2_tokenizer.save_pretrained(model)
     (tmp_path / "exp.toml").write_text(f"""
 name = "killed"
