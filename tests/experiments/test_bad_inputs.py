@@ -238,7 +238,7 @@ CASES: dict[str, Case] = {
         fixed={"model.id": "<opt-postln>"},
     ),
     # data
-    "text file missing": Case("is neither 'pydoc' nor an existing text file", set={"data.source": "no-such-text.txt"}),
+    "text file missing": Case("is neither a built-in text (pydoc, docstrings) nor an existing text file", set={"data.source": "no-such-text.txt"}),
     "text file empty": Case("is too short", prepare=text_case(b"")),
     "text file binary": Case("is not UTF-8 text", prepare=text_case(bytes(range(128, 256)) * 64)),
     "text too short": Case("is too short", prepare=text_case(b"only a few words here")),
