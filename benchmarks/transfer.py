@@ -9,10 +9,10 @@ ILP is ``1 − hybrid / ilp`` with its paired standard error over windows; the t
 budget and variant, the mean gain over seeds ± its standard error over seeds on either text, and
 the ratio ``gain on the other text / gain on the calibration text`` (the target: at least 0.5).
 
-Variants are hybrid parameters laid over the default config's (``--variant NAME=JSON``); the
-built-in ones are ``before`` (the hybrid as it was: fitness on the calibration windows only, no
-anchor) and ``after`` (the current defaults). Each finished (seed, budget) is appended to the
-JSON file at once, so runs can be split and resumed (``--seeds``, ``--first-seed``).
+Variants are hybrid parameters laid over the default config's (``--variant NAME=JSON``, e.g.
+``--variant anchored='{"anchor": 0.05}'``); without one, the hybrid runs with the defaults. Each
+finished seed is appended to the JSON file at once, so runs can be split and resumed (``--seeds``,
+``--first-seed``).
 
 Usage::
 
@@ -45,10 +45,7 @@ from layerbudget.problem import Budget
 from layerbudget.search.registry import make_searcher
 from layerbudget.storage import atomic_write_text
 
-VARIANTS: dict[str, dict] = {
-    "before": {"anchor": 0.0},
-    "after": {},
-}
+VARIANTS: dict[str, dict] = {"hybrid": {}}  # the default config's hybrid
 
 
 def run_seed(seed: int, budgets: list[float], variants: dict[str, dict], source: str, other: str, windows: int,
@@ -138,7 +135,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                        help="hybrid parameters over the default config's (default: the built-in before and after)")
+                        help="hybrid parameters over the default config's (default: the defaults alone)")
     parser.add_argument("--source", default="pydoc", help="the calibration text (default: the default config's)")
     parser.add_argument("--other", default="docstrings", help="the text no search sees")
     parser.add_argument("--windows", type=int, default=200, help="held-out windows of either text")
