@@ -3,8 +3,8 @@
 Stitching swaps only the units whose option differs from what the model currently holds (weights
 come decoded from the database); when another evaluator sharing the adapter changed the model (the
 adapter's ``version`` moved), it restores the dense model first. The dense outputs and block inputs
-of every window set are cached (calibration, held-out, and an LRU of ``max_fresh_sets`` fresh
-batches).
+of every window set are cached (calibration, held-out once it is first used, and an LRU of
+``max_fresh_sets`` fresh batches).
 
 Trace cache: scoring a candidate records the input of every block on every batch of its window set
 (a *trace*). The traces of recently scored candidates are kept in one LRU bounded by
@@ -111,8 +111,7 @@ class Evaluator:
         self.trace_bytes = 0  # distinct activation bytes the trace cache holds
         self.dense_key = self._block_key({}, [])  # what the dense model holds in every block
         self.stats = stats
-        self._refs[("calib",)] = self._reference(tokens.calib)
-        self._refs[("heldout",)] = self._reference(tokens.heldout)
+        self._refs[("calib",)] = self._reference(tokens.calib)  # held-out references: on first use
 
     # ----- references ----------------------------------------------------------------------------
     def _reference(self, ids: torch.Tensor) -> list[_Batch]:
@@ -298,6 +297,8 @@ class Evaluator:
 
     def heldout(self, candidate: Candidate) -> float:
         """The same fitness on the held-out windows (never used for search decisions)."""
+        if ("heldout",) not in self._refs:  # built on first use: evaluation workers never need them
+            self._refs[("heldout",)] = self._reference(self.tokens.heldout)
         return self._score(candidate, ("heldout",), self._refs[("heldout",)])
 
 

@@ -32,6 +32,7 @@ def run_search(
     on_evaluations: Callable[[list[Evaluation]], None] | None = None,
     checkpoint: str | Path | None = None,
     fingerprint: str | None = None,
+    before_save: Callable[[], None] | None = None,
 ) -> SearchOutcome:
     """Ask, evaluate and tell until the searcher has nothing more to ask; check the budget at the end.
 
@@ -39,7 +40,8 @@ def run_search(
     exists, the searcher is first restored from it (it must have been written for the same
     ``fingerprint``, problem, budget, seed and searcher), its rounds are replayed to
     ``on_evaluations`` in order, and the search continues: with a deterministic executor the
-    outcome equals an uninterrupted run's. The file is left in place at the end.
+    outcome equals an uninterrupted run's. The file is left in place at the end. ``before_save`` is
+    called before every checkpoint is written (e.g. to create the directory that holds it).
     """
     path = None if checkpoint is None else Path(checkpoint)
     rounds: Rounds = []
@@ -58,6 +60,8 @@ def run_search(
         searcher.tell(results)
         rounds.append(results)
         if path is not None:
+            if before_save is not None:
+                before_save()
             save_checkpoint(searcher, path, rounds, fingerprint=fingerprint)
     evaluations = [e for r in rounds for e in r]
     if not evaluations:

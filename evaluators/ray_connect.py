@@ -44,6 +44,14 @@ def _probe(address: str, timeout: float) -> None:
         ) from None
 
 
+def check_address(address: str | None = None, *, timeout: float = 10.0) -> None:
+    """Raise a one-line error now when ``address`` (else ``RAY_ADDRESS``) names a cluster nothing
+    listens at; no address (a new local instance) is fine."""
+    address = address or os.environ.get(ENV_ADDRESS) or None
+    if address is not None:
+        _probe(address, timeout)
+
+
 def _same_address(a: str, b: str) -> bool:
     ha, hb = _host_port(a), _host_port(b)
     if ha is None or hb is None:

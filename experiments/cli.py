@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerbudget.errors import LayerbudgetError
+from layerbudget.notices import show_notices
 
 if TYPE_CHECKING:
     from layerbudget.experiments.config import ExperimentConfig
@@ -102,8 +103,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from layerbudget.experiments.config import config_from_dict, load_config
-    from layerbudget.experiments.outputs import SUMMARY_COLUMNS
+    from layerbudget.experiments.outputs import summary_columns
     from layerbudget.experiments.runner import partial_dir, run_experiment
+    from layerbudget.experiments.significance import aligned_table, noise_line
 
     out = args.out
     if args.resume:
@@ -152,15 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log=lambda m: print(m, file=sys.stderr),
         resume=bool(args.resume),
     )
-    widths = {c: max(len(c), 10) for c in SUMMARY_COLUMNS}
-    widths["budget"] = max(len("budget"), *(len(r["budget"]) for r in result.rows))
-    print("  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS))
-    for r in result.rows:
-        cells = []
-        for c in SUMMARY_COLUMNS:
-            v = r[c]
-            cells.append((f"{v:.4g}" if isinstance(v, float) else str(v)).ljust(widths[c]))
-        print("  ".join(cells))
+    print(aligned_table(result.rows, summary_columns(result.rows)))
+    if result.comparisons:
+        print(noise_line(result.comparisons))
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -279,13 +275,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"run {root.resolve().name}: model {plan.model['id']} ({plan.model.get('family', '?')}), "
           f"fitness {plan.provenance.get('fitness', '?')}")
     if (root / "summary.csv").is_file():
+        from layerbudget.experiments.outputs import summary_columns
+        from layerbudget.experiments.significance import aligned_table
+
         summary = pd.read_csv(root / "summary.csv")
         if "bytes" in summary.columns:
             summary["MB"] = summary["bytes"] / 1e6
-        columns = [c for c in ("budget", "searcher", "avg_bits", "MB", "fitness", "heldout", "evaluations", "seconds")
-                   if c in summary.columns]
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        rows = summary.to_dict("records")
+        columns = summary_columns(rows)
+        if "MB" in summary.columns:
+            columns.insert(columns.index("avg_bits") + 1 if "avg_bits" in columns else 2, "MB")
+        print(aligned_table(rows, columns))
+    if (root / "comparisons.csv").is_file():
+        from layerbudget.experiments.significance import noise_line
+
+        comparisons = pd.read_csv(root / "comparisons.csv").to_dict("records")
+        if comparisons:
+            print(noise_line(comparisons))
     measured = ", ".join(f"{k} {v:.4g}" for k, v in plan.measured.items())
     budget = ", ".join(f"{k} {v:g}" for k, v in plan.budget.items())
     print(f"\nplan.json: {plan.searcher} at budget {budget}; {measured}")
@@ -405,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
+    show_notices()  # cache rebuilds and the like as plain `note:` lines
     try:
         commands = {"run": _cmd_run, "profile": _cmd_profile, "plot": _cmd_plot, "show": _cmd_show, "export": _cmd_export, "apply": _cmd_apply}
         return commands[args.command](args)

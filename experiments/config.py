@@ -17,6 +17,8 @@ from pathlib import Path
 from layerbudget.data import DEFAULT_CALIBRATION_WINDOWS, TextSpec
 from layerbudget.errors import LayerbudgetError, Record, read_record
 from layerbudget.evaluators.fitness import known_fitness
+from layerbudget.families import known_families
+from layerbudget.hf_load import check_device_name
 from layerbudget.model import ModelSpec
 from layerbudget.options import parse_options
 from layerbudget.problem import Budget
@@ -39,12 +41,13 @@ ModelConfig = ModelSpec  # the [model] section is the model's spec
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "pydoc"  # "pydoc" or a path to a UTF-8 text file
+    source: str = "pydoc"  # a built-in text ("pydoc", "docstrings") or a path to a UTF-8 text file
     seq_len: int = 128
     calib_windows: int = 16
-    heldout_windows: int = 16
+    heldout_windows: int = 16  # per evaluation text: the calibration text's held-out part and each of eval_sources
     heldout_fraction: float = 0.2
     batch_size: int = 8
+    eval_sources: tuple[str, ...] = ()  # further texts the final plans are measured on, each reported separately
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class ExperimentConfig:
         d = dataclasses.asdict(self)
         d["budget"] = [b.to_dict() for b in self.budget]
         d["options"]["names"] = list(self.options.names)
+        d["data"]["eval_sources"] = list(self.data.eval_sources)
         d["search"]["searchers"] = list(self.search.searchers)
         d["search"]["params"] = {k: dict(v) for k, v in self.search.params.items()}
         return d
@@ -235,6 +239,15 @@ def _validate(cfg: ExperimentConfig) -> None:
             raise LayerbudgetError(f"data.{key} must be a positive integer, but got {getattr(d, key)}")
     if not 0 < d.heldout_fraction < 1:
         raise LayerbudgetError(f"data.heldout_fraction must be in (0, 1), but got {d.heldout_fraction}")
+    for source in d.eval_sources:
+        if not source.strip():
+            raise LayerbudgetError("data.eval_sources must list text sources, but got an empty string")
+        if source == d.source:
+            raise LayerbudgetError(
+                f"data.eval_sources lists the calibration text {source!r}; its held-out part is always evaluated"
+            )
+    if len(set(d.eval_sources)) != len(d.eval_sources):
+        raise LayerbudgetError(f"data.eval_sources lists a text twice: {list(d.eval_sources)}")
     if cfg.options.calibration_windows < 1:
         raise LayerbudgetError(
             f"options.calibration_windows must be a positive integer, but got {cfg.options.calibration_windows}"
@@ -252,6 +265,9 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise LayerbudgetError("a latency_us budget needs [latency] target = cpu | h100 | h200 | a100 | l40s | rtx4090")
     if cfg.model.dtype not in ("float32", "float16", "bfloat16"):
         raise LayerbudgetError(f"model.dtype must be float32, float16 or bfloat16, but got {cfg.model.dtype!r}")
+    check_device_name(cfg.model.device)
+    if cfg.model.family != "auto" and cfg.model.family not in known_families():
+        raise LayerbudgetError(f"unknown model.family {cfg.model.family!r}; known: auto, {', '.join(known_families())}")
 
 
 def _validate_sweep(budgets: tuple[Budget, ...]) -> None:

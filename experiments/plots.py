@@ -2,9 +2,10 @@
 
 - :func:`pareto_front` — indices of the non-dominated (cost, value) points, both minimised;
 - :func:`plot_pareto` — for every searcher of every run: calibration fitness of every evaluated
-  candidate (``candidates.parquet``) and held-out measure of each chosen plan (``summary.csv``) vs
-  each cost (``avg_bits``, ``bytes``, any ``latency:*`` column); dominated points faint, the
-  frontier a step line;
+  candidate (``candidates.parquet``) and the held-out measure of each chosen plan on every
+  evaluation text (``summary.csv``: ``heldout``, ``heldout:<text>``) vs each cost (``avg_bits``,
+  ``bytes``, any ``latency:*`` column); dominated points faint, the frontier a step line, chosen
+  plans with ±1 standard-error bars where the summary has them;
 - :func:`plot_plan_heatmap` — units × plans (budget, searcher), colour = bits per weight of the
   option, ``dense`` and ``drop`` drawn distinctly.
 
@@ -117,6 +118,22 @@ def _draw_front(ax, x: np.ndarray, y: np.ndarray, style: dict) -> None:
         ax.scatter(fx, fy, s=32, color=color, marker=marker, edgecolors="white", linewidths=0.6, zorder=3)
 
 
+def _error_bars(ax, x: np.ndarray, y: np.ndarray, se: np.ndarray | None, style: dict) -> None:
+    """Standard-error bars (±1 SE) on the chosen plans."""
+    if se is None:
+        return
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(se)
+    if ok.any():
+        ax.errorbar(x[ok], y[ok], yerr=se[ok], fmt="none", ecolor=style["color"], elinewidth=1.0, capsize=3,
+                    alpha=0.8, zorder=2)
+
+
+def heldout_columns(summaries: Sequence[pd.DataFrame]) -> list[str]:
+    """``heldout`` and every ``heldout:<text>`` column found in any summary, in order of appearance."""
+    cols = [c for f in summaries for c in f.columns if c == "heldout" or str(c).startswith("heldout:")]
+    return [c for c in dict.fromkeys(cols) if not str(c).endswith("_se")]
+
+
 def _fitness_name(run_dir: Path) -> str:
     try:
         return str(Plan.load(run_dir / "plan.json").provenance.get("fitness") or "fitness")
@@ -125,15 +142,22 @@ def _fitness_name(run_dir: Path) -> str:
 
 
 def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None) -> list[Path]:
-    """Pareto frontiers of every (run, searcher) of ``run_dirs`` in one figure; returns the written files.
+    """Write :func:`pareto_figure` to ``out`` (and its ``.png``/``.svg`` sibling); returns the written files."""
+    return _save(pareto_figure(run_dirs, names=names), Path(out), sibling=True)
 
-    Top row: calibration fitness of every evaluated candidate vs each cost; bottom row: held-out
-    measure of each chosen plan vs the same costs. Lower is better everywhere. Runs are labelled
+
+def pareto_figure(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None = None):
+    """Pareto frontiers of every (run, searcher) of ``run_dirs`` in one matplotlib figure.
+
+    Top row: calibration fitness of every evaluated candidate vs each cost; one row per evaluation
+    text below: the held-out measure of each chosen plan vs the same costs, with ±1 standard-error
+    bars. Lower is better everywhere. Runs are labelled
     by ``names`` (default: their directory names).
     """
     if not run_dirs:
         raise LayerbudgetError("plot needs at least one run directory")
     plt = _pyplot()
+    from matplotlib.collections import PathCollection
     from matplotlib.lines import Line2D
 
     runs = [(Path(d), *_read_run(Path(d))) for d in run_dirs]
@@ -148,7 +172,9 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Seque
     colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(searchers)}
     markers, linestyles = ["o", "s", "^", "D", "v", "P", "X"], ["-", "--", ":", "-."]
     fitness = " / ".join(dict.fromkeys(_fitness_name(r[0]) for r in runs))
-    fig, axes = plt.subplots(2, len(costs), figsize=(5.2 * len(costs), 8.0), squeeze=False)
+    held = heldout_columns([summ for _, _, summ in runs])
+    fig, axes = plt.subplots(1 + len(held), len(costs), figsize=(5.2 * len(costs), 4.0 * (1 + len(held))),
+                             squeeze=False)
     legend: dict[str, dict] = {}
     for r, (name, (_, cands, summary)) in enumerate(zip(names, runs)):
         for searcher in dict.fromkeys(summary["searcher"]):
@@ -161,18 +187,29 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Seque
             for j, col in enumerate(costs):
                 if col in sub.columns and len(sub):
                     _draw_front(axes[0, j], _scale(col, sub[col]), sub["fitness"].to_numpy(float), style)
-                if col in plans.columns and "heldout" in plans.columns:
-                    _draw_front(axes[1, j], _scale(col, plans[col]), plans["heldout"].to_numpy(float), style)
+                if col in plans.columns and "fitness_se" in plans.columns:
+                    _error_bars(axes[0, j], _scale(col, plans[col]), plans["fitness"].to_numpy(float),
+                                plans["fitness_se"].to_numpy(float), style)
+                for i, h in enumerate(held, start=1):
+                    if col in plans.columns and h in plans.columns:
+                        x, y = _scale(col, plans[col]), plans[h].to_numpy(float)
+                        _draw_front(axes[i, j], x, y, style)
+                        se = plans[h + "_se"].to_numpy(float) if h + "_se" in plans.columns else None
+                        _error_bars(axes[i, j], x, y, se, style)
+    titles = [f"{fitness}, calibration (every candidate; bars: ±1 SE of the chosen plans)"]
+    titles += [f"{fitness}, {'held-out' if h == 'heldout' else h} (chosen plans, ±1 SE)" for h in held]
     for j, col in enumerate(costs):
-        for i, what in enumerate((f"{fitness}, calibration (every candidate)", f"{fitness}, held-out (chosen plans)")):
+        for i, what in enumerate(titles):
             ax = axes[i, j]
             ax.set_xlabel(COST_LABELS.get(col, col))
             ax.set_ylabel(what)
-            ys = [line.get_ydata() for line in ax.lines] + [c.get_offsets()[:, 1] for c in ax.collections]
+            ys = [line.get_ydata() for line in ax.lines]
+            ys += [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)]  # not error bars
             ys = np.concatenate([np.asarray(y, float) for y in ys]) if ys else np.zeros(0)
             ys = ys[np.isfinite(ys)]
             if len(ys) and ys.min() > 0 and ys.max() / ys.min() > 20:
                 ax.set_yscale("log")
+            _plain_numbers(ax)
             ax.grid(True, which="major", alpha=0.3)
     title = names[0] if len(runs) == 1 else f"{len(runs)} runs"
     fig.suptitle(f"Pareto frontiers of {title}: lower is better; faint points are dominated")
@@ -182,7 +219,18 @@ def plot_pareto(run_dirs: Sequence[str | Path], out: str | Path, *, names: Seque
                    for label, st in legend.items()]
         fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
-    return _save(fig, Path(out), sibling=True)
+    return fig
+
+
+def _plain_numbers(ax) -> None:
+    """Linear axes label their ticks with the values themselves: no offset (``+2.883e1``), no ``1e-4`` factor."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+            formatter.set_scientific(False)
 
 
 # ----- plan heatmap --------------------------------------------------------------------------------
@@ -246,7 +294,15 @@ def _budget_label(plan: Plan) -> str:
 
 
 def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None = None) -> list[Path]:
-    """Heatmap of the chosen option of every unit (rows) in every plan of a run (columns)."""
+    """Write :func:`heatmap_figure` to ``out``; returns the written files."""
+    return _save(heatmap_figure(run_dir, name=name), Path(out))
+
+
+def heatmap_figure(run_dir: str | Path, *, name: str | None = None):
+    """Heatmap of the chosen option of every unit (rows) in every plan of a run (columns), as a matplotlib figure.
+
+    Column labels (searcher and budget) stand upright under the columns, so neighbours never overlap.
+    """
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch, Rectangle
 
@@ -280,8 +336,7 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None 
                     color="white" if dark else "black")
     prefix = _common_prefix(units)
     ax.set_yticks(range(n_units), [u[len(prefix):] for u in units], fontsize=7)
-    ax.set_xticks(range(n_plans), [label for label, _ in columns], fontsize=8)
-    ax.xaxis.tick_top()
+    ax.set_xticks(range(n_plans), [label.replace("\n", " ") for label, _ in columns], fontsize=8, rotation=90)
     ax.set_xticks(np.arange(-0.5, n_plans), minor=True)
     ax.set_yticks(np.arange(-0.5, n_units), minor=True)
     ax.grid(which="minor", color="white", linewidth=0.6)
@@ -293,11 +348,11 @@ def plot_plan_heatmap(run_dir: str | Path, out: str | Path, *, name: str | None 
               loc="upper left", bbox_to_anchor=(1.0 + 0.9 / max(n_plans, 1), 1.0), frameon=False, fontsize=8)
     ax.set_ylabel(f"unit ({prefix}…)" if prefix else "unit")
     ax.set_xlabel(LABEL_KEY, fontsize=8)
-    ax.set_title(f"plans of {name or run_dir.resolve().name}", pad=34)
+    ax.set_title(f"plans of {name or run_dir.resolve().name}")
     with warnings.catch_warnings():  # the legend sits outside the axes; the tight bounding box at save keeps it
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    return _save(fig, Path(out))
+    return fig
 
 
 def _common_prefix(names: Sequence[str]) -> str:

@@ -24,6 +24,7 @@ from layerbudget.options import DENSE, parse_options
 from layerbudget.problem import Budget, EvalRequest, Problem
 from layerbudget.profiles.database import Database, calib_digest, load_or_build_database, open_cached_database
 from layerbudget.profiles.latency import load_or_build_latency, slot_latency_ns
+from layerbudget.profiles.option_fit import check_budget_fit, check_budgets_early
 from layerbudget.profiles.profile import Profile, build_problem, load_or_build_profile
 
 
@@ -87,6 +88,7 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
     cache_dir = cfg.cache_dir()
     inputs = cfg.options.calibration_inputs
     if build:
+        check_budgets_early(adapter, names, cfg.budget)  # before the database is built
         database, reused = load_or_build_database(
             adapter,
             options,
@@ -106,8 +108,8 @@ def prepare(cfg: ExperimentConfig, *, progress: bool = True, build: bool = True)
     for budget in cfg.budget:
         known = tuple(c for c in budget.constraints if c.metric in problem.coef)
         if build or len(known) == len(budget.constraints):
-            problem.check_budget(budget)
+            check_budget_fit(problem, budget, adapter, names)
         elif known:
-            problem.check_budget(Budget(known))
+            check_budget_fit(problem, Budget(known), adapter, names)
     calib_hash = str(calib_digest(tokens.calib))
     return Prepared(cfg, adapter, tokens, fitness, database, problem, names, calib_hash, cache_dir, reused, latency)

@@ -1,19 +1,27 @@
-"""Calibration and held-out token windows from pydoc topics (default), a text file, or strings.
+"""Token windows from texts: calibration, held-out and evaluation windows of a built-in text, a text file, or strings.
 
-The text is tokenized as one stream (documents joined by blank lines); the last ``heldout_fraction``
-of the tokens is the held-out part and the rest the calibration part, so the two never overlap and
-the split does not depend on the seed. Each part is cut into non-overlapping windows of
-``seq_len`` tokens (special tokens such as [CLS]/[SEP] or BOS included); the seed picks which
-windows are used.
+Built-in texts ship with every CPython install (their sha256 goes into a plan's provenance, as they
+depend on the Python version): ``pydoc`` is ``pydoc_data.topics``, the reference topics ``help()``
+shows; ``docstrings`` the docstrings of the public top-level standard-library modules (module,
+class and function docstrings of at least ``MIN_WORDS`` words, doctest lines removed), read with
+:mod:`ast` so nothing runs — a second English text, by other authors and in another register.
 
-The database's calibration statistics (GPTQ/SparseGPT Hessians, Wanda norms, output errors) come
-from their own windows of the calibration part, disjoint from the fitness windows: GPTQ fitted to
-the very windows the search scores on would look better there than anywhere else.
+A text is tokenized as one stream (documents joined by blank lines) and cut into non-overlapping
+windows of ``seq_len`` tokens (special tokens such as [CLS]/[SEP] or BOS included). For the
+calibration text, the last ``heldout_fraction`` of the tokens is the held-out part and the rest the
+calibration part, so the two never overlap and the split does not depend on the seed; the seed picks
+which windows are used. The database's calibration statistics (GPTQ/SparseGPT Hessians, Wanda norms,
+output errors) come from their own windows of the calibration part, disjoint from the fitness
+windows. Further evaluation texts (``data.eval_sources``) give ``heldout_windows`` windows each
+(:class:`EvalSet`), drawn with the run's seed; the search never sees them.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,54 @@ import torch
 from layerbudget.errors import LayerbudgetError
 
 PYDOC = "pydoc"
+DOCSTRINGS = "docstrings"
+MIN_WORDS = 30  # shorter docstrings are mostly one-line summaries or signatures
+
+
+def builtin_texts() -> tuple[str, ...]:
+    """Names of the built-in texts."""
+    return (PYDOC, DOCSTRINGS)
+
+
+def builtin_documents(name: str) -> list[str]:
+    """The documents of built-in text ``name`` (see :func:`builtin_texts`)."""
+    if name == PYDOC:
+        from pydoc_data import topics
+
+        return [topics.topics[k] for k in sorted(topics.topics)]
+    if name == DOCSTRINGS:
+        return list(stdlib_docstrings())
+    raise LayerbudgetError(f"unknown built-in text {name!r}; known: {', '.join(builtin_texts())}")
+
+
+def _prose(doc: str) -> str:
+    """A docstring without its interactive examples (``>>>`` and ``...`` lines)."""
+    lines = [line for line in doc.splitlines() if not line.lstrip().startswith((">>>", "... "))]
+    return "\n".join(lines).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_docstrings() -> tuple[str, ...]:
+    """Docstrings of the public top-level standard-library modules, in file and source order, without repeats."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+    seen: dict[str, None] = {}
+    for path in files:
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError, OSError):  # not this interpreter's syntax, or unreadable
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                text = _prose(doc) if doc else ""
+                if len(text.split()) >= MIN_WORDS:
+                    seen.setdefault(text)
+    if not seen:
+        raise LayerbudgetError(f"no standard-library sources with docstrings found under {root}")
+    return tuple(seen)
+
+
 DEFAULT_CALIBRATION_WINDOWS = 128  # windows of the database's calibration statistics
 
 
@@ -86,19 +142,20 @@ class TextSpec:
 
 
 def load_documents(source: str | Sequence[str]) -> tuple[list[str], str]:
-    """Documents of a text source: ``"pydoc"``, a path to a UTF-8 text file, or a list of strings."""
+    """Documents of a text source: a built-in text (``"pydoc"``, ``"docstrings"``, see
+    :mod:`layerbudget.data`), a path to a UTF-8 text file, or a list of strings."""
     if isinstance(source, str):
-        if source == PYDOC:
-            from pydoc_data import topics
-
-            return [topics.topics[k] for k in sorted(topics.topics)], PYDOC
+        if source in builtin_texts():
+            return builtin_documents(source), source
         path = Path(source).expanduser()
         try:
             is_file = path.is_file()
         except OSError:  # e.g. a long text passed where a path was expected
             is_file = False
         if not is_file:
-            raise LayerbudgetError(f"text source {source!r} is neither 'pydoc' nor an existing text file")
+            raise LayerbudgetError(
+                f"text source {source!r} is neither a built-in text ({', '.join(builtin_texts())}) nor an existing text file"
+            )
         try:
             return [path.read_text(encoding="utf-8")], str(path)
         except UnicodeDecodeError:
@@ -188,3 +245,86 @@ def build_token_sets(
         text_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         source=name,
     )
+
+
+HELDOUT = "heldout"  # the label of the calibration text's held-out part
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Windows of one evaluation text and where they come from."""
+
+    label: str  # "heldout" (the calibration text's held-out part) or "heldout:<name>"
+    source: str
+    ids: torch.Tensor  # [W, S]
+    text_hash: str  # sha256 of the text ("" for the calibration text's part: see TokenSets.text_hash)
+
+    @property
+    def windows(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def source_name(source: str) -> str:
+    """A short name of a text source: a built-in text's name, else the file's name without suffix."""
+    return source if source in builtin_texts() else Path(source).stem
+
+
+def source_label(source: str) -> str:
+    """The column label of an evaluation source in summaries: ``heldout:<name>``."""
+    return f"{HELDOUT}:{source_name(source)}"
+
+
+def check_eval_sources(sources: Sequence[str], calib_source: str) -> None:
+    """Refuse, before any work, evaluation sources that are missing, unreadable, repeated or the calibration text."""
+    labels: dict[str, str] = {}
+    for source in sources:
+        if not isinstance(source, str) or not source:
+            raise LayerbudgetError(f"data.eval_sources must list text sources, but got {source!r}")
+        if source == calib_source:
+            raise LayerbudgetError(
+                f"data.eval_sources lists the calibration text {source!r}; its held-out part is always evaluated"
+            )
+        label = source_label(source)
+        if label in labels:
+            raise LayerbudgetError(
+                f"data.eval_sources {labels[label]!r} and {source!r} would both be reported as {label!r}; "
+                "rename one of the files"
+            )
+        labels[label] = source
+        if source not in builtin_texts():
+            load_documents(source)  # raises a one-line error for a missing, non-UTF-8 or non-file source
+
+
+def build_eval_sets(
+    tokenizer: object,
+    sources: Sequence[str],
+    *,
+    seq_len: int,
+    windows: int,
+    seed: int = 0,
+) -> list[EvalSet]:
+    """``windows`` windows of ``seq_len`` tokens of every text in ``sources``, drawn with ``seed``."""
+    out = []
+    affixes = _special_affixes(tokenizer)
+    for source in sources:
+        docs, name = load_documents(source)
+        text = "\n\n".join(docs)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
+        pool = _windows(ids, seq_len, affixes)
+        if len(pool) < windows:
+            raise LayerbudgetError(
+                f"evaluation text {name!r} is too short: {len(ids)} tokens give {len(pool)} windows of {seq_len} "
+                f"tokens but data.heldout_windows={windows}; use a longer text or fewer windows"
+            )
+        rng = np.random.default_rng([seed, int(digest[:8], 16)])  # per text: the order of sources does not matter
+        idx = np.sort(rng.choice(len(pool), size=windows, replace=False))
+        out.append(
+            EvalSet(
+                label=source_label(source),
+                source=name,
+                ids=pool[torch.from_numpy(idx)],
+                text_hash=digest,
+            )
+        )
+    return out

@@ -25,6 +25,14 @@ from layerbudget.families import (
     family_by_name,
     family_for_model_type,
 )
+from layerbudget.hf_load import (
+    check_family,
+    first_line,
+    load_hf_config,
+    load_weights,
+    quiet_transformers,
+    require_device,
+)
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -156,25 +164,23 @@ def load_model(
     device: str = "cpu",
 ) -> ModelAdapter:
     """Load a model and its tokenizer from a directory or hub id (the embedded MiniLM by default)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(model_id)
     torch_dtype = _parse_dtype(dtype)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerbudgetError(f"could not load model {model_id!r}: {first}") from None
-    spec = family_by_name(family) if family != "auto" else family_for_model_type(config.model_type)
+    shown = str(model_id or DEFAULT_MODEL)
+    config = load_hf_config(path, shown)
+    spec = check_family(family, config.model_type, shown) or family_for_model_type(config.model_type)
+    require_device(device)  # before reading the weights
     loader = AutoModel if spec.task == "encoder" else AutoModelForCausalLM
-    model = loader.from_pretrained(path, dtype=torch_dtype)
+    model = load_weights(loader, path, shown, spec, dtype=torch_dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerbudgetError(f"model {model_id!r} has no usable tokenizer: {first}") from None
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers reading a user's files: any failure means they are unusable
+        raise LayerbudgetError(f"model {model_id!r} has no usable tokenizer: {first_line(exc)}") from None
     name = DEFAULT_MODEL_NAME if model_id in (None, "", DEFAULT_MODEL) else str(model_id)
     return ModelAdapter(model.to(device).eval(), spec, tokenizer=tokenizer, model_id=name)
 

@@ -5,19 +5,20 @@ Layout of a database directory (written to a temporary directory and renamed whe
     index.json                 version, key, model, options, calibration, sub-block influence, and per
                                unit: options/skips, file hash, output error of every variant,
                                output norm and outlier ratio
+    index.sha256               sha256 of index.json (an edit that keeps it valid JSON is caught too)
     units/0000.safetensors     tensors "<option>/<name>" of unit 0 (see profiles.methods)
     ...
 
 The directory name is the key: a hash of the model weights, the option list, the format version,
 the calibration data and (when an option needs calibration) where its inputs come from. A second run with the same key reuses
-it; a file whose sha256 differs from the index is detected and the database rebuilt.
+it; a file whose sha256 differs from the index, or an index whose sha256 differs from
+``index.sha256``, is detected and the database rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,12 +30,14 @@ from tqdm.auto import tqdm
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.model import ModelAdapter
+from layerbudget.notices import notice
 from layerbudget.options import Option
 from layerbudget.profiles.calibration import first_block_inputs, outlier_ratio, output_error, run_block
 from layerbudget.profiles.methods import UnitStats, compress, decode
 from layerbudget.storage import atomic_dir, content_hash, database_dir, file_hash
 
 DB_VERSION = 4  # 4: codes packed in the kernels' interleaved layout (format version 2)
+INDEX_HASH = "index.sha256"  # the sha256 of index.json, written beside it
 
 
 class CorruptCache(LayerbudgetError):
@@ -117,7 +120,14 @@ class Database:
         return w
 
     def verify(self) -> None:
-        """Raise :class:`CorruptCache` if any file differs from the hash recorded in the index."""
+        """Raise :class:`CorruptCache` if the index or any file differs from the hash recorded for it."""
+        index, recorded = self.root / "index.json", self.root / INDEX_HASH
+        try:
+            same = index.is_file() and file_hash(index) == recorded.read_text().strip()
+        except OSError:
+            same = False
+        if not same:
+            raise CorruptCache(f"database index {index} is missing, edited or corrupted (it differs from {INDEX_HASH})")
         for u in self.index["units"]:
             path = self.root / u["file"]
             if not path.is_file() or file_hash(path) != u["sha256"]:
@@ -229,6 +239,7 @@ def build_database(
             "units": units_index,
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        (tmp / INDEX_HASH).write_text(file_hash(tmp / "index.json") + "\n")
     return Database(root, index)
 
 
@@ -299,6 +310,6 @@ def load_or_build_database(
         try:
             return open_database(root), True
         except CorruptCache as exc:
-            warnings.warn(f"{exc}; rebuilding the database", stacklevel=2)
+            notice(f"{exc}; rebuilding the database")
     db = build_database(adapter, options, root, calib=calib, batch_size=batch_size, inputs=inputs, progress=progress)
     return db, False

@@ -24,7 +24,6 @@ import csv
 import math
 import platform
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from layerbudget.kernels.ops import packed_matmul
 from layerbudget.kernels.packing import PACK_BITS, k_multiple
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
+from layerbudget.notices import notice
 from layerbudget.options import Option, parse_option
 from layerbudget.problem import Problem
 from layerbudget.profiles.database import CorruptCache
@@ -346,7 +346,7 @@ def load_or_build_latency(problem: Problem, target: str, m: int, cache_dir: Path
                 raise CorruptCache(f"latency table {path} does not match its recorded hash")
             return pd.read_parquet(path), True
         except (CorruptCache, OSError, ValueError) as exc:
-            warnings.warn(f"{exc}; measuring the latency table again", stacklevel=2)
+            notice(f"{exc}; measuring the latency table again")
     table = latency_table(items, target, m)
     write_with_hash(path, lambda p: table.to_parquet(p, index=False))
     return table, False

@@ -8,7 +8,6 @@ units) and, when ``drop`` is among the options, one keep/drop slot per attention
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 
 from layerbudget.errors import LayerbudgetError
 from layerbudget.model import ModelAdapter
+from layerbudget.notices import notice
 from layerbudget.options import DENSE, DROP
 from layerbudget.problem import KEEP, Candidate, Problem, Slot
 from layerbudget.profiles.database import CorruptCache, Database
@@ -202,7 +202,7 @@ def load_or_build_profile(
                 raise CorruptCache(f"profile {path} belongs to another configuration")
             return profile, True
         except CorruptCache as exc:
-            warnings.warn(f"{exc}; measuring the profile again", stacklevel=2)
+            notice(f"{exc}; measuring the profile again")
     fitness = one_at_a_time(problem, score, progress=progress, score_many=score_many)
     werr = weight_error(problem, database, adapter.dense_weight)
     oerr, feats = slot_measures(problem, database)

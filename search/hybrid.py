@@ -36,6 +36,7 @@ import numpy as np
 
 from layerbudget.errors import LayerbudgetError, Record, rule
 from layerbudget.problem import INACTIVE, Budget, Candidate, Constraint, EvalRequest, Evaluation, Problem
+from layerbudget.search.anchor import AnchorPenalty
 from layerbudget.search.base import Searcher, register_searcher
 from layerbudget.search.dp import solve_dp
 from layerbudget.search.evolution import CALIB, EvolutionParams, EvolutionSearcher
@@ -47,6 +48,7 @@ DEFAULT_NEIGHBOURS = (0.98, 0.96, 0.93, 1.02, 1.05)
 DEFAULT_VALIDATE = 4
 DEFAULT_VALIDATION_WINDOWS = 64
 DEFAULT_TOLERANCE = 0.01
+DEFAULT_ANCHOR = 0.0
 VALIDATION_BATCH = 2**31 - 1  # the evolution draws its fresh batches below this, so never this one
 
 
@@ -106,6 +108,8 @@ class HybridParams(Record):
     ``uniform``: also seed from the fitting uniform plans; ``corrections``: rounds of proxy
     correction; ``linearise``: switches per slot of the operating-point step (0: none);
     ``validate``: finalists compared on the validation batch (0 or 1: none);
+    ``anchor``: relative penalty per slot away from the solver's plan when plans are ranked
+    (:class:`~layerbudget.search.anchor.AnchorPenalty`; 0: none);
     ``max_evaluations``: a hard cap on everything the hybrid asks, seeds included.
     """
 
@@ -118,6 +122,7 @@ class HybridParams(Record):
     validate: int = rule(DEFAULT_VALIDATE, least=0)
     validation_windows: int = rule(DEFAULT_VALIDATION_WINDOWS, least=1)
     tolerance: float = rule(DEFAULT_TOLERANCE, least=0)
+    anchor: float = rule(DEFAULT_ANCHOR, least=0)
     max_evaluations: int | None = rule(None, least=1)
     evolution: EvolutionParams = rule(default_factory=EvolutionParams, flat=True)
 
@@ -147,6 +152,8 @@ class HybridSearcher(Searcher):
         self._solve = solve_ilp if solver == "ilp" else solve_dp
         self.seeds = solver_seeds(problem, budget, p.neighbours, solver)
         self.n_solver_seeds = len(self.seeds)  # seeds[:n] are solver plans, the rest uniform plans
+        # plans are ranked with a penalty per slot that differs from the solver's plan at the target
+        self.penalty = AnchorPenalty(self.seeds[0] if self.seeds else None, p.anchor)
         if p.uniform:
             self.seeds += [c for c in uniform_seeds(problem, budget) if c not in self.seeds]
         if not self.seeds:
@@ -198,7 +205,6 @@ class HybridSearcher(Searcher):
             if requests:
                 return requests
             self._phase = "final"
-            self.scores.update(self.evolution.calib)
             winner = self.evolution.result()
             if winner not in self.scores:
                 return [EvalRequest(winner)]
@@ -216,7 +222,8 @@ class HybridSearcher(Searcher):
         self.evaluations += len(evaluations)
         if self._phase == "evolution":
             assert self.evolution is not None
-            self.evolution.tell(evaluations)
+            self.scores.update((e.candidate, e.fitness) for e in evaluations if e.request.windows is None)
+            self.evolution.tell(self.penalty.evaluations(evaluations))
             return
         if self._phase == "validate":
             self.validation.update((e.candidate, e.fitness) for e in evaluations)
@@ -245,7 +252,7 @@ class HybridSearcher(Searcher):
                 return
         self.start = best = self.calibration_best()
         self.evolution = self._make_evolution(best, self.evaluations + self._reserve)
-        self.evolution.remember(self.scores)
+        self.evolution.remember(self.penalty.scores(self.scores))
         self._phase = "evolution"
 
     def _linearised(self) -> Candidate | None:
@@ -300,7 +307,9 @@ class HybridSearcher(Searcher):
     def _ranked(self) -> list[Candidate]:
         """Plans that fit the budget and scored finite on the calibration windows, best first."""
         finite = {  # the operating-point switches are scored too, and most break the budget
-            c: f for c, f in self.scores.items() if math.isfinite(f) and self.problem.satisfies(c, self.budget)
+            c: self.penalty(c, f)
+            for c, f in self.scores.items()
+            if math.isfinite(f) and self.problem.satisfies(c, self.budget)
         }
         return sorted(finite, key=lambda c: (finite[c], c))
 
@@ -309,8 +318,9 @@ class HybridSearcher(Searcher):
         ranked = self._ranked()
         if not ranked:
             return []
-        limit = self.scores[ranked[0]] + self.tolerance * abs(self.scores[ranked[0]])
-        return [c for c in ranked[: self.validate] if self.scores[c] <= limit]
+        best = self.penalty(ranked[0], self.scores[ranked[0]])
+        limit = best + self.tolerance * abs(best)
+        return [c for c in ranked[: self.validate] if self.penalty(c, self.scores[c]) <= limit]
 
     def calibration_best(self) -> Candidate:
         """The best plan on the standard calibration windows (what the search optimises; before validation)."""
@@ -321,7 +331,7 @@ class HybridSearcher(Searcher):
 
     def result(self) -> Candidate:
         """The best finalist on the validation batch, or (without one) the best on the calibration set."""
-        valid = {c: f for c, f in self.validation.items() if math.isfinite(f)}
+        valid = {c: self.penalty(c, f) for c, f in self.validation.items() if math.isfinite(f)}
         if valid:
             return min(valid, key=lambda c: (valid[c], self.scores[c], c))
         return self.calibration_best()

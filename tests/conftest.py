@@ -116,6 +116,12 @@ def build_tiny_model(kind: str, *, seed: int = 0, **overrides: object) -> torch.
 
 
 @pytest.fixture(scope="session")
+def tiny_model_factory() -> Callable[..., torch.nn.Module]:
+    """:func:`build_tiny_model`, for tests that save a tiny model for a subprocess to load."""
+    return build_tiny_model
+
+
+@pytest.fixture(scope="session")
 def make_tiny() -> Callable[..., object]:
     """Factory ``make_tiny(kind, seed=0, **config_overrides) -> ModelAdapter``; a fresh model per call."""
     from layerbudget.model import ModelAdapter

@@ -203,7 +203,7 @@ def test_load_documents_sources(tmp_path) -> None:
     ids=lambda s: s if len(s) < 40 else "long",
 )
 def test_missing_text_file_raises(bert_tok, source: str) -> None:
-    with pytest.raises(LayerbudgetError, match="neither 'pydoc' nor an existing text file") as info:
+    with pytest.raises(LayerbudgetError, match=r"neither a built-in text \(pydoc, docstrings\) nor an existing text file") as info:
         build_token_sets(bert_tok, source)
     if len(source) < 40:
         assert repr(source) in str(info.value)
@@ -216,7 +216,7 @@ def test_bad_text_sources_raise(bert_tok, tmp_path) -> None:
         build_token_sets(bert_tok, str(binary))
     with pytest.raises(LayerbudgetError, match="must hold only strings"):
         build_token_sets(bert_tok, ["fine", 3])
-    with pytest.raises(LayerbudgetError, match="neither 'pydoc' nor an existing text file"):
+    with pytest.raises(LayerbudgetError, match=r"neither a built-in text \(pydoc, docstrings\) nor an existing text file"):
         build_token_sets(bert_tok, str(tmp_path))  # a directory is not a text file
 
 

@@ -724,7 +724,8 @@ def test_load_model_family_and_dtype_options(saved_tiny) -> None:
     assert load_model(str(path), family="llama").spec.name == "llama"
     with pytest.raises(LayerbudgetError, match=r"unknown model family 'nope'; known: bert, gpt2, llama, opt"):
         load_model(str(path), family="nope")
-    with pytest.raises(LayerbudgetError, match=r"no blocks at 'transformer.h'"):
+    with pytest.raises(LayerbudgetError, match=r"model.family is 'gpt2', but model .* has model type 'mistral', "
+                       r"which is family 'llama'; use family = 'auto' or 'llama'"):
         load_model(str(path), family="gpt2")
     with pytest.raises(LayerbudgetError, match=r"dtype must be one of \['bfloat16', 'float16', 'float32'\]"):
         load_model(str(path), dtype="int8")

@@ -179,5 +179,6 @@ def test_default_config_is_valid_and_documents_the_embedded_default():
 
     cfg = load_config()
     assert cfg.model.id == "default" and cfg.data.source == "pydoc"
+    assert cfg.data.eval_sources == ("docstrings",) and cfg.data.heldout_windows == 200
     assert [b.to_dict() for b in cfg.budget] == [{"avg_bits": 3.5}]
     assert json.loads(json.dumps(cfg.to_dict()))["search"]["searchers"] == ["uniform", "ilp", "hybrid"]

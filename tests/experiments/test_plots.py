@@ -7,12 +7,20 @@ import shutil
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from smallrun import small_run_toml
 
 from layerbudget.experiments.cli import main
-from layerbudget.experiments.plots import option_bits_per_weight, pareto_front, plot_pareto, plot_plan_heatmap
+from layerbudget.experiments.plots import (
+    heatmap_figure,
+    option_bits_per_weight,
+    pareto_figure,
+    pareto_front,
+    plot_pareto,
+    plot_plan_heatmap,
+)
 from layerbudget.plan import Plan
 
 SMALL = small_run_toml("plots")
@@ -130,6 +138,49 @@ def test_plan_heatmap_shows_dense_and_drop(run_dir, tmp_path):
     assert written == [run / "plan_heatmap.png"]
     image = _png(written[0])
     assert image.shape[0] > image.shape[1] * 0.6  # 36 unit rows make a tall figure
+
+
+def test_heatmap_column_labels_do_not_overlap(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    plan = Plan.load(run / "plan.json")
+    for i in range(6):  # long searcher names and two-constraint budgets: wider than a column
+        Plan(plan.model, dict(plan.units), searcher=f"a-searcher-with-a-long-name-{i}",
+             budget={"avg_bits": 3.0 + i / 8, "bytes": 12_345_678 + i}).save(run / "plans" / f"long{i}-b{i}.json")
+    fig = heatmap_figure(run)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+    assert len(boxes) >= 8
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    title = ax.title.get_window_extent(renderer)
+    assert not any(title.overlaps(b) for b in boxes)
+    plt.close(fig)
+
+
+def test_pareto_axes_print_plain_values_without_an_offset(run_dir, tmp_path):
+    import pandas as pd
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lo, hi = pd.read_parquet(run / "candidates.parquet")["fitness"].agg(["min", "max"])
+    for name, read, write in (("candidates.parquet", pd.read_parquet, "to_parquet"), ("summary.csv", pd.read_csv, "to_csv")):
+        frame = read(run / name)  # values that share their leading digits: matplotlib would print "+2.883e1"
+        frame["fitness"] = 28.83 + (frame["fitness"] - lo) / (hi - lo) * 1e-3
+        if "fitness_se" in frame.columns:
+            frame["fitness_se"] = frame["fitness_se"] / (hi - lo) * 1e-3
+        getattr(frame, write)(run / name, index=False)
+    fig = pareto_figure([run])
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            assert axis.get_offset_text().get_text() == "", axis.get_offset_text().get_text()
+    calibration = fig.axes[0]  # the first row: calibration fitness of every candidate
+    assert any(t.get_text().startswith("28.8") for t in calibration.get_yticklabels())
+    plt.close(fig)
 
 
 def test_write_run_plots_labels_a_temporary_directory_by_its_final_name(run_dir, tmp_path):

@@ -26,7 +26,8 @@ PROJECT_LINES = (
     r"executor: ray \(2 workers\)",
     r"profile: \d+ \(slot, option\) rows, (measured|reused)",
     r"budget +searcher +avg_bits +fitness +heldout +evaluations +seconds",
-    r"avg_bits<=4 +(uniform|ilp) +[\d.]+ +[\d.]+ +[\d.]+ +\d+ +[\d.]+",
+    r"avg_bits<=4 +(uniform|ilp) +[\d.]+ +[\d.]+ ± [\d.]+ +[\d.]+ ± [\d.]+ +\d+ +[\d.]+",
+    r"held-out differences beyond noise \(paired, \|z\| > 2\): .+",
     r"run directory: .+",
 )
 

@@ -145,14 +145,15 @@ def test_latency_budget_through_the_problem_and_ilp(tmp_path):
         problem.check_budget(Budget.from_dict({"latency_us": lo * 0.9}))
 
 
-def test_corrupted_latency_cache_is_rebuilt(tmp_path):
+def test_corrupted_latency_cache_is_rebuilt(tmp_path, caplog):
     problem = _problem()
     table, _ = load_or_build_latency(problem, "a100", 1, tmp_path)
     path = next((tmp_path / "latency").glob("a100-*.parquet"))
     path.write_bytes(path.read_bytes()[:-20] + b"x" * 20)
-    with pytest.warns(UserWarning, match="measuring the latency table again"):
-        again, reused = load_or_build_latency(problem, "a100", 1, tmp_path)
+    again, reused = load_or_build_latency(problem, "a100", 1, tmp_path)
     assert not reused and again.equals(table)
+    notes = [r.getMessage() for r in caplog.records if r.name == "layerbudget"]
+    assert len(notes) == 1 and notes[0].endswith("; measuring the latency table again")
 
 
 def test_config_latency_section_is_validated():
