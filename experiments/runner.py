@@ -84,7 +84,7 @@ def run_experiment(
     interrupted run from there and finishes with the plan an uninterrupted run would give.
     """
     run_dir = resolve_run_dir(cfg, out, overwrite, resume)
-    check_eval_sources(cfg.data.eval_sources, cfg.data.source)  # before any work
+    check_eval_sources(cfg.data.eval_sources)  # before any work
     partial = PartialRun(run_dir, cfg, resume=resume)  # created with the first checkpoint
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

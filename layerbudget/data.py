@@ -274,16 +274,11 @@ def source_label(source: str) -> str:
     return f"{HELDOUT}:{source_name(source)}"
 
 
-def check_eval_sources(sources: Sequence[str], calib_source: str) -> None:
-    """Refuse, before any work, evaluation sources that are missing, unreadable, repeated or the calibration text."""
+def check_eval_sources(sources: Sequence[str]) -> None:
+    """Refuse, before any work, evaluation sources that are missing, unreadable or share a report label
+    (the config checks, when it loads, that they are named, distinct and not the calibration text)."""
     labels: dict[str, str] = {}
     for source in sources:
-        if not isinstance(source, str) or not source:
-            raise LayerbudgetError(f"data.eval_sources must list text sources, but got {source!r}")
-        if source == calib_source:
-            raise LayerbudgetError(
-                f"data.eval_sources lists the calibration text {source!r}; its held-out part is always evaluated"
-            )
         label = source_label(source)
         if label in labels:
             raise LayerbudgetError(
