@@ -333,10 +333,14 @@ class Problem:
         return tuple(out)
 
     def assignment(self, cand: Candidate) -> tuple[dict[str, str], list[str]]:
-        """Per-unit option names (``drop`` inside dropped sub-blocks) and the dropped sub-blocks."""
+        """Per-unit option names (``drop`` inside dropped sub-blocks) and the dropped sub-blocks.
+
+        The candidate is checked first (:meth:`canonical`): a wrong length or an index that is not
+        one of its slot's options (-1 outside a dropped sub-block included) is an error.
+        """
         units: dict[str, str] = {}
         dropped: list[str] = []
-        for s, c in zip(self.slots, cand):
+        for s, c in zip(self.slots, self.canonical(cand)):
             if s.is_subblock:
                 if s.options[c] == DROP:
                     dropped.append(s.name)

@@ -37,6 +37,7 @@ CALIB = 0  # stage windows 0: the standard calibration windows (known scores are
 MIN_GENERATIONS = 12  # when sized to an evaluation cap (preset "auto")
 MIN_OFFSPRING = 4
 ADAPT_START = 2
+MAX_RADIUS = 6  # mutations chained to one child when the parent's nearer neighbours were all seen
 
 
 def _windows(tokens: int) -> int:
@@ -128,8 +129,9 @@ class EvolutionSearcher(Searcher):
     :class:`EvolutionParams`).
 
     Duplicates are rejected: no candidate is offered twice (seeds passed to :meth:`remember`
-    included). The search ends after ``generations``, at the cap, or when no new feasible
-    offspring can be found. Candidates that score NaN are quarantined.
+    included). When random draws find no unseen neighbour of the parent, children are drawn from
+    chains of 2, 3, ... up to ``MAX_RADIUS`` mutations; the search ends after ``generations``, at
+    the cap, or when even those find nothing new. Candidates that score NaN are quarantined.
     """
 
     name = "evolution"
@@ -173,6 +175,7 @@ class EvolutionSearcher(Searcher):
         self.generation = self.evaluations = self.finite = 0
         self.quarantined: set[Candidate] = set()
         self.nan_count = self.rejected = self.duplicates = 0
+        self.widened = 1  # the most mutations chained to one child so far
         self._stage = 0
         self._pool: list[Candidate] = []
         self._asked: list[EvalRequest] = []
@@ -228,17 +231,25 @@ class EvolutionSearcher(Searcher):
         want = lam * self.prescreen
         pool: list[Candidate] = []
         drawn: set[Candidate] = set()
-        for _ in range(10 * want + 50):  # then the parent's unseen neighbours are (nearly) exhausted
-            if len(pool) >= want:
-                break
-            child = self.space.mutate(self.parent, self.rng)
-            if child is None:
-                self.rejected += 1
-            elif child in self.seen or child in drawn:
-                self.duplicates += 1
-            else:
-                drawn.add(child)
-                pool.append(child)
+        radius = 1
+        while lam > 0 and not pool and radius <= MAX_RADIUS:
+            for _ in range(10 * want + 50):  # then the unseen neighbours are (nearly) exhausted
+                if len(pool) >= want:
+                    break
+                child: Candidate | None = self.parent
+                for _ in range(radius):
+                    child = self.space.mutate(child, self.rng)
+                    if child is None:
+                        break
+                if child is None:
+                    self.rejected += 1
+                elif child in self.seen or child in drawn:
+                    self.duplicates += 1
+                else:
+                    drawn.add(child)
+                    pool.append(child)
+            radius += 1  # every neighbour seen: look further away (chains of mutations)
+        self.widened = max(self.widened, radius - 1)
         if self.surrogate is not None and len(pool) > lam:
             order = np.argsort(self.surrogate.predict(pool, self.parent), kind="stable")
             pool = [pool[k] for k in order[:lam]]

@@ -15,6 +15,8 @@ import numpy as np
 from layerbudget.options import DROP
 from layerbudget.problem import INACTIVE, KEEP, LE, Budget, Candidate, Constraint, Problem
 
+EXCHANGE = 1 / 3  # share of exchange switches where they apply (see FeasibleSpace.mutate)
+
 
 def raw_limit(problem: Problem, constraint: Constraint) -> int:
     """The largest (``<=``) or smallest (``>=``) raw coefficient sum that satisfies ``constraint``.
@@ -82,6 +84,9 @@ class FeasibleSpace:
         self.coef_by_slot = np.ascontiguousarray(np.moveaxis(self.coef, 0, -1))  # [L, K, M]
         self.units = [i for i, s in enumerate(slots) if not s.is_subblock]
         self.subs = [i for i, s in enumerate(slots) if s.is_subblock]
+        # with two or more constraints one order of levels cannot follow every trade-off (e.g. 2-bit
+        # vs 2:4 at 4 bits), so mutation may also exchange the options of two unit slots
+        self.swaps = len(budget.constraints) > 1
         self.keep = {i: slots[i].options.index(KEEP) for i in self.subs}
         self.drop = {i: slots[i].options.index(DROP) for i in self.subs}
         # levels: each slot's options from least to most compressed (budget pressure, then proxy)
@@ -189,6 +194,8 @@ class FeasibleSpace:
         a depth switch keeps one dropped sub-block and drops one kept one (a swap). The second half
         of a switch is skipped while the budget still holds, so slack left by the initial candidate
         gets used; with exact budgets (e.g. ``dropped >= k`` met exactly) switches are EvoPress's.
+        Under two or more constraints an exchange switch is a third kind: two active unit slots
+        trade options (each must offer the other's), a step the level order may not hold.
         """
         child = list(parent)
         t = self.totals(child)  # kept up to date change by change: feasibility checks stay cheap
@@ -211,9 +218,15 @@ class FeasibleSpace:
             kept = [s for s in self.subs if child[s] == self.keep[s]]
             gone = [s for s in self.subs if child[s] == self.drop[s]]
             kinds = (["level"] if up or down else []) + (["depth"] if self.subs else [])
+            if self.swaps and len(active) > 1 and (not kinds or rng.random() < EXCHANGE):
+                kinds = ["exchange"]
             if not kinds:
                 break
-            if kinds[int(rng.integers(len(kinds)))] == "level":
+            kind = kinds[int(rng.integers(len(kinds)))]
+            if kind == "exchange":
+                self._exchange(child, active, rng, put)
+                continue
+            if kind == "level":
                 b = down[int(rng.integers(len(down)))] if down else None
                 if b is not None:
                     put(b, self.levels[b][self.rank[b][child[b]] - 1])  # less compressed
@@ -234,6 +247,22 @@ class FeasibleSpace:
                     put(k, INACTIVE)
         cand = self.problem.canonical(child)
         return cand if fits() else self.repair(cand)
+
+    def _exchange(self, child: list[int], active: list[int], rng: np.random.Generator, put) -> None:
+        """Trade the options of a random active unit slot and a random partner holding another one."""
+        slots = self.problem.slots
+        i = active[int(rng.integers(len(active)))]
+        oi = slots[i].options[child[i]]
+        partners = [
+            j
+            for j in active
+            if (oj := slots[j].options[child[j]]) != oi and oj in slots[i].options and oi in slots[j].options
+        ]
+        if partners:
+            j = partners[int(rng.integers(len(partners)))]
+            oj = slots[j].options[child[j]]
+            put(i, slots[i].options.index(oj))
+            put(j, slots[j].options.index(oi))
 
     def greedy(self) -> Candidate | None:
         """The lowest-proxy option everywhere (sub-blocks kept), repaired into the budget."""

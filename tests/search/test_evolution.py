@@ -279,3 +279,86 @@ def test_a_standard_window_stage_reuses_known_scores():
     assert all(len(b) <= 2 for b in ex.batches if b[0].windows is None)  # survivors only: the parent is known
     with pytest.raises(LayerbudgetError, match=r"windows >= 0"):
         make_searcher("evolution", p, budget, stages=[(1, -1)])
+
+
+MIXED3 = ("rtn-b4-g64", "rtn-b2-g64", "magnitude-2:4+rtn-b4-g64")
+
+
+def trade_problem() -> tuple[Problem, Candidate, Candidate, Budget]:
+    """Eight equal slots under a bits and a sparsity constraint; the optimum trades the options of slots
+    0 and 7 of the start plan (4-bit <-> 2:4 + 4-bit: two levels apart in the level order)."""
+    slots = [Slot(f"s{i}", MIXED3, ((f"u{i}", (64, 128)),), i) for i in range(8)]
+    proxy = {(f"s{i}", o): 0.1 * k for i in range(8) for k, o in enumerate(MIXED3)}
+    p = Problem(slots, proxy=proxy)
+    start, best = (0, 2, 0, 2, 0, 2, 0, 2), (2, 2, 0, 2, 0, 2, 0, 0)
+    m = p.metrics(start)
+    return p, start, best, Budget.from_dict({"avg_bits": m["avg_bits"], "sparsity": 3 / 16})
+
+
+def test_exchange_switch_trades_options_only_under_several_constraints():
+    from layerbudget.search.feasible import FeasibleSpace
+
+    p, start, best, budget = trade_problem()
+    assert p.satisfies(best, budget) and p.metrics(best) == p.metrics(start)
+    space = FeasibleSpace(p, budget)
+    assert space.swaps and space.rank[0][2] - space.rank[0][0] == 2  # two levels apart
+    rng = np.random.default_rng(0)
+    children = {space.mutate(start, rng) for _ in range(3000)}
+    assert best in children
+    assert all(c is None or p.satisfies(c, budget) for c in children)
+    one = FeasibleSpace(p, Budget.from_dict({"avg_bits": p.metrics(start)["avg_bits"]}))
+    assert not one.swaps  # one constraint: the level order holds every trade-off
+
+
+class TradeScorer:
+    """``start`` is a local optimum: every other plan scores worse, except ``best``."""
+
+    def __init__(self, start: Candidate, best: Candidate):
+        self.start, self.best = start, best
+
+    def score(self, candidate, windows=None, batch=0):
+        return 0.0 if candidate == self.best else 1.0 if candidate == self.start else 2.0
+
+
+def test_evolution_finds_a_trade_the_level_switches_miss(monkeypatch):
+    from layerbudget.search import feasible
+
+    p, start, best, budget = trade_problem()
+
+    def found() -> int:
+        hits = 0
+        for seed in range(5):
+            s = make_searcher("evolution", p, budget, seed=seed, init="plan", init_candidate=start, max_evaluations=150)
+            hits += run_search(s, InlineExecutor(TradeScorer(start, best))).result == best
+        return hits
+
+    assert found() == 5
+    monkeypatch.setattr(feasible, "EXCHANGE", 0.0)
+    assert found() == 0  # without exchanges the trade takes four level moves in one child
+
+
+def six_slot_problem() -> tuple[Problem, Budget, PairScorer]:
+    rng = np.random.default_rng(3)
+    slots = [Slot(f"s{i}", TWO, ((f"u{i}", SHAPES[i % 3]),), i) for i in range(6)]
+    p = Problem(slots, proxy={(f"s{i}", TWO[1]): float(rng.uniform(0.1, 1.0)) for i in range(6)})
+    return p, Budget.from_dict({"avg_bits": 11.0}), PairScorer(p, rng.uniform(0.0, 0.5, size=5))
+
+
+def test_when_every_neighbour_was_seen_offspring_come_from_chained_mutations():
+    p, budget, _ = six_slot_problem()
+    s = make_searcher("evolution", p, budget, seed=0, max_evaluations=200)
+    rng = np.random.default_rng(1)
+    near = {c for _ in range(3000) if (c := s.space.mutate(s.parent, rng)) is not None} - {s.parent}
+    s.remember(dict.fromkeys(near, 9.0))  # the parent's neighbours are all known (and worse)
+    pool = s._offspring()
+    assert pool and not set(pool) & near and s.widened >= 2
+    assert all(p.satisfies(c, budget) for c in pool)
+
+
+def test_search_ends_when_no_unseen_plan_is_left():
+    p, budget, scorer = six_slot_problem()
+    feasible = [c for c in itertools.product((0, 1), repeat=6) if p.satisfies(c, budget)]
+    s = make_searcher("evolution", p, budget, seed=0, max_evaluations=1000)
+    out = run_search(s, InlineExecutor(scorer))
+    assert len({e.candidate for e in out.evaluations}) == len(out.evaluations) <= len(feasible) < 1000
+    assert scorer.score(out.result) == min(scorer.score(c) for c in feasible)

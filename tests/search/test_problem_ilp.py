@@ -148,6 +148,19 @@ def test_assignment_round_trip_and_tie_check():
     tied = Problem([Slot("g", QUANT, (("a", (8, 128)), ("b", (8, 128))), 0)], proxy={("g", o): 0.0 for o in QUANT})
     with pytest.raises(LayerbudgetError, match="share one option"):
         tied.from_assignment({"a": "dense", "b": "rtn-b4-g128"})
+    # malformed candidates are refused, not cut or read from the end of an option list
+    cand = p.canonical([0, 1, 2, 0, 3, 1])  # both sub-blocks kept
+    sub = next(i for i, s in enumerate(p.slots) if s.is_subblock)
+    unit = next(i for i, s in enumerate(p.slots) if not s.is_subblock)
+    assert p.from_assignment(*p.assignment(cand)) == cand
+    for bad, what in (
+        ((*cand, 0), "entries"),
+        (cand[:-1], "entries"),
+        (cand[:sub] + (-1,) + cand[sub + 1 :], "out of range"),
+        (cand[:unit] + (-1,) + cand[unit + 1 :], "out of range"),
+    ):
+        with pytest.raises(LayerbudgetError, match=what):
+            p.assignment(bad)
 
 
 def test_unknown_searcher_and_params():
