@@ -1,8 +1,8 @@
 """Checkpoint a searcher between ask/tell rounds, and restore it where it stopped.
 
-File format (version 2), always replaced atomically and durably::
+File format (version 3), always replaced atomically and durably::
 
-    LAYERBUDGET-CHECKPOINT 2 <sha256 of body> <bytes in body>\\n
+    LAYERBUDGET-CHECKPOINT 3 <sha256 of body> <bytes in body>\\n
     body = <header: one JSON line>\\n<payload: pickle>
 
 The header names the searcher (registry name and class), the seed, the budget, a fingerprint of
@@ -35,7 +35,7 @@ from layerbudget.problem import AskTell, EvalRequest, Evaluation, Problem
 from layerbudget.storage import atomic_write_bytes, content_hash
 
 MAGIC = b"LAYERBUDGET-CHECKPOINT"
-VERSION = 2  # 2: searchers take one typed parameters record; shared feasibility code in search.feasible
+VERSION = 3  # 2: typed parameters records, search.feasible; 3: exchange switches and chained mutations (new state)
 
 Rounds = list[list[Evaluation]]
 
