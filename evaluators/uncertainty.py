@@ -97,17 +97,20 @@ class Difference:
         return bool(abs(self.z) > NOISE_Z)
 
 
-def paired_difference(a: WindowScores, b: WindowScores) -> Difference:
-    """``a.value − b.value`` and its standard error, paired over the windows both were scored on."""
+def _same_windows(a: WindowScores, b: WindowScores) -> None:
     if a.windows != b.windows:
         raise LayerbudgetError(f"a paired comparison needs the same windows, but got {a.windows} and {b.windows}")
+
+
+def paired_difference(a: WindowScores, b: WindowScores) -> Difference:
+    """``a.value − b.value`` and its standard error, paired over the windows both were scored on."""
+    _same_windows(a, b)
     return Difference(a.value - b.value, _se(a.influence() - b.influence()))
 
 
 def relative_difference(a: WindowScores, b: WindowScores) -> Difference:
     """``a.value / b.value − 1`` (e.g. one plan's gain over another) with its paired standard error."""
-    if a.windows != b.windows:
-        raise LayerbudgetError(f"a paired comparison needs the same windows, but got {a.windows} and {b.windows}")
+    _same_windows(a, b)
     if not b.value or not math.isfinite(b.value):
         return Difference(math.nan, math.nan)
     ratio = a.value / b.value  # first order: d(a/b) = (da − (a/b)·db) / b

@@ -236,11 +236,7 @@ class EvolutionSearcher(Searcher):
             for _ in range(10 * want + 50):  # then the unseen neighbours are (nearly) exhausted
                 if len(pool) >= want:
                     break
-                child: Candidate | None = self.parent
-                for _ in range(radius):
-                    child = self.space.mutate(child, self.rng)
-                    if child is None:
-                        break
+                child = self._chain(radius)
                 if child is None:
                     self.rejected += 1
                 elif child in self.seen or child in drawn:
@@ -255,6 +251,15 @@ class EvolutionSearcher(Searcher):
             pool = [pool[k] for k in order[:lam]]
         self.seen.update(pool)
         return pool
+
+    def _chain(self, radius: int) -> Candidate | None:
+        """The parent mutated ``radius`` times in a row (None when a mutation cannot be repaired)."""
+        child: Candidate | None = self.parent
+        for _ in range(radius):
+            if child is None:
+                break
+            child = self.space.mutate(child, self.rng)
+        return child
 
     def ask(self) -> list[EvalRequest]:
         while not self._done:

@@ -38,6 +38,12 @@ def raw_limit(problem: Problem, constraint: Constraint) -> int:
     return r
 
 
+def range_phrase(c: Constraint, others: Sequence[Constraint], lo: float, hi: float) -> str:
+    """``"avg_bits ranges from 3.25 to 16 where sparsity>=0.1"``: ``c``'s metric over plans meeting ``others``."""
+    where = f" where {', '.join(str(o) for o in others)}" if others else ""
+    return f"{c.metric} ranges from {lo:.6g} to {hi:.6g}{where}"
+
+
 def explain(budget: Budget, reached: Sequence[Mapping[str, float]]) -> str:
     """Why none of a set of plans meets ``budget``, given each plan's metrics (``reached``).
 
@@ -51,8 +57,7 @@ def explain(budget: Budget, reached: Sequence[Mapping[str, float]]) -> str:
         others = [o for o in budget.constraints if o is not c]
         vals = [r[c.metric] for r in reached if all(o.holds(r[o.metric]) for o in others)]
         if vals:
-            where = f" where {', '.join(str(o) for o in others)}" if others else ""
-            parts.append(f"{c.metric} ranges from {min(vals):.6g} to {max(vals):.6g}{where}")
+            parts.append(range_phrase(c, others, min(vals), max(vals)))
     if not parts:
         parts = [
             f"{c.metric} ranges from {min(r[c.metric] for r in reached):.6g} to {max(r[c.metric] for r in reached):.6g}"
@@ -219,14 +224,11 @@ class FeasibleSpace:
             gone = [s for s in self.subs if child[s] == self.drop[s]]
             kinds = (["level"] if up or down else []) + (["depth"] if self.subs else [])
             if self.swaps and len(active) > 1 and (not kinds or rng.random() < EXCHANGE):
-                kinds = ["exchange"]
-            if not kinds:
-                break
-            kind = kinds[int(rng.integers(len(kinds)))]
-            if kind == "exchange":
                 self._exchange(child, active, rng, put)
                 continue
-            if kind == "level":
+            if not kinds:
+                break
+            if kinds[int(rng.integers(len(kinds)))] == "level":
                 b = down[int(rng.integers(len(down)))] if down else None
                 if b is not None:
                     put(b, self.levels[b][self.rank[b][child[b]] - 1])  # less compressed

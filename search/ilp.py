@@ -19,6 +19,7 @@ from layerbudget.errors import LayerbudgetError, rule
 from layerbudget.options import DROP
 from layerbudget.problem import LE, Budget, Candidate, Constraint, Problem
 from layerbudget.search.base import register_searcher
+from layerbudget.search.feasible import range_phrase
 from layerbudget.search.operating_point import SolverParams, SolverSearcher
 
 
@@ -88,8 +89,7 @@ def explain_infeasible(problem: Problem, budget: Budget, *, solver: str = "cbc")
         others = [o for o in budget.constraints if o is not c]
         bounds = problem.metric_range(c.metric) if not others else metric_bounds(problem, c.metric, others, solver=solver)
         if bounds is not None:
-            where = f" where {', '.join(str(o) for o in others)}" if others else ""
-            parts.append(f"{c.metric} ranges from {bounds[0]:.6g} to {bounds[1]:.6g}{where}")
+            parts.append(range_phrase(c, others, *bounds))
     return "; ".join(parts) or problem.describe_ranges(budget)
 
 
