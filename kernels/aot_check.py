@@ -4,7 +4,9 @@ The interpreter (``TRITON_INTERPRET=1``) checks numerics on CPU but accepts prog
 compiler rejects; this check lowers kernel variants through Triton's CUDA backend (TTIR → TTGIR →
 PTX → cubin with the ``ptxas`` bundled in the triton wheel) and reports each one's registers,
 spills and shared memory. Usage: ``python -m layerbudget.kernels.aot_check [--arch 90] [--all]
-[--dump DIR]`` (``--dump`` writes each variant's TTGIR and PTX); run it without
+[--dump DIR] [--sass [--csv FILE]]`` (``--dump`` writes each variant's TTGIR and PTX; ``--sass``
+compiles the decode kernels as :func:`~.configs.pick_config` launches them at 8192x8192 and
+reports the static instructions per weight of their K loop, see :mod:`.sass`); run it without
 ``TRITON_INTERPRET`` set. Exit status 1 if any variant fails to compile.
 """
 
@@ -14,7 +16,7 @@ import argparse
 import importlib
 import itertools
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 _INTS = ("M", "N", "K", "stride_xm", "stride_pn", "stride_sn", "stride_om", "stride_vn", "stride_mn",
@@ -23,6 +25,7 @@ _PTRS = {
     "lowbit": {"packed_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16"},
     "sparse": {"values_ptr": "*fp16", "meta_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16"},
     "sparse_quant": {"values_ptr": "*i32", "meta_ptr": "*i32", "scales_ptr": "*bf16", "zeros_ptr": "*bf16"},
+    "sparse_quant16": {"values_ptr": "*i32", "meta_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*fp16"},
 }
 
 
@@ -37,6 +40,7 @@ class Variant:
     num_warps: int = 4
     num_stages: int = 2
     name: str = field(default="", compare=False)
+    weights_per_iter: int = 0  # weights one thread handles per pass through the hot loop (0: not known)
 
 
 def _mm(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, stages: int, name: str) -> Variant:
@@ -58,10 +62,11 @@ def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
                f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
 
 
-def _tc(x: str, bits: int, bm: int, bn: int, flush: int, warps: int) -> Variant:
-    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "HAS_BIAS": True,
-              "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_U": 16}
-    return _tile("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, f"tc x={x} b{bits} tile={bn}x{bm} flush={flush}")
+def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, bc: int = 1) -> Variant:
+    consts = {"BITS": bits, "GROUP": group, "CU": 16, "ONE_GROUP": group % ((16 if bits == 3 else 32 // bits) * 16) == 0,
+              "HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_C": bc}
+    return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
+               f"tc x={x} b{bits} g{group} tile={bn}x{bm} split={split}")
 
 
 def _tc24(x: str, quant: bool, bits: int, cu: int) -> Variant:
@@ -89,20 +94,77 @@ def _dequant24(quant: bool, bits: int) -> Variant:
     return Variant("triton_sparse", "_dequant_sparse24_kernel", ptrs, consts, name=f"dequant 2:4 quant={quant} b{bits}")
 
 
+def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
+    """The decode kernels as :func:`~.configs.pick_config` launches them for ``[M, K] x [N, K]^T``,
+    M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
+    tensor-core kernel at M = 1, 16, 64."""
+    from .configs import pick_config
+    from .packing import chunk_units, fields_per_unit
+    from .sparse24 import meta_layout
+    from .triton_gemv import _launch_shape, flush_fields
+
+    out = []
+    for m in (1, 2, 4):
+        for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
+            cfg = pick_config(m, n, k, "lowbit")
+            cu, e = chunk_units(bits, k), fields_per_unit(bits)
+            block_c, _ = _launch_shape(m, n, cfg, e * cu, k)
+            consts = {"BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush_fields(group, e * cu, cu, e),
+                      "HAS_BIAS": False, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                      "BLOCK_C": block_c}
+            v = _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", "*fp16", consts, cfg.num_warps, cfg.num_stages,
+                    f"gemv M={m} w{bits}g{group}")
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * cu * e // (32 * cfg.num_warps)))
+        for quant, bits, group in ((False, 16, 1), (True, 4, 64)):
+            cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24")
+            e, chunk = meta_layout(k, bits if quant else None)
+            block_c, _ = _launch_shape(m, n, cfg, chunk, k // 2)
+            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": chunk // e, "UNROLL": 4, "HAS_BIAS": False,
+                      "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
+            name = f"gemv M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
+            v = _mm("triton_gemv", "_gemv_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
+                    cfg.num_warps, cfg.num_stages, name)
+            # the hot loop is the unrolled field loop: UNROLL fields of every unit
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * (chunk // e) * 4 // (32 * cfg.num_warps)))
+    for m in (1, 16, 64):
+        for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
+            cfg = pick_config(m, n, k, "lowbit", "tc")
+            chunk = chunk_units(bits, k) * fields_per_unit(bits)
+            block_c = max(1, cfg.block_k // chunk)
+            v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, block_c)
+            v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
+        for quant, bits, group in ((False, 16, 1), (True, 4, 64)):
+            cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24", "tc")
+            e, chunk = meta_layout(k, bits if quant else None)
+            cu = chunk // e
+            block_c = max(1, cfg.block_k // (2 * chunk), -(-16 // (4 * (1 if cu == 1 else cu // 2))))
+            block_c = 1 << (block_c - 1).bit_length()
+            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu, "HAS_BIAS": False,
+                      "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
+            name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
+            v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
+                      cfg.num_warps, name)
+            # the hot loop is the run-time field loop: one field of every unit per pass
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * cu // (32 * cfg.num_warps)))
+    return out
+
+
 def variants(full: bool = False) -> list[Variant]:
     """A quick set covering every kernel, or (``full``) the cross product of the main switches."""
     if not full:
         return [
             _gemv("*fp16", 4, 1, 1, 8), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
-            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 8, 4), _tc("*bf16", 2, 64, 128, 2, 8),
+            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64),
+            _tc("*fp16", 3, 16, 64, 2, 4),
             _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
         ]
     out = [_gemv(x, b, bm, s, f) for x, b, bm, s, f in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2))]
     out += [_gemv24(x, q, b, bm, s) for x, q, b, bm, s in itertools.product(
         ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
-    out += [_tc(x, b, bm, bn, 1, w) for x, b, (bm, bn, w) in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)))]
+    out += [_tc(x, b, bm, bn, s, w, g) for x, b, (bm, bn, w), s, g in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128))]
     out += [_tc24(x, q, b, cu) for x, q, b, cu in itertools.product(
         ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16)) if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]
@@ -151,12 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 80, 90")
     parser.add_argument("--all", action="store_true", help="compile the cross product of variants")
     parser.add_argument("--dump", type=Path, help="write each variant's TTGIR and PTX into this folder")
+    parser.add_argument("--sass", action="store_true",
+                        help="count the decode kernels' instructions per weight in their K loop (static SASS)")
+    parser.add_argument("--csv", type=Path, help="with --sass: also write the counts to this CSV file")
+    parser.add_argument("--match", default="", help="with --sass: only the variants whose name contains this text")
     args = parser.parse_args(argv)
     from . import triton_common
 
     if triton_common.INTERPRET:
         print("aot_check: TRITON_INTERPRET is set; unset it to compile for CUDA.", file=sys.stderr)
         return 2
+    if args.sass:
+        return _sass_report(args.arch, args.csv, args.match)
     failed = 0
     for i, v in enumerate(variants(args.all)):
         try:
@@ -172,6 +240,45 @@ def main(argv: list[str] | None = None) -> int:
             for ext in ("ttgir", "ptx"):
                 (args.dump / f"{i:02d}.{ext}").write_text(str(k.asm.get(ext, "")))
             (args.dump / f"{i:02d}.cubin").write_bytes(k.asm["cubin"])
+    return 1 if failed else 0
+
+
+def _sass_report(arch: int, csv_path: Path | None, match: str = "") -> int:
+    """Print (and optionally write) the static instruction count per weight of each decode variant."""
+    import csv
+
+    from . import sass
+
+    rows, failed = [], 0
+    chosen = [v for v in decode_variants() if match in v.name]
+    if not chosen:
+        print(f"aot_check: no variant name contains {match!r}; names look like 'gemv M=1 w4g128'.", file=sys.stderr)
+        return 2
+    for v in chosen:
+        try:
+            k = compile_variant(v, arch)
+        except Exception as err:  # report every failing variant, then fail
+            failed += 1
+            print(f"FAIL sm_{arch} {v.name}:", *str(err).strip().splitlines()[-4:], sep="\n    ")
+            continue
+        loop = sass.hot_loop(sass.parse(sass.disassemble(k.asm["cubin"])))
+        mix = sass.loop_mix(loop)
+        regs, _ = resources(k.asm["cubin"])
+        per_weight = len(loop.body) / v.weights_per_iter
+        top = " ".join(f"{op}={n}" for op, n in mix.most_common(8))
+        print(f"sm_{arch} {v.name:<24} loop={len(loop.body):>4} weights/thread={v.weights_per_iter:>3} "
+              f"instr/weight={per_weight:5.2f} regs={regs:>3}  {top}")
+        rows.append({"arch": f"sm_{arch}", "variant": v.name, "warps": v.num_warps, "regs": regs,
+                     "loop_instructions": len(loop.body), "weights_per_thread": v.weights_per_iter,
+                     "instructions_per_weight": round(per_weight, 3),
+                     "mix": " ".join(f"{op}={n}" for op, n in sorted(mix.items()))})
+    if csv_path is not None and rows:
+        tmp = csv_path.with_name(csv_path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(csv_path)
     return 1 if failed else 0
 
 

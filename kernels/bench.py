@@ -150,8 +150,9 @@ def candidates(kernel: str, m: int, quick: bool = False) -> list[LaunchConfig]:
 
 
 def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[LaunchConfig]:
-    """``cfg`` without split-K, and (decode kernel) with the split-K the table's rule would give its tiles."""
-    if cfg.kernel == "tc":
+    """``cfg`` without split-K, and (decode kernels, low-bit tensor-core kernel) with the split-K the table's
+    rule would give its tiles."""
+    if cfg.kernel == "tc" and fmt != "lowbit":
         return [cfg]
     kvals = k if fmt == "lowbit" else k // 2
     split = split_for(-(-n // cfg.block_n) * -(-m // cfg.block_m), -(-kvals // cfg.block_k))

@@ -4,7 +4,8 @@ Block sizes come from a small table rather than ``triton.autotune`` so that the 
 on a CPU host (interpreter tests) and on a GPU, and no timing runs at first call. The table's
 values and the dispatch thresholds are read off ``python -m layerbudget.kernels.bench --tune`` on
 an H200 (the fastest configuration per path, ``best_path`` for the crossovers; the CSV is under
-``profiles/data/latency/``). Split-K exists for the decode kernel only.
+``profiles/data/latency/``). Split-K exists for the decode kernels and the low-bit tensor-core
+kernel (the 2:4 tensor-core kernels refuse it).
 
 Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``), with CUDA tensors,
 fp16/bf16 activations and Triton installed:
@@ -59,8 +60,6 @@ class LaunchConfig:
                 raise ValueError(f"`{name}` must be a power of two >= {lo}, but got {name}={v}.")
         if self.split_k < 1 or self.split_k > MAX_SPLIT_K:
             raise ValueError(f"`split_k` must be in [1, {MAX_SPLIT_K}], but got split_k={self.split_k}.")
-        if self.kernel == "tc" and self.split_k != 1:
-            raise ValueError(f"the tensor-core kernel has no split-K; `split_k` must be 1, got split_k={self.split_k}.")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"`num_warps` must be one of 1, 2, 4, 8, 16, but got num_warps={self.num_warps}.")
 
@@ -95,10 +94,15 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
         steps = _cdiv(kvals, bk)
         return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 1)
     if m <= 16:
-        return LaunchConfig("tc", 16, 64, 128, 1, 4, 3)
-    if m <= 64:
-        return LaunchConfig("tc", 32 if m <= 32 else 64, 64, 128, 1, 4, 3)
-    return LaunchConfig("tc", 64 if m <= 128 else 128, 128, 64, 1, 8, 3)
+        bm, bn, bk, warps = 16, 64, 128, 4
+    elif m <= 64:
+        bm, bn, bk, warps = (32 if m <= 32 else 64), 64, 128, 4
+    else:
+        bm, bn, bk, warps = (64 if m <= 128 else 128), 128, 64, 8
+    split = 1
+    if fmt == "lowbit":  # the 2:4 tensor-core kernels have no split-K
+        split = split_for(_cdiv(n, bn) * _cdiv(m, bm), _cdiv(kvals, bk))
+    return LaunchConfig("tc", bm, bn, bk, split, warps, 3)
 
 
 def gemv_max_m(fmt: str) -> int:

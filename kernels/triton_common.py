@@ -5,7 +5,8 @@ whether these kernels were built for the Triton interpreter (``TRITON_INTERPRET=
 module was first imported).
 
 Codes become floats without an integer-to-float conversion: a field of ``b`` bits moved to the top
-of an fp32 mantissa under the exponent of ``2**b`` reads as the float ``2**b + q`` (exact).
+of a float's mantissa under the exponent of ``2**b`` reads as the float ``2**b + q`` (exact); 2/4/8-bit
+fields do it two at a time, as the two halves of a word read as fp16.
 Kernels subtract ``2**b + zero`` (exact) or fold it into a per-group correction.
 """
 
@@ -42,16 +43,70 @@ def field_float(words, high, e: tl.constexpr, BITS: tl.constexpr):
     """Field ``e`` of every unit as the fp32 value ``2**BITS + q`` (``q`` the code).
 
     ``words``: int32 units (2/4/8 bits: ``32 / BITS`` fields; 3 bits: the low 2-bit plane, 16
-    fields); ``high``: for 3 bits the int32-widened high-plane halfwords (bit ``e``), else unused.
+    fields); ``high``: for 3 bits the high-plane halfwords (bit ``e``), else unused. Fields come two
+    at a time through fp16 (:func:`pair_bits`): field ``e`` of the low halfword and field ``e + H``
+    of the high one share their shifts and masks, and each half converts to fp32.
     """
-    exp_bits: tl.constexpr = (127 + BITS) << 23
-    if BITS == 3:
-        low = move_bits(words, 2 * e, 20) & (3 << 20)
-        hi = move_bits(high, e, 22) & (1 << 22)
-        bits = low | hi | exp_bits
+    H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # fields per halfword
+    return half_float(pair_bits(words, high, words * 0 + e % H, BITS), e >= H)
+
+
+@triton.jit
+def half_float(pair, HIGH: tl.constexpr):
+    """The low (or ``HIGH``) halfword of int32 ``pair`` read as fp16, as fp32. Compiled, one conversion
+    of the halfword in place (``cvt.f32.f16``); the interpreter takes the halfword out first."""
+    if GPU_FENCE:
+        if HIGH:
+            asm: tl.constexpr = "{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.f32.f16 $0, h; }"
+        else:
+            asm: tl.constexpr = "{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.f32.f16 $0, l; }"
+        out = tl.inline_asm_elementwise(asm, "=r,r", [pair], dtype=tl.float32, is_pure=True, pack=1)
     else:
-        bits = (move_bits(words, e * BITS, 23 - BITS) & (((1 << BITS) - 1) << (23 - BITS))) | exp_bits
-    return bits.to(tl.float32, bitcast=True)
+        if HIGH:
+            pair = pair >> 16
+        out = pair.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return out
+
+
+@triton.jit
+def shift_to(t, amount):
+    """``t << amount`` where ``amount >= 0``, else ``t >> -amount`` (arithmetic); ``amount`` may be a tensor."""
+    return tl.where(amount >= 0, t << tl.maximum(amount, 0), t >> tl.maximum(-amount, 0))
+
+
+@triton.jit
+def pair_bits(words, high, j, BITS: tl.constexpr):
+    """Int32 pairs of fp16 bit patterns ``2**BITS + q``: field ``j`` of each halfword of the units (``j``
+    an int32 tensor below ``16 / BITS``, broadcast against ``words``; 3 bits: ``j`` below 8 of the
+    low plane, with bits ``j`` and ``j + 8`` of the high-plane halfwords ``high``). Each field moves
+    to the top of its half's 10-bit mantissa under the exponent of ``2**BITS`` (exact); a ``j`` the
+    compiler knows makes every shift a constant, and equal ``j`` share them."""
+    exp_bits: tl.constexpr = ((15 + BITS) << 10) * 0x00010001
+    if BITS == 3:
+        low = shift_to(words, 7 - 2 * j) & (3 << 7) * 0x00010001
+        hw = high.to(tl.int32) & 0xFFFF
+        spread = hw | (hw << 8)  # bit j + 8 also at j + 16: one shift serves both halves
+        hi = shift_to(spread, 9 - j) & (1 << 9) * 0x00010001
+        out = low | hi | exp_bits
+    else:
+        mask: tl.constexpr = (((1 << BITS) - 1) << (10 - BITS)) * 0x00010001
+        out = (shift_to(words, (10 - BITS) - j * BITS) & mask) | exp_bits
+    return out
+
+
+@triton.jit
+def pair_halves(pairs):
+    """Int32 ``pairs`` of fp16 bit patterns → fp16 ``[..., 2]`` (low halfword first). Compiled, the word
+    becomes the two halves' register as it is (no repacking); the interpreter takes the halves apart."""
+    if GPU_FENCE:
+        both = tl.join(pairs, pairs)  # each output pair reads its word once
+        out = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,r", [both], dtype=tl.float16, is_pure=True,
+                                        pack=2)
+    else:
+        lo = pairs.to(tl.int16).to(tl.float16, bitcast=True)
+        hi = (pairs >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+        out = tl.join(lo, hi)
+    return out
 
 
 @triton.jit

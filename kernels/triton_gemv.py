@@ -7,8 +7,10 @@ contiguous slice of the K chunks (split-K). Each step loads ``[BLOCK_N, BLOCK_C,
 units (16-byte loads along each chunk's ``C`` units), and for every field ``e`` of the units
 multiplies the extracted codes with the one contiguous slice of ``x`` that field covers (the
 interleaved layout of :mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no
-tensor-core tile, no reshape. Low-bit codes enter as ``2**b + q`` (:func:`field_float`) and the
-zero point and scale are applied once per group and row: ``s * (Σ (2**b + q) x - (2**b + z) Σ x)``.
+tensor-core tile, no reshape. Low-bit codes enter as ``2**b + q`` (:func:`field_float`, two fields
+per word operation) and the zero point and scale are applied once per group and row:
+``s * (Σ (2**b + q) x - (2**b + z) Σ x)``. The low-bit kernel reads the next step's packed units,
+scales and zeros before it computes the current step, so memory latency overlaps arithmetic.
 2:4 kernels read every kept value's activation at its position (a gather from L1/L2).
 Split-K programs meet in a self-cleaning fp32 workspace (:func:`~.triton_common.arrive`).
 """
@@ -88,6 +90,23 @@ def _split_range(num_it, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
+def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c, cc_end, stride_pn, stride_sn,
+                 BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, vv):
+    """The HBM reads of one step: packed units ``[BN, BC, CU]`` (and the 3-bit high plane) of chunks ``c``
+    below ``cc_end``, and the scale and ``2**BITS + zero`` of each chunk's first group."""
+    ok = row_ok & (c < cc_end)
+    u = c * CU + vv
+    words = tl.load(packed_ptr + rows * stride_pn + u, mask=ok, other=0)
+    high = words
+    if BITS == 3:
+        high = tl.load(high_base + u, mask=ok, other=0).to(tl.int32)
+    g = (c * V) // GROUP
+    s = tl.load(scales_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32)
+    cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32) + (1 << BITS)
+    return words, high, s, cz
+
+
+@triton.jit
 def _gemv_lowbit_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
@@ -106,26 +125,30 @@ def _gemv_lowbit_kernel(
     vv = tl.arange(0, CU)[None, None, :]  # [1, 1, CU]
     num_chunks = K // V
     it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
+    cc_end = tl.minimum(it1 * BLOCK_C, num_chunks)  # this split's chunks end here
     acc0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
+    next_words, next_high, next_s, next_cz = _lowbit_step(
+        packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, it0 * BLOCK_C + cc, cc_end, stride_pn, stride_sn,
+        BITS, GROUP, CU, V, vv)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc  # [1, BC, 1] chunk
         c_ok = c < num_chunks
-        u = c * CU + vv  # [1, BC, CU] unit of the row
         w_ok = row_ok & c_ok
-        words = tl.load(packed_ptr + rows * stride_pn + u, mask=w_ok, other=0)  # [BN, BC, CU]
-        high = words
-        if BITS == 3:
-            high = tl.load(high_base + u, mask=w_ok, other=0).to(tl.int32)
+        words, high, s, cz = next_words, next_high, next_s, next_cz
+        next_words, next_high, next_s, next_cz = _lowbit_step(
+            packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c + BLOCK_C, cc_end, stride_pn, stride_sn,
+            BITS, GROUP, CU, V, vv)
         kbase = c * V + vv  # value index of field 0
         for e in tl.static_range(E):
             if e % FLUSH == 0:  # a new quantization group starts at this field
-                g = (c * V + e * CU) // GROUP  # [1, BC, 1]
-                s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
-                cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
+                if e > 0:
+                    g = (c * V + e * CU) // GROUP  # [1, BC, 1]
+                    s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
+                    cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
                 p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)

@@ -2,13 +2,16 @@
 
 Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs validated there.
 
-Tensor-core kernel (``kernel="tc"``): program ``(pid_n, pid_m)`` owns the output tile of weight
-rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and walks all of K (no split-K). Each step
-loads ``[BLOCK_N, BLOCK_U]`` packed units once; for every field ``e`` it
-dequantizes the field's codes in registers, ``((2**b + q) - (2**b + z)) * s`` rounded once to the
-activation dtype (the reference's ``W_hat``), and multiplies them with the matching transposed
-activation slice ``[BLOCK_U, BLOCK_M]`` in ``tl.dot`` (weights as the left operand, so a few
-activation rows fill the narrow side of the tile), accumulating in fp32.
+Tensor-core kernel (``kernel="tc"``): program ``(pid_n, pid_k, pid_m)`` owns the output tile of
+weight rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and a contiguous slice of the K chunks
+(split-K). Each step reads ``BLOCK_C`` whole chunks of packed units (the next step's are read
+before this step computes) and dequantizes them in registers two codes per word operation
+(:func:`~.triton_common.pair_bits`: the fp16 values ``2**b + q``), then ``(2**b + q) - (2**b + z)``
+(exact: zeros are integers) times the scale, rounded once to the activation dtype (the
+reference's ``W_hat``). The tile's columns run in the packed order (unit, field); the activation
+slice is loaded in memory order and permuted to match, so one ``tl.dot`` with K = the step's
+values multiplies them (weights as the left operand, so a few activation rows fill the narrow
+side of the tile), accumulating in fp32. Split-K programs meet in slices of the shared workspace.
 
 Dequantize kernel: writes ``W_hat`` (``[N, K]`` in the activation dtype) for ``F.linear`` at large M.
 """
@@ -22,14 +25,15 @@ import triton.language as tl
 from .configs import LaunchConfig
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import INTERPRET, field_float, store_out
+from .triton_common import INTERPRET, arrive, field_float, pair_bits, pair_halves, release, store_out, take
 from .triton_gemv import flush_fields
+from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "dequantize_lowbit", "tc_lowbit"]
 
 
 @triton.jit
-def finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS: tl.constexpr):
+def store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS: tl.constexpr):
     """Write the fp32 tile ``acc: [BN, BM]`` (weight rows × activation rows) to ``out: [M, N]``."""
     n_ok = offs_n[:, None] < N
     store_out(acc, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
@@ -37,44 +41,113 @@ def finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIA
 
 
 @triton.jit
+def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id,
+                HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """:func:`store_tile`, or through the split-K workspace.
+
+    Split-K: each program stores its partial tile in its own slice ``k`` of the workspace (plain
+    stores: a value a layout holds twice is stored twice, never added twice) and arrives; the last
+    one sums the slices, zeroes them (the workspace stays all zero between launches) and writes."""
+    if SPLIT_K == 1:
+        store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
+    else:
+        n_ok = offs_n[:, None] < N
+        mask = n_ok & (offs_m[None, :] < M)
+        cell = offs_m[None, :] * N + offs_n[:, None]
+        tl.store(ws_ptr + tl.program_id(1) * M * N + cell, acc, mask=mask)
+        if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
+            total = tl.zeros(acc.shape, tl.float32)
+            for k in tl.static_range(SPLIT_K):
+                total += take(ws_ptr + k * M * N + cell, mask)
+            store_out(total, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
+                      mask, n_ok, HAS_BIAS)
+            release(lock_ptr, tile_id)
+
+
+@triton.jit
+def _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok, c, c_end, vv, ee, K, stride_pn, stride_sn,
+             BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, ONE_GROUP: tl.constexpr):
+    """The HBM reads of one step, chunks ``c`` below ``c_end`` (all index tensors 5-d: weight row, chunk,
+    unit, field in the halfword, halfword): packed units ``[BN, BC, CU, 1]`` (and the 3-bit high plane)
+    and the scales and zeros ``[BN, BC, 1, H, 2]`` of each tile column's group (``[BN, BC, 1, 1, 1]``, one
+    per chunk, when ``ONE_GROUP``)."""
+    ok = row_ok & (c < c_end)
+    u = tl.reshape(c * CU + vv, (1, c.shape[1], CU, 1))
+    rows4 = tl.reshape(rows, (rows.shape[0], 1, 1, 1))
+    ok4 = tl.reshape(ok, (ok.shape[0], ok.shape[1], 1, 1))
+    words = tl.load(packed_ptr + rows4 * stride_pn + u, mask=ok4, other=0)
+    high = words
+    if BITS == 3:
+        high_ptr = packed_ptr.to(tl.pointer_type(tl.int16)) + rows4 * (2 * stride_pn) + K // 8
+        high = tl.load(high_ptr + u, mask=ok4, other=0)
+    if ONE_GROUP:
+        g = (c * V) // GROUP
+    else:
+        g = (c * V + ee * CU) // GROUP
+    s = tl.load(scales_ptr + rows * stride_sn + g, mask=ok, other=0.0)
+    z = tl.load(zeros_ptr + rows * stride_sn + g, mask=ok, other=0.0)
+    return words, high, s, z
+
+
+@triton.jit
+def _x_tile(x_ptr, offs_m, M, stride_xm, c0, c_end, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CU: tl.constexpr,
+            H: tl.constexpr):
+    """Activations of chunks ``c0 ..`` as ``[BK, BM]`` in the tile's column order (chunk, unit, field in the
+    halfword, halfword): loaded in memory order (contiguous runs of ``CU``), then permuted."""
+    V: tl.constexpr = 2 * H * CU
+    m = offs_m[:, None, None, None, None]  # [BM, 1, 1, 1, 1]
+    c = c0 + tl.arange(0, BLOCK_C)[None, :, None, None, None]
+    hh = tl.arange(0, 2)[None, None, :, None, None]
+    jj = tl.arange(0, H)[None, None, None, :, None]
+    vv = tl.arange(0, CU)[None, None, None, None, :]
+    idx = c * V + (jj + H * hh) * CU + vv  # [1, BC, 2, H, CU]
+    x = tl.load(x_ptr + m * stride_xm + idx, mask=(m < M) & (c < c_end), other=0.0)  # [BM, BC, 2, H, CU]
+    return tl.reshape(tl.permute(x, (1, 4, 3, 2, 0)), (BLOCK_C * V, BLOCK_M))
+
+
+@triton.jit
 def _tc_lowbit_kernel(
-    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
+    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
+    H: tl.constexpr = E // 2  # fields per halfword (3 bits: of the low plane)
     V: tl.constexpr = E * CU
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = offs_n[:, None]  # [BN, 1]
+    BK: tl.constexpr = BLOCK_C * V
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # tile column (c, v, j, h) holds field e = j + H * h of unit v of chunk c: dense value c * V + e * CU + v
+    rows = offs_n[:, None, None, None, None]  # [BN, 1, 1, 1, 1]
     row_ok = rows < N
-    m_ok = offs_m[None, :] < M
-    j = tl.arange(0, BLOCK_U)
-    num_units = K // E
+    cc = tl.arange(0, BLOCK_C)[None, :, None, None, None]
+    vv = tl.arange(0, CU)[None, None, :, None, None]
+    jj = tl.arange(0, H)[None, None, None, :, None]
+    ee = jj + H * tl.arange(0, 2)[None, None, None, None, :]  # [1, 1, 1, H, 2]
+    num_chunks = K // V
+    per_split = tl.cdiv(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
+    it0 = tl.program_id(1) * per_split
+    it1 = tl.minimum(it0 + per_split, tl.cdiv(num_chunks, BLOCK_C))
+    c_end = tl.minimum(it1 * BLOCK_C, num_chunks)
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
-    for it in range(0, tl.cdiv(num_units, BLOCK_U)):
-        u = it * BLOCK_U + j  # [BU] unit of the row
-        u_ok = u < num_units
-        w_ok = row_ok & u_ok[None, :]
-        words = tl.load(packed_ptr + rows * stride_pn + u[None, :], mask=w_ok, other=0)  # [BN, BU]
-        high = words
-        if BITS == 3:
-            high = tl.load(high_base + u[None, :], mask=w_ok, other=0).to(tl.int32)
-        cstart = (u // CU) * V  # [BU] first value of the unit's chunk
-        kbase = cstart + u % CU
-        for e in tl.static_range(E):
-            if e % FLUSH == 0:
-                g = (cstart + e * CU) // GROUP
-                s = tl.load(scales_ptr + rows * stride_sn + g[None, :], mask=w_ok, other=0.0).to(tl.float32)
-                cz = tl.load(zeros_ptr + rows * stride_sn + g[None, :], mask=w_ok, other=0.0).to(tl.float32)
-                cz += 1 << BITS
-            w = ((field_float(words, high, e, BITS) - cz) * s).to(x_ptr.dtype.element_ty)  # [BN, BU]
-            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + (kbase + e * CU)[:, None],
-                         mask=u_ok[:, None] & m_ok, other=0.0)  # [BU, BM]
-            acc = tl.dot(w, xt, acc)
-    finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
+    nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok, it0 * BLOCK_C + cc, c_end, vv, ee, K,
+                   stride_pn, stride_sn, BITS, GROUP, CU, V, ONE_GROUP)
+    for it in range(it0, it1):
+        words, high, s, z = nxt
+        nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok, (it + 1) * BLOCK_C + cc, c_end, vv, ee, K,
+                       stride_pn, stride_sn, BITS, GROUP, CU, V, ONE_GROUP)
+        f = pair_halves(pair_bits(words, high, tl.reshape(jj, (1, 1, 1, H)), BITS))  # [BN, BC, CU, H, 2] fp16: 2**b + q
+        if x_ptr.dtype.element_ty == tl.float16 and scales_ptr.dtype.element_ty == tl.float16:
+            w = (f - (z + (1 << BITS))) * s  # q - z exact in fp16 (integer zeros), one rounding: the reference's W_hat
+        else:
+            w = ((f.to(tl.float32) - (z.to(tl.float32) + (1 << BITS))) * s.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        xt = _x_tile(x_ptr, offs_m, M, stride_xm, it * BLOCK_C, c_end, BLOCK_M, BLOCK_C, CU, H)  # [BK, BM]
+        acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
+    tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
+    finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
+                SPLIT_K)
 
 
 @triton.jit
@@ -115,15 +188,18 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
     """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
     n = weight.n
-    cu, _, flush = _layout(weight, k)
-    block_u = max(16, cfg.block_k // fields_per_unit(weight.bits))
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
+    cu, chunk, _ = _layout(weight, k)
+    block_c = max(1, cfg.block_k // chunk)
+    block_c = 1 << (block_c.bit_length() - 1)  # a power of two
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws, lock = (x, x) if cfg.split_k == 1 else split_k_buffers(x.device, cfg.split_k * m * n, grid[0] * grid[2])
     _tc_lowbit_kernel[grid](
-        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out,
+        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
-        BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush, HAS_BIAS=bias is not None,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_U=block_u,
+        BITS=weight.bits, GROUP=weight.group, CU=cu, ONE_GROUP=weight.group % chunk == 0,
+        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

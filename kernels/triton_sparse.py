@@ -23,7 +23,7 @@ import triton.language as tl
 from .configs import LaunchConfig
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
 from .triton_common import INTERPRET, field_float_at, field_int
-from .triton_lowbit import finish_tile
+from .triton_lowbit import store_tile
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]
 
@@ -152,7 +152,7 @@ def _tc_sparse24_kernel(
             xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + col[:, None],
                          mask=t_ok[:, None] & (offs_m[None, :] < M), other=0.0)  # [BK, BM]
             acc = tl.dot(w2, xt, acc)
-    finish_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
+    store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
 
 
 @triton.jit
@@ -182,6 +182,8 @@ def _dequant_sparse24_kernel(
 
 
 def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: LaunchConfig) -> torch.Tensor:
+    if cfg.split_k != 1:
+        raise ValueError(f"the 2:4 tensor-core kernels have no split-K; `split_k` must be 1, got split_k={cfg.split_k}.")
     m, k = x.shape
     e, chunk = meta_layout(k, bits if quant else None)
     cu = chunk // e
