@@ -20,7 +20,7 @@ cd "$root"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 start=$SECONDS
-timeout 80 python3 -m pytest -q --maxfail=20 -n 14 -p no:cacheprovider tests/kernels \
+timeout 110 python3 -m pytest -q --maxfail=20 -n 14 -p no:cacheprovider tests/kernels \
   --deselect tests/kernels/test_kernels_aot.py::test_kernels_compile_for_sm90_without_a_gpu > "$out/tests.txt" 2>&1
 tail -12 "$out/tests.txt" | cut -c1-300
 echo "tests: $((SECONDS - start)) s"
@@ -36,10 +36,10 @@ else
   timeout 120 $bench --tune --shapes 8192x8192,8192x28672 \
     --out "$out/bench-headline.csv" > "$out/bench-headline.txt" 2>&1
   grep -E "M=1 |M=16 |M=256" "$out/bench-headline.txt" | cut -c1-150 | head -40
-  timeout 80 $bench --tune --shapes 4096x4096,4096x14336,14336x4096 \
+  timeout 70 $bench --tune --shapes 4096x4096,4096x14336,14336x4096 \
     --out "$out/bench-llama.csv" > "$out/bench-llama.txt" 2>&1
   tail -3 "$out/bench-llama.txt" | cut -c1-150
-  timeout 60 $bench --shapes 384x384,1536x384,384x1536 --out "$out/bench-minilm.csv" > "$out/bench-minilm.txt" 2>&1
+  timeout 40 $bench --shapes 384x384,1536x384,384x1536 --out "$out/bench-minilm.csv" > "$out/bench-minilm.txt" 2>&1
   tail -3 "$out/bench-minilm.txt"
   timeout 60 python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
 fi
