@@ -50,7 +50,7 @@ def _mm(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, st
 
 def _gemv(x: str, bits: int, bm: int, split: int, flush: int, cu: int = 16) -> Variant:
     consts = {"BITS": bits, "GROUP": 128, "CU": cu, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
-              "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
+              "PREFETCH": split > 1, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
     return _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", x, consts, 4, 2,
                f"gemv x={x} b{bits} rows={bm} split={split} flush={flush}")
 
@@ -110,8 +110,8 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             cu, e = chunk_units(bits, k), fields_per_unit(bits)
             block_c, _ = _launch_shape(m, n, cfg, e * cu, k)
             consts = {"BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush_fields(group, e * cu, cu, e),
-                      "HAS_BIAS": False, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                      "BLOCK_C": block_c}
+                      "HAS_BIAS": False, "SPLIT_K": cfg.split_k, "PREFETCH": cfg.num_stages >= 2,
+                      "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             v = _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", "*fp16", consts, cfg.num_warps, cfg.num_stages,
                     f"gemv M={m} w{bits}g{group}")
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * cu * e // (32 * cfg.num_warps)))
@@ -160,7 +160,7 @@ def variants(full: bool = False) -> list[Variant]:
             _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
         ]
     out = [_gemv(x, b, bm, s, f) for x, b, bm, s, f in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2))]
+        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2))]  # split 4 also reads ahead
     out += [_gemv24(x, q, b, bm, s) for x, q, b, bm, s in itertools.product(
         ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
     out += [_tc(x, b, bm, bn, s, w, g) for x, b, (bm, bn, w), s, g in itertools.product(

@@ -135,8 +135,8 @@ def candidates(kernel: str, m: int, quick: bool = False) -> list[LaunchConfig]:
     ``quick``: a smaller set around the usual winners."""
     if kernel == "gemv":
         bm = 1 if m == 1 else 2 if m == 2 else 4
-        grid = ((32, 64, 128), (512, 1024), (4, 8), (1,)) if quick else ((16, 32, 64, 128), (256, 512, 1024),
-                                                                         (4, 8), (1,))
+        grid = ((32, 64, 128), (512, 1024), (4, 8), (1, 2)) if quick else ((16, 32, 64, 128), (256, 512, 1024),
+                                                                            (4, 8), (1, 2))
         return [LaunchConfig("gemv", bm, bn, bk, 1, w, s) for bn, bk, w, s in itertools.product(*grid)
                 if bn * bk <= 64 * 1024]
     if m <= 16:
@@ -167,8 +167,8 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str) -> list[Launch
     reported, with its configuration, so the table can be refitted from the CSV)."""
     base = pick_config(m, n, k, fmt, kernel)
     if kernel == "gemv":
-        alts = [(64, 128, 4), (128, 128, 8), (128, 256, 4)]
-        shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, 1) for bn, bk, w in alts]
+        alts = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 128, 8, 1), (128, 256, 4, 2)]  # stages 1: no read-ahead
+        shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, st) for bn, bk, w, st in alts]
     elif m <= 16:
         shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
     elif m <= 64:

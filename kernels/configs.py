@@ -38,7 +38,11 @@ GEMV_ROWS = (1, 2, 4)
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """One kernel launch: which kernel, tile sizes (``block_k`` in values of K per step) and split-K."""
+    """One kernel launch: which kernel, tile sizes (``block_k`` in values of K per step) and split-K.
+
+    ``num_stages``: Triton's software-pipelining depth for the tensor-core kernels; for the low-bit
+    decode kernel, 2 or more reads each step's packed words one step ahead and 1 reads them in place.
+    """
 
     kernel: str
     block_m: int
@@ -92,7 +96,8 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
         bm = gemv_rows(m)
         bn, bk, warps = (128, 128, 8) if fmt == "lowbit" else (64, 128, 4)
         steps = _cdiv(kvals, bk)
-        return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, 1)
+        stages = 2 if fmt == "lowbit" else 1  # low-bit: read the next step ahead (see triton_gemv)
+        return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, stages)
     if m <= 16:
         bm, bn, bk, warps = 16, 64, 128, 4
     elif m <= 64:

@@ -9,8 +9,9 @@ multiplies the extracted codes with the one contiguous slice of ``x`` that field
 interleaved layout of :mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no
 tensor-core tile, no reshape. Low-bit codes enter as ``2**b + q`` (:func:`field_float`, two fields
 per word operation) and the zero point and scale are applied once per group and row:
-``s * (Σ (2**b + q) x - (2**b + z) Σ x)``. The low-bit kernel reads the next step's packed units,
-scales and zeros before it computes the current step, so memory latency overlaps arithmetic.
+``s * (Σ (2**b + q) x - (2**b + z) Σ x)``. With ``num_stages >= 2`` the low-bit kernel reads the
+next step's packed units, scales and zeros before it computes the current step (memory latency
+overlaps arithmetic, for more registers); with 1 it reads each step where it starts.
 2:4 kernels read every kept value's activation at its position (a gather from L1/L2).
 Split-K programs meet in a self-cleaning fp32 workspace (:func:`~.triton_common.arrive`).
 """
@@ -111,7 +112,7 @@ def _gemv_lowbit_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
     BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
@@ -131,17 +132,20 @@ def _gemv_lowbit_kernel(
     acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
-    next_words, next_high, next_s, next_cz = _lowbit_step(
-        packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, it0 * BLOCK_C + cc, cc_end, stride_pn, stride_sn,
-        BITS, GROUP, CU, V, vv)
+    if PREFETCH:
+        nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, it0 * BLOCK_C + cc, cc_end,
+                           stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc  # [1, BC, 1] chunk
         c_ok = c < num_chunks
         w_ok = row_ok & c_ok
-        words, high, s, cz = next_words, next_high, next_s, next_cz
-        next_words, next_high, next_s, next_cz = _lowbit_step(
-            packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c + BLOCK_C, cc_end, stride_pn, stride_sn,
-            BITS, GROUP, CU, V, vv)
+        if PREFETCH:  # this step's reads were issued by the step before; issue the next step's now
+            words, high, s, cz = nxt
+            nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c + BLOCK_C, cc_end,
+                               stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
+        else:
+            words, high, s, cz = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c, cc_end,
+                                              stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
         kbase = c * V + vv  # value index of field 0
         for e in tl.static_range(E):
             if e % FLUSH == 0:  # a new quantization group starts at this field
@@ -300,7 +304,7 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=cu,
         FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)),
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, PREFETCH=cfg.num_stages >= 2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

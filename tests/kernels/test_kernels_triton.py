@@ -23,8 +23,8 @@ from layerbudget.kernels.workspace import split_k_buffers
 # (N, K, group_size): N ragged against every block size; groups covering whole chunks, chunks holding
 # several groups, and groups of 48 that start at irregular fields; per-channel.
 GRIDS = [(40, 256, 128), (72, 256, 32), (40, 192, 48), (24, 160, None)]
-GEMV = [LaunchConfig("gemv", 1, 16, 64), LaunchConfig("gemv", 2, 32, 128, split_k=2),
-        LaunchConfig("gemv", 4, 16, 32, split_k=3)]
+GEMV = [LaunchConfig("gemv", 1, 16, 64), LaunchConfig("gemv", 2, 32, 128, split_k=2, num_stages=1),
+        LaunchConfig("gemv", 4, 16, 32, split_k=3)]  # num_stages 1: the low-bit decode kernel reads in place
 TC = [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128)]
 TC_SPLIT = [LaunchConfig("tc", 16, 16, 64, split_k=2), LaunchConfig("tc", 16, 32, 32, split_k=3)]
 
@@ -42,7 +42,7 @@ def _packable(bits: int, k: int, group: int | None) -> bool:
 
 
 @pytest.mark.parametrize("config", GEMV + TC + TC_SPLIT,
-                         ids=lambda c: f"{c.kernel}-m{c.block_m}-n{c.block_n}-k{c.block_k}-s{c.split_k}")
+                         ids=lambda c: f"{c.kernel}-m{c.block_m}-n{c.block_n}-k{c.block_k}-s{c.split_k}-p{c.num_stages}")
 @pytest.mark.parametrize(("n", "k", "group_size"), GRIDS, ids=[f"{n}x{k}-g{g}" for n, k, g in GRIDS])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8], ids=lambda b: f"b{b}")
 def test_lowbit_kernels(bits: int, n: int, k: int, group_size: int | None, config: LaunchConfig, device: str,
