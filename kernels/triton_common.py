@@ -29,16 +29,6 @@ GPU_FENCE = tl.constexpr(not INTERPRET)
 
 
 @triton.jit
-def move_bits(t, src: tl.constexpr, dst: tl.constexpr):
-    """Shift int32 ``t`` so that bit ``src`` lands on bit ``dst`` (both compile-time constants)."""
-    if dst >= src:
-        out = t << (dst - src)
-    else:
-        out = t >> (src - dst)
-    return out
-
-
-@triton.jit
 def field_float(words, high, e: tl.constexpr, BITS: tl.constexpr):
     """Field ``e`` of every unit as the fp32 value ``2**BITS + q`` (``q`` the code).
 
