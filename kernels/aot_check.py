@@ -62,11 +62,11 @@ def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
                f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
 
 
-def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, bc: int = 1) -> Variant:
-    consts = {"BITS": bits, "GROUP": group, "CU": 16, "ONE_GROUP": group % ((16 if bits == 3 else 32 // bits) * 16) == 0,
-              "HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_C": bc}
+def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, jb: int = 2) -> Variant:
+    consts = {"BITS": bits, "GROUP": group, "CU": 16, "JB": jb, "ONE_GROUP": group % (16 * (16 if bits == 3 else 32 // bits)) == 0,
+              "HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": bn}
     return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
-               f"tc x={x} b{bits} g{group} tile={bn}x{bm} split={split}")
+               f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 
 
 def _tc24(x: str, quant: bool, bits: int, cu: int) -> Variant:
@@ -98,7 +98,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     """The decode kernels as :func:`~.configs.pick_config` launches them for ``[M, K] x [N, K]^T``,
     M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
     tensor-core kernel at M = 1, 16, 64."""
-    from .configs import pick_config
+    from .configs import pick_config, tc_step_fields
     from .packing import chunk_units, fields_per_unit
     from .sparse24 import meta_layout
     from .triton_gemv import _launch_shape, flush_fields
@@ -129,11 +129,10 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     for m in (1, 16, 64):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
             cfg = pick_config(m, n, k, "lowbit", "tc")
-            chunk = chunk_units(bits, k) * fields_per_unit(bits)
-            block_c = max(1, cfg.block_k // chunk)
-            v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, block_c)
+            jb = tc_step_fields(bits, k, group, cfg.block_k)
+            v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, jb)
             v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
+            out.append(replace(v, weights_per_iter=cfg.block_n * 2 * jb * 16 // (32 * cfg.num_warps)))
         for quant, bits, group in ((False, 16, 1), (True, 4, 64)):
             cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24", "tc")
             e, chunk = meta_layout(k, bits if quant else None)
@@ -155,16 +154,17 @@ def variants(full: bool = False) -> list[Variant]:
     if not full:
         return [
             _gemv("*fp16", 4, 1, 1, 8), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
-            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64),
-            _tc("*fp16", 3, 16, 64, 2, 4),
+            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4, 128, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64, 4),
+            _tc("*fp16", 3, 16, 64, 2, 4, 128, 4), _tc("*bf16", 8, 16, 64, 2, 4, 128, 2),
             _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
         ]
     out = [_gemv(x, b, bm, s, f) for x, b, bm, s, f in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2))]  # split 4 also reads ahead
     out += [_gemv24(x, q, b, bm, s) for x, q, b, bm, s in itertools.product(
         ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
-    out += [_tc(x, b, bm, bn, s, w, g) for x, b, (bm, bn, w), s, g in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128))]
+    out += [_tc(x, b, bm, bn, s, w, g, jb) for x, b, (bm, bn, w), s, g, jb in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128), (1, 2, 4))
+        if 16 * jb <= g and jb <= (16 if b == 3 else 32 // b) // 2]
     out += [_tc24(x, q, b, cu) for x, q, b, cu in itertools.product(
         ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16)) if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from .packing import chunk_units, fields_per_unit
+
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 KERNELS = ("gemv", "tc")
 
@@ -124,3 +126,15 @@ def dequant_min_m(fmt: str) -> int:
 def _check_format(fmt: str) -> None:
     if fmt not in DEQUANT_MIN_M:
         raise ValueError(f"unknown kernel format {fmt!r}; known formats: {sorted(DEQUANT_MIN_M)}.")
+
+
+def tc_step_fields(bits: int, k: int, group: int, block_k: int) -> int | None:
+    """``JB``: fields of each halfword one tensor-core step takes, a power of two up to ``E / 2`` whose run
+    of ``JB * CU`` values lies inside one quantization group, with ``2 * JB * CU`` (the dot's K) at least
+    16 and as near ``block_k`` as allowed; ``None`` when no run qualifies (then dequantize instead)."""
+    cu, h = chunk_units(bits, k), fields_per_unit(bits) // 2
+    fits = [jb for jb in (1, 2, 4, 8) if jb <= h and 2 * jb * cu >= 16 and group % (jb * cu) == 0]
+    if not fits:
+        return None
+    near = [jb for jb in fits if 2 * jb * cu <= max(16, block_k)]
+    return max(near) if near else min(fits)

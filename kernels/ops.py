@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .configs import LaunchConfig, dequant_min_m, pick_config
+from .configs import LaunchConfig, dequant_min_m, pick_config, tc_step_fields
 from .packing import chunk_units
 from .quant_weight import PackedQuantWeight
 from .reference import linear_ref, lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
@@ -124,6 +124,7 @@ def _run(
 ) -> torch.Tensor:  # [M, N]
     _check_inputs(x, weight, bias, path)
     supported = kernel_supported(weight)
+    requested = path
     path = choose_path(x, fmt, path, supported)
     if x.shape[0] == 0:
         return x.new_zeros(0, weight.n)
@@ -140,6 +141,13 @@ def _run(
             f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."
         )
     cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt)
+    if cfg.kernel == "tc" and fmt == "lowbit" and tc_step_fields(weight.bits, weight.k, weight.group, cfg.block_k) is None:
+        if config is None and requested == "auto":  # no run of fields fits a dot inside one group
+            return _run(x, weight, bias, "dequant", fmt, reference, None)
+        raise ValueError(
+            f"the tensor-core kernel needs runs of fields inside one quantization group; group size {weight.group} "
+            f"does not suit K={weight.k}: use path='dequant'."
+        )
     module = _triton_module("gemv" if cfg.kernel == "gemv" else "lowbit" if fmt == "lowbit" else "sparse")
     _triton_ready(x, module)
     return getattr(module, f"{cfg.kernel}_{fmt}")(x, weight, bias, cfg)

@@ -3,15 +3,16 @@
 Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs validated there.
 
 Tensor-core kernel (``kernel="tc"``): program ``(pid_n, pid_k, pid_m)`` owns the output tile of
-weight rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and a contiguous slice of the K chunks
-(split-K). Each step reads ``BLOCK_C`` whole chunks of packed units (the next step's are read
-before this step computes) and dequantizes them in registers two codes per word operation
-(:func:`~.triton_common.pair_bits`: the fp16 values ``2**b + q``), then ``(2**b + q) - (2**b + z)``
-(exact: zeros are integers) times the scale, rounded once to the activation dtype (the
-reference's ``W_hat``). The tile's columns run in the packed order (unit, field); the activation
-slice is loaded in memory order and permuted to match, so one ``tl.dot`` with K = the step's
-values multiplies them (weights as the left operand, so a few activation rows fill the narrow
-side of the tile), accumulating in fp32. Split-K programs meet in slices of the shared workspace.
+weight rows ``[BLOCK_N]`` × activation rows ``[BLOCK_M]`` and a contiguous slice of the K steps
+(split-K). A step takes ``JB`` fields of each halfword of one chunk's packed units (the next
+step's units are read before this step computes) and dequantizes them in registers two codes per
+word operation (:func:`~.triton_common.pair_bits`: the fp16 values ``2**b + q``), then
+``(2**b + q) - (2**b + z)`` (exact: zeros are integers) times the scale, rounded once to the
+activation dtype (the reference's ``W_hat``). The tile's columns run in the packed order (unit,
+field, halfword); the activation slice is loaded in memory order and permuted to match, so one
+``tl.dot`` with K = ``2 * JB * C`` multiplies them (weights as the left operand, so a few
+activation rows fill the narrow side of the tile), accumulating in fp32. Split-K programs meet in
+slices of the shared workspace.
 
 Dequantize kernel: writes ``W_hat`` (``[N, K]`` in the activation dtype) for ``F.linear`` at large M.
 """
@@ -22,10 +23,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import LaunchConfig
+from .configs import LaunchConfig, tc_step_fields
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import INTERPRET, arrive, field_float, pair_bits, pair_halves, release, store_out, take
+from .triton_common import (
+    INTERPRET,
+    arrive,
+    below,
+    field_float,
+    pair_bits,
+    pair_halves,
+    release,
+    store_out,
+    take,
+)
 from .triton_gemv import flush_fields
 from .workspace import split_k_buffers
 
@@ -65,86 +76,86 @@ def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, 
 
 
 @triton.jit
-def _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok, c, c_end, vv, ee, K, stride_pn, stride_sn,
-             BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, ONE_GROUP: tl.constexpr):
-    """The HBM reads of one step, chunks ``c`` below ``c_end`` (all index tensors 5-d: weight row, chunk,
-    unit, field in the halfword, halfword): packed units ``[BN, BC, CU, 1]`` (and the 3-bit high plane)
-    and the scales and zeros ``[BN, BC, 1, H, 2]`` of each tile column's group (``[BN, BC, 1, 1, 1]``, one
-    per chunk, when ``ONE_GROUP``)."""
-    ok = row_ok & (c < c_end)
-    u = tl.reshape(c * CU + vv, (1, c.shape[1], CU, 1))
-    rows4 = tl.reshape(rows, (rows.shape[0], 1, 1, 1))
-    ok4 = tl.reshape(ok, (ok.shape[0], ok.shape[1], 1, 1))
-    words = tl.load(packed_ptr + rows4 * stride_pn + u, mask=ok4, other=0)
+def _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, ok, c, j0, K, stride_pn, stride_sn,
+             BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, ONE_GROUP: tl.constexpr):
+    """The HBM reads of one step (chunk ``c``, fields ``j0 ..`` of each halfword; nothing where ``ok`` is
+    false): packed units ``[BN, CU, 1]`` (and the 3-bit high plane), and the scale and zero ``[BN, 1, 1,
+    2]`` (``[BN, 1, 1, 1]`` when ``ONE_GROUP``: both runs in one group) of the group of each halfword's run."""
+    E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
+    H: tl.constexpr = E // 2
+    V: tl.constexpr = E * CU
+    u = c * CU + tl.arange(0, CU)[None, :, None]
+    words = tl.load(packed_ptr + rows * stride_pn + u, mask=ok, other=0)
     high = words
     if BITS == 3:
-        high_ptr = packed_ptr.to(tl.pointer_type(tl.int16)) + rows4 * (2 * stride_pn) + K // 8
-        high = tl.load(high_ptr + u, mask=ok4, other=0)
-    if ONE_GROUP:
-        g = (c * V) // GROUP
-    else:
-        g = (c * V + ee * CU) // GROUP
-    s = tl.load(scales_ptr + rows * stride_sn + g, mask=ok, other=0.0)
-    z = tl.load(zeros_ptr + rows * stride_sn + g, mask=ok, other=0.0)
+        high = tl.load(packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8 + u, mask=ok,
+                       other=0)
+    meta = rows[:, :, :, None] * stride_sn
+    ok4 = ok[:, :, :, None]
+    g0 = (c * V + j0 * CU) // GROUP
+    s = tl.load(scales_ptr + meta + g0, mask=ok4, other=0.0)
+    z = tl.load(zeros_ptr + meta + g0, mask=ok4, other=0.0)
+    if not ONE_GROUP:  # the halfwords' runs may sit in two groups
+        g1 = (c * V + (j0 + H) * CU) // GROUP
+        upper = tl.arange(0, 2)[None, None, None, :] == 1
+        s = tl.where(upper, tl.load(scales_ptr + meta + g1, mask=ok4, other=0.0), s)
+        z = tl.where(upper, tl.load(zeros_ptr + meta + g1, mask=ok4, other=0.0), z)
     return words, high, s, z
 
 
 @triton.jit
-def _x_tile(x_ptr, offs_m, M, stride_xm, c0, c_end, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CU: tl.constexpr,
+def _x_tile(x_ptr, offs_m, M, stride_xm, start, BLOCK_M: tl.constexpr, CU: tl.constexpr, JB: tl.constexpr,
             H: tl.constexpr):
-    """Activations of chunks ``c0 ..`` as ``[BK, BM]`` in the tile's column order (chunk, unit, field in the
-    halfword, halfword): loaded in memory order (contiguous runs of ``CU``), then permuted."""
-    V: tl.constexpr = 2 * H * CU
-    m = offs_m[:, None, None, None, None]  # [BM, 1, 1, 1, 1]
-    c = c0 + tl.arange(0, BLOCK_C)[None, :, None, None, None]
-    hh = tl.arange(0, 2)[None, None, :, None, None]
-    jj = tl.arange(0, H)[None, None, None, :, None]
-    vv = tl.arange(0, CU)[None, None, None, None, :]
-    idx = c * V + (jj + H * hh) * CU + vv  # [1, BC, 2, H, CU]
-    x = tl.load(x_ptr + m * stride_xm + idx, mask=(m < M) & (c < c_end), other=0.0)  # [BM, BC, 2, H, CU]
-    return tl.reshape(tl.permute(x, (1, 4, 3, 2, 0)), (BLOCK_C * V, BLOCK_M))
+    """Activations of one step as ``[2 * JB * CU, BM]`` in the tile's column order (unit, field, halfword):
+    fields ``j`` and ``j + H`` from dense value ``start``, loaded in memory order (runs of ``CU``) and
+    permuted."""
+    m = offs_m[:, None, None, None]  # [BM, 1, 1, 1]
+    hh = tl.arange(0, 2)[None, :, None, None]
+    jj = tl.arange(0, JB)[None, None, :, None]
+    vv = tl.arange(0, CU)[None, None, None, :]
+    x = tl.load(x_ptr + m * stride_xm + start + (jj + H * hh) * CU + vv, mask=m < M, other=0.0)  # [BM, 2, JB, CU]
+    return tl.reshape(tl.permute(x, (3, 2, 1, 0)), (2 * JB * CU, BLOCK_M))
 
 
 @triton.jit
 def _tc_lowbit_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, JB: tl.constexpr, ONE_GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """A step takes fields ``j0 .. j0 + JB`` of both halfwords of one chunk's units; each halfword's run of
+    fields lies inside one quantization group, so a step needs one scale and zero per row and halfword."""
     E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
     H: tl.constexpr = E // 2  # fields per halfword (3 bits: of the low plane)
     V: tl.constexpr = E * CU
-    BK: tl.constexpr = BLOCK_C * V
+    SPC: tl.constexpr = H // JB  # steps per chunk
     pid_n = tl.program_id(0)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    # tile column (c, v, j, h) holds field e = j + H * h of unit v of chunk c: dense value c * V + e * CU + v
-    rows = offs_n[:, None, None, None, None]  # [BN, 1, 1, 1, 1]
+    rows = offs_n[:, None, None]  # [BN, 1, 1]
     row_ok = rows < N
-    cc = tl.arange(0, BLOCK_C)[None, :, None, None, None]
-    vv = tl.arange(0, CU)[None, None, :, None, None]
-    jj = tl.arange(0, H)[None, None, None, :, None]
-    ee = jj + H * tl.arange(0, 2)[None, None, None, None, :]  # [1, 1, 1, H, 2]
-    num_chunks = K // V
-    per_split = tl.cdiv(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
-    it0 = tl.program_id(1) * per_split
-    it1 = tl.minimum(it0 + per_split, tl.cdiv(num_chunks, BLOCK_C))
-    c_end = tl.minimum(it1 * BLOCK_C, num_chunks)
+    jl = tl.arange(0, JB)[None, None, :]  # [1, 1, JB]
+    num_steps = K // V * SPC
+    per_split = tl.cdiv(num_steps, SPLIT_K)
+    first = tl.program_id(1) * per_split
+    last = tl.minimum(first + per_split, num_steps)
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok, it0 * BLOCK_C + cc, c_end, vv, ee, K,
-                   stride_pn, stride_sn, BITS, GROUP, CU, V, ONE_GROUP)
-    for it in range(it0, it1):
+    nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok & below(first, last, rows), first // SPC,
+                   (first % SPC) * JB, K, stride_pn, stride_sn, BITS, GROUP, CU, ONE_GROUP)
+    for step in range(first, last):
+        c = step // SPC
+        j0 = (step % SPC) * JB
         words, high, s, z = nxt
-        nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok, (it + 1) * BLOCK_C + cc, c_end, vv, ee, K,
-                       stride_pn, stride_sn, BITS, GROUP, CU, V, ONE_GROUP)
-        f = pair_halves(pair_bits(words, high, tl.reshape(jj, (1, 1, 1, H)), BITS))  # [BN, BC, CU, H, 2] fp16: 2**b + q
+        nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok & below(step + 1, last, rows), (step + 1) // SPC,
+                       ((step + 1) % SPC) * JB, K, stride_pn, stride_sn, BITS, GROUP, CU, ONE_GROUP)
+        f = pair_halves(pair_bits(words, high, j0 + jl, BITS))  # [BN, CU, JB, 2] fp16: 2**b + q
         if x_ptr.dtype.element_ty == tl.float16 and scales_ptr.dtype.element_ty == tl.float16:
             w = (f - (z + (1 << BITS))) * s  # q - z exact in fp16 (integer zeros), one rounding: the reference's W_hat
         else:
             w = ((f.to(tl.float32) - (z.to(tl.float32) + (1 << BITS))) * s.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        xt = _x_tile(x_ptr, offs_m, M, stride_xm, it * BLOCK_C, c_end, BLOCK_M, BLOCK_C, CU, H)  # [BK, BM]
-        acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
+        xt = _x_tile(x_ptr, offs_m, M, stride_xm, c * V + j0 * CU, BLOCK_M, CU, JB, H)
+        acc = tl.dot(tl.reshape(w, (BLOCK_N, 2 * JB * CU)), xt, acc)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
                 SPLIT_K)
@@ -188,18 +199,16 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
     """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
     n = weight.n
-    cu, chunk, _ = _layout(weight, k)
-    block_c = max(1, cfg.block_k // chunk)
-    block_c = 1 << (block_c.bit_length() - 1)  # a power of two
+    jb = tc_step_fields(weight.bits, k, weight.group, cfg.block_k)  # not None: checked by ops
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = (x, x) if cfg.split_k == 1 else split_k_buffers(x.device, cfg.split_k * m * n, grid[0] * grid[2])
     _tc_lowbit_kernel[grid](
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
-        BITS=weight.bits, GROUP=weight.group, CU=cu, ONE_GROUP=weight.group % chunk == 0,
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
+        BITS=weight.bits, GROUP=weight.group, CU=chunk_units(weight.bits, k), JB=jb,
+        ONE_GROUP=weight.group % (fields_per_unit(weight.bits) * chunk_units(weight.bits, k)) == 0,
+        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerbudget.kernels.configs import LaunchConfig, pick_config, split_for
+from layerbudget.kernels.configs import LaunchConfig, pick_config, split_for, tc_step_fields
 from layerbudget.kernels.ops import kernel_supported, lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
@@ -178,6 +178,19 @@ def test_groups_that_split_a_field_run_fall_back(device: str, gen: torch.Generat
     with pytest.raises(ValueError, match="quantization group"):
         lowbit_matmul(x, weight, path="triton")
     _check(lowbit_matmul(x, weight, path="dequant"), lowbit_matmul_ref(x, weight))
+
+
+def test_rows_too_short_for_a_tensor_core_step(device: str, gen: torch.Generator) -> None:
+    """8-bit codes in rows of 24: no run of fields fills a dot, so the tensor-core kernel is refused (the
+    decode kernel still runs, and the automatic path dequantizes on CUDA)."""
+    weight = PackedQuantWeight.from_dense(torch.randn(16, 24, generator=gen), 8, None).to(device)
+    assert kernel_supported(weight) and tc_step_fields(8, 24, 24, 128) is None
+    x = torch.randn(8, 24, generator=gen).half().to(device)
+    with pytest.raises(ValueError, match="tensor-core kernel needs runs of fields"):
+        lowbit_matmul(x, weight, path="triton")
+    _check(lowbit_matmul(x[:2], weight, path="triton"), lowbit_matmul_ref(x[:2], weight))
+    if device == "cuda":
+        _check(lowbit_matmul(x, weight), lowbit_matmul_ref(x, weight))
 
 
 LLAMA = [(1, 4096, 4096), (16, 14336, 4096), (64, 4096, 14336), (256, 8192, 8192), (1, 28672, 8192)]
