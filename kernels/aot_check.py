@@ -48,11 +48,11 @@ def _mm(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, st
     return Variant(module, kernel, ptrs, consts, warps, stages, name)
 
 
-def _gemv(x: str, bits: int, bm: int, split: int, flush: int, cu: int = 16) -> Variant:
-    consts = {"BITS": bits, "GROUP": 128, "CU": cu, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
-              "PREFETCH": split > 1, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
+def _gemv(x: str, bits: int, bm: int, split: int, flush: int, prefetch: bool = True) -> Variant:
+    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
+              "PREFETCH": prefetch, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
     return _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", x, consts, 4, 2,
-               f"gemv x={x} b{bits} rows={bm} split={split} flush={flush}")
+               f"gemv x={x} b{bits} rows={bm} split={split} flush={flush} read-ahead={prefetch}")
 
 
 def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
@@ -63,8 +63,8 @@ def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
 
 
 def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, jb: int = 2) -> Variant:
-    consts = {"BITS": bits, "GROUP": group, "CU": 16, "JB": jb, "ONE_GROUP": group % (16 * (16 if bits == 3 else 32 // bits)) == 0,
-              "HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": bn}
+    consts = {"BITS": bits, "GROUP": group, "CU": 16, "JB": jb, "HAS_BIAS": True, "SPLIT_K": split,
+              "BLOCK_M": bm, "BLOCK_N": bn}
     return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
                f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 
@@ -153,13 +153,13 @@ def variants(full: bool = False) -> list[Variant]:
     """A quick set covering every kernel, or (``full``) the cross product of the main switches."""
     if not full:
         return [
-            _gemv("*fp16", 4, 1, 1, 8), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
+            _gemv("*fp16", 4, 1, 1, 8, False), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
             _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4, 128, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64, 4),
             _tc("*fp16", 3, 16, 64, 2, 4, 128, 4), _tc("*bf16", 8, 16, 64, 2, 4, 128, 2),
             _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
         ]
-    out = [_gemv(x, b, bm, s, f) for x, b, bm, s, f in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2))]  # split 4 also reads ahead
+    out = [_gemv(x, b, bm, s, f, pre) for x, b, bm, s, f, pre in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2), (True, False))]
     out += [_gemv24(x, q, b, bm, s) for x, q, b, bm, s in itertools.product(
         ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
     out += [_tc(x, b, bm, bn, s, w, g, jb) for x, b, (bm, bn, w), s, g, jb in itertools.product(

@@ -128,6 +128,21 @@ def _run(
     path = choose_path(x, fmt, path, supported)
     if x.shape[0] == 0:
         return x.new_zeros(0, weight.n)
+    if path == "triton":
+        if not supported:
+            raise ValueError(
+                "path='triton' needs every run of values of a packed field inside one quantization group; "
+                f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."
+            )
+        cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt)
+        if cfg.kernel == "tc" and fmt == "lowbit" and tc_step_fields(weight.bits, weight.k, weight.group,
+                                                                   cfg.block_k) is None:
+            if requested != "auto" or config is not None:
+                raise ValueError(
+                    "the tensor-core kernel needs runs of fields inside one quantization group; group size "
+                    f"{weight.group} does not suit K={weight.k}: use path='dequant'."
+                )
+            path = "dequant"  # no run of fields fits a dot inside one group
     if path == "reference":
         return reference(x, weight, bias)
     if path == "dequant":
@@ -135,19 +150,6 @@ def _run(
         if x.dtype == torch.float32 or x.device.type == "cuda":
             return F.linear(x, w, None if bias is None else bias.to(x.dtype))
         return linear_ref(x, w, bias)
-    if not supported:
-        raise ValueError(
-            "path='triton' needs every run of values of a packed field inside one quantization group; "
-            f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."
-        )
-    cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt)
-    if cfg.kernel == "tc" and fmt == "lowbit" and tc_step_fields(weight.bits, weight.k, weight.group, cfg.block_k) is None:
-        if config is None and requested == "auto":  # no run of fields fits a dot inside one group
-            return _run(x, weight, bias, "dequant", fmt, reference, None)
-        raise ValueError(
-            f"the tensor-core kernel needs runs of fields inside one quantization group; group size {weight.group} "
-            f"does not suit K={weight.k}: use path='dequant'."
-        )
     module = _triton_module("gemv" if cfg.kernel == "gemv" else "lowbit" if fmt == "lowbit" else "sparse")
     _triton_ready(x, module)
     return getattr(module, f"{cfg.kernel}_{fmt}")(x, weight, bias, cfg)

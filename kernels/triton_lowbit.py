@@ -37,7 +37,7 @@ from .triton_common import (
     store_out,
     take,
 )
-from .triton_gemv import flush_fields
+from .triton_gemv import _split_range, flush_fields
 from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "dequantize_lowbit", "tc_lowbit"]
@@ -121,8 +121,8 @@ def _x_tile(x_ptr, offs_m, M, stride_xm, start, BLOCK_M: tl.constexpr, CU: tl.co
 def _tc_lowbit_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, JB: tl.constexpr, ONE_GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, JB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """A step takes fields ``j0 .. j0 + JB`` of both halfwords of one chunk's units; each halfword's run of
     fields lies inside one quantization group, so a step needs one scale and zero per row and halfword."""
@@ -130,16 +130,14 @@ def _tc_lowbit_kernel(
     H: tl.constexpr = E // 2  # fields per halfword (3 bits: of the low plane)
     V: tl.constexpr = E * CU
     SPC: tl.constexpr = H // JB  # steps per chunk
+    ONE_GROUP: tl.constexpr = GROUP % V == 0  # a chunk, so both halfwords' runs, inside one group
     pid_n = tl.program_id(0)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = offs_n[:, None, None]  # [BN, 1, 1]
     row_ok = rows < N
     jl = tl.arange(0, JB)[None, None, :]  # [1, 1, JB]
-    num_steps = K // V * SPC
-    per_split = tl.cdiv(num_steps, SPLIT_K)
-    first = tl.program_id(1) * per_split
-    last = tl.minimum(first + per_split, num_steps)
+    first, last = _split_range(K // V * SPC, SPLIT_K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok & below(first, last, rows), first // SPC,
                    (first % SPC) * JB, K, stride_pn, stride_sn, BITS, GROUP, CU, ONE_GROUP)
@@ -207,7 +205,6 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=chunk_units(weight.bits, k), JB=jb,
-        ONE_GROUP=weight.group % (fields_per_unit(weight.bits) * chunk_units(weight.bits, k)) == 0,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -60,7 +60,7 @@ def explain(budget: Budget, reached: Sequence[Mapping[str, float]]) -> str:
             parts.append(range_phrase(c, others, min(vals), max(vals)))
     if not parts:
         parts = [
-            f"{c.metric} ranges from {min(r[c.metric] for r in reached):.6g} to {max(r[c.metric] for r in reached):.6g}"
+            range_phrase(c, (), min(r[c.metric] for r in reached), max(r[c.metric] for r in reached))
             for c in budget.constraints
         ]
     return "; ".join(parts)
