@@ -3,8 +3,10 @@
 The interpreter (``TRITON_INTERPRET=1``) checks numerics on CPU but accepts programs the real
 compiler rejects; this check lowers kernel variants through Triton's CUDA backend (TTIR → TTGIR →
 PTX → cubin with the ``ptxas`` bundled in the triton wheel) and reports each one's registers,
-spills and shared memory. Usage: ``python -m layerbudget.kernels.aot_check [--arch 90] [--all]
-[--dump DIR] [--sass [--csv FILE]]`` (``--dump`` writes each variant's TTGIR and PTX; ``--sass``
+spills and shared memory (a variant needing more shared memory than the architecture gives a
+program fails: it would compile, then fail at launch). Usage: ``python -m
+layerbudget.kernels.aot_check [--arch 90] [--all] [--dump DIR] [--sass [--csv FILE]]`` (``--dump``
+writes each variant's TTGIR and PTX; ``--sass``
 compiles the decode kernels as :func:`~.configs.pick_config` launches them at 8192x8192 and
 reports the static instructions per weight of their K loop, see :mod:`.sass`); run it without
 ``TRITON_INTERPRET`` set. Exit status 1 if any variant fails to compile.
@@ -56,7 +58,9 @@ def _gemv(x: str, bits: int, bm: int, split: int, flush: int, prefetch: bool = T
 
 
 def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
-    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": 16, "UNROLL": 4, "HAS_BIAS": False,
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": 16, "FLUSH": 4 if quant else 1, "EVEN": split == 1,
+              "WIDE": bits != 3,
+              "HAS_BIAS": False,
               "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
     return _mm("triton_gemv", "_gemv_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4, 2,
                f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
@@ -70,8 +74,8 @@ def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int 
 
 
 def _tc24(x: str, quant: bool, bits: int, cu: int) -> Variant:
-    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "HAS_BIAS": True,
-              "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 4 if cu == 1 else 2}
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "EVEN": cu == 1,
+              "WIDE": bits != 3, "HAS_BIAS": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 4 if cu == 1 else 2}
     return _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
                  f"tc 2:4 x={x} quant={quant} b{bits} cu={cu}")
 
@@ -90,7 +94,8 @@ def _dequant(bits: int) -> Variant:
 
 def _dequant24(quant: bool, bits: int) -> Variant:
     ptrs = {**_PTRS["sparse_quant" if quant else "sparse"], "out_ptr": "*bf16"}
-    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": 16, "BLOCK_N": 16, "BLOCK_C": 2}
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": 16, "FLUSH": 4, "WIDE": True, "BLOCK_N": 16,
+              "BLOCK_C": 2}
     return Variant("triton_sparse", "_dequant_sparse24_kernel", ptrs, consts, name=f"dequant 2:4 quant={quant} b{bits}")
 
 
@@ -102,6 +107,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     from .packing import chunk_units, fields_per_unit
     from .sparse24 import meta_layout
     from .triton_gemv import _launch_shape, flush_fields
+    from .triton_sparse import tc24_chunks
 
     out = []
     for m in (1, 2, 4):
@@ -119,13 +125,16 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24")
             e, chunk = meta_layout(k, bits if quant else None)
             block_c, _ = _launch_shape(m, n, cfg, chunk, k // 2)
-            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": chunk // e, "UNROLL": 4, "HAS_BIAS": False,
+            cu = chunk // e
+            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
+                      "FLUSH": flush_fields(group, chunk, cu, e) if quant else 1,
+                      "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
                       "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             name = f"gemv M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
             v = _mm("triton_gemv", "_gemv_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
                     cfg.num_warps, cfg.num_stages, name)
-            # the hot loop is the unrolled field loop: UNROLL fields of every unit
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * (chunk // e) * 4 // (32 * cfg.num_warps)))
+            # the hot loop is the step loop: every kept value of BLOCK_C chunks
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
     for m in (1, 16, 64):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
             cfg = pick_config(m, n, k, "lowbit", "tc")
@@ -137,15 +146,16 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24", "tc")
             e, chunk = meta_layout(k, bits if quant else None)
             cu = chunk // e
-            block_c = max(1, cfg.block_k // (2 * chunk), -(-16 // (4 * (1 if cu == 1 else cu // 2))))
-            block_c = 1 << (block_c - 1).bit_length()
-            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu, "HAS_BIAS": False,
+            block_c = tc24_chunks(cu, cfg.block_k)
+            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
+                      "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
                       "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
             v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
                       cfg.num_warps, name)
-            # the hot loop is the run-time field loop: one field of every unit per pass
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * cu // (32 * cfg.num_warps)))
+            # the hot loop is the field loop: one field (two with one unit per chunk) of BLOCK_C chunks
+            per_field = chunk // e * (2 if chunk == e else 1)
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field // (32 * cfg.num_warps)))
     return out
 
 
@@ -187,6 +197,16 @@ def compile_variant(v: Variant, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
+# Shared memory one program may use (opt-in maximum per block), by compute capability: a kernel that
+# compiles but needs more fails at launch with "out of resources".
+SMEM_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+
+
+def smem_fits(shared: int, arch: int) -> bool:
+    """Whether ``shared`` bytes per program fit the architecture (unknown architectures: the sm_90 limit)."""
+    return shared <= SMEM_LIMIT.get(arch, SMEM_LIMIT[90])
+
+
 def resources(cubin: bytes) -> tuple[str, str]:
     """(registers, stack bytes) per thread from the cubin, read with the ``cuobjdump`` Triton bundles."""
     import re
@@ -216,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sass", action="store_true",
                         help="count the decode kernels' instructions per weight in their K loop (static SASS)")
     parser.add_argument("--csv", type=Path, help="with --sass: also write the counts to this CSV file")
-    parser.add_argument("--match", default="", help="with --sass: only the variants whose name contains this text")
+    parser.add_argument("--match", default="",
+                        help="with --sass: only the variants whose name contains this text (or one of several, comma-separated)")
     args = parser.parse_args(argv)
     from . import triton_common
 
@@ -234,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL sm_{args.arch} {v.name}:", *str(err).strip().splitlines()[-4:], sep="\n    ")
             continue
         regs, spill = resources(k.asm["cubin"])
+        if not smem_fits(k.metadata.shared, args.arch):
+            failed += 1
+            print(f"FAIL sm_{args.arch} {v.name}: needs {k.metadata.shared} bytes of shared memory, more than the "
+                  f"{SMEM_LIMIT.get(args.arch, SMEM_LIMIT[90])} a program may use")
+            continue
         print(f"ok   sm_{args.arch} regs={regs:>4} stack={spill:>4} smem={k.metadata.shared:>6}  {v.name}")
         if args.dump:
             args.dump.mkdir(parents=True, exist_ok=True)
@@ -250,7 +276,7 @@ def _sass_report(arch: int, csv_path: Path | None, match: str = "") -> int:
     from . import sass
 
     rows, failed = [], 0
-    chosen = [v for v in decode_variants() if match in v.name]
+    chosen = [v for v in decode_variants() if any(part in v.name for part in match.split(","))]
     if not chosen:
         print(f"aot_check: no variant name contains {match!r}; names look like 'gemv M=1 w4g128'.", file=sys.stderr)
         return 2
@@ -260,6 +286,10 @@ def _sass_report(arch: int, csv_path: Path | None, match: str = "") -> int:
         except Exception as err:  # report every failing variant, then fail
             failed += 1
             print(f"FAIL sm_{arch} {v.name}:", *str(err).strip().splitlines()[-4:], sep="\n    ")
+            continue
+        if not smem_fits(k.metadata.shared, arch):
+            failed += 1
+            print(f"FAIL sm_{arch} {v.name}: needs {k.metadata.shared} bytes of shared memory")
             continue
         loop = sass.hot_loop(sass.parse(sass.disassemble(k.asm["cubin"])))
         mix = sass.loop_mix(loop)

@@ -64,8 +64,10 @@ def kernel_supported(weight: PackedWeight) -> bool:
     """Whether the fused kernels take this weight: every field's run of values stays in one group."""
     if isinstance(weight, Sparse24Weight):
         return True
-    q = weight.values if isinstance(weight, Sparse24QuantWeight) else weight
-    return q.group % chunk_units(q.bits, q.k) == 0
+    if isinstance(weight, Sparse24QuantWeight):  # the two kept values of a 2:4 group also share a group
+        q = weight.values
+        return q.group % max(2, chunk_units(q.bits, q.k)) == 0
+    return weight.group % chunk_units(weight.bits, weight.k) == 0
 
 
 def _check_inputs(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None, path: str) -> None:

@@ -3,7 +3,7 @@
 A decode kernel that reads a few bits per weight is bound by how many instructions each weight
 costs as soon as that count exceeds what the memory system hides; this module measures it without
 a GPU. :func:`disassemble` runs the ``cuobjdump`` bundled with Triton on a cubin; :func:`hot_loop`
-finds the largest loop (a backward branch and the instructions it jumps over) and
+finds the largest innermost loop (a backward branch and the instructions it jumps over) and
 :func:`loop_mix` counts its instructions by opcode. Counts are static (one pass through the loop
 body as compiled), not timings: predicated-off and dual-issued instructions count as one each.
 """
@@ -62,11 +62,14 @@ def loops(instructions: list[Instruction]) -> list[Loop]:
 
 
 def hot_loop(instructions: list[Instruction]) -> Loop:
-    """The largest loop of a kernel (its K loop for the packed-weight kernels)."""
+    """The largest innermost loop of a kernel (one holding no other loop): the K loop of the packed-weight
+    kernels, or the field loop nested in it."""
     found = loops(instructions)
     if not found:
         raise ValueError("the SASS listing has no backward branch, so the kernel has no loop to count.")
-    return found[0]
+    inner = [lp for lp in found
+             if not any(o is not lp and lp.start <= o.start and o.end <= lp.end for o in found)]
+    return inner[0]
 
 
 def loop_mix(loop: Loop) -> Counter:

@@ -85,17 +85,70 @@ def pair_bits(words, high, j, BITS: tl.constexpr):
 
 
 @triton.jit
-def pair_halves(pairs):
-    """Int32 ``pairs`` of fp16 bit patterns → fp16 ``[..., 2]`` (low halfword first). Compiled, the word
-    becomes the two halves' register as it is (no repacking); the interpreter takes the halves apart."""
+def prmt(a, b, sel):
+    """PTX ``prmt`` (default mode): byte ``i`` of the result is byte ``sel[4i:4i+3]`` (0..7) of the pair
+    ``(a, b)``, ``b`` holding bytes 4..7; int32 tensors, broadcast. Compiled, one instruction; the
+    interpreter picks the bytes in plain Triton (every nibble of ``sel`` must be below 8)."""
+    if GPU_FENCE:
+        out = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel], dtype=tl.int32,
+                                        is_pure=True, pack=1)
+    else:
+        out = (a | b | sel) * 0
+        for i in tl.static_range(4):
+            n = (sel >> (4 * i)) & 7
+            byte = (tl.where(n < 4, a, b) >> (8 * (n & 3))) & 0xFF
+            out = out | (byte << (8 * i))
+    return out
+
+
+@triton.jit
+def half_to_float(pair, HIGH: tl.constexpr, BF16: tl.constexpr):
+    """The low (or ``HIGH``) 16-bit float of int32 ``pair`` as fp32: fp16 through :func:`half_float`, bf16 by
+    moving its bits to the top of the word (exact)."""
+    if BF16:
+        if HIGH:
+            out = (pair & -65536).to(tl.float32, bitcast=True)
+        else:
+            out = (pair << 16).to(tl.float32, bitcast=True)
+    else:
+        out = half_float(pair, HIGH)
+    return out
+
+
+@triton.jit
+def pair_halves(pairs, DT: tl.constexpr):
+    """Int32 ``pairs`` of 16-bit float bit patterns → ``DT`` (fp16 or bf16) ``[..., 2]``, low halfword
+    first. Compiled, the word becomes the two halves' register as it is (no repacking); the interpreter
+    takes the halves apart."""
     if GPU_FENCE:
         both = tl.join(pairs, pairs)  # each output pair reads its word once
-        out = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,r", [both], dtype=tl.float16, is_pure=True,
-                                        pack=2)
+        if DT == tl.bfloat16:
+            out = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,r", [both], dtype=tl.bfloat16, is_pure=True,
+                                            pack=2)
+        else:
+            out = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,r", [both], dtype=tl.float16, is_pure=True,
+                                            pack=2)
     else:
-        lo = pairs.to(tl.int16).to(tl.float16, bitcast=True)
-        hi = (pairs >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+        lo = pairs.to(tl.int16).to(DT, bitcast=True)
+        hi = (pairs >> 16).to(tl.int16).to(DT, bitcast=True)
         out = tl.join(lo, hi)
+    return out
+
+
+@triton.jit
+def sub_mul_f16x2(a, b, c):
+    """``(a - b) * c`` on the two fp16 halves of int32 words, each operation rounded to fp16 (one
+    ``sub.f16x2`` and one ``mul.f16x2`` when compiled; the interpreter works on the halves)."""
+    if GPU_FENCE:
+        out = tl.inline_asm_elementwise("{ sub.rn.f16x2 $0, $1, $2; mul.rn.f16x2 $0, $0, $3; }", "=r,r,r,r",
+                                        [a, b, c], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        out = a * 0
+        for h in tl.static_range(2):
+            diff = ((a >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
+                        - (b >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True))
+            r = diff * (c >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
+            out = out | ((r.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << (16 * h))
     return out
 
 
@@ -114,6 +167,16 @@ def field_float_at(words, high, e, BITS: tl.constexpr):
 def field_int(units, e: tl.constexpr, WIDTH: tl.constexpr):
     """Field ``e`` (``WIDTH`` bits) of integer units, as int32."""
     return (units.to(tl.int32) >> (e * WIDTH)) & ((1 << WIDTH) - 1)
+
+
+@triton.jit
+def load_if(ptrs, mask, EVEN: tl.constexpr):
+    """``tl.load``, masked (0 where ``mask`` is false) unless ``EVEN`` says every address is in range."""
+    if EVEN:
+        out = tl.load(ptrs)
+    else:
+        out = tl.load(ptrs, mask=mask, other=0)
+    return out
 
 
 @triton.jit

@@ -12,7 +12,8 @@ per word operation) and the zero point and scale are applied once per group and 
 ``s * (Σ (2**b + q) x - (2**b + z) Σ x)``. With ``num_stages >= 2`` the low-bit kernel reads the
 next step's packed units, scales and zeros before it computes the current step (memory latency
 overlaps arithmetic, for more registers); with 1 it reads each step where it starts.
-2:4 kernels read every kept value's activation at its position (a gather from L1/L2).
+2:4 kernels take a group's two kept values together and pick their two activations out of the group's
+four with one byte permute (``prmt``) steered by the positions.
 Split-K programs meet in a self-cleaning fp32 workspace (:func:`~.triton_common.arrive`).
 """
 
@@ -31,12 +32,16 @@ from .triton_common import (
     arrive,
     below,
     field_float,
-    field_float_at,
-    field_int,
+    half_float,
+    half_to_float,
+    load_if,
+    pair_bits,
+    prmt,
     release,
     store_out,
     take,
 )
+from .triton_pairs import code_pairs, meta_pairs, pair_words, pick_selector
 from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
@@ -190,73 +195,136 @@ def _gemv_lowbit_kernel(
 
 
 @triton.jit
+def _x_pair(x_ptr, m, stride_xm, M, kh, mask, sel, BF16: tl.constexpr, EVEN: tl.constexpr):
+    """Activations of row ``m`` at a group's two kept positions as fp32: the group's four values (one 8-byte
+    load at pair index ``kh``) through :func:`prmt` with ``sel`` (0 where masked). Rows past ``M`` read row
+    ``M - 1``: their sums are never stored."""
+    m = tl.minimum(m, M - 1)
+    x4 = load_if(x_ptr.to(tl.pointer_type(tl.int64)) + m * (stride_xm // 4) + kh, mask, EVEN)
+    two = prmt(x4.to(tl.int32), (x4 >> 32).to(tl.int32), sel)
+    return half_to_float(two, False, BF16), half_to_float(two, True, BF16)
+
+
+@triton.jit
 def _gemv_sparse24_kernel(
     x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_vn, stride_mn, stride_sn, stride_om,
-    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, UNROLL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
+    EVEN: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """2:4 kernels: kept values (fp16/bf16/fp32, or low-bit codes with ``QUANT``) and their positions.
 
-    Units: without ``QUANT`` the meta words (16 positions each) drive the loop and kept value
-    ``kk`` is read from ``values``; with ``QUANT`` the code units (``E`` fields) and the meta units
-    of ``E`` positions (8, 16 or 32 bits) are aligned unit for unit (see :mod:`.sparse24`).
+    The two kept values of a group are handled together: their positions select the pair's two
+    activations out of the group's four with one ``prmt`` (no gather), and their values (two
+    16-bit values in one word, or two codes of neighbouring units) are multiplied with them. A
+    group's pair sits in neighbouring units of one field (``CU`` > 1) or in fields ``e, e + 1`` of one
+    unit (``CU`` = 1); with ``QUANT`` code units and position units line up (see :mod:`.sparse24`).
+    Rows past ``N`` read row ``N - 1`` (never stored); ``EVEN``: every step's chunks exist, so no load
+    is masked; ``WIDE``: see :func:`_code_pairs`.
     """
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
+    H: tl.constexpr = 8 if BITS == 3 else E // 2  # code fields per halfword
     V: tl.constexpr = E * CU
+    CP: tl.constexpr = CU // 2 if CU > 1 else 1  # pairs per field of a chunk
+    ESTEP: tl.constexpr = 1 if CU > 1 else 2
+    XBF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+    VBF16: tl.constexpr = values_ptr.dtype.element_ty == tl.bfloat16
     pid_n = tl.program_id(0)
     m0 = tl.program_id(2) * BLOCK_M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = offs_n[:, None, None]
-    row_ok = rows < N
+    rows = tl.minimum(offs_n, N - 1)[:, None, None]
     cc = tl.arange(0, BLOCK_C)[None, :, None]
-    vv = tl.arange(0, CU)[None, None, :]
+    ii = tl.arange(0, CP)[None, None, :]
     num_chunks = (K // 2) // V
     it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
-    acc0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
-    acc1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
-    acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
-    acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
-    if QUANT:
-        if E == 4:
-            meta_base = meta_ptr.to(tl.pointer_type(tl.int8)) + rows * (4 * stride_mn)
-        elif E == 8:
-            meta_base = meta_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_mn)
-        else:
-            meta_base = meta_ptr + rows * stride_mn
-        high_base = values_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_vn) + K // 16
-    else:
-        meta_base = meta_ptr + rows * stride_mn
-        high_base = meta_ptr.to(tl.pointer_type(tl.int16))
+    acc0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+    acc1 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+    acc3 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+    meta_base = meta_pairs(meta_ptr, rows, stride_mn, E, CU)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc
         c_ok = c < num_chunks
-        u = c * CU + vv
-        w_ok = row_ok & c_ok
-        meta = tl.load(meta_base + u, mask=w_ok, other=0).to(tl.int32)  # [BN, BC, CU]
+        pidx = c * CP + ii  # [1, BC, CP] pair of units
+        u0, u1 = pair_words(load_if(meta_base + pidx, c_ok, EVEN), E, CU)
         if QUANT:
-            words = tl.load(values_ptr + rows * stride_vn + u, mask=w_ok, other=0)
-            high = words
-            if BITS == 3:
-                high = tl.load(high_base + u, mask=w_ok, other=0).to(tl.int32)
-        kbase = c * V + vv  # kept-value index of field 0
-        for e in tl.range(0, E, 1, loop_unroll_factor=UNROLL):  # run-time fields: fewer live gathers
-            kk = kbase + e * CU
+            lo, hi, hw_lo, hw_hi = code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS, CU, EVEN, WIDE)
+        for e in tl.static_range(0, E, ESTEP):
+            kh = (c * V + e * CU) // 2 + ii  # the pair's first kept value, halved: its 4 activations' index
+            sel = pick_selector(u0, u1, e)
             if QUANT:
-                g = (c * V + e * CU) // GROUP
-                s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
-                cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
-                w = (field_float_at(words, high, e, BITS) - cz) * s
+                if e % FLUSH == 0:  # a new quantization group starts at this field
+                    g = (c * V + e * CU) // GROUP  # [1, BC, 1]
+                    s = load_if(scales_ptr + rows * stride_sn + g, c_ok, EVEN).to(tl.float32)
+                    cz = load_if(zeros_ptr + rows * stride_sn + g, c_ok, EVEN).to(tl.float32) + (1 << BITS)
+                    p0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    p1 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    p2 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    p3 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    xs0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    xs1 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    xs2 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    xs3 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                if e < H:
+                    two = pair_bits(lo, hw_lo, lo * 0 + e, BITS)
+                else:
+                    two = pair_bits(hi, hw_hi, hi * 0 + (e - H), BITS)
+                wa = half_float(two, False)  # 2**BITS + q of the pair's two codes
+                wb = half_float(two, True)
+            elif values_ptr.dtype.element_ty == tl.float32:
+                wa = load_if(values_ptr + rows * stride_vn + 2 * kh, c_ok, EVEN)
+                wb = load_if(values_ptr + rows * stride_vn + 2 * kh + 1, c_ok, EVEN)
             else:
-                w = tl.load(values_ptr + rows * stride_vn + kk, mask=w_ok, other=0.0).to(tl.float32)
-            xi = 4 * (kk // 2) + field_int(meta, e, 2)  # [BN, BC, CU] dense column of the kept value
-            acc0 += w * _x_row(x_ptr, m0, stride_xm, M, xi, w_ok)
+                two = load_if(values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + kh, c_ok, EVEN)
+                wa = half_to_float(two, False, VBF16)
+                wb = half_to_float(two, True, VBF16)
+            xa, xb = _x_pair(x_ptr, m0, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
+            if QUANT:
+                p0 += wa * xa
+                p0 += wb * xb
+                xs0 += xa
+                xs0 += xb
+            else:
+                acc0 += wa * xa
+                acc0 += wb * xb
             if BLOCK_M > 1:
-                acc1 += w * _x_row(x_ptr, m0 + 1, stride_xm, M, xi, w_ok)
+                xa, xb = _x_pair(x_ptr, m0 + 1, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
+                if QUANT:
+                    p1 += wa * xa
+                    p1 += wb * xb
+                    xs1 += xa
+                    xs1 += xb
+                else:
+                    acc1 += wa * xa
+                    acc1 += wb * xb
             if BLOCK_M > 2:
-                acc2 += w * _x_row(x_ptr, m0 + 2, stride_xm, M, xi, w_ok)
-                acc3 += w * _x_row(x_ptr, m0 + 3, stride_xm, M, xi, w_ok)
+                xa, xb = _x_pair(x_ptr, m0 + 2, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
+                if QUANT:
+                    p2 += wa * xa
+                    p2 += wb * xb
+                    xs2 += xa
+                    xs2 += xb
+                else:
+                    acc2 += wa * xa
+                    acc2 += wb * xb
+                xa, xb = _x_pair(x_ptr, m0 + 3, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
+                if QUANT:
+                    p3 += wa * xa
+                    p3 += wb * xb
+                    xs3 += xa
+                    xs3 += xb
+                else:
+                    acc3 += wa * xa
+                    acc3 += wb * xb
+            if QUANT:
+                if (e + ESTEP) % FLUSH == 0:  # the group ends: s * (Σ (2^b + q) x - (2^b + z) Σ x)
+                    acc0 += s * (p0 - cz * xs0)
+                    if BLOCK_M > 1:
+                        acc1 += s * (p1 - cz * xs1)
+                    if BLOCK_M > 2:
+                        acc2 += s * (p2 - cz * xs2)
+                        acc3 += s * (p3 - cz * xs3)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     _finish(_row_sums(acc0), _row_sums(acc1), _row_sums(acc2), _row_sums(acc3), out_ptr, bias_ptr, ws_ptr,
             lock_ptr, m0, offs_n, M, N, stride_om, tile_id, HAS_BIAS, SPLIT_K, BLOCK_M)
@@ -311,6 +379,12 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
     return out
 
 
+def _aligned(t: torch.Tensor, to: int = 16) -> torch.Tensor:
+    """``t``, or a copy of it when its data does not start on a ``to``-byte boundary (the 2:4 kernels read
+    pairs of units and groups of activations as wide words)."""
+    return t if t.data_ptr() % to == 0 else t.clone()
+
+
 def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -> torch.Tensor:
     m, k = x.shape
     e, chunk = meta_layout(k, bits if quant else None)
@@ -319,10 +393,10 @@ def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = _buffers(x, m, n, grid, cfg.split_k)
     _gemv_sparse24_kernel[grid](
-        x, values, meta, scales, zeros, x if bias is None else bias, out, ws, lock,
+        _aligned(x), _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
-        QUANT=quant, BITS=bits, GROUP=group, CU=cu, UNROLL=4,
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
+        QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush_fields(group, chunk, cu, e) if quant else 1,
+        EVEN=(k // 2 // chunk) % block_c == 0, WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -2,16 +2,17 @@
 
 Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs validated there.
 
-Triton has no sparse tensor-core dot, so each step expands the compressed weight to dense tiles
-in registers and runs a dense ``tl.dot`` (this saves bandwidth, not FLOPs). A step loads
-``[BLOCK_N, BLOCK_C, C]`` units of positions (and of codes) once; for every field ``e`` the kept
-values of the field (values read at their compressed columns, or codes dequantized as in
-:mod:`.triton_lowbit`) pair up along the units — kept values ``2i`` and ``2i + 1`` of group ``i``
-sit in neighbouring units of one field (or, with one unit per chunk, in neighbouring fields) —
-and each pair is spread over its group's four dense columns by position. The dense columns a
-field covers are contiguous, so the activations come as one transposed slice per chunk.
+Triton has no sparse tensor-core dot, so each step expands the compressed weight to dense tiles in
+registers and runs a dense ``tl.dot`` (this saves bandwidth, not FLOPs). A step takes ``BLOCK_C``
+chunks; for each field ``e`` of their units, every group's two kept values (one word: two 16-bit
+values, or two codes as the fp16 values ``2**b + q``) are spread over the group's four dense
+columns by two byte permutes (:func:`~.triton_pairs.spread_selector`). The tile comes out in dense
+column order, so the activations of a field are ``BLOCK_C`` contiguous runs of ``2 C`` columns,
+multiplied in one ``tl.dot``. Codes are dequantized as the reference's ``W_hat``: with fp16 scales and
+activations in the pair's word before spreading (``(t - (2**b + zero)) * scale`` on both halves), else
+spread with ``2**b + zero`` in the empty columns and dequantized as a tile (exact zeros there).
 
-Dequantize kernel: writes the dense ``[N, K]`` weight (zeros included) for ``F.linear`` at large M.
+Dequantize kernel: writes the same tiles as the dense ``[N, K]`` weight for ``F.linear`` at large M.
 """
 
 from __future__ import annotations
@@ -22,180 +23,196 @@ import triton.language as tl
 
 from .configs import LaunchConfig
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import INTERPRET, field_float_at, field_int
+from .triton_common import INTERPRET, load_if, pair_bits, pair_halves, prmt, sub_mul_f16x2
+from .triton_gemv import _aligned, flush_fields
 from .triton_lowbit import store_tile
+from .triton_pairs import code_pairs, meta_pairs, pair_words, spread_selector
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]
 
 
 @triton.jit
-def _kept(values_ptr, words, high, rows, stride_vn, kk, ok, s, cz, e, QUANT: tl.constexpr, BITS: tl.constexpr):
-    """Kept values of field ``e`` (fp32): read at their compressed columns, or dequantized codes."""
-    if QUANT:
-        w = (field_float_at(words, high, e, BITS) - cz) * s
-    else:
-        w = tl.load(values_ptr + rows * stride_vn + kk, mask=ok, other=0.0).to(tl.float32)
-    return w
+def _half_bits(v, DT: tl.constexpr):
+    """Bit pattern (low 16 bits of an int32) of ``v`` rounded to the 16-bit float ``DT``."""
+    return v.to(DT).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
 
 
 @triton.jit
-def _spread(p0, w0, p1, w1):
-    """Pairs ``[BN, BC, H]`` of (position, value) → dense ``[BN, BC, H, 4]`` columns of each group."""
-    j = tl.arange(0, 4)[None, None, None, :]
-    zero = tl.zeros(p0.shape, tl.float32)[:, :, :, None]
-    return tl.where(p0[:, :, :, None] == j, w0[:, :, :, None],
-                    tl.where(p1[:, :, :, None] == j, w1[:, :, :, None], zero))
-
-
-@triton.jit
-def _pairs(t, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, CU: tl.constexpr):
-    """Even and odd units of ``t: [BN, BC, CU]`` → two ``[BN, BC, CU / 2]`` tensors."""
-    return tl.split(tl.reshape(t, (BLOCK_N, BLOCK_C, CU // 2, 2)))
-
-
-@triton.jit
-def _field_meta(rows, c, w_ok, scales_ptr, zeros_ptr, stride_sn, e, V: tl.constexpr,
-                CU: tl.constexpr, GROUP: tl.constexpr, BITS: tl.constexpr):
-    """Scale and ``2**b + zero`` ``[BN, BC, 1]`` of the group holding field ``e`` of chunks ``c``."""
+def _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V: tl.constexpr, CU: tl.constexpr,
+                GROUP: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr):
+    """Scale, ``2**b + zero`` and the fp16 word ``(2**b + zero, 2**b + zero)`` (the tile's filler) ``[BN, BC, 1]``
+    of the group holding field ``e`` of chunks ``c``."""
     g = (c * V + e * CU) // GROUP
-    s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
-    cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
-    return s, cz
+    s = load_if(scales_ptr + rows * stride_sn + g, c_ok, EVEN)
+    z = load_if(zeros_ptr + rows * stride_sn + g, c_ok, EVEN)
+    bits = ((15 + BITS) << 10) | (z.to(tl.int32) << (10 - BITS))  # fp16 2**b + zero (zeros are integers)
+    return s, z, bits | (bits << 16)
 
 
 @triton.jit
-def _dense_fields(values_ptr, meta, words, high, rows, stride_vn, c, w_ok, scales_ptr, zeros_ptr, stride_sn,
-                  e, QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
-                  CU: tl.constexpr, V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Dense weight ``[BN, BC, H, 4]`` of field ``e`` (fields ``e, e + 1`` when ``CU == 1``) and the first
-    dense column ``[1, BC, 1]`` it covers in each chunk (``4 H`` contiguous columns follow)."""
-    vv = tl.arange(0, CU)[None, None, :]
-    s = 1.0
-    cz = 0.0
+def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e,
+                QUANT: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr, DT: tl.constexpr):
+    """Dense weights ``[BN, BC, CP, 2, 2]`` in ``DT`` of field ``e`` (fields ``e, e + 1`` when a chunk has one
+    unit; ``e`` may be known only at run time): pair ``i`` of chunk ``c`` covers dense columns
+    ``2 (c V + e C) + 4 i .. + 4`` in order. Kept values (no ``QUANT``): ``vrow`` points at each pair's
+    field-0 value pair (a word when the values are in ``DT``, else the first value), ``off`` pairs on."""
+    sel = spread_selector(u0, u1, e)
     if QUANT:
-        s, cz = _field_meta(rows, c, w_ok, scales_ptr, zeros_ptr, stride_sn, e, V, CU, GROUP, BITS)
-    kk = c * V + e * CU + vv
-    if CU == 1:  # the pair of a group sits in fields e and e + 1 of one unit
-        p0 = field_int(meta, e, 2)
-        p1 = field_int(meta, e + 1, 2)
-        w0 = _kept(values_ptr, words, high, rows, stride_vn, kk, w_ok, s, cz, e, QUANT, BITS)
-        w1 = _kept(values_ptr, words, high, rows, stride_vn, kk + 1, w_ok, s, cz, e + 1, QUANT, BITS)
+        H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # code fields per halfword
+        upper = e >= H
+        two = pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + e % H, BITS)
+        if DT == tl.float16 and s.dtype == tl.float16:  # dequantize the pair in its word, then spread it
+            hs = _half_bits(s, tl.float16)
+            two = sub_mul_f16x2(two, fill, hs | (hs << 16))  # t - cz exact (integer zeros), one rounding: W_hat
+            w = pair_halves(tl.join(prmt(two, two * 0, sel), prmt(two, two * 0, sel >> 16)), tl.float16)
+        else:
+            t = pair_halves(tl.join(prmt(two, fill, sel), prmt(two, fill, sel >> 16)), tl.float16)
+            cz = z[:, :, :, None, None].to(tl.float32) + (1 << BITS)
+            w = ((t.to(tl.float32) - cz) * s[:, :, :, None, None].to(tl.float32)).to(DT)
     else:
-        p0, p1 = _pairs(field_int(meta, e, 2), BLOCK_N, BLOCK_C, CU)
-        w0, w1 = _pairs(_kept(values_ptr, words, high, rows, stride_vn, kk, w_ok, s, cz, e, QUANT, BITS),
-                        BLOCK_N, BLOCK_C, CU)
-    return _spread(p0, w0, p1, w1), 2 * (c * V + e * CU)  # [1, BC, 1]
-
-
-@triton.jit
-def _load_units(values_ptr, meta_base, high_base, rows, stride_vn, u, w_ok, QUANT: tl.constexpr,
-                BITS: tl.constexpr):
-    meta = tl.load(meta_base + u, mask=w_ok, other=0).to(tl.int32)
-    words = meta
-    high = meta
-    if QUANT:
-        words = tl.load(values_ptr + rows * stride_vn + u, mask=w_ok, other=0)
-        high = words
-        if BITS == 3:
-            high = tl.load(high_base + u, mask=w_ok, other=0).to(tl.int32)
-    return meta, words, high
-
-
-@triton.jit
-def _bases(values_ptr, meta_ptr, rows, stride_vn, stride_mn, K, E: tl.constexpr, QUANT: tl.constexpr):
-    """Row pointers of the position units (8/16/32 bits for ``E`` = 4/8/16) and of the 3-bit high plane."""
-    if E == 4:
-        meta_base = meta_ptr.to(tl.pointer_type(tl.int8)) + rows * (4 * stride_mn)
-    elif E == 8:
-        meta_base = meta_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_mn)
-    else:
-        meta_base = meta_ptr + rows * stride_mn
-    high_base = meta_ptr.to(tl.pointer_type(tl.int16))
-    if QUANT:
-        high_base = values_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_vn) + K // 16
-    return meta_base, high_base
+        if values_ptr.dtype.element_ty == DT:  # the pair's two values are one word as stored
+            two = load_if(vrow + off, c_ok, EVEN)
+        else:
+            wa = load_if(vrow + 2 * off, c_ok, EVEN)
+            wb = load_if(vrow + 2 * off + 1, c_ok, EVEN)
+            two = _half_bits(wa, DT) | (_half_bits(wb, DT) << 16)
+        w = pair_halves(tl.join(prmt(two, two * 0, sel), prmt(two, two * 0, sel >> 16)), DT)
+    return w
 
 
 @triton.jit
 def _tc_sparse24_kernel(
     x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
     M, N, K, stride_xm, stride_vn, stride_mn, stride_sn, stride_om,
-    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, HAS_BIAS: tl.constexpr,
+    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr,
+    EVEN: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """``EVEN``: every step's chunks exist (no load is masked); ``WIDE``: code rows hold an even number of
+    words. Rows past ``N`` read row ``N - 1`` and are never stored."""
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
     V: tl.constexpr = E * CU
-    H: tl.constexpr = 1 if CU == 1 else CU // 2
-    STEP: tl.constexpr = 2 if CU == 1 else 1
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = offs_n[:, None, None]
-    row_ok = rows < N
+    CP: tl.constexpr = CU // 2 if CU > 1 else 1  # pairs per field of a chunk
+    ESTEP: tl.constexpr = 1 if CU > 1 else 2
+    BK: tl.constexpr = BLOCK_C * CP * 4  # dense columns of one field's tile
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.minimum(offs_n, N - 1)[:, None, None]
     cc = tl.arange(0, BLOCK_C)[None, :, None]
-    vv = tl.arange(0, CU)[None, None, :]
-    t = tl.arange(0, BLOCK_C * H * 4)  # dense column of the step's tile
-    t_first = (t // (H * 4)) * V * 2 + t % (H * 4)  # its offset from column 2 * c0 * V
+    ii = tl.arange(0, CP)[None, None, :]
+    t = tl.arange(0, BK)
+    t_chunk = t // (CP * 4)  # chunk of the step each dense column of the tile belongs to
+    t_col = t_chunk * (2 * V) + t % (CP * 4)  # its offset from column 2 (c0 V + e C)
+    x_rows = tl.minimum(offs_m, M - 1)[None, :] * stride_xm  # rows past M read row M - 1, never stored
     num_chunks = (K // 2) // V
-    meta_base, high_base = _bases(values_ptr, meta_ptr, rows, stride_vn, stride_mn, K, E, QUANT)
+    meta_base = meta_pairs(meta_ptr, rows, stride_mn, E, CU)
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    for it in range(0, tl.cdiv(num_chunks, BLOCK_C)):
+    s = tl.zeros((BLOCK_N, BLOCK_C, 1), scales_ptr.dtype.element_ty)
+    z = s
+    fill = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.int32)
+    for it in range(0, tl.cdiv(num_chunks, BLOCK_C)):  # positions (and codes) of BLOCK_C chunks
         c = it * BLOCK_C + cc
-        w_ok = row_ok & (c < num_chunks)
-        u = c * CU + vv
-        meta, words, high = _load_units(values_ptr, meta_base, high_base, rows, stride_vn, u, w_ok, QUANT, BITS)
-        t_ok = (it * BLOCK_C + t // (H * 4)) < num_chunks
-        for e in tl.range(0, E, STEP, num_stages=1):  # a run-time loop: one set of tiles live at a time
-            wd, _ = _dense_fields(values_ptr, meta, words, high, rows, stride_vn, c, w_ok, scales_ptr, zeros_ptr,
-                                  stride_sn, e, QUANT, BITS, GROUP, CU, V, BLOCK_N, BLOCK_C)
-            w2 = tl.reshape(wd, (BLOCK_N, BLOCK_C * H * 4)).to(x_ptr.dtype.element_ty)
-            col = 2 * (it * BLOCK_C * V + e * CU) + t_first  # [BK]
-            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + col[:, None],
-                         mask=t_ok[:, None] & (offs_m[None, :] < M), other=0.0)  # [BK, BM]
-            acc = tl.dot(w2, xt, acc)
+        c_ok = c < num_chunks
+        pidx = c * CP + ii
+        u0, u1 = pair_words(load_if(meta_base + pidx, c_ok, EVEN), E, CU)
+        lo = u0
+        hi = u0
+        hw_lo = u0
+        hw_hi = u0
+        if QUANT:
+            lo, hi, hw_lo, hw_hi = code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS, CU, EVEN, WIDE)
+        x_ok = (it * BLOCK_C + t_chunk) < num_chunks
+        xs = x_ptr + x_rows + (2 * it * BLOCK_C * V + t_col)[:, None]  # [BK, BM] activations of field 0
+        vrow = values_ptr + rows * stride_vn + c * V + 2 * ii  # each pair's field-0 values
+        if values_ptr.dtype.element_ty == DT:
+            vrow = values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + (c * V) // 2 + ii
+        # a run-time loop over the fields, the one Triton pipelines: one field's values, scales and
+        # activations in flight per stage (an unrolled loop would buffer every field's)
+        for e in tl.range(0, E, ESTEP):
+            if QUANT:
+                s, z, fill = _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V, CU, GROUP, BITS, EVEN)
+            w = _field_tile(values_ptr, vrow, (e * CU) // 2, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e,
+                            QUANT, BITS, EVEN, DT)
+            if EVEN:
+                xt = tl.load(xs + 2 * e * CU)
+            else:
+                xt = tl.load(xs + 2 * e * CU, mask=x_ok[:, None], other=0.0)
+            acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
     store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
 
 
 @triton.jit
 def _dequant_sparse24_kernel(
     values_ptr, meta_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_vn, stride_mn, stride_sn, stride_on,
-    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
+    WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
     V: tl.constexpr = E * CU
-    H: tl.constexpr = 1 if CU == 1 else CU // 2
-    STEP: tl.constexpr = 2 if CU == 1 else 1
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N))[:, None, None]
+    CP: tl.constexpr = CU // 2 if CU > 1 else 1
+    ESTEP: tl.constexpr = 1 if CU > 1 else 2
+    DT: tl.constexpr = out_ptr.dtype.element_ty
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1)[:, None, None]
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[None, :, None]
-    vv = tl.arange(0, CU)[None, None, :]
-    w_ok = (rows < N) & (c < (K // 2) // V)
-    meta_base, high_base = _bases(values_ptr, meta_ptr, rows, stride_vn, stride_mn, K, E, QUANT)
-    meta, words, high = _load_units(values_ptr, meta_base, high_base, rows, stride_vn, c * CU + vv, w_ok, QUANT,
-                                    BITS)
-    cols = tl.arange(0, H * 4)[None, None, :]
-    for e in tl.static_range(0, E, STEP):
-        wd, first = _dense_fields(values_ptr, meta, words, high, rows, stride_vn, c, w_ok, scales_ptr, zeros_ptr,
-                                  stride_sn, e, QUANT, BITS, GROUP, CU, V, BLOCK_N, BLOCK_C)
-        dense = tl.reshape(wd, (BLOCK_N, BLOCK_C, H * 4))
-        ptrs = out_ptr + rows * stride_on + first + cols
-        tl.store(ptrs, dense.to(out_ptr.dtype.element_ty), mask=w_ok)
+    ii = tl.arange(0, CP)[None, None, :]
+    c_ok = c < (K // 2) // V
+    pidx = c * CP + ii
+    u0, u1 = pair_words(load_if(meta_pairs(meta_ptr, rows, stride_mn, E, CU) + pidx, c_ok, False), E, CU)
+    lo = u0
+    hi = u0
+    hw_lo = u0
+    hw_hi = u0
+    if QUANT:
+        lo, hi, hw_lo, hw_hi = code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS, CU, False, WIDE)
+    s = tl.zeros((BLOCK_N, BLOCK_C, 1), scales_ptr.dtype.element_ty)
+    z = s
+    fill = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.int32)
+    cols = tl.arange(0, CP * 4)[None, None, :]
+    ok = (offs_n[:, None, None] < N) & c_ok
+    vrow = values_ptr + rows * stride_vn + c * V + 2 * ii
+    if values_ptr.dtype.element_ty == DT:
+        vrow = values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + (c * V) // 2 + ii
+    for e in tl.static_range(0, E, ESTEP):
+        if QUANT:
+            if e % FLUSH == 0:
+                s, z, fill = _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V, CU, GROUP, BITS, False)
+        w = _field_tile(values_ptr, vrow, (e * CU) // 2, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e, QUANT,
+                        BITS, False, DT)
+        ptrs = out_ptr + offs_n[:, None, None] * stride_on + 2 * (c * V + e * CU) + cols
+        tl.store(ptrs, tl.reshape(w, (BLOCK_N, BLOCK_C, CP * 4)), mask=ok)
+
+
+def _layout(k: int, quant: bool, bits: int, group: int) -> tuple[int, int, int, int]:
+    """(fields per unit, values per chunk, units per chunk, fields per group run) of a 2:4 weight."""
+    e, chunk = meta_layout(k, bits if quant else None)
+    cu = chunk // e
+    return e, chunk, cu, flush_fields(group, chunk, cu, e) if quant else 1
+
+
+def tc24_chunks(cu: int, block_k: int) -> int:
+    """Chunks per tensor-core step (a power of two): a field's tile is ``block_k`` dense columns wide, and at
+    least 16 (a dot's K)."""
+    per_chunk = 2 * cu if cu > 1 else 4  # dense columns one field (pair of fields) of a chunk covers
+    block_c = max(1, block_k // per_chunk, -(-16 // per_chunk))
+    return 1 << (block_c - 1).bit_length()
 
 
 def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: LaunchConfig) -> torch.Tensor:
     if cfg.split_k != 1:
         raise ValueError(f"the 2:4 tensor-core kernels have no split-K; `split_k` must be 1, got split_k={cfg.split_k}.")
     m, k = x.shape
-    e, chunk = meta_layout(k, bits if quant else None)
-    cu = chunk // e
-    h = 1 if cu == 1 else cu // 2
-    block_c = max(1, cfg.block_k // (2 * chunk), -(-16 // (4 * h)))  # chunks per step; a dot needs K >= 16
-    block_c = 1 << (block_c - 1).bit_length()
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
+    e, chunk, cu, _ = _layout(k, quant, bits, group)
+    block_c = tc24_chunks(cu, cfg.block_k)
+    grid = (triton.cdiv(n, cfg.block_n), 1, triton.cdiv(m, cfg.block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     _tc_sparse24_kernel[grid](
-        x, values, meta, scales, zeros, x if bias is None else bias, out,
+        x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
-        QUANT=quant, BITS=bits, GROUP=group, CU=cu, HAS_BIAS=bias is not None,
+        QUANT=quant, BITS=bits, GROUP=group, CU=cu, EVEN=(k // 2 // chunk) % block_c == 0,
+        WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -226,13 +243,13 @@ def dequantize_sparse24(weight: Sparse24Weight | Sparse24QuantWeight, dtype: tor
     else:
         values = scales = zeros = weight.values
         bits, group = 16, 1
-    e, chunk = meta_layout(k, bits if quant else None)
-    cu = chunk // e
+    e, chunk, cu, flush = _layout(k, quant, bits, group)
     block_c = max(1, 32 // cu)
     out = torch.empty(n, k, dtype=dtype, device=weight.device)
     grid = (triton.cdiv(n, 16), triton.cdiv((k // 2) // chunk, block_c))
     _dequant_sparse24_kernel[grid](
-        values, weight.meta, scales, zeros, out, n, k, values.stride(0), weight.meta.stride(0), scales.stride(0),
-        out.stride(0), QUANT=quant, BITS=bits, GROUP=group, CU=cu, BLOCK_N=16, BLOCK_C=block_c, num_warps=4,
+        _aligned(values), _aligned(weight.meta), scales, zeros, out, n, k, values.stride(0), weight.meta.stride(0),
+        scales.stride(0), out.stride(0), QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush,
+        WIDE=values.stride(0) % 2 == 0, BLOCK_N=16, BLOCK_C=block_c, num_warps=4,
     )
     return out

@@ -101,6 +101,37 @@ def test_bf16_activations_on_gpu(fmt: str, m: int, gen: torch.Generator) -> None
     assert (y.double() - ref.double()).norm() <= 1e-2 * ref.double().norm()  # bf16: 8-bit mantissa
 
 
+@pytest.mark.parametrize("fmt", ["lowbit", "sparse24", "sparse24_quant"])
+def test_decode_kernels_take_bf16(fmt: str, device: str, gen: torch.Generator) -> None:
+    """The decode kernels (no tensor-core dot, so the interpreter runs them right) with bf16 activations and,
+    for 2:4, bf16 kept values."""
+    dense = magnitude_prune_24(torch.randn(40, 192, generator=gen))
+    x = torch.randn(3, 192, generator=gen).bfloat16().to(device)
+    config = LaunchConfig("gemv", 4, 16, 64)
+    if fmt == "lowbit":
+        w = PackedQuantWeight.from_dense(dense, 4, 32, torch.bfloat16).to(device)
+        y, ref = lowbit_matmul(x, w, path="triton", config=config), lowbit_matmul_ref(x, w)
+    elif fmt == "sparse24":
+        w = Sparse24Weight.from_dense(dense, dtype=torch.bfloat16).to(device)
+        y, ref = sparse24_matmul(x, w, path="triton", config=config), sparse24_matmul_ref(x, w)
+    else:
+        w = Sparse24QuantWeight.from_dense(dense, 4, 32).to(device)
+        y, ref = sparse24_quant_matmul(x, w, path="triton", config=config), sparse24_quant_matmul_ref(x, w)
+    assert y.dtype == torch.bfloat16
+    assert (y.double() - ref.double()).norm() <= 1e-2 * ref.double().norm()  # bf16: 8-bit mantissa
+
+
+def test_sparse24_decode_kernel_takes_unaligned_activations(device: str, gen: torch.Generator) -> None:
+    """The 2:4 decode kernel reads a group's four activations as one 8-byte word; ``x`` starting off such a
+    boundary (a contiguous view into a larger buffer) still gives the right result."""
+    dense = magnitude_prune_24(torch.randn(24, 128, generator=gen))
+    weight = Sparse24Weight.from_dense(dense, dtype=torch.float16).to(device)
+    buf = torch.randn(2 * 128 + 1, generator=gen).half().to(device)
+    x = buf[1:].view(2, 128)
+    assert x.is_contiguous() and x.data_ptr() % 8 != 0
+    _check(sparse24_matmul(x, weight, path="triton", config=GEMV[2]), sparse24_matmul_ref(x, weight))
+
+
 SPARSE_SHAPES = [(40, 192), (72, 96), (24, 512)]  # K/2 = 96, 48 (one unit per chunk), 256
 
 
@@ -168,6 +199,23 @@ def test_dequantize_kernels_are_exact(bits: int, device: str, gen: torch.Generat
     assert torch.equal(triton_sparse.dequantize_sparse24(sparse, torch.float16), sparse.to_dense(torch.float16))
     sq = Sparse24QuantWeight.from_dense(dense, bits, 32).to(device)
     assert torch.equal(triton_sparse.dequantize_sparse24(sq, torch.float16), sq.to_dense(torch.float16))
+    # K/2 = 48: one position unit per chunk; 3 bits: K/2 = 96, rows of an odd number of words
+    short = magnitude_prune_24(torch.randn(24, 192 if bits == 3 else 96, generator=gen))
+    for out in (torch.float16, torch.bfloat16):  # kept values in another dtype are rounded to the output's
+        for values in (torch.float32, torch.bfloat16):
+            w = Sparse24Weight.from_dense(short, dtype=values).to(device)
+            _same(triton_sparse.dequantize_sparse24(w, out), w.to_dense(out), device)
+        sq = Sparse24QuantWeight.from_dense(short, bits, 16 if bits != 8 else 24).to(device)
+        _same(triton_sparse.dequantize_sparse24(sq, out), sq.to_dense(out), device)
+
+
+def _same(y: torch.Tensor, ref: torch.Tensor, device: str) -> None:
+    """Equal; the interpreter rounds fp32 to bf16 towards zero (the GPU to nearest), so there bf16 results
+    may differ by one unit in the last place."""
+    if device == "cuda" or y.dtype != torch.bfloat16:
+        assert torch.equal(y, ref)
+    else:
+        assert ((y.float() - ref.float()).abs() <= ref.float().abs() * 2.0**-7).all()
 
 
 def test_groups_that_split_a_field_run_fall_back(device: str, gen: torch.Generator) -> None:
