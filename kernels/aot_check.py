@@ -66,9 +66,10 @@ def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
                f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
 
 
-def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, jb: int = 2) -> Variant:
+def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, jb: int = 2,
+        x_permuted: bool | None = None) -> Variant:
     consts = {"BITS": bits, "GROUP": group, "CU": 16, "JB": jb, "HAS_BIAS": True, "SPLIT_K": split,
-              "BLOCK_M": bm, "BLOCK_N": bn}
+              "X_PERMUTED": bm < bn if x_permuted is None else x_permuted, "BLOCK_M": bm, "BLOCK_N": bn}
     return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
                f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 
@@ -102,7 +103,7 @@ def _dequant24(quant: bool, bits: int) -> Variant:
 def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     """The decode kernels as :func:`~.configs.pick_config` launches them for ``[M, K] x [N, K]^T``,
     M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
-    tensor-core kernel at M = 1, 16, 64."""
+    tensor-core kernels at M = 1, 16, 64, 256."""
     from .configs import pick_config, tc_step_fields
     from .packing import chunk_units, fields_per_unit
     from .sparse24 import meta_layout
@@ -135,7 +136,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
                     cfg.num_warps, cfg.num_stages, name)
             # the hot loop is the step loop: every kept value of BLOCK_C chunks
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
-    for m in (1, 16, 64):
+    for m in (1, 16, 64, 256):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
             cfg = pick_config(m, n, k, "lowbit", "tc")
             jb = tc_step_fields(bits, k, group, cfg.block_k)

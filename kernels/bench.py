@@ -173,8 +173,8 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str) -> list[Launch
         shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
     elif m <= 64:
         shapes = [LaunchConfig("tc", 64, 128, 128, 1, 8, 3)]
-    else:
-        shapes = []
+    else:  # smaller K steps, and a narrower tile with fewer warps
+        shapes = [LaunchConfig("tc", base.block_m, 128, 64, 1, 8, 3), LaunchConfig("tc", base.block_m, 64, 128, 1, 4, 3)]
     out = [base]
     for cfg in shapes:
         for c in with_split(cfg, m, n, k, fmt):

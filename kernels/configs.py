@@ -4,8 +4,10 @@ Block sizes come from a small table rather than ``triton.autotune`` so that the 
 on a CPU host (interpreter tests) and on a GPU, and no timing runs at first call. The table's
 values and the dispatch thresholds are read off ``python -m layerbudget.kernels.bench --tune`` on
 an H200 (the fastest configuration per path, ``best_path`` for the crossovers; the CSV is under
-``profiles/data/latency/``). Split-K exists for the decode kernels and the low-bit tensor-core
-kernel (the 2:4 tensor-core kernels refuse it).
+``profiles/data/latency/``), except the tensor-core tile for M > 64, chosen from the compiled
+kernels' static counts (``aot_check --sass``: multiply-adds per issued instruction, no spills) and
+timed against its alternatives by ``--tune``. Split-K exists for the decode kernels and the low-bit
+tensor-core kernel (the 2:4 tensor-core kernels refuse it).
 
 Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``), with CUDA tensors,
 fp16/bf16 activations and Triton installed:
@@ -32,8 +34,10 @@ KERNELS = ("gemv", "tc")
 GEMV_MAX_M: dict[str, int] = {"lowbit": 4, "sparse24": 4, "sparse24_quant": 4}
 DEQUANT_MIN_M: dict[str, int] = {"lowbit": 16, "sparse24": 16, "sparse24_quant": 16}
 
-# Programs wanted in flight to fill a GPU (132 SMs on an H100/H200, a few programs each).
+# Programs wanted in flight to fill a GPU (132 SMs on an H100/H200, a few programs each; one each for
+# the tensor-core kernel's large tiles, whose 8 warps hold ~240 registers each).
 TARGET_PROGRAMS = 4 * 132
+LARGE_TILE_PROGRAMS = 132
 MAX_SPLIT_K = 16
 GEMV_ROWS = (1, 2, 4)
 
@@ -100,15 +104,18 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
         steps = _cdiv(kvals, bk)
         stages = 2 if fmt == "lowbit" else 1  # low-bit: read the next step ahead (see triton_gemv)
         return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, stages)
+    target = TARGET_PROGRAMS
     if m <= 16:
         bm, bn, bk, warps = 16, 64, 128, 4
     elif m <= 64:
         bm, bn, bk, warps = (32 if m <= 32 else 64), 64, 128, 4
-    else:
-        bm, bn, bk, warps = (64 if m <= 128 else 128), 128, 64, 8
+    else:  # large tiles (one program fills an SM): low-bit K steps of 128 feed each dequantized weight to more
+        # MMAs; the 2:4 kernels hold every kept value's position (and code) of the step, so their steps stay at 64
+        bm, bn, bk, warps = (64 if m <= 128 else 128), 128, (128 if fmt == "lowbit" else 64), 8
+        target = LARGE_TILE_PROGRAMS
     split = 1
     if fmt == "lowbit":  # the 2:4 tensor-core kernels have no split-K
-        split = split_for(_cdiv(n, bn) * _cdiv(m, bm), _cdiv(kvals, bk))
+        split = split_for(_cdiv(n, bn) * _cdiv(m, bm), _cdiv(kvals, bk), target)
     return LaunchConfig("tc", bm, bn, bk, split, warps, 3)
 
 

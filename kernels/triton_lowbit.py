@@ -105,16 +105,22 @@ def _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, ok, c, j0, K, stride_pn, s
 
 @triton.jit
 def _x_tile(x_ptr, offs_m, M, stride_xm, start, BLOCK_M: tl.constexpr, CU: tl.constexpr, JB: tl.constexpr,
-            H: tl.constexpr):
-    """Activations of one step as ``[2 * JB * CU, BM]`` in the tile's column order (unit, field, halfword):
-    fields ``j`` and ``j + H`` from dense value ``start``, loaded in memory order (runs of ``CU``) and
-    permuted."""
-    m = offs_m[:, None, None, None]  # [BM, 1, 1, 1]
-    hh = tl.arange(0, 2)[None, :, None, None]
-    jj = tl.arange(0, JB)[None, None, :, None]
-    vv = tl.arange(0, CU)[None, None, None, :]
-    x = tl.load(x_ptr + m * stride_xm + start + (jj + H * hh) * CU + vv, mask=m < M, other=0.0)  # [BM, 2, JB, CU]
-    return tl.reshape(tl.permute(x, (3, 2, 1, 0)), (2 * JB * CU, BLOCK_M))
+            H: tl.constexpr, W_ORDER: tl.constexpr):
+    """Activations of one step as ``[2 * JB * CU, BM]``: fields ``j`` and ``j + H`` from dense value ``start``.
+    ``W_ORDER``: in the weight tile's column order (unit, field, halfword), loaded in memory order (runs
+    of ``CU``) and permuted; else in memory order (halfword, field, unit: two runs of ``JB * CU``)."""
+    if W_ORDER:
+        m = offs_m[:, None, None, None]  # [BM, 1, 1, 1]
+        hh = tl.arange(0, 2)[None, :, None, None]
+        jj = tl.arange(0, JB)[None, None, :, None]
+        vv = tl.arange(0, CU)[None, None, None, :]
+        x = tl.load(x_ptr + m * stride_xm + start + (jj + H * hh) * CU + vv, mask=m < M, other=0.0)  # [BM, 2, JB, CU]
+        out = tl.reshape(tl.permute(x, (3, 2, 1, 0)), (2 * JB * CU, BLOCK_M))
+    else:
+        r = tl.arange(0, 2 * JB * CU)
+        col = start + (r // (JB * CU)) * (H * CU) + r % (JB * CU)
+        out = tl.load(x_ptr + offs_m[None, :] * stride_xm + col[:, None], mask=offs_m[None, :] < M, other=0.0)
+    return out
 
 
 @triton.jit
@@ -122,7 +128,7 @@ def _tc_lowbit_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
     BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, JB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_K: tl.constexpr, X_PERMUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """A step takes fields ``j0 .. j0 + JB`` of both halfwords of one chunk's units; each halfword's run of
     fields lies inside one quantization group, so a step needs one scale and zero per row and halfword."""
@@ -152,7 +158,9 @@ def _tc_lowbit_kernel(
             w = (f - (z + (1 << BITS))) * s  # q - z exact in fp16 (integer zeros), one rounding: the reference's W_hat
         else:
             w = ((f.to(tl.float32) - (z.to(tl.float32) + (1 << BITS))) * s.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        xt = _x_tile(x_ptr, offs_m, M, stride_xm, c * V + j0 * CU, BLOCK_M, CU, JB, H)
+        xt = _x_tile(x_ptr, offs_m, M, stride_xm, c * V + j0 * CU, BLOCK_M, CU, JB, H, X_PERMUTED)
+        if not X_PERMUTED:  # the weight tile takes the activations' (memory) order instead
+            w = tl.permute(w, (0, 3, 2, 1))  # [BN, 2, JB, CU]
         acc = tl.dot(tl.reshape(w, (BLOCK_N, 2 * JB * CU)), xt, acc)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
@@ -193,6 +201,12 @@ def _layout(weight: PackedQuantWeight, k: int) -> tuple[int, int, int]:
     return cu, e * cu, flush_fields(weight.group, e * cu, cu, e)
 
 
+def x_permuted(block_m: int, block_n: int) -> bool:
+    """Which tile of a tensor-core step is permuted to meet the other's column order: the activations while
+    they are the smaller tile, else the weights (the activations then load in memory order)."""
+    return block_m < block_n
+
+
 def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
     """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
@@ -205,7 +219,7 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=chunk_units(weight.bits, k), JB=jb,
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, X_PERMUTED=x_permuted(cfg.block_m, cfg.block_n), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -250,6 +250,7 @@ def test_pick_config_fills_gpu(m: int, n: int, k: int) -> None:
     assert cfg.kernel == ("gemv" if m <= 4 else "tc")
     programs = -(-m // cfg.block_m) * -(-n // cfg.block_n) * cfg.split_k
     assert programs >= 128 or cfg.split_k == 16  # roughly one program per SM at least, or as split as allowed
+    assert programs <= 2 * 4 * 132 or cfg.split_k == 1  # split-K never overfills the GPU
     assert -(-k // cfg.block_k) >= 2 * cfg.split_k  # every K slice gets >= 2 steps
     for fmt in ("sparse24", "sparse24_quant"):  # the 2:4 tensor-core kernels have no split-K
         assert pick_config(m, n, k, fmt, "tc").split_k == 1
