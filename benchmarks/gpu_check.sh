@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_check.sh sweep OUT   # kernel tests on CUDA, then launch-config sweeps (data for kernels/configs.py)
 #   bash benchmarks/gpu_check.sh check OUT   # kernel tests, the kernel bench (every format; 8192x8192 and
 #                                            # 8192x28672 first, then the other Llama and the MiniLM shapes),
-#                                            # the Llama-block bench
+#                                            # the Llama-block bench, more M at 4096x4096 and the dispatch
+#                                            # thresholds fitted to the crossovers (benchmarks/fit_dispatch.py)
 # Every step has its own time limit, so one that hangs cannot eat the others' time; the files land in OUT.
 set -uo pipefail
 mode=${1:?sweep or check}
@@ -42,5 +43,9 @@ else
   timeout 40 $bench --shapes 384x384,1536x384,384x1536 --out "$out/bench-minilm.csv" > "$out/bench-minilm.txt" 2>&1
   tail -3 "$out/bench-minilm.txt"
   timeout 60 python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
+  # more M between the headline rows, for the crossovers the dispatch thresholds are fitted to
+  timeout 45 $bench --tune --shapes 4096x4096 --ms 2,4,8,32,128 --out "$out/bench-crossover.csv" \
+    > "$out/bench-crossover.txt" 2>&1
+  python3 benchmarks/fit_dispatch.py "$out"/bench-*.csv | tee "$out/fit-dispatch.txt" | tail -2
 fi
 echo "gpu_check $mode: $((SECONDS - start)) s"

@@ -132,3 +132,36 @@ def test_bench_groundtruth_records_returned_hits_and_its_tables(tmp_path):
         assert run["hit"] == (run["plan"] == r["real_opt"])
         assert r["qualifies"] == (r["proxy_opt"] != r["real_opt"] and r["feasible"] > 300)
     assert report["targets"]["qualifying"] == sum(r["qualifies"] for r in rows)
+
+
+def _bench_rows(path, rows):
+    cols = ["n", "k", "m", "format", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "max_rel_err"]
+    path.write_text("\n".join([",".join(cols)] + [",".join(str(v) for v in r) for r in rows]) + "\n")
+
+
+def test_fit_dispatch_bounds_the_thresholds_by_the_crossovers(tmp_path):
+    nan = "nan"
+    rows = []
+    for n, k in ((4096, 4096), (8192, 8192), (4096, 14336)):
+        rows += [(n, k, 1, "w4g128", 1.0, 0.3, 0.5, 2.0, 0.0), (n, k, 2, "w4g128", 1.0, 0.4, 0.6, 2.0, 0.0),
+                 (n, k, 16, "w4g128", 1.0, nan, 0.5, 2.0, 0.0), (n, k, 64, "w4g128", 1.0, nan, 3.0, 2.0, 0.0),
+                 (n, k, 256, "w4g128", 1.0, nan, 3.0, 2.5, 0.0), (n, k, 1, "fp16", 1.0, nan, nan, nan, 0.0)]
+    rows.append((8192, 8192, 64, "w2g64", 1.0, nan, 0.1, 2.0, 0.5))  # tc fastest but wrong: not counted
+    _bench_rows(tmp_path / "bench.csv", rows)
+    proc = bench("fit_dispatch.py", str(tmp_path / "bench.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "lowbit (16 rows) fastest path by M: M=1: gemv 3; M=2: gemv 3; M=16: tc 3; M=64: dequant 4;" in lines[0]
+    assert "GEMV_MAX_M in [2, 15], DEQUANT_MIN_M in [17, 64]" in lines[1]
+    # 4 (configs.py) lies in [2, 15] and stays; 16 does not lie in [17, 64]: the interval's nearest end
+    assert "fitted GEMV_MAX_M=4 DEQUANT_MIN_M=17: rule/best 1.000;" in lines[2]
+    assert "configs.py now 4, 16: rule/best 1.236" in lines[2]  # M = 16 dequantized: 23.6 ms against 19.1
+    assert "sparse24: no rows" in proc.stdout
+    assert lines[-1] == "DEQUANT_MIN_M = {'lowbit': 17}"
+
+
+def test_fit_dispatch_refuses_a_file_that_is_not_a_bench_csv_in_one_line(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    proc = bench("fit_dispatch.py", str(tmp_path / "x.csv"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a kernel bench CSV" in proc.stderr
