@@ -113,7 +113,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     out = []
     for m in (1, 2, 4):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
-            cfg = pick_config(m, n, k, "lowbit")
+            cfg = pick_config(m, n, k, "lowbit", bits=bits)
             cu, e = chunk_units(bits, k), fields_per_unit(bits)
             block_c, _ = _launch_shape(m, n, cfg, e * cu, k)
             consts = {"BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush_fields(group, e * cu, cu, e),
@@ -138,7 +138,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
     for m in (1, 16, 64, 256):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
-            cfg = pick_config(m, n, k, "lowbit", "tc")
+            cfg = pick_config(m, n, k, "lowbit", "tc", bits)
             jb = tc_step_fields(bits, k, group, cfg.block_k)
             v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, jb)
             v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)

@@ -162,10 +162,10 @@ def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[Laun
                               cfg.num_stages)]
 
 
-def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str) -> list[LaunchConfig]:
+def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | None = None) -> list[LaunchConfig]:
     """The table's configuration and a few alternatives that the bench times per row (the fastest is
     reported, with its configuration, so the table can be refitted from the CSV)."""
-    base = pick_config(m, n, k, fmt, kernel)
+    base = pick_config(m, n, k, fmt, kernel, bits)
     if kernel == "gemv":
         alts = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 128, 8, 1), (128, 256, 4, 2)]  # stages 1: no read-ahead
         shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, st) for bn, bk, w, st in alts]
@@ -269,7 +269,9 @@ def bench_shape(
                 times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
                 if kernel_supported(w):
                     for kern in kernel_paths(m, fmt):
-                        for cfg in (row_candidates(kern, m, n, k, fmt) if tune else [pick_config(m, n, k, fmt, kern)]):
+                        bits = getattr(w, "bits", None)
+                        for cfg in (row_candidates(kern, m, n, k, fmt, bits) if tune
+                                    else [pick_config(m, n, k, fmt, kern, bits)]):
                             err = max(err, rel_err(packed_matmul(x, w, path="triton", config=cfg), ref))
                             t = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
                             if not t >= times[kern]:  # first, or faster
@@ -341,13 +343,15 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = Fa
         if FORMATS[name].build is None:
             continue
         fmt = "lowbit" if name.startswith("w") else "sparse24" if name == "2:4" else "sparse24_quant"
+        bits = int(name[1]) if fmt == "lowbit" else None  # w4g128 -> 4
         jobs.append((name, m, None))
         if sweep:
             jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))
                      for base in candidates(kern, m, quick) for c in with_split(base, m, n, k, fmt)]
         else:
             jobs += [(name, m, c) for kern in kernel_paths(m, fmt)
-                     for c in (row_candidates(kern, m, n, k, fmt) if tune else [pick_config(m, n, k, fmt, kern)])]
+                     for c in (row_candidates(kern, m, n, k, fmt, bits) if tune
+                               else [pick_config(m, n, k, fmt, kern, bits)])]
     return jobs
 
 

@@ -94,13 +94,17 @@ def gemv_rows(m: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None = None) -> LaunchConfig:
-    """The launch for ``y[M, N] = x[M, K] @ W[N, K]^T`` of one format (``kernel=None``: by the dispatch rule)."""
+def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None = None,
+                bits: int | None = None) -> LaunchConfig:
+    """The launch for ``y[M, N] = x[M, K] @ W[N, K]^T`` of one format (``kernel=None``: by the dispatch rule);
+    ``bits``: the low-bit width, where it changes the launch."""
     kernel = kernel or ("gemv" if m <= gemv_max_m(fmt) else "tc")
     kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
     if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
         bm = gemv_rows(m)
         bn, bk, warps = (128, 128, 8) if fmt == "lowbit" else (64, 128, 4)
+        if fmt == "lowbit" and bits == 8:  # 4 fields a word: 128 rows spill registers at M = 4 (aot_check --sass)
+            bn = 64
         steps = _cdiv(kvals, bk)
         stages = 2 if fmt == "lowbit" else 1  # low-bit: read the next step ahead (see triton_gemv)
         return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, stages)
