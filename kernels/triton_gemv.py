@@ -89,6 +89,18 @@ def _finish(r0, r1, r2, r3, out_ptr, bias_ptr, ws_ptr, lock_ptr, m0, offs_n, M, 
 
 
 @triton.jit
+def _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3, s, cz, BLOCK_M: tl.constexpr):
+    """A quantization group ends: each row's sums enter as ``s * (Σ (2^b + q) x - (2^b + z) Σ x)``."""
+    acc0 += s * (p0 - cz * xs0)
+    if BLOCK_M > 1:
+        acc1 += s * (p1 - cz * xs1)
+    if BLOCK_M > 2:
+        acc2 += s * (p2 - cz * xs2)
+        acc3 += s * (p3 - cz * xs3)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def _split_range(num_it, SPLIT_K: tl.constexpr):
     per_split = tl.cdiv(num_it, SPLIT_K)
     start = tl.program_id(1) * per_split
@@ -182,13 +194,9 @@ def _gemv_lowbit_kernel(
                 xs2 += x2
                 p3 += f * x3
                 xs3 += x3
-            if e % FLUSH == FLUSH - 1:  # the group ends: s * (Σ (2^b + q) x - (2^b + z) Σ x)
-                acc0 += s * (p0 - cz * xs0)
-                if BLOCK_M > 1:
-                    acc1 += s * (p1 - cz * xs1)
-                if BLOCK_M > 2:
-                    acc2 += s * (p2 - cz * xs2)
-                    acc3 += s * (p3 - cz * xs3)
+            if e % FLUSH == FLUSH - 1:  # the group ends
+                acc0, acc1, acc2, acc3 = _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3, s,
+                                                      cz, BLOCK_M)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     _finish(_row_sums(acc0), _row_sums(acc1), _row_sums(acc2), _row_sums(acc3), out_ptr, bias_ptr, ws_ptr,
             lock_ptr, m0, offs_n, M, N, stride_om, tile_id, HAS_BIAS, SPLIT_K, BLOCK_M)
@@ -203,6 +211,19 @@ def _x_pair(x_ptr, m, stride_xm, M, kh, mask, sel, BF16: tl.constexpr, EVEN: tl.
     x4 = load_if(x_ptr.to(tl.pointer_type(tl.int64)) + m * (stride_xm // 4) + kh, mask, EVEN)
     two = prmt(x4.to(tl.int32), (x4 >> 32).to(tl.int32), sel)
     return half_to_float(two, False, BF16), half_to_float(two, True, BF16)
+
+
+@triton.jit
+def _take_row(x_ptr, m, stride_xm, M, kh, c_ok, sel, wa, wb, p, xs, XBF16: tl.constexpr, EVEN: tl.constexpr,
+              QUANT: tl.constexpr):
+    """Row ``m``'s share of one field: ``p += wa x[p0] + wb x[p1]``, and with ``QUANT`` also ``xs += x[p0] + x[p1]``."""
+    xa, xb = _x_pair(x_ptr, m, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
+    p += wa * xa
+    p += wb * xb
+    if QUANT:
+        xs += xa
+        xs += xb
+    return p, xs
 
 
 @triton.jit
@@ -239,9 +260,19 @@ def _gemv_sparse24_kernel(
     num_chunks = (K // 2) // V
     it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
     acc0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-    acc1 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-    acc2 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-    acc3 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    p0 = acc0  # without QUANT these are the sums; with it, one quantization group's
+    p1 = acc0
+    p2 = acc0
+    p3 = acc0
+    xs0 = acc0
+    xs1 = acc0
+    xs2 = acc0
+    xs3 = acc0
+    s = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.float32)
+    cz = s
     meta_base = meta_pairs(meta_ptr, rows, stride_mn, E, CU)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc
@@ -259,13 +290,13 @@ def _gemv_sparse24_kernel(
                     s = load_if(scales_ptr + rows * stride_sn + g, c_ok, EVEN).to(tl.float32)
                     cz = load_if(zeros_ptr + rows * stride_sn + g, c_ok, EVEN).to(tl.float32) + (1 << BITS)
                     p0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    p1 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    p2 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    p3 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    xs0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    xs1 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    xs2 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
-                    xs3 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
+                    p1 = p0
+                    p2 = p0
+                    p3 = p0
+                    xs0 = p0
+                    xs1 = p0
+                    xs2 = p0
+                    xs3 = p0
                 if e < H:
                     two = pair_bits(lo, hw_lo, lo * 0 + e, BITS)
                 else:
@@ -279,52 +310,21 @@ def _gemv_sparse24_kernel(
                 two = load_if(values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + kh, c_ok, EVEN)
                 wa = half_to_float(two, False, VBF16)
                 wb = half_to_float(two, True, VBF16)
-            xa, xb = _x_pair(x_ptr, m0, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
-            if QUANT:
-                p0 += wa * xa
-                p0 += wb * xb
-                xs0 += xa
-                xs0 += xb
-            else:
-                acc0 += wa * xa
-                acc0 += wb * xb
+            p0, xs0 = _take_row(x_ptr, m0, stride_xm, M, kh, c_ok, sel, wa, wb, p0, xs0, XBF16, EVEN, QUANT)
             if BLOCK_M > 1:
-                xa, xb = _x_pair(x_ptr, m0 + 1, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
-                if QUANT:
-                    p1 += wa * xa
-                    p1 += wb * xb
-                    xs1 += xa
-                    xs1 += xb
-                else:
-                    acc1 += wa * xa
-                    acc1 += wb * xb
+                p1, xs1 = _take_row(x_ptr, m0 + 1, stride_xm, M, kh, c_ok, sel, wa, wb, p1, xs1, XBF16, EVEN, QUANT)
             if BLOCK_M > 2:
-                xa, xb = _x_pair(x_ptr, m0 + 2, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
-                if QUANT:
-                    p2 += wa * xa
-                    p2 += wb * xb
-                    xs2 += xa
-                    xs2 += xb
-                else:
-                    acc2 += wa * xa
-                    acc2 += wb * xb
-                xa, xb = _x_pair(x_ptr, m0 + 3, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
-                if QUANT:
-                    p3 += wa * xa
-                    p3 += wb * xb
-                    xs3 += xa
-                    xs3 += xb
-                else:
-                    acc3 += wa * xa
-                    acc3 += wb * xb
+                p2, xs2 = _take_row(x_ptr, m0 + 2, stride_xm, M, kh, c_ok, sel, wa, wb, p2, xs2, XBF16, EVEN, QUANT)
+                p3, xs3 = _take_row(x_ptr, m0 + 3, stride_xm, M, kh, c_ok, sel, wa, wb, p3, xs3, XBF16, EVEN, QUANT)
             if QUANT:
-                if (e + ESTEP) % FLUSH == 0:  # the group ends: s * (Σ (2^b + q) x - (2^b + z) Σ x)
-                    acc0 += s * (p0 - cz * xs0)
-                    if BLOCK_M > 1:
-                        acc1 += s * (p1 - cz * xs1)
-                    if BLOCK_M > 2:
-                        acc2 += s * (p2 - cz * xs2)
-                        acc3 += s * (p3 - cz * xs3)
+                if (e + ESTEP) % FLUSH == 0:  # the group ends
+                    acc0, acc1, acc2, acc3 = _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3,
+                                                          s, cz, BLOCK_M)
+    if not QUANT:
+        acc0 = p0
+        acc1 = p1
+        acc2 = p2
+        acc3 = p3
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     _finish(_row_sums(acc0), _row_sums(acc1), _row_sums(acc2), _row_sums(acc3), out_ptr, bias_ptr, ws_ptr,
             lock_ptr, m0, offs_n, M, N, stride_om, tile_id, HAS_BIAS, SPLIT_K, BLOCK_M)

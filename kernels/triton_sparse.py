@@ -50,6 +50,21 @@ def _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V: tl.conste
 
 
 @triton.jit
+def _chunk_pairs(values_ptr, meta_base, rows, stride_vn, pidx, c_ok, K, QUANT: tl.constexpr, BITS: tl.constexpr,
+                 E: tl.constexpr, CU: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):
+    """The position words ``u0, u1`` of the chunks' pairs and, with ``QUANT``, their code pairs (see
+    :func:`~.triton_pairs.code_pairs`; the position words stand in for them otherwise)."""
+    u0, u1 = pair_words(load_if(meta_base + pidx, c_ok, EVEN), E, CU)
+    lo = u0
+    hi = u0
+    hw_lo = u0
+    hw_hi = u0
+    if QUANT:
+        lo, hi, hw_lo, hw_hi = code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS, CU, EVEN, WIDE)
+    return u0, u1, lo, hi, hw_lo, hw_hi
+
+
+@triton.jit
 def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e,
                 QUANT: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr, DT: tl.constexpr):
     """Dense weights ``[BN, BC, CP, 2, 2]`` in ``DT`` of field ``e`` (fields ``e, e + 1`` when a chunk has one
@@ -116,13 +131,8 @@ def _tc_sparse24_kernel(
         c = it * BLOCK_C + cc
         c_ok = c < num_chunks
         pidx = c * CP + ii
-        u0, u1 = pair_words(load_if(meta_base + pidx, c_ok, EVEN), E, CU)
-        lo = u0
-        hi = u0
-        hw_lo = u0
-        hw_hi = u0
-        if QUANT:
-            lo, hi, hw_lo, hw_hi = code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS, CU, EVEN, WIDE)
+        u0, u1, lo, hi, hw_lo, hw_hi = _chunk_pairs(values_ptr, meta_base, rows, stride_vn, pidx, c_ok, K, QUANT, BITS,
+                                                    E, CU, EVEN, WIDE)
         x_ok = (it * BLOCK_C + t_chunk) < num_chunks
         xs = x_ptr + x_rows + (2 * it * BLOCK_C * V + t_col)[:, None]  # [BK, BM] activations of field 0
         vrow = values_ptr + rows * stride_vn + c * V + 2 * ii  # each pair's field-0 values
@@ -160,13 +170,9 @@ def _dequant_sparse24_kernel(
     ii = tl.arange(0, CP)[None, None, :]
     c_ok = c < (K // 2) // V
     pidx = c * CP + ii
-    u0, u1 = pair_words(load_if(meta_pairs(meta_ptr, rows, stride_mn, E, CU) + pidx, c_ok, False), E, CU)
-    lo = u0
-    hi = u0
-    hw_lo = u0
-    hw_hi = u0
-    if QUANT:
-        lo, hi, hw_lo, hw_hi = code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS, CU, False, WIDE)
+    meta_base = meta_pairs(meta_ptr, rows, stride_mn, E, CU)
+    u0, u1, lo, hi, hw_lo, hw_hi = _chunk_pairs(values_ptr, meta_base, rows, stride_vn, pidx, c_ok, K, QUANT, BITS, E,
+                                                CU, False, WIDE)
     s = tl.zeros((BLOCK_N, BLOCK_C, 1), scales_ptr.dtype.element_ty)
     z = s
     fill = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.int32)
