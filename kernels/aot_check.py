@@ -51,8 +51,8 @@ def _mm(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, st
 
 
 def _gemv(x: str, bits: int, bm: int, split: int, flush: int, prefetch: bool = True) -> Variant:
-    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "HAS_BIAS": True, "SPLIT_K": split,
-              "PREFETCH": prefetch, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
+    consts = {"BITS": bits, "GROUP": 128, "CU": 16, "FLUSH": flush, "EVEN": split == 1, "HAS_BIAS": True,
+              "SPLIT_K": split, "PREFETCH": prefetch, "BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_C": 2}
     return _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", x, consts, 4, 2,
                f"gemv x={x} b{bits} rows={bm} split={split} flush={flush} read-ahead={prefetch}")
 
@@ -117,7 +117,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             cu, e = chunk_units(bits, k), fields_per_unit(bits)
             block_c, _ = _launch_shape(m, n, cfg, e * cu, k)
             consts = {"BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush_fields(group, e * cu, cu, e),
-                      "HAS_BIAS": False, "SPLIT_K": cfg.split_k, "PREFETCH": cfg.num_stages >= 2,
+                      "EVEN": (k // (e * cu)) % block_c == 0, "HAS_BIAS": False, "SPLIT_K": cfg.split_k, "PREFETCH": cfg.num_stages >= 2,
                       "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             v = _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", "*fp16", consts, cfg.num_warps, cfg.num_stages,
                     f"gemv M={m} w{bits}g{group}")

@@ -48,9 +48,10 @@ __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
 
 
 @triton.jit
-def _x_row(x_ptr, m, stride_xm, M, idx, mask):
-    """Activations of row ``m`` at value indices ``idx`` as fp32 (0 past M or where masked)."""
-    return tl.load(x_ptr + m * stride_xm + idx, mask=mask & below(m, M, idx), other=0.0).to(tl.float32)
+def _x_row(x_ptr, m, stride_xm, M, idx, mask, EVEN: tl.constexpr):
+    """Activations of row ``m`` at value indices ``idx`` as fp32 (0 where masked, unless ``EVEN``: every index
+    exists). Rows past ``M`` read row ``M - 1``: their sums are never stored."""
+    return load_if(x_ptr + tl.minimum(m, M - 1) * stride_xm + idx, mask, EVEN).to(tl.float32)
 
 
 @triton.jit
@@ -108,19 +109,21 @@ def _split_range(num_it, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
-def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c, cc_end, stride_pn, stride_sn,
+def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks, stride_pn, stride_sn,
                  BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, vv):
-    """The HBM reads of one step: packed units ``[BN, BC, CU]`` (and the 3-bit high plane) of chunks ``c``
-    below ``cc_end``, and the scale and ``2**BITS + zero`` of each chunk's first group."""
-    ok = row_ok & (c < cc_end)
+    """The HBM reads of one step: packed units ``[BN, BC, CU]`` (and the 3-bit high plane) of chunks ``c``, and
+    the scale and ``2**BITS + zero`` of each chunk's first group. Chunks past the row read its last one
+    (a read-ahead past the end, or a partial last step whose activations are masked), so no read is
+    masked."""
+    c = tl.minimum(c, num_chunks - 1)
     u = c * CU + vv
-    words = tl.load(packed_ptr + rows * stride_pn + u, mask=ok, other=0)
+    words = tl.load(packed_ptr + rows * stride_pn + u)
     high = words
     if BITS == 3:
-        high = tl.load(high_base + u, mask=ok, other=0).to(tl.int32)
+        high = tl.load(high_base + u).to(tl.int32)
     g = (c * V) // GROUP
-    s = tl.load(scales_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32)
-    cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32) + (1 << BITS)
+    s = tl.load(scales_ptr + rows * stride_sn + g).to(tl.float32)
+    cz = tl.load(zeros_ptr + rows * stride_sn + g).to(tl.float32) + (1 << BITS)
     return words, high, s, cz
 
 
@@ -129,47 +132,46 @@ def _gemv_lowbit_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
     BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
+    EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """``EVEN``: every step's chunks exist, so no activation read is masked. Rows past ``N`` read row
+    ``N - 1`` (never stored)."""
     E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
     V: tl.constexpr = E * CU
     pid_n = tl.program_id(0)
     m0 = tl.program_id(2) * BLOCK_M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = offs_n[:, None, None]  # [BN, 1, 1]
-    row_ok = rows < N
+    rows = tl.minimum(offs_n, N - 1)[:, None, None]  # [BN, 1, 1]
     cc = tl.arange(0, BLOCK_C)[None, :, None]  # [1, BC, 1]
     vv = tl.arange(0, CU)[None, None, :]  # [1, 1, CU]
     num_chunks = K // V
     it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
-    cc_end = tl.minimum(it1 * BLOCK_C, num_chunks)  # this split's chunks end here
     acc0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
     if PREFETCH:
-        nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, it0 * BLOCK_C + cc, cc_end,
+        nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, it0 * BLOCK_C + cc, num_chunks,
                            stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc  # [1, BC, 1] chunk
         c_ok = c < num_chunks
-        w_ok = row_ok & c_ok
         if PREFETCH:  # this step's reads were issued by the step before; issue the next step's now
             words, high, s, cz = nxt
-            nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c + BLOCK_C, cc_end,
+            nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c + BLOCK_C, num_chunks,
                                stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
         else:
-            words, high, s, cz = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, row_ok, c, cc_end,
+            words, high, s, cz = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks,
                                               stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
         kbase = c * V + vv  # value index of field 0
         for e in tl.static_range(E):
             if e % FLUSH == 0:  # a new quantization group starts at this field
                 if e > 0:
-                    g = (c * V + e * CU) // GROUP  # [1, BC, 1]
-                    s = tl.load(scales_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32)
-                    cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=w_ok, other=0.0).to(tl.float32) + (1 << BITS)
+                    g = (tl.minimum(c, num_chunks - 1) * V + e * CU) // GROUP  # [1, BC, 1]
+                    s = tl.load(scales_ptr + rows * stride_sn + g).to(tl.float32)
+                    cz = tl.load(zeros_ptr + rows * stride_sn + g).to(tl.float32) + (1 << BITS)
                 p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
@@ -180,16 +182,16 @@ def _gemv_lowbit_kernel(
                 xs3 = tl.zeros((1, BLOCK_C, CU), tl.float32)
             f = field_float(words, high, e, BITS)  # 2**BITS + q
             idx = kbase + e * CU
-            x0 = _x_row(x_ptr, m0, stride_xm, M, idx, c_ok)
+            x0 = _x_row(x_ptr, m0, stride_xm, M, idx, c_ok, EVEN)
             p0 += f * x0
             xs0 += x0
             if BLOCK_M > 1:
-                x1 = _x_row(x_ptr, m0 + 1, stride_xm, M, idx, c_ok)
+                x1 = _x_row(x_ptr, m0 + 1, stride_xm, M, idx, c_ok, EVEN)
                 p1 += f * x1
                 xs1 += x1
             if BLOCK_M > 2:
-                x2 = _x_row(x_ptr, m0 + 2, stride_xm, M, idx, c_ok)
-                x3 = _x_row(x_ptr, m0 + 3, stride_xm, M, idx, c_ok)
+                x2 = _x_row(x_ptr, m0 + 2, stride_xm, M, idx, c_ok, EVEN)
+                x3 = _x_row(x_ptr, m0 + 3, stride_xm, M, idx, c_ok, EVEN)
                 p2 += f * x2
                 xs2 += x2
                 p3 += f * x3
@@ -371,7 +373,7 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=cu,
-        FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)),
+        FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)), EVEN=(k // chunk) % block_c == 0,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, PREFETCH=cfg.num_stages >= 2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
