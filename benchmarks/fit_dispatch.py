@@ -25,18 +25,12 @@ import math
 import sys
 from collections import Counter, defaultdict
 
+from layerbudget.kernels.bench import FORMATS, kernel_format
+from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
+
 PATHS = ("gemv", "tc", "dequant")
 KERNEL_FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 REQUIRED = ("m", "format", "n", "k", "ms_gemv", "ms_tc", "ms_dequant")
-
-
-def kernel_format(name: str) -> str | None:
-    """The dispatch table's format of a bench format name (``None``: the fp16 baseline)."""
-    if name == "fp16":
-        return None
-    if name.startswith("w"):
-        return "lowbit"
-    return "sparse24" if name == "2:4" else "sparse24_quant"
 
 
 def _time(value: str) -> float:
@@ -57,7 +51,7 @@ def read_rows(paths: list[str]) -> list[dict]:
             if missing:
                 raise ValueError(f"{path} is not a kernel bench CSV: it has no column(s) {missing}.")
             for r in reader:
-                fmt = kernel_format(r["format"])
+                fmt = kernel_format(r["format"]) if r["format"] in FORMATS else None
                 times = {p: _time(r[f"ms_{p}"]) for p in PATHS}
                 if _time(r.get("max_rel_err")) >= 1e-2:  # a fused path was wrong: only the dequantize path counts
                     times["gemv"] = times["tc"] = math.nan
@@ -130,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"fit_dispatch: {err}", file=sys.stderr)
         return 2
-    from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
-
     fitted_gemv, fitted_dequant = {}, {}
     for fmt in KERNEL_FORMATS:
         mine = [r for r in rows if r["fmt"] == fmt]

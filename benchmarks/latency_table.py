@@ -20,13 +20,8 @@ import csv
 import math
 import sys
 
+from layerbudget.kernels.bench import kernel_format
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
-
-FORMATS = {"2:4": "sparse24"}
-
-
-def kernel_format(name: str) -> str:
-    return "lowbit" if name.startswith("w") else FORMATS.get(name, "sparse24_quant")
 
 
 def fix(row: dict) -> dict:

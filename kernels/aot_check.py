@@ -66,10 +66,11 @@ def _gemv24(x: str, quant: bool, bits: int, bm: int, split: int) -> Variant:
                f"gemv 2:4 x={x} quant={quant} b{bits} rows={bm} split={split}")
 
 
-def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, jb: int = 2,
-        x_permuted: bool | None = None) -> Variant:
+def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int = 128, jb: int = 2) -> Variant:
+    from .triton_lowbit import x_permuted
+
     consts = {"BITS": bits, "GROUP": group, "CU": 16, "JB": jb, "HAS_BIAS": True, "SPLIT_K": split,
-              "X_PERMUTED": bm < bn if x_permuted is None else x_permuted, "BLOCK_M": bm, "BLOCK_N": bn}
+              "X_PERMUTED": x_permuted(bm, bn), "BLOCK_M": bm, "BLOCK_N": bn}
     return _mm("triton_lowbit", "_tc_lowbit_kernel", "lowbit", x, consts, warps, 3,
                f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 

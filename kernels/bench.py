@@ -75,6 +75,13 @@ FORMATS: dict[str, BenchFormat] = {
     )
 }
 
+def kernel_format(name: str) -> str | None:
+    """The dispatch table's format (:mod:`.configs`) of a bench format name; ``None`` for the fp16 baseline."""
+    if FORMATS[name].build is None:
+        return None
+    return "lowbit" if name.startswith("w") else "sparse24" if name == "2:4" else "sparse24_quant"
+
+
 COLUMNS = (
     "gpu", "date", "torch", "triton", "timer", "copy_gbps", "peers", "n", "k", "m", "format", "bits_per_weight",
     "weight_bytes", "path_auto", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "ms_auto", "ms_tinygemm",
@@ -342,7 +349,7 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = Fa
     for (n, k), m, name in itertools.product(shapes, ms, formats):
         if FORMATS[name].build is None:
             continue
-        fmt = "lowbit" if name.startswith("w") else "sparse24" if name == "2:4" else "sparse24_quant"
+        fmt = kernel_format(name)
         bits = int(name[1]) if fmt == "lowbit" else None  # w4g128 -> 4
         jobs.append((name, m, None))
         if sweep:

@@ -153,23 +153,6 @@ def sub_mul_f16x2(a, b, c):
 
 
 @triton.jit
-def field_float_at(words, high, e, BITS: tl.constexpr):
-    """:func:`field_float` for a field index ``e`` known only at run time (one more shift per value)."""
-    exp_bits: tl.constexpr = (127 + BITS) << 23
-    if BITS == 3:
-        bits = (((words >> (2 * e)) & 3) << 20) | (((high >> e) & 1) << 22) | exp_bits
-    else:
-        bits = (((words >> (e * BITS)) & ((1 << BITS) - 1)) << (23 - BITS)) | exp_bits
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def field_int(units, e: tl.constexpr, WIDTH: tl.constexpr):
-    """Field ``e`` (``WIDTH`` bits) of integer units, as int32."""
-    return (units.to(tl.int32) >> (e * WIDTH)) & ((1 << WIDTH) - 1)
-
-
-@triton.jit
 def load_if(ptrs, mask, EVEN: tl.constexpr):
     """``tl.load``, masked (0 where ``mask`` is false) unless ``EVEN`` says every address is in range."""
     if EVEN:

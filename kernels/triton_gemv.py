@@ -35,13 +35,12 @@ from .triton_common import (
     half_float,
     half_to_float,
     load_if,
-    pair_bits,
     prmt,
     release,
     store_out,
     take,
 )
-from .triton_pairs import code_pairs, meta_pairs, pair_words, pick_selector
+from .triton_pairs import code_pairs, meta_pairs, pair_codes, pair_words, pick_selector
 from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
@@ -244,10 +243,9 @@ def _gemv_sparse24_kernel(
     group's pair sits in neighbouring units of one field (``CU`` > 1) or in fields ``e, e + 1`` of one
     unit (``CU`` = 1); with ``QUANT`` code units and position units line up (see :mod:`.sparse24`).
     Rows past ``N`` read row ``N - 1`` (never stored); ``EVEN``: every step's chunks exist, so no load
-    is masked; ``WIDE``: see :func:`_code_pairs`.
+    is masked; ``WIDE``: see :func:`~.triton_pairs.code_pairs`.
     """
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
-    H: tl.constexpr = 8 if BITS == 3 else E // 2  # code fields per halfword
     V: tl.constexpr = E * CU
     CP: tl.constexpr = CU // 2 if CU > 1 else 1  # pairs per field of a chunk
     ESTEP: tl.constexpr = 1 if CU > 1 else 2
@@ -299,10 +297,7 @@ def _gemv_sparse24_kernel(
                     xs1 = p0
                     xs2 = p0
                     xs3 = p0
-                if e < H:
-                    two = pair_bits(lo, hw_lo, lo * 0 + e, BITS)
-                else:
-                    two = pair_bits(hi, hw_hi, hi * 0 + (e - H), BITS)
+                two = pair_codes(lo, hi, hw_lo, hw_hi, e, BITS)
                 wa = half_float(two, False)  # 2**BITS + q of the pair's two codes
                 wb = half_float(two, True)
             elif values_ptr.dtype.element_ty == tl.float32:
@@ -340,11 +335,6 @@ def flush_fields(group: int, chunk: int, cu: int, e: int) -> int:
     if chunk % group == 0:
         return group // cu
     return 1
-
-
-def supports_group(group: int, cu: int) -> bool:
-    """The kernels need each field's run of ``CU`` values inside one quantization group."""
-    return group % cu == 0
 
 
 def _launch_shape(m: int, n: int, cfg: LaunchConfig, chunk: int, kvals: int) -> tuple[int, tuple[int, int, int]]:

@@ -6,7 +6,8 @@ units is read as one wide word (:func:`pair_words`) and the two 2-bit positions 
 in one byte-permute selector: :func:`pick_selector` picks the pair's two activations out of the
 group's four (decode kernels), :func:`spread_selector` places the pair's two values at their
 positions among four dense columns with zeros (or a filler) elsewhere (tensor-core and dequantize
-kernels). Low-bit codes of a pair come side by side in one word through :func:`code_pairs`.
+kernels). Low-bit codes of a pair come side by side in one word through :func:`code_pairs` and are
+read per field by :func:`pair_codes`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import load_if, prmt
+from .triton_common import load_if, pair_bits, prmt
 
 
 @triton.jit
@@ -105,3 +106,12 @@ def code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS: tl.constexpr, C
         hw_lo = (h0 & 0xFF) | ((h1 & 0xFF) << 8)
         hw_hi = ((h0 >> 8) & 0xFF) | (h1 & 0xFF00)
     return lo, hi, hw_lo, hw_hi
+
+
+@triton.jit
+def pair_codes(lo, hi, hw_lo, hw_hi, e, BITS: tl.constexpr):
+    """The pair's two codes of field ``e`` (``e`` known at compile or run time) from :func:`code_pairs`' words,
+    as the fp16 pair ``2**BITS + q`` (:func:`~.triton_common.pair_bits`)."""
+    H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # code fields per halfword
+    upper = e >= H
+    return pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + e % H, BITS)

@@ -23,10 +23,10 @@ import triton.language as tl
 
 from .configs import LaunchConfig
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import INTERPRET, load_if, pair_bits, pair_halves, prmt, sub_mul_f16x2
+from .triton_common import INTERPRET, load_if, pair_halves, prmt, sub_mul_f16x2
 from .triton_gemv import _aligned, flush_fields
 from .triton_lowbit import store_tile
-from .triton_pairs import code_pairs, meta_pairs, pair_words, spread_selector
+from .triton_pairs import code_pairs, meta_pairs, pair_codes, pair_words, spread_selector
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]
 
@@ -65,6 +65,17 @@ def _chunk_pairs(values_ptr, meta_base, rows, stride_vn, pidx, c_ok, K, QUANT: t
 
 
 @triton.jit
+def _value_rows(values_ptr, rows, stride_vn, first, ii, DT: tl.constexpr):
+    """Pointers to each pair's field-0 kept values (chunk's first kept value ``first``): one word of two when the
+    values are stored in ``DT``, else the first of the two."""
+    if values_ptr.dtype.element_ty == DT:
+        out = values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + first // 2 + ii
+    else:
+        out = values_ptr + rows * stride_vn + first + 2 * ii
+    return out
+
+
+@triton.jit
 def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e,
                 QUANT: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr, DT: tl.constexpr):
     """Dense weights ``[BN, BC, CP, 2, 2]`` in ``DT`` of field ``e`` (fields ``e, e + 1`` when a chunk has one
@@ -73,9 +84,7 @@ def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z,
     field-0 value pair (a word when the values are in ``DT``, else the first value), ``off`` pairs on."""
     sel = spread_selector(u0, u1, e)
     if QUANT:
-        H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # code fields per halfword
-        upper = e >= H
-        two = pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + e % H, BITS)
+        two = pair_codes(lo, hi, hw_lo, hw_hi, e, BITS)
         if DT == tl.float16 and s.dtype == tl.float16:  # dequantize the pair in its word, then spread it
             hs = _half_bits(s, tl.float16)
             two = sub_mul_f16x2(two, fill, hs | (hs << 16))  # t - cz exact (integer zeros), one rounding: W_hat
@@ -135,9 +144,7 @@ def _tc_sparse24_kernel(
                                                     E, CU, EVEN, WIDE)
         x_ok = (it * BLOCK_C + t_chunk) < num_chunks
         xs = x_ptr + x_rows + (2 * it * BLOCK_C * V + t_col)[:, None]  # [BK, BM] activations of field 0
-        vrow = values_ptr + rows * stride_vn + c * V + 2 * ii  # each pair's field-0 values
-        if values_ptr.dtype.element_ty == DT:
-            vrow = values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + (c * V) // 2 + ii
+        vrow = _value_rows(values_ptr, rows, stride_vn, c * V, ii, DT)
         # a run-time loop over the fields, the one Triton pipelines: one field's values, scales and
         # activations in flight per stage (an unrolled loop would buffer every field's)
         for e in tl.range(0, E, ESTEP):
@@ -178,9 +185,7 @@ def _dequant_sparse24_kernel(
     fill = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.int32)
     cols = tl.arange(0, CP * 4)[None, None, :]
     ok = (offs_n[:, None, None] < N) & c_ok
-    vrow = values_ptr + rows * stride_vn + c * V + 2 * ii
-    if values_ptr.dtype.element_ty == DT:
-        vrow = values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + (c * V) // 2 + ii
+    vrow = _value_rows(values_ptr, rows, stride_vn, c * V, ii, DT)
     for e in tl.static_range(0, E, ESTEP):
         if QUANT:
             if e % FLUSH == 0:
