@@ -5,9 +5,10 @@ Usage: ``python benchmarks/latency_table.py BENCH.csv [BENCH.csv ...] --out prof
 Every row keeps its measured columns, with two corrections so that the table describes what the
 dispatch rule of the current kernels runs:
 
-- a tensor-core time is kept only when it came from a configuration the kernels still offer
-  (no split-K) and the row's fused paths agreed with the dequantize path (``max_rel_err`` below
-  1e-2); otherwise ``ms_tc`` is left empty, since the kernel that produced it was wrong or is gone;
+- a tensor-core time is kept only when the row's fused paths agreed with the dequantize path
+  (``max_rel_err`` below 1e-2) and, for CSVs written before the bench had an ``inline_ptx``
+  column, the configuration had no split-K (that kernel's split-K raced: an agreeing row proves
+  nothing); otherwise ``ms_tc`` is left empty, since the kernel that produced it was wrong or is gone;
 - ``path_auto``/``ms_auto`` follow :mod:`layerbudget.kernels.configs` (decode kernel up to
   ``GEMV_MAX_M`` rows, tensor-core kernel below ``DEQUANT_MIN_M``, else dequantize + cuBLAS), and
   ``best_path``, the bandwidth and speedup columns are recomputed from the kept times.
@@ -19,6 +20,7 @@ import argparse
 import csv
 import math
 import sys
+from pathlib import Path
 
 from layerbudget.kernels.bench import kernel_format
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
@@ -28,7 +30,8 @@ def fix(row: dict) -> dict:
     out = dict(row)
     if row["format"] == "fp16":
         return out
-    tc_ok = row["config_tc"] and "s1w" in row["config_tc"] and float(row["max_rel_err"]) < 1e-2
+    racy_split = "inline_ptx" not in row and "s1w" not in row["config_tc"]
+    tc_ok = row["config_tc"] and not racy_split and float(row["max_rel_err"]) < 1e-2
     if not tc_ok:
         out["ms_tc"] = "nan"
     times = {p: float(out[f"ms_{p}"]) for p in ("gemv", "tc", "dequant")}
@@ -50,16 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    rows, columns = [], None
+    rows, columns = [], {}
     for path in args.inputs:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            columns = columns or reader.fieldnames
+            columns.update(dict.fromkeys(reader.fieldnames or ()))  # bench CSVs of several versions: every column
             rows += [fix(r) for r in reader]
-    with open(args.out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), restval="")
         writer.writeheader()
         writer.writerows(rows)
+    tmp.replace(args.out)
     print(f"{len(rows)} rows -> {args.out}")
     return 0
 

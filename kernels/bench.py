@@ -8,6 +8,8 @@ Timing: ``triton.testing.do_bench`` (median of repeated runs; it flushes the L2 
 calls, so weights that would fit in L2 are not read from cache). Each row reports, for weight
 shape ``N x K`` and ``M`` activation rows, in milliseconds:
 
+- ``inline_ptx``: whether the kernels were built with their inline PTX (1) or from plain Triton
+  operations (0, ``LAYERBUDGET_INLINE_PTX=0``; see :mod:`layerbudget.kernels.triton_common`);
 - ``ms_gemv`` (decode kernel, ``M <= 4``), ``ms_tc`` (tensor-core kernel), ``ms_dequant``
   (dequantize kernel + ``F.linear``), ``ms_fp16`` (``F.linear`` with the dense fp16 weight) and
   ``ms_auto`` / ``path_auto``: what the dispatching wrapper runs (rule in
@@ -83,7 +85,7 @@ def kernel_format(name: str) -> str | None:
 
 
 COLUMNS = (
-    "gpu", "date", "torch", "triton", "timer", "copy_gbps", "peers", "n", "k", "m", "format", "bits_per_weight",
+    "gpu", "date", "torch", "triton", "inline_ptx", "timer", "copy_gbps", "peers", "n", "k", "m", "format", "bits_per_weight",
     "weight_bytes", "path_auto", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "ms_auto", "ms_tinygemm",
     "tinygemm_vs_bf16", "gbps_auto", "frac_copy_bw", "speedup_vs_fp16", "speedup_vs_tinygemm", "best_path",
     "max_rel_err", "config_gemv", "config_tc",
@@ -91,6 +93,13 @@ COLUMNS = (
 SWEEP_COLUMNS = ("gpu", "n", "k", "m", "format", "kernel", "block_m", "block_n", "block_k", "split_k", "num_warps",
                  "num_stages", "ms", "ms_fp16", "speedup_vs_fp16", "max_rel_err")
 NAN = float("nan")
+
+
+def inline_ptx() -> int:
+    """1 when the compiled kernels use their inline PTX, 0 for the plain-Triton build."""
+    from .triton_common import INLINE_PTX
+
+    return int(INLINE_PTX.value)
 
 
 def _bench(fn: Callable[[], object]) -> float:
@@ -404,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     copy_gbps = copy_bandwidth_gbps()
     common = {
         "gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "triton": triton.__version__, "timer": TIMER, "copy_gbps": copy_gbps,
+        "torch": torch.__version__, "triton": triton.__version__, "inline_ptx": inline_ptx(), "timer": TIMER,
+        "copy_gbps": copy_gbps,
     }
     print(f"{gpu}: copy bandwidth {copy_gbps:.0f} GB/s; tensor-core kernel from M > gemv max "
           f"{[gemv_max_m(f) for f in ('lowbit', 'sparse24', 'sparse24_quant')]}, dequantize from M >= "

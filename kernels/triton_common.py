@@ -2,7 +2,10 @@
 
 Imported lazily (through the kernel modules) on the first ``path="triton"`` call. ``INTERPRET`` is
 whether these kernels were built for the Triton interpreter (``TRITON_INTERPRET=1`` when this
-module was first imported).
+module was first imported). ``INLINE_PTX``: compiled kernels move bits with single PTX instructions
+(``prmt``, ``cvt.f32.f16``, ``sub/mul.f16x2``, register reuse); ``LAYERBUDGET_INLINE_PTX=0`` at
+import builds them from plain Triton operations instead (the interpreter's code: same results,
+more instructions), the fallback where a GPU rejects or miscomputes the PTX.
 
 Codes become floats without an integer-to-float conversion: a field of ``b`` bits moved to the top
 of a float's mantissa under the exponent of ``2**b`` reads as the float ``2**b + q`` (exact); 2/4/8-bit
@@ -26,6 +29,8 @@ except ImportError:  # triton < 3.4 has no knobs
 
 # Compiled kernels fence their split-K partial sums with PTX; the interpreter runs programs one by one.
 GPU_FENCE = tl.constexpr(not INTERPRET)
+INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_PTX", "1").strip().lower()
+                          not in ("0", "false", "off", "no"))
 
 
 @triton.jit
@@ -44,8 +49,8 @@ def field_float(words, high, e: tl.constexpr, BITS: tl.constexpr):
 @triton.jit
 def half_float(pair, HIGH: tl.constexpr):
     """The low (or ``HIGH``) halfword of int32 ``pair`` read as fp16, as fp32. Compiled, one conversion
-    of the halfword in place (``cvt.f32.f16``); the interpreter takes the halfword out first."""
-    if GPU_FENCE:
+    of the halfword in place (``cvt.f32.f16``); otherwise the halfword is taken out first."""
+    if INLINE_PTX:
         if HIGH:
             asm: tl.constexpr = "{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.f32.f16 $0, h; }"
         else:
@@ -87,9 +92,9 @@ def pair_bits(words, high, j, BITS: tl.constexpr):
 @triton.jit
 def prmt(a, b, sel):
     """PTX ``prmt`` (default mode): byte ``i`` of the result is byte ``sel[4i:4i+3]`` (0..7) of the pair
-    ``(a, b)``, ``b`` holding bytes 4..7; int32 tensors, broadcast. Compiled, one instruction; the
-    interpreter picks the bytes in plain Triton (every nibble of ``sel`` must be below 8)."""
-    if GPU_FENCE:
+    ``(a, b)``, ``b`` holding bytes 4..7; int32 tensors, broadcast. One instruction with
+    ``INLINE_PTX``; otherwise the bytes are picked in plain Triton (every nibble of ``sel`` must be below 8)."""
+    if INLINE_PTX:
         out = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel], dtype=tl.int32,
                                         is_pure=True, pack=1)
     else:
@@ -118,9 +123,9 @@ def half_to_float(pair, HIGH: tl.constexpr, BF16: tl.constexpr):
 @triton.jit
 def pair_halves(pairs, DT: tl.constexpr):
     """Int32 ``pairs`` of 16-bit float bit patterns → ``DT`` (fp16 or bf16) ``[..., 2]``, low halfword
-    first. Compiled, the word becomes the two halves' register as it is (no repacking); the interpreter
-    takes the halves apart."""
-    if GPU_FENCE:
+    first. With ``INLINE_PTX`` the word becomes the two halves' register as it is (no repacking);
+    otherwise the halves are taken apart."""
+    if INLINE_PTX:
         both = tl.join(pairs, pairs)  # each output pair reads its word once
         if DT == tl.bfloat16:
             out = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r,r", [both], dtype=tl.bfloat16, is_pure=True,
@@ -138,8 +143,8 @@ def pair_halves(pairs, DT: tl.constexpr):
 @triton.jit
 def sub_mul_f16x2(a, b, c):
     """``(a - b) * c`` on the two fp16 halves of int32 words, each operation rounded to fp16 (one
-    ``sub.f16x2`` and one ``mul.f16x2`` when compiled; the interpreter works on the halves)."""
-    if GPU_FENCE:
+    ``sub.f16x2`` and one ``mul.f16x2`` with ``INLINE_PTX``; otherwise it works on the halves)."""
+    if INLINE_PTX:
         out = tl.inline_asm_elementwise("{ sub.rn.f16x2 $0, $1, $2; mul.rn.f16x2 $0, $0, $3; }", "=r,r,r,r",
                                         [a, b, c], dtype=tl.int32, is_pure=True, pack=1)
     else:

@@ -160,6 +160,25 @@ def test_fit_dispatch_bounds_the_thresholds_by_the_crossovers(tmp_path):
     assert lines[-1] == "DEQUANT_MIN_M = {'lowbit': 17}"
 
 
+def test_latency_table_drops_only_the_racy_split_k_times_and_keeps_every_column(tmp_path):
+    import csv
+
+    cols = "n,k,m,format,weight_bytes,copy_gbps,ms_fp16,ms_gemv,ms_tc,ms_dequant,ms_tinygemm,max_rel_err,config_tc"
+    row = "4096,4096,16,w4g128,100,1000,1.0,nan,0.5,2.0,1.0,0.0,tc:m16n64k128s8w4p3"
+    (tmp_path / "old.csv").write_text(f"{cols}\n{row}\n")  # before the inline_ptx column: split-K raced
+    (tmp_path / "new.csv").write_text(f"{cols},inline_ptx\n{row},1\n{row[:-len('0.0,tc:m16n64k128s8w4p3')]}0.5,"
+                                      "tc:m16n64k128s8w4p3,1\n")  # the second row's fused paths disagreed
+    proc = bench("latency_table.py", str(tmp_path / "old.csv"), str(tmp_path / "new.csv"),
+                 "--out", str(tmp_path / "table.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "table.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["inline_ptx"] for r in rows] == ["", "1", "1"]
+    assert [r["ms_tc"] for r in rows] == ["nan", "0.5", "nan"]
+    assert [r["best_path"] for r in rows] == ["dequant", "tc", "dequant"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_fit_dispatch_refuses_a_file_that_is_not_a_bench_csv_in_one_line(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     proc = bench("fit_dispatch.py", str(tmp_path / "x.csv"))

@@ -17,11 +17,14 @@ def _env_without_interpreter() -> dict[str, str]:
     return env
 
 
-def test_kernels_compile_for_sm90_without_a_gpu() -> None:
+@pytest.mark.parametrize("inline_ptx", ["1", "0"])
+def test_kernels_compile_for_sm90_without_a_gpu(inline_ptx: str) -> None:
+    """Both builds: with inline PTX, and the plain-Triton fallback (``LAYERBUDGET_INLINE_PTX=0``)."""
     pytest.importorskip("triton")
     proc = subprocess.run(
         [sys.executable, "-m", "layerbudget.kernels.aot_check", "--arch", "90"],
-        capture_output=True, text=True, timeout=300, env=_env_without_interpreter(),
+        capture_output=True, text=True, timeout=300,
+        env={**_env_without_interpreter(), "LAYERBUDGET_INLINE_PTX": inline_ptx},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     from layerbudget.kernels.aot_check import variants

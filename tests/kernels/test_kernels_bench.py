@@ -53,7 +53,7 @@ def test_bench_rows_smoke(device: str) -> None:
     rows = bench_shape(24, 128, (1, 3), list(FORMATS), copy_gbps=100.0, device=device, timer=fake_timer)
     assert [r["format"] for r in rows] == list(FORMATS) * 2
     for row in rows:
-        assert set(row) | {"gpu", "date", "torch", "triton", "timer", "copy_gbps"} == set(COLUMNS)
+        assert set(row) | {"gpu", "date", "torch", "triton", "inline_ptx", "timer", "copy_gbps"} == set(COLUMNS)
         assert row["max_rel_err"] < 2e-3
         assert row["weight_bytes"] * 8 == pytest.approx(row["bits_per_weight"] * 24 * 128)
     by_name = {r["format"]: r for r in rows}

@@ -67,6 +67,7 @@ def test_kernels_stay_within_their_instruction_budget() -> None:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["LAYERBUDGET_INLINE_PTX"] = "1"  # the budgets are the inline-PTX build's
     proc = subprocess.run([sys.executable, "-m", "layerbudget.kernels.aot_check", "--sass", "--match", "w4g128,M=1 2:4,M=4 w8"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
