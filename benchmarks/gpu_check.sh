@@ -2,14 +2,17 @@
 # GPU check of the kernels, run from the project root on a CUDA machine where the project is not
 # installed (layerbudget.* is mapped through a temporary folder of links):
 #   bash benchmarks/gpu_check.sh sweep OUT   # kernel tests on CUDA, then launch-config sweeps (data for kernels/configs.py)
-#   bash benchmarks/gpu_check.sh check OUT   # kernel tests, the kernel bench (every format; 8192x8192 and
-#                                            # 8192x28672 first, then the other Llama and the MiniLM shapes),
-#                                            # the Llama-block bench, more M at 4096x4096 and the dispatch
-#                                            # thresholds fitted to the crossovers (benchmarks/fit_dispatch.py)
+#   bash benchmarks/gpu_check.sh quick OUT   # kernel tests, the kernel bench at 8192x8192 and 8192x28672 (every
+#                                            # format), the Llama-block bench and the targets table
+#                                            # (benchmarks/kernel_targets.py); steps limited to 110, 120 and 60 s
+#   bash benchmarks/gpu_check.sh check OUT   # quick, then the other Llama and the MiniLM shapes, more M at
+#                                            # 4096x4096 and the dispatch thresholds fitted to the crossovers
+#                                            # (benchmarks/fit_dispatch.py)
 # Kernel tests that fail are rerun with LAYERBUDGET_INLINE_PTX=0; when that passes, the benchmarks use that build.
 # Every step has its own time limit, so one that hangs cannot eat the others' time; the files land in OUT.
 set -uo pipefail
-mode=${1:?sweep or check}
+mode=${1:?sweep, quick or check}
+case "$mode" in sweep|quick|check) ;; *) echo "gpu_check: mode must be sweep, quick or check, not '$mode'" >&2; exit 2;; esac
 out=${2:?output folder}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
@@ -47,19 +50,23 @@ if [ "$mode" = sweep ]; then
   timeout 60 $bench --sweep --quick --kernels tc --shapes 8192x8192 --ms 16 \
     --formats w2g64,2:4,2:4+w4g64 --out "$out/sweep-tc.csv" 2>&1 | grep -v "^  " | tail -8
 else
-  # the issue's headline shapes first, in their own step: a time limit on the rest cannot cost them
+  # the headline shapes, the Llama block and the targets first (mode quick stops there);
+  # each in its own step, so a time limit on the rest cannot cost them
   timeout 120 $bench --tune --shapes 8192x8192,8192x28672 \
     --out "$out/bench-headline.csv" > "$out/bench-headline.txt" 2>&1
   grep -E "M=1 |M=16 |M=256" "$out/bench-headline.txt" | cut -c1-150 | head -40
-  timeout 70 $bench --tune --shapes 4096x4096,4096x14336,14336x4096 \
-    --out "$out/bench-llama.csv" > "$out/bench-llama.txt" 2>&1
-  tail -3 "$out/bench-llama.txt" | cut -c1-150
-  timeout 40 $bench --shapes 384x384,1536x384,384x1536 --out "$out/bench-minilm.csv" > "$out/bench-minilm.txt" 2>&1
-  tail -3 "$out/bench-minilm.txt"
   timeout 60 python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
-  # more M between the headline rows, for the crossovers the dispatch thresholds are fitted to
-  timeout 45 $bench --tune --shapes 4096x4096 --ms 2,4,8,32,128 --out "$out/bench-crossover.csv" \
-    > "$out/bench-crossover.txt" 2>&1
-  python3 benchmarks/fit_dispatch.py "$out"/bench-*.csv | tee "$out/fit-dispatch.txt" | tail -2
+  python3 benchmarks/kernel_targets.py "$out/bench-headline.csv" "$out/block.csv" | tee "$out/targets.md"
+  if [ "$mode" = check ]; then
+    timeout 70 $bench --tune --shapes 4096x4096,4096x14336,14336x4096 \
+      --out "$out/bench-llama.csv" > "$out/bench-llama.txt" 2>&1
+    tail -3 "$out/bench-llama.txt" | cut -c1-150
+    timeout 40 $bench --shapes 384x384,1536x384,384x1536 --out "$out/bench-minilm.csv" > "$out/bench-minilm.txt" 2>&1
+    tail -3 "$out/bench-minilm.txt"
+    # more M between the headline rows, for the crossovers the dispatch thresholds are fitted to
+    timeout 45 $bench --tune --shapes 4096x4096 --ms 2,4,8,32,128 --out "$out/bench-crossover.csv" \
+      > "$out/bench-crossover.txt" 2>&1
+    python3 benchmarks/fit_dispatch.py "$out"/bench-*.csv | tee "$out/fit-dispatch.txt" | tail -2
+  fi
 fi
 echo "gpu_check $mode: $((SECONDS - start)) s"

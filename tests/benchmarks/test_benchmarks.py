@@ -179,6 +179,32 @@ def test_latency_table_drops_only_the_racy_split_k_times_and_keeps_every_column(
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_kernel_targets_compare_the_best_right_path_at_every_headline_shape(tmp_path):
+    cols = "n,k,m,format,ms_fp16,ms_gemv,ms_tc,ms_dequant,ms_auto,path_auto,ms_tinygemm,max_rel_err"
+    rows = ["8192,8192,1,w4g128,3.2,1.0,1.5,4.0,1.5,tc,1.8,0.0",  # best 3.2x, 1.8x of tinygemm
+            "8192,28672,1,w4g128,2.9,1.0,nan,4.0,1.0,gemv,1.8,0.0",  # 2.9x: below 3.0
+            "8192,8192,1,2:4,2.0,1.0,nan,3.0,1.0,gemv,nan,0.0",  # one shape only
+            "8192,8192,256,w2g64,1.0,nan,0.1,1.0,0.1,tc,nan,0.5",  # tc wrong: only dequant counts
+            "8192,28672,256,w2g64,1.0,nan,0.1,1.0,0.1,tc,nan,0.5"]
+    (tmp_path / "bench.csv").write_text(cols + "\n" + "\n".join(rows) + "\n")
+    (tmp_path / "block.csv").write_text("gpu,plan,ms,speedup_vs_fp16\nH,fp16,1,1.0\nH,uniform-w4g128,0.4,2.6\n")
+    proc = bench("kernel_targets.py", str(tmp_path / "bench.csv"), str(tmp_path / "block.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in proc.stdout.splitlines()}
+    assert "3.20x (1.80x vs tinygemm)" in lines[("w4g128", "1")] and lines[("w4g128", "1")].endswith("| no |")
+    assert lines[("2:4", "1")].endswith("| partly measured |")
+    assert "— / 1.00x" in lines[("w2g64", "256")] and lines[("w2g64", "256")].endswith("| yes |")
+    assert lines[("w3g128", "16")].endswith("| not measured |")
+    assert "uniform-w4g128: 2.60x over fp16 (target ≥ 2.5x): yes" in proc.stdout
+
+
+def test_kernel_targets_refuse_a_csv_of_another_kind_in_one_line(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    proc = bench("kernel_targets.py", str(tmp_path / "x.csv"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "neither a kernel bench CSV" in proc.stderr
+
+
 def test_fit_dispatch_refuses_a_file_that_is_not_a_bench_csv_in_one_line(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     proc = bench("fit_dispatch.py", str(tmp_path / "x.csv"))
