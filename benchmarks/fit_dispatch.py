@@ -6,8 +6,8 @@ Usage: ``python benchmarks/fit_dispatch.py BENCH.csv [BENCH.csv ...]`` (CSVs wri
 Per kernel format (``lowbit``: every ``w*`` format; ``sparse24``; ``sparse24_quant``) and per
 measured M, each row (a shape and format) votes for its fastest path among the decode kernel
 (``ms_gemv``), the tensor-core kernel (``ms_tc``) and dequantize + cuBLAS (``ms_dequant``); a row
-whose fused paths disagreed with the dequantize path (``max_rel_err`` of 1e-2 or more) votes among
-the paths that were right. The crossovers bound each threshold to an interval of M: ``GEMV_MAX_M``
+whose fused paths were wrong (``max_rel_err`` of ``WRONG_REL_ERR`` or more; older benches timed
+wrong launches too, the current one leaves their times out) votes for the dequantize path. The crossovers bound each threshold to an interval of M: ``GEMV_MAX_M``
 from the largest M up to which the decode kernel wins a majority at every measured M to just
 below the next measured M; ``DEQUANT_MIN_M`` from just above the last measured M the dequantize
 path loses to the first from which it wins at every measured M (unbounded above when it never
@@ -25,7 +25,7 @@ import math
 import sys
 from collections import Counter, defaultdict
 
-from layerbudget.kernels.bench import FORMATS, kernel_format
+from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
 
 PATHS = ("gemv", "tc", "dequant")
@@ -53,7 +53,7 @@ def read_rows(paths: list[str]) -> list[dict]:
             for r in reader:
                 fmt = kernel_format(r["format"]) if r["format"] in FORMATS else None
                 times = {p: _time(r[f"ms_{p}"]) for p in PATHS}
-                if _time(r.get("max_rel_err")) >= 1e-2:  # a fused path was wrong: only the dequantize path counts
+                if _time(r.get("max_rel_err")) >= WRONG_REL_ERR:  # a fused path was wrong: only the dequantize path counts
                     times["gemv"] = times["tc"] = math.nan
                 if fmt is not None and any(not math.isnan(t) for t in times.values()):
                     rows.append({"fmt": fmt, "m": int(r["m"]), "shape": (int(r["n"]), int(r["k"])),

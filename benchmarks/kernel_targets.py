@@ -6,8 +6,9 @@ Usage: ``python benchmarks/kernel_targets.py BENCH.csv [BENCH.csv ...] [BLOCK.cs
 each headline shape (8192x8192 and 8192x28672) as dispatched (``speedup_vs_fp16``) and with the
 fastest path that agreed with the dequantize path (what refitted dispatch thresholds would run),
 the target, and whether the worse headline shape meets it; w4g128 at M = 1 must also beat torch's
-int4 tinygemm. A row whose fused paths disagreed with the dequantize path (``max_rel_err`` of 1e-2
-or more) counts only its dequantize time. A target with no measured row says so; nothing is
+int4 tinygemm. A row whose fused paths were wrong (``max_rel_err`` of ``WRONG_REL_ERR`` or more:
+CSVs of older benches, which timed wrong launches too) counts only its dequantize time, and a block
+plan whose outputs were wrong has no speedup. A target with no measured row says so; nothing is
 inferred. Exit status 2 on a file that is neither kind of CSV.
 """
 
@@ -17,6 +18,8 @@ import argparse
 import csv
 import math
 import sys
+
+from layerbudget.kernels.bench import WRONG_REL_ERR
 
 HEADLINE = ((8192, 8192), (8192, 28672))
 # (format, M) -> speedup over fp16 to reach at every headline shape
@@ -49,8 +52,9 @@ def read(paths: list[str]) -> tuple[dict, dict]:
                 for r in reader:
                     bench[(r["format"], int(r["m"]), (int(r["n"]), int(r["k"])))] = r
             elif cols.issuperset(BLOCK_COLUMNS):
-                for r in reader:
-                    block[r["plan"]] = _num(r["speedup_vs_fp16"])
+                for r in reader:  # a plan whose outputs were wrong has no speedup
+                    wrong = _num(r.get("max_rel_err")) >= WRONG_REL_ERR
+                    block[r["plan"]] = math.nan if wrong else _num(r["speedup_vs_fp16"])
             else:
                 raise ValueError(f"{path} is neither a kernel bench CSV nor a Llama-block CSV "
                                  f"(needs the columns {list(BENCH_COLUMNS)} or {list(BLOCK_COLUMNS)}).")
@@ -59,7 +63,7 @@ def read(paths: list[str]) -> tuple[dict, dict]:
 
 def speedups(row: dict) -> tuple[float, float, float]:
     """(as dispatched, fastest right path, fastest right path over tinygemm) over fp16 for one bench row."""
-    wrong = _num(row["max_rel_err"]) >= 1e-2
+    wrong = _num(row["max_rel_err"]) >= WRONG_REL_ERR
     times = [t for t in (_num(row[f"ms_{p}"]) for p in (("dequant",) if wrong else PATHS)) if t > 0]
     best = min(times) if times else math.nan
     auto = _num(row["ms_auto"]) if not wrong or row.get("path_auto") == "dequant" else math.nan

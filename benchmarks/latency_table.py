@@ -5,8 +5,8 @@ Usage: ``python benchmarks/latency_table.py BENCH.csv [BENCH.csv ...] --out prof
 Every row keeps its measured columns, with two corrections so that the table describes what the
 dispatch rule of the current kernels runs:
 
-- a tensor-core time is kept only when the row's fused paths agreed with the dequantize path
-  (``max_rel_err`` below 1e-2) and, for CSVs written before the bench had an ``inline_ptx``
+- a tensor-core time is kept only when the row's fused paths were right (``max_rel_err`` below
+  ``WRONG_REL_ERR``) and, for CSVs written before the bench had an ``inline_ptx``
   column, the configuration had no split-K (that kernel's split-K raced: an agreeing row proves
   nothing); otherwise ``ms_tc`` is left empty, since the kernel that produced it was wrong or is gone;
 - ``path_auto``/``ms_auto`` follow :mod:`layerbudget.kernels.configs` (decode kernel up to
@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from layerbudget.kernels.bench import kernel_format
+from layerbudget.kernels.bench import WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
 
 
@@ -31,7 +31,7 @@ def fix(row: dict) -> dict:
     if row["format"] == "fp16":
         return out
     racy_split = "inline_ptx" not in row and "s1w" not in row["config_tc"]
-    tc_ok = row["config_tc"] and not racy_split and float(row["max_rel_err"]) < 1e-2
+    tc_ok = row["config_tc"] and not racy_split and float(row["max_rel_err"]) < WRONG_REL_ERR
     if not tc_ok:
         out["ms_tc"] = "nan"
     times = {p: float(out[f"ms_{p}"]) for p in ("gemv", "tc", "dequant")}

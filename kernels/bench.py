@@ -22,7 +22,9 @@ shape ``N x K`` and ``M`` activation rows, in milliseconds:
   ``frac_copy_bw``: that over the device-to-device copy bandwidth measured in the same run
   (``copy_gbps``, counting read + write bytes);
 - ``speedup_vs_fp16`` = ``ms_fp16 / ms_auto``, ``speedup_vs_tinygemm`` = ``ms_tinygemm / ms_auto``;
-  ``max_rel_err``: the worst fused path against the dequantize path.
+  ``max_rel_err``: the worst error, against the torch reference (``path="reference"``), of the
+  paths and launches whose times count; one that is wrong (``WRONG_REL_ERR``) or raises is named in
+  ``failed`` with why, and its time counts nowhere (so one failing kernel costs its own numbers only).
 
 ``--sweep FILE`` instead times candidate launch configurations of every kernel (the data behind
 the tables of :mod:`layerbudget.kernels.configs`). ``--jobs`` compiles every kernel variant first
@@ -38,7 +40,7 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -88,11 +90,12 @@ COLUMNS = (
     "gpu", "date", "torch", "triton", "inline_ptx", "timer", "copy_gbps", "peers", "n", "k", "m", "format", "bits_per_weight",
     "weight_bytes", "path_auto", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "ms_auto", "ms_tinygemm",
     "tinygemm_vs_bf16", "gbps_auto", "frac_copy_bw", "speedup_vs_fp16", "speedup_vs_tinygemm", "best_path",
-    "max_rel_err", "config_gemv", "config_tc",
+    "max_rel_err", "config_gemv", "config_tc", "failed",
 )
 SWEEP_COLUMNS = ("gpu", "n", "k", "m", "format", "kernel", "block_m", "block_n", "block_k", "split_k", "num_warps",
                  "num_stages", "ms", "ms_fp16", "speedup_vs_fp16", "max_rel_err")
 NAN = float("nan")
+WRONG_REL_ERR = 1e-2  # a result this far from the torch reference (relative to its largest value) is wrong
 
 
 def inline_ptx() -> int:
@@ -118,6 +121,21 @@ def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-6)).item()
+
+
+def _checked_time(run: Callable[[], torch.Tensor], ref: torch.Tensor, timer: Callable[[Callable[[], object]], float],
+                  label: str, failed: list[str]) -> tuple[float, float] | None:
+    """``(ms, relative error)`` of one path or launch whose result matches ``ref``; ``None``, with a note in
+    ``failed``, when it raises (compilation, resources) or is wrong: its time then counts nowhere."""
+    try:
+        err = rel_err(run(), ref)
+        if not err < WRONG_REL_ERR:
+            failed.append(f"{label}: wrong (rel err {err:.2g})")
+            return None
+        return timer(run), err
+    except Exception as exc:  # one failing kernel must not cost the run the other rows
+        failed.append(f"{label}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:160]}")
+        return None
 
 
 # ----- peers ---------------------------------------------------------------------------------------
@@ -253,14 +271,18 @@ def bench_shape(
     timer: Callable[[Callable[[], object]], float] = _bench,
     peers: bool = True,
     tune: bool = False,
-) -> list[dict]:
-    """All rows for one weight shape ``[N, K]`` (``device``/``timer`` are swappable for a CPU smoke test);
-    ``tune``: each kernel path reports the fastest of :func:`row_candidates`."""
+) -> Iterator[dict]:
+    """The rows for one weight shape ``[N, K]``, each as soon as it is measured (``device``/``timer`` are
+    swappable for a CPU smoke test); ``tune``: each kernel path reports the fastest of :func:`row_candidates`."""
     gen = torch.Generator(device=device).manual_seed(n * 100003 + k)
     dense = torch.randn(n, k, device=device, dtype=torch.float16, generator=gen) * 0.02
     weights = {name: FORMATS[name].build(dense) for name in formats if FORMATS[name].build is not None}
-    tiny = tinygemm_case(dense) if peers and device == "cuda" and tinygemm_available() and k % 1024 == 0 else None
-    rows = []
+    tiny = None
+    if peers and device == "cuda" and tinygemm_available() and k % 1024 == 0:
+        try:
+            tiny = tinygemm_case(dense)
+        except RuntimeError as exc:
+            print(f"tinygemm failed, no peer timed: {exc}", file=sys.stderr)
     for m in ms:
         x = torch.randn(m, k, device=device, dtype=torch.float16, generator=gen)
         io_bytes = 2 * m * (k + n)
@@ -269,45 +291,54 @@ def bench_shape(
         if tiny is not None:
             run, deq = tiny
             xb = x.to(torch.bfloat16)
-            ms_tiny = timer(lambda: run(xb))  # noqa: B023
-            ratio_tiny = timer(lambda: F.linear(xb, deq)) / ms_tiny  # noqa: B023
+            try:  # a torch whose tinygemm changed its signature costs the peer column only
+                ms_tiny = timer(lambda: run(xb))  # noqa: B023
+                ratio_tiny = timer(lambda: F.linear(xb, deq)) / ms_tiny  # noqa: B023
+            except RuntimeError as exc:
+                print(f"tinygemm failed, no peer timed: {exc}", file=sys.stderr)
+                tiny = None
         for name in formats:
             row = {"n": n, "k": k, "m": m, "format": name, "ms_fp16": ms_fp16, "ms_tinygemm": ms_tiny,
                    "tinygemm_vs_bf16": ratio_tiny, "peers": "tinygemm-w4g128-bf16" if tiny is not None else ""}
             if name == "fp16":
                 row.update(bits_per_weight=16.0, weight_bytes=2 * n * k, path_auto="cublas", ms_gemv=NAN, ms_tc=NAN,
                            ms_dequant=NAN, ms_auto=ms_fp16, best_path="cublas", max_rel_err=0.0, config_gemv="",
-                           config_tc="")
+                           config_tc="", failed="")
             else:
                 w = weights[name]
                 fmt = format_of(w)
-                ref = packed_matmul(x, w, path="dequant")
+                ref = packed_matmul(x, w, path="reference")  # torch only: no kernel checks itself
+                failed: list[str] = []
                 times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
                 if kernel_supported(w):
                     for kern in kernel_paths(m, fmt):
                         bits = getattr(w, "bits", None)
                         for cfg in (row_candidates(kern, m, n, k, fmt, bits) if tune
                                     else [pick_config(m, n, k, fmt, kern, bits)]):
-                            err = max(err, rel_err(packed_matmul(x, w, path="triton", config=cfg), ref))
-                            t = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
-                            if not t >= times[kern]:  # first, or faster
-                                times[kern], configs[kern] = t, config_name(cfg)
-                ms_dequant = timer(lambda: packed_matmul(x, w, path="dequant"))  # noqa: B023
+                            got = _checked_time(lambda: packed_matmul(x, w, path="triton", config=cfg), ref,  # noqa: B023
+                                                timer, config_name(cfg), failed)
+                            if got is not None:
+                                err = max(err, got[1])
+                                if not got[0] >= times[kern]:  # first, or faster
+                                    times[kern], configs[kern] = got[0], config_name(cfg)
+                got = _checked_time(lambda: packed_matmul(x, w, path="dequant"), ref, timer, "dequant", failed)  # noqa: B023
+                ms_dequant = NAN if got is None else got[0]
+                err = err if got is None else max(err, got[1])
                 path = choose_path(x, fmt, supported=kernel_supported(w))
                 if path == "triton":
                     path = "gemv" if m <= gemv_max_m(fmt) else "tc"
                 timed = {"gemv": times["gemv"], "tc": times["tc"], "dequant": ms_dequant}
                 if path not in timed:  # the CPU reference (a smoke run without a GPU)
                     timed[path] = timer(lambda: packed_matmul(x, w, path=path))  # noqa: B023
-                best = min((t, p) for p, t in timed.items() if not math.isnan(t))[1]
+                right = [(t, p) for p, t in timed.items() if not math.isnan(t)]
                 row.update(bits_per_weight=w.bits_per_weight, weight_bytes=w.nbytes, path_auto=path,
                            ms_gemv=times["gemv"], ms_tc=times["tc"], ms_dequant=ms_dequant, ms_auto=timed[path],
-                           best_path=best, max_rel_err=err, config_gemv=configs["gemv"], config_tc=configs["tc"])
+                           best_path=min(right)[1] if right else "", max_rel_err=err, config_gemv=configs["gemv"],
+                           config_tc=configs["tc"], failed="; ".join(failed))
             gbps = (row["weight_bytes"] + io_bytes) / (row["ms_auto"] * 1e-3) / 1e9
             row.update(gbps_auto=gbps, frac_copy_bw=gbps / copy_gbps, speedup_vs_fp16=ms_fp16 / row["ms_auto"],
                        speedup_vs_tinygemm=ms_tiny / row["ms_auto"])
-            rows.append(row)
-    return rows
+            yield row
 
 
 def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels: list[str],
@@ -325,7 +356,7 @@ def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels
         for m in ms:
             x = torch.randn(m, k, device=device, dtype=torch.float16, generator=gen)
             ms_fp16 = timer(lambda: F.linear(x, dense))  # noqa: B023
-            ref = packed_matmul(x, w, path="dequant")
+            ref = packed_matmul(x, w, path="reference")
             for kern in kernels:
                 if kern == "gemv" and m > max(GEMV_ROWS):
                     continue
@@ -429,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['ms_auto']:.4f} ms  {row['gbps_auto']:.0f} GB/s ({row['frac_copy_bw']:.2f} of copy)  "
                       f"x{row['speedup_vs_fp16']:.2f} vs fp16  x{row['speedup_vs_tinygemm']:.2f} vs tinygemm "
                       f"best={row['best_path']}", flush=True)
-            fh.flush()
+                if row["failed"]:
+                    print(f"  failed: {row['failed']}", flush=True)
+                fh.flush()  # a time limit keeps every row measured so far
             torch.cuda.empty_cache()
     return 0
 

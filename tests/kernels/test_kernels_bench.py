@@ -50,7 +50,7 @@ def test_bench_rows_smoke(device: str) -> None:
         calls.append(1)
         return 1.0 + len(calls) % 2
 
-    rows = bench_shape(24, 128, (1, 3), list(FORMATS), copy_gbps=100.0, device=device, timer=fake_timer)
+    rows = list(bench_shape(24, 128, (1, 3), list(FORMATS), copy_gbps=100.0, device=device, timer=fake_timer))
     assert [r["format"] for r in rows] == list(FORMATS) * 2
     for row in rows:
         assert set(row) | {"gpu", "date", "torch", "triton", "inline_ptx", "timer", "copy_gbps"} == set(COLUMNS)
@@ -63,3 +63,28 @@ def test_bench_rows_smoke(device: str) -> None:
     m3 = [r for r in rows if r["m"] == 3 and r["format"] != "fp16"]
     assert all(r["best_path"] in ("gemv", "tc", "dequant", "reference") for r in m3)
     assert all(r["ms_gemv"] == r["ms_gemv"] and r["ms_tc"] == r["ms_tc"] for r in m3)  # both kernels timed
+
+
+def test_bench_rows_keep_going_past_a_failing_or_wrong_path(device: str, monkeypatch) -> None:
+    """A launch that raises and a path that is wrong are named in ``failed``; their times count nowhere,
+    and the other paths and formats are still measured."""
+    from layerbudget.kernels import bench
+
+    real = bench.packed_matmul
+
+    def flaky(x, w, bias=None, *, path="auto", config=None):
+        if path == "triton" and config is not None and config.kernel == "tc":
+            raise RuntimeError("ptxas error\nout of resource: shared memory")
+        y = real(x, w, bias, path=path, config=config)
+        return y * 1.5 if path == "dequant" else y
+
+    monkeypatch.setattr(bench, "packed_matmul", flaky)
+    rows = list(bench.bench_shape(24, 128, (3,), ["w4g128", "2:4"], copy_gbps=100.0, device=device,
+                                  timer=lambda fn: (fn(), 1.0)[1]))
+    assert [r["format"] for r in rows] == ["w4g128", "2:4"]
+    for row in rows:
+        assert row["ms_gemv"] == 1.0 and row["config_gemv"]  # the decode kernel was right and timed
+        assert row["ms_tc"] != row["ms_tc"] and row["ms_dequant"] != row["ms_dequant"]  # NaN: failed, wrong
+        assert "tc:" in row["failed"] and "RuntimeError: out of resource: shared memory" in row["failed"]
+        assert "dequant: wrong (rel err 0.5)" in row["failed"]
+        assert row["max_rel_err"] < bench.WRONG_REL_ERR
