@@ -103,8 +103,8 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
         bm = gemv_rows(m)
         bn, bk, warps = (128, 128, 8) if fmt == "lowbit" else (64, 128, 4)
-        if fmt == "lowbit" and bits == 8:  # 4 fields a word: 128 rows spill registers at M = 4 (aot_check --sass)
-            bn = 64
+        if fmt == "lowbit" and bits == 8:  # one 64-value chunk a step: with two, 128 rows spill registers at
+            bk = 64  # M = 4, and 64 rows make Triton 3.6 load and convert the activations twice (aot_check --sass)
         steps = _cdiv(kvals, bk)
         stages = 2 if fmt == "lowbit" else 1  # low-bit: read the next step ahead (see triton_gemv)
         return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, stages)
