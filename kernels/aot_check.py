@@ -75,11 +75,15 @@ def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int 
                f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 
 
-def _tc24(x: str, quant: bool, bits: int, cu: int) -> Variant:
-    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "EVEN": cu == 1,
-              "WIDE": bits != 3, "HAS_BIAS": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 4 if cu == 1 else 2}
+def _tc24(x: str, quant: bool, bits: int, cu: int, fields: int = 0, bm: int = 16) -> Variant:
+    from .triton_sparse import tc24_fields
+
+    fields = fields or tc24_fields(bm, cu, quant)
+    consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "FLUSH": 4 if cu > 1 else 1, "FIELDS": fields,
+              "EVEN": cu == 1, "WIDE": bits != 3, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": 64,
+              "BLOCK_C": 4 if cu == 1 else 2}
     return _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
-                 f"tc 2:4 x={x} quant={quant} b{bits} cu={cu}")
+                 f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm}")
 
 
 def _tile(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, name: str) -> Variant:
@@ -109,7 +113,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     from .packing import chunk_units, fields_per_unit
     from .sparse24 import meta_layout
     from .triton_gemv import _launch_shape, flush_fields
-    from .triton_sparse import tc24_chunks
+    from .triton_sparse import tc24_chunks, tc24_fields
 
     out = []
     for m in (1, 2, 4):
@@ -148,16 +152,18 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24", "tc")
             e, chunk = meta_layout(k, bits if quant else None)
             cu = chunk // e
-            block_c = tc24_chunks(cu, cfg.block_k)
+            fields = tc24_fields(cfg.block_m, cu, quant)
+            block_c = tc24_chunks(cu, cfg.block_k, fields)
             consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
+                      "FLUSH": flush_fields(group, chunk, cu, e) if quant else 1, "FIELDS": fields,
                       "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
                       "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
             v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
                       cfg.num_warps, name)
-            # the hot loop is the field loop: one field (two with one unit per chunk) of BLOCK_C chunks
-            per_field = chunk // e * (2 if chunk == e else 1)
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field // (32 * cfg.num_warps)))
+            # the hot loop is the field loop: `fields` fields of BLOCK_C chunks
+            per_field = chunk // e
+            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field * fields // (32 * cfg.num_warps)))
     return out
 
 
@@ -177,8 +183,9 @@ def variants(full: bool = False) -> list[Variant]:
     out += [_tc(x, b, bm, bn, s, w, g, jb) for x, b, (bm, bn, w), s, g, jb in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128), (1, 2, 4))
         if 16 * jb <= g and jb <= (16 if b == 3 else 32 // b) // 2]
-    out += [_tc24(x, q, b, cu) for x, q, b, cu in itertools.product(
-        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16)) if q or b == 4]
+    out += [_tc24(x, q, b, cu, fields, bm) for x, q, b, cu, (fields, bm) in itertools.product(
+        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), ((0, 16), (0, 64), (0, 128)))
+        if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]
     return out
 

@@ -246,6 +246,7 @@ def _gemv_sparse24_kernel(
     is masked; ``WIDE``: see :func:`~.triton_pairs.code_pairs`.
     """
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
+    H: tl.constexpr = E // 2  # code fields per halfword
     V: tl.constexpr = E * CU
     CP: tl.constexpr = CU // 2 if CU > 1 else 1  # pairs per field of a chunk
     ESTEP: tl.constexpr = 1 if CU > 1 else 2
@@ -297,7 +298,7 @@ def _gemv_sparse24_kernel(
                     xs1 = p0
                     xs2 = p0
                     xs3 = p0
-                two = pair_codes(lo, hi, hw_lo, hw_hi, e, BITS)
+                two = pair_codes(lo, hi, hw_lo, hw_hi, e >= H, e % H, BITS)
                 wa = half_float(two, False)  # 2**BITS + q of the pair's two codes
                 wb = half_float(two, True)
             elif values_ptr.dtype.element_ty == tl.float32:

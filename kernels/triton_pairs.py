@@ -7,7 +7,8 @@ in one byte-permute selector: :func:`pick_selector` picks the pair's two activat
 group's four (decode kernels), :func:`spread_selector` places the pair's two values at their
 positions among four dense columns with zeros (or a filler) elsewhere (tensor-core and dequantize
 kernels). Low-bit codes of a pair come side by side in one word through :func:`code_pairs` and are
-read per field by :func:`pair_codes`.
+read per field by :func:`pair_codes`; :func:`field_parts` splits a field index so that what a loop
+unrolls is known at compile time.
 """
 
 from __future__ import annotations
@@ -61,18 +62,37 @@ def pick_selector(u0, u1, e: tl.constexpr):
 
 
 @triton.jit
-def spread_selector(u0, u1, e):
+def spread_selector(u0, u1, k, r):
     """``prmt`` selector (32 bits: dense columns 0, 1 in the low half, 2, 3 in the high half) that spreads a
     pair word ``(w0, w1)`` over its group's four 16-bit columns: byte code ``0x10`` (``w0``) at column
     ``p0``, ``0x32`` (``w1``) at ``p1`` and ``0x54`` (the low half of the filler word) elsewhere, i.e.
-    ``0x54545454 - 0x44 << 8 p0 - 0x22 << 8 p1`` (``p0 != p1``, so no byte borrows). ``e`` may be known
-    only at run time."""
-    k = e // 4
+    ``0x54545454 - 0x44 << 8 p0 - 0x22 << 8 p1`` (``p0 != p1``, so no byte borrows). The positions are
+    those of field ``e = 4 k + r`` (:func:`field_parts`); ``k`` and ``r`` may be known only at run time."""
     both = prmt(u0, u1, u0 * 0 + (k | ((k + 4) << 4)))  # p0 in bits 0..7, p1 in bits 8..15
-    fields = both >> (2 * (e % 4))
+    fields = both >> (2 * r)
     a0 = (fields << 3) & 0x18  # 8 p0
     a1 = (fields >> 5) & 0x18  # 8 p1
     return 0x54545454 - (0x44 << a0) - (0x22 << a1)
+
+
+@triton.jit
+def field_parts(e0, f: tl.constexpr, FIELDS: tl.constexpr, H: tl.constexpr):
+    """Field ``e = e0 + f`` split as the kernels use it: ``(k, r, upper, j)`` with ``e = 4 k + r`` (position
+    byte and field in it) and ``e = H * upper + j`` (code halfword and field in it, ``H`` code fields per
+    halfword). ``e0`` (maybe known only at run time) is a multiple of ``FIELDS``; the parts that follow
+    from ``f`` alone are compile-time constants, so their shifts are too."""
+    if FIELDS % 4 == 0:
+        k = e0 // 4 + f // 4
+        r: tl.constexpr = f % 4
+    else:
+        k = (e0 + f) // 4
+        r = (e0 + f) % 4
+    upper = e0 + f >= H
+    if FIELDS % H == 0:
+        j: tl.constexpr = f % H
+    else:
+        j = (e0 + f) % H
+    return k, r, upper, j
 
 
 @triton.jit
@@ -109,9 +129,8 @@ def code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS: tl.constexpr, C
 
 
 @triton.jit
-def pair_codes(lo, hi, hw_lo, hw_hi, e, BITS: tl.constexpr):
-    """The pair's two codes of field ``e`` (``e`` known at compile or run time) from :func:`code_pairs`' words,
-    as the fp16 pair ``2**BITS + q`` (:func:`~.triton_common.pair_bits`)."""
-    H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # code fields per halfword
-    upper = e >= H
-    return pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + e % H, BITS)
+def pair_codes(lo, hi, hw_lo, hw_hi, upper, j, BITS: tl.constexpr):
+    """The pair's two codes of field ``j`` of the lower (or ``upper``) halfword from :func:`code_pairs`' words
+    (``upper`` and ``j`` from :func:`field_parts`, known at compile or run time), as the fp16 pair
+    ``2**BITS + q`` (:func:`~.triton_common.pair_bits`)."""
+    return pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + j, BITS)

@@ -4,9 +4,10 @@ Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs v
 
 Triton has no sparse tensor-core dot, so each step expands the compressed weight to dense tiles in
 registers and runs a dense ``tl.dot`` (this saves bandwidth, not FLOPs). A step takes ``BLOCK_C``
-chunks; for each field ``e`` of their units, every group's two kept values (one word: two 16-bit
-values, or two codes as the fp16 values ``2**b + q``) are spread over the group's four dense
-columns by two byte permutes (:func:`~.triton_pairs.spread_selector`). The tile comes out in dense
+chunks; for each field ``e`` of their units (``FIELDS`` of them unrolled per iteration of a run-time
+loop, :func:`tc24_fields`), every group's two kept values (one word: two 16-bit values, or two codes
+as the fp16 values ``2**b + q``) are spread over the group's four dense columns by two byte
+permutes (:func:`~.triton_pairs.spread_selector`). The tile comes out in dense
 column order, so the activations of a field are ``BLOCK_C`` contiguous runs of ``2 C`` columns,
 multiplied in one ``tl.dot``. Codes are dequantized as the reference's ``W_hat``: with fp16 scales and
 activations in the pair's word before spreading (``(t - (2**b + zero)) * scale`` on both halves), else
@@ -26,7 +27,7 @@ from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
 from .triton_common import INTERPRET, load_if, pair_halves, prmt, sub_mul_f16x2
 from .triton_gemv import _aligned, flush_fields
 from .triton_lowbit import store_tile
-from .triton_pairs import code_pairs, meta_pairs, pair_codes, pair_words, spread_selector
+from .triton_pairs import code_pairs, field_parts, meta_pairs, pair_codes, pair_words, spread_selector
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]
 
@@ -76,15 +77,17 @@ def _value_rows(values_ptr, rows, stride_vn, first, ii, DT: tl.constexpr):
 
 
 @triton.jit
-def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e,
-                QUANT: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr, DT: tl.constexpr):
-    """Dense weights ``[BN, BC, CP, 2, 2]`` in ``DT`` of field ``e`` (fields ``e, e + 1`` when a chunk has one
-    unit; ``e`` may be known only at run time): pair ``i`` of chunk ``c`` covers dense columns
-    ``2 (c V + e C) + 4 i .. + 4`` in order. Kept values (no ``QUANT``): ``vrow`` points at each pair's
-    field-0 value pair (a word when the values are in ``DT``, else the first value), ``off`` pairs on."""
-    sel = spread_selector(u0, u1, e)
+def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e0, f: tl.constexpr,
+                FIELDS: tl.constexpr, QUANT: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr, DT: tl.constexpr):
+    """Dense weights ``[BN, BC, CP, 2, 2]`` in ``DT`` of field ``e = e0 + f`` (fields ``e, e + 1`` when a chunk
+    has one unit; ``e0``, a multiple of ``FIELDS``, may be known only at run time): pair ``i`` of chunk
+    ``c`` covers dense columns ``2 (c V + e C) + 4 i .. + 4`` in order. Kept values (no ``QUANT``):
+    ``vrow`` points at each pair's field-0 value pair (a word when the values are in ``DT``, else the
+    first value), ``off`` pairs on."""
+    k, r, upper, j = field_parts(e0, f, FIELDS, 8 if BITS == 3 else 16 // BITS)
+    sel = spread_selector(u0, u1, k, r)
     if QUANT:
-        two = pair_codes(lo, hi, hw_lo, hw_hi, e, BITS)
+        two = pair_codes(lo, hi, hw_lo, hw_hi, upper, j, BITS)
         if DT == tl.float16 and s.dtype == tl.float16:  # dequantize the pair in its word, then spread it
             hs = _half_bits(s, tl.float16)
             two = sub_mul_f16x2(two, fill, hs | (hs << 16))  # t - cz exact (integer zeros), one rounding: W_hat
@@ -108,12 +111,13 @@ def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z,
 def _tc_sparse24_kernel(
     x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
     M, N, K, stride_xm, stride_vn, stride_mn, stride_sn, stride_om,
-    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr,
-    EVEN: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
+    FIELDS: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``EVEN``: every step's chunks exist (no load is masked); ``WIDE``: code rows hold an even number of
-    words. Rows past ``N`` read row ``N - 1`` and are never stored."""
+    words; ``FLUSH``: fields per group run; ``FIELDS``: fields per iteration of the field loop (see
+    :func:`tc24_fields`). Rows past ``N`` read row ``N - 1`` and are never stored."""
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
     V: tl.constexpr = E * CU
     CP: tl.constexpr = CU // 2 if CU > 1 else 1  # pairs per field of a chunk
@@ -145,18 +149,23 @@ def _tc_sparse24_kernel(
         x_ok = (it * BLOCK_C + t_chunk) < num_chunks
         xs = x_ptr + x_rows + (2 * it * BLOCK_C * V + t_col)[:, None]  # [BK, BM] activations of field 0
         vrow = _value_rows(values_ptr, rows, stride_vn, c * V, ii, DT)
-        # a run-time loop over the fields, the one Triton pipelines: one field's values, scales and
-        # activations in flight per stage (an unrolled loop would buffer every field's)
-        for e in tl.range(0, E, ESTEP):
-            if QUANT:
-                s, z, fill = _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V, CU, GROUP, BITS, EVEN)
-            w = _field_tile(values_ptr, vrow, (e * CU) // 2, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e,
-                            QUANT, BITS, EVEN, DT)
-            if EVEN:
-                xt = tl.load(xs + 2 * e * CU)
-            else:
-                xt = tl.load(xs + 2 * e * CU, mask=x_ok[:, None], other=0.0)
-            acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
+        # a run-time loop over runs of FIELDS fields, the loop Triton pipelines: one run's scales and
+        # activations in flight per stage (an unrolled loop would buffer every field's); inside a run
+        # the fields are unrolled, so what depends on the field's place in the run is a constant
+        for e0 in tl.range(0, E, FIELDS):
+            for f in tl.static_range(0, FIELDS, ESTEP):
+                e = e0 + f
+                if QUANT:
+                    if f % FLUSH == 0:  # a group run starts here (or the run's first field)
+                        s, z, fill = _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V, CU, GROUP, BITS,
+                                                 EVEN)
+                w = _field_tile(values_ptr, vrow, (e * CU) // 2, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e0, f,
+                                FIELDS, QUANT, BITS, EVEN, DT)
+                if EVEN:
+                    xt = tl.load(xs + 2 * e * CU)
+                else:
+                    xt = tl.load(xs + 2 * e * CU, mask=x_ok[:, None], other=0.0)
+                acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
     store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
 
 
@@ -190,8 +199,8 @@ def _dequant_sparse24_kernel(
         if QUANT:
             if e % FLUSH == 0:
                 s, z, fill = _group_meta(scales_ptr, zeros_ptr, rows, stride_sn, c, e, c_ok, V, CU, GROUP, BITS, False)
-        w = _field_tile(values_ptr, vrow, (e * CU) // 2, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, e, QUANT,
-                        BITS, False, DT)
+        w = _field_tile(values_ptr, vrow, (e * CU) // 2, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z, fill, 0, e, E,
+                        QUANT, BITS, False, DT)
         ptrs = out_ptr + offs_n[:, None, None] * stride_on + 2 * (c * V + e * CU) + cols
         tl.store(ptrs, tl.reshape(w, (BLOCK_N, BLOCK_C, CP * 4)), mask=ok)
 
@@ -203,11 +212,21 @@ def _layout(k: int, quant: bool, bits: int, group: int) -> tuple[int, int, int, 
     return e, chunk, cu, flush_fields(group, chunk, cu, e) if quant else 1
 
 
-def tc24_chunks(cu: int, block_k: int) -> int:
-    """Chunks per tensor-core step (a power of two): a field's tile is ``block_k`` dense columns wide, and at
-    least 16 (a dot's K)."""
+def tc24_fields(block_m: int, cu: int, quant: bool) -> int:
+    """Fields per iteration of the tensor-core kernel's field loop. Codes (``quant``) up to 64 activation
+    rows: 4, unrolled, so each field's position shifts (and for 2/4/8-bit codes its code shifts) are
+    constants and a group's scale is read once per run. Otherwise one step (a field, two with one unit
+    per chunk): above 64 rows one stage's activations stay within every architecture's shared memory,
+    and kept fp16/bf16 values, read per field, would be copied through shared memory when unrolled."""
+    return 4 if quant and block_m <= 64 else (1 if cu > 1 else 2)
+
+
+def tc24_chunks(cu: int, block_k: int, fields: int = 1) -> int:
+    """Chunks per tensor-core step (a power of two): an iteration's ``fields`` fields span ``block_k`` dense
+    columns, and one field's tile at least 16 (a dot's K)."""
     per_chunk = 2 * cu if cu > 1 else 4  # dense columns one field (pair of fields) of a chunk covers
-    block_c = max(1, block_k // per_chunk, -(-16 // per_chunk))
+    steps = fields if cu > 1 else max(1, fields // 2)
+    block_c = max(1, block_k // (per_chunk * steps), -(-16 // per_chunk))
     return 1 << (block_c - 1).bit_length()
 
 
@@ -215,14 +234,15 @@ def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: La
     if cfg.split_k != 1:
         raise ValueError(f"the 2:4 tensor-core kernels have no split-K; `split_k` must be 1, got split_k={cfg.split_k}.")
     m, k = x.shape
-    e, chunk, cu, _ = _layout(k, quant, bits, group)
-    block_c = tc24_chunks(cu, cfg.block_k)
+    e, chunk, cu, flush = _layout(k, quant, bits, group)
+    fields = tc24_fields(cfg.block_m, cu, quant)
+    block_c = tc24_chunks(cu, cfg.block_k, fields)
     grid = (triton.cdiv(n, cfg.block_n), 1, triton.cdiv(m, cfg.block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     _tc_sparse24_kernel[grid](
         x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
-        QUANT=quant, BITS=bits, GROUP=group, CU=cu, EVEN=(k // 2 // chunk) % block_c == 0,
+        QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush, FIELDS=fields, EVEN=(k // 2 // chunk) % block_c == 0,
         WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

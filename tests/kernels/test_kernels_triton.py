@@ -167,12 +167,13 @@ def test_sparse24_quant_kernels(bits: int, group_size: int | None, config: Launc
                sparse24_quant_matmul_ref(x, weight, bias))
 
 
-@pytest.mark.parametrize("config", [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128)],
-                         ids=lambda c: f"k{c.block_k}")
+@pytest.mark.parametrize("config", [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128),
+                                    LaunchConfig("tc", 128, 16, 64)], ids=lambda c: f"m{c.block_m}-k{c.block_k}")
 @pytest.mark.parametrize("bits", [2, 3, 4, 8, None], ids=lambda b: f"b{b}")
 def test_sparse24_tensor_core_kernels_on_long_rows(bits: int | None, config: LaunchConfig, device: str,
                                                    gen: torch.Generator) -> None:
-    """Rows of many chunks (every field of every chunk reaches the dot)."""
+    """Rows of many chunks (every field of every chunk reaches the dot); 16-row tiles take the codes' fields
+    four at a time, 128-row tiles one at a time (:func:`~layerbudget.kernels.triton_sparse.tc24_fields`)."""
     n, k = 24, 1024
     dense = torch.randn(n, k, generator=gen)
     if bits is None:
