@@ -1,15 +1,22 @@
 """Compare kernel bench results with the kernels' speed targets (speedup over fp16 ``F.linear`` on the same GPU).
 
-Usage: ``python benchmarks/kernel_targets.py BENCH.csv [BENCH.csv ...] [BLOCK.csv]`` (CSVs written by
-``python -m layerbudget.kernels.bench`` and ``benchmarks/llama_block.py``, e.g. by
+Usage: ``python benchmarks/kernel_targets.py BENCH.csv [BENCH.csv ...] [BLOCK.csv] [--sass SASS.csv]``
+(CSVs written by ``python -m layerbudget.kernels.bench`` and ``benchmarks/llama_block.py``, e.g. by
 ``benchmarks/gpu_check.sh check``). Prints one markdown table: per format and M, the speedup at
 each headline shape (8192x8192 and 8192x28672) as dispatched (``speedup_vs_fp16``) and with the
-fastest path that agreed with the dequantize path (what refitted dispatch thresholds would run),
-the target, and whether the worse headline shape meets it; w4g128 at M = 1 must also beat torch's
-int4 tinygemm. A row whose fused paths were wrong (``max_rel_err`` of ``WRONG_REL_ERR`` or more:
-CSVs of older benches, which timed wrong launches too) counts only its dequantize time, and a block
-plan whose outputs were wrong has no speedup. A target with no measured row says so; nothing is
-inferred. Exit status 2 on a file that is neither kind of CSV.
+fastest path that was right (what refitted dispatch thresholds would run), the target, and whether
+the worse headline shape meets it; w4g128 at M = 1 must also beat torch's int4 tinygemm. A row
+whose fused paths were wrong (``max_rel_err`` of ``WRONG_REL_ERR`` or more: CSVs of older benches,
+which timed wrong launches too) counts only its dequantize time, and a block plan whose outputs
+were wrong has no speedup. A target with no measured row says so; nothing is inferred.
+
+``--sass`` (a CSV of ``python -m layerbudget.kernels.aot_check --sass --csv``) adds what the targets
+ask of instruction issue: a kernel that issues ``c`` instructions per weight (per kept value for 2:4)
+takes at least ``c * weights / 32 / ISSUE_RATE`` (one warp instruction per scheduler and cycle), and
+the table gives that floor as a share of the time the target allows (the measured fp16 time over
+the target speedup); above 100 % the target is out of reach of that kernel whatever its memory
+does. The counts are those of the launches at 8192x8192 (K does not change the loop body). fp16 times come from any CSV with ``n, k, m, format, ms_fp16`` columns (older bench CSVs too).
+Exit status 2 on a file that is none of these kinds.
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ TARGETS = {
 BLOCK_TARGET = ("uniform-w4g128", 2.5)
 BENCH_COLUMNS = ("n", "k", "m", "format", "ms_fp16", "ms_gemv", "ms_tc", "ms_dequant", "ms_auto", "max_rel_err")
 BLOCK_COLUMNS = ("plan", "speedup_vs_fp16")
+FP16_COLUMNS = ("n", "k", "m", "format", "ms_fp16")
+SASS_COLUMNS = ("variant", "instructions_per_weight")
 PATHS = ("gemv", "tc", "dequant")
+ISSUE_RATE = 132 * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
 
 
 def _num(value: str | None) -> float:
@@ -41,16 +51,21 @@ def _num(value: str | None) -> float:
         return math.nan
 
 
-def read(paths: list[str]) -> tuple[dict, dict]:
-    """``(bench rows by (format, M, (N, K)), block speedups by plan)``; a later file's row replaces an earlier one."""
-    bench, block = {}, {}
+def read(paths: list[str]) -> tuple[dict, dict, dict]:
+    """``(bench rows by (format, M, (N, K)), block speedups by plan, fp16 ms by (M, (N, K)))``; a later file's
+    row replaces an earlier one."""
+    bench, block, fp16 = {}, {}, {}
     for path in paths:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             cols = set(reader.fieldnames or ())
-            if cols.issuperset(BENCH_COLUMNS):
+            if cols.issuperset(FP16_COLUMNS):
                 for r in reader:
-                    bench[(r["format"], int(r["m"]), (int(r["n"]), int(r["k"])))] = r
+                    shape = (int(r["n"]), int(r["k"]))
+                    if r["format"] == "fp16":
+                        fp16[(int(r["m"]), shape)] = _num(r["ms_fp16"])
+                    if cols.issuperset(BENCH_COLUMNS):  # older benches: their fp16 times only
+                        bench[(r["format"], int(r["m"]), shape)] = r
             elif cols.issuperset(BLOCK_COLUMNS):
                 for r in reader:  # a plan whose outputs were wrong has no speedup
                     wrong = _num(r.get("max_rel_err")) >= WRONG_REL_ERR
@@ -58,7 +73,39 @@ def read(paths: list[str]) -> tuple[dict, dict]:
             else:
                 raise ValueError(f"{path} is neither a kernel bench CSV nor a Llama-block CSV "
                                  f"(needs the columns {list(BENCH_COLUMNS)} or {list(BLOCK_COLUMNS)}).")
-    return bench, block
+    return bench, block, fp16
+
+
+def read_sass(path: str) -> dict[str, float]:
+    """Static instructions per weight by variant name (``gemv M=1 w4g128``) from an ``aot_check --sass`` CSV."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not set(reader.fieldnames or ()).issuperset(SASS_COLUMNS):
+            raise ValueError(f"{path} is not an aot_check --sass CSV (needs the columns {list(SASS_COLUMNS)}).")
+        return {" ".join(r["variant"].split()): _num(r["instructions_per_weight"]) for r in reader}
+
+
+def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
+    """Markdown rows: per target at M = 1 and 16 and kernel, the issue floor over the time the target allows."""
+    lines = ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
+             "|---|---|---|" + "---|" * len(HEADLINE)]
+    for (fmt, m), target in TARGETS.items():
+        if m > 16:
+            continue
+        name = "2:4 fp16" if fmt == "2:4" else fmt
+        for kernel in ("gemv", "tc") if m <= 4 else ("tc",):
+            count = sass.get(f"{kernel} M={m} {name}", math.nan)
+            cells = []
+            for n, k in HEADLINE:
+                weights = n * k // (2 if fmt.startswith("2:4") else 1)
+                floor_ms = count * weights / 32 / ISSUE_RATE * 1e3
+                allowed_ms = fp16.get((m, (n, k)), math.nan) / target
+                share = floor_ms / allowed_ms
+                cells.append("—" if math.isnan(share) else f"{share:.0%} ({floor_ms * 1e3:.1f} of {allowed_ms * 1e3:.1f} µs)")
+            label = "decode" if kernel == "gemv" else "tensor-core"
+            lines.append(f"| {fmt} | {m} | {label} ({'—' if math.isnan(count) else f'{count:.2f}'}) | "
+                         + " | ".join(cells) + " |")
+    return lines
 
 
 def speedups(row: dict) -> tuple[float, float, float]:
@@ -106,13 +153,19 @@ def report(bench: dict, block: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="bench and Llama-block CSVs")
+    parser.add_argument("--sass", help="an aot_check --sass CSV: add the share of instruction issue each target needs")
     args = parser.parse_args(argv)
     try:
-        bench, block = read(args.inputs)
+        bench, block, fp16 = read(args.inputs)
+        sass = read_sass(args.sass) if args.sass else None
     except (OSError, ValueError, KeyError) as err:
         print(f"kernel_targets: {err}", file=sys.stderr)
         return 2
     print("\n".join(report(bench, block)))
+    if sass is not None:
+        print("\nInstruction issue each target needs (static instructions per weight in brackets; floor of the "
+              "kernel over the time the target allows):\n")
+        print("\n".join(issue_shares(sass, fp16)))
     return 0
 
 
