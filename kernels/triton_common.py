@@ -43,7 +43,25 @@ def field_float(words, high, e: tl.constexpr, BITS: tl.constexpr):
     of the high one share their shifts and masks, and each half converts to fp32.
     """
     H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # fields per halfword
-    return half_float(pair_bits(words, high, words * 0 + e % H, BITS), e >= H)
+    return half_float(pair_bits(words, high, words * 0 + e % H, BITS, True), e >= H)
+
+
+@triton.jit
+def field_code(words, high, e: tl.constexpr, BITS: tl.constexpr):
+    """Field ``e`` of every unit as the fp32 value ``q * 2**(code_position(BITS) - 24)`` (exact): the code's
+    bits at :func:`code_position` of an fp16 with a zero exponent (a subnormal), converted. Like
+    :func:`field_float` without the exponent bits: one mask constant, and no shift for the field
+    already at that position."""
+    H: tl.constexpr = 8 if BITS == 3 else 16 // BITS
+    return half_float(pair_bits(words, high, words * 0 + e % H, BITS, False), e >= H)
+
+
+@triton.jit
+def code_position(BITS: tl.constexpr):
+    """Bit of each halfword where :func:`field_code` puts a field's lowest bit: where a field already sits
+    (4-bit: field 1, 8-bit: field 0, 2-bit: field 4; 3-bit: as :func:`pair_bits`)."""
+    P: tl.constexpr = 8 if BITS == 2 else 7 if BITS == 3 else 4 if BITS == 4 else 0
+    return P
 
 
 @triton.jit
@@ -70,22 +88,26 @@ def shift_to(t, amount):
 
 
 @triton.jit
-def pair_bits(words, high, j, BITS: tl.constexpr):
-    """Int32 pairs of fp16 bit patterns ``2**BITS + q``: field ``j`` of each halfword of the units (``j``
-    an int32 tensor below ``16 / BITS``, broadcast against ``words``; 3 bits: ``j`` below 8 of the
-    low plane, with bits ``j`` and ``j + 8`` of the high-plane halfwords ``high``). Each field moves
-    to the top of its half's 10-bit mantissa under the exponent of ``2**BITS`` (exact); a ``j`` the
-    compiler knows makes every shift a constant, and equal ``j`` share them."""
-    exp_bits: tl.constexpr = ((15 + BITS) << 10) * 0x00010001
+def pair_bits(words, high, j, BITS: tl.constexpr, EXP: tl.constexpr):
+    """Int32 pairs of fp16 bit patterns of field ``j`` of each halfword of the units (``j`` an int32 tensor
+    below ``16 / BITS``, broadcast against ``words``; 3 bits: ``j`` below 8 of the low plane, with bits
+    ``j`` and ``j + 8`` of the high-plane halfwords ``high``). ``EXP``: the field moves to the top of its
+    half's 10-bit mantissa under the exponent of ``2**BITS``, so the half reads ``2**BITS + q``; else it
+    moves to :func:`code_position` with no exponent, so the half reads ``q * 2**(position - 24)``. Both
+    exact; a ``j`` the compiler knows makes every shift a constant, and equal ``j`` share them."""
+    if EXP:
+        pos = 10 - BITS
+    else:
+        pos = code_position(BITS)
     if BITS == 3:
-        low = shift_to(words, 7 - 2 * j) & (3 << 7) * 0x00010001
+        low = shift_to(words, pos - 2 * j) & (3 << pos) * 0x00010001
         hw = high.to(tl.int32) & 0xFFFF
         spread = hw | (hw << 8)  # bit j + 8 also at j + 16: one shift serves both halves
-        hi = shift_to(spread, 9 - j) & (1 << 9) * 0x00010001
-        out = low | hi | exp_bits
+        out = low | (shift_to(spread, pos + 2 - j) & (1 << (pos + 2)) * 0x00010001)
     else:
-        mask: tl.constexpr = (((1 << BITS) - 1) << (10 - BITS)) * 0x00010001
-        out = (shift_to(words, (10 - BITS) - j * BITS) & mask) | exp_bits
+        out = shift_to(words, pos - j * BITS) & (((1 << BITS) - 1) << pos) * 0x00010001
+    if EXP:
+        out = out | ((15 + BITS) << 10) * 0x00010001
     return out
 
 

@@ -7,9 +7,9 @@ contiguous slice of the K chunks (split-K). Each step loads ``[BLOCK_N, BLOCK_C,
 units (16-byte loads along each chunk's ``C`` units), and for every field ``e`` of the units
 multiplies the extracted codes with the one contiguous slice of ``x`` that field covers (the
 interleaved layout of :mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no
-tensor-core tile, no reshape. Low-bit codes enter as ``2**b + q`` (:func:`field_float`, two fields
-per word operation) and the zero point and scale are applied once per group and row:
-``s * (Σ (2**b + q) x - (2**b + z) Σ x)``. With ``num_stages >= 2`` the low-bit kernel reads the
+tensor-core tile, no reshape. Low-bit codes enter as ``q`` times a power of two (:func:`field_code`:
+the code's bits under a zero fp16 exponent, two fields per word operation, one mask constant) and
+the zero point and scale are applied once per group and row: ``s * (Σ q x - z Σ x)``. With ``num_stages >= 2`` the low-bit kernel reads the
 next step's packed units, scales and zeros before it computes the current step (memory latency
 overlaps arithmetic, for more registers); with 1 it reads each step where it starts.
 2:4 kernels take a group's two kept values together and pick their two activations out of the group's
@@ -31,7 +31,8 @@ from .triton_common import (
     INTERPRET,
     arrive,
     below,
-    field_float,
+    code_position,
+    field_code,
     half_float,
     half_to_float,
     load_if,
@@ -90,7 +91,8 @@ def _finish(r0, r1, r2, r3, out_ptr, bias_ptr, ws_ptr, lock_ptr, m0, offs_n, M, 
 
 @triton.jit
 def _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3, s, cz, BLOCK_M: tl.constexpr):
-    """A quantization group ends: each row's sums enter as ``s * (Σ (2^b + q) x - (2^b + z) Σ x)``."""
+    """A quantization group ends: each row's sums enter as ``s * (Σ w x - cz Σ x)`` (``w`` the codes as the
+    kernel reads them, ``cz`` the zero in the same units)."""
     acc0 += s * (p0 - cz * xs0)
     if BLOCK_M > 1:
         acc1 += s * (p1 - cz * xs1)
@@ -108,10 +110,21 @@ def _split_range(num_it, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
+def _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, ok, BITS: tl.constexpr, EVEN: tl.constexpr):
+    """Scale and zero of groups ``g`` of ``rows`` in the units of :func:`~.triton_common.field_code`: the scale
+    times ``2**(24 - position)`` and the zero times ``2**(position - 24)`` (powers of two: exact), so a
+    group's sums enter as ``s * (Σ code x - z Σ x)``. Read where ``ok`` unless ``EVEN``."""
+    unit = 1 << (24 - code_position(BITS))
+    s = load_if(scales_ptr + rows * stride_sn + g, ok, EVEN).to(tl.float32) * unit
+    z = load_if(zeros_ptr + rows * stride_sn + g, ok, EVEN).to(tl.float32) / unit
+    return s, z
+
+
+@triton.jit
 def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks, stride_pn, stride_sn,
                  BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, vv):
     """The HBM reads of one step: packed units ``[BN, BC, CU]`` (and the 3-bit high plane) of chunks ``c``, and
-    the scale and ``2**BITS + zero`` of each chunk's first group. Chunks past the row read its last one
+    the scale and zero (:func:`_group_scale`) of each chunk's first group. Chunks past the row read its last one
     (a read-ahead past the end, or a partial last step whose activations are masked), so no read is
     masked."""
     c = tl.minimum(c, num_chunks - 1)
@@ -120,10 +133,8 @@ def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chun
     high = words
     if BITS == 3:
         high = tl.load(high_base + u).to(tl.int32)
-    g = (c * V) // GROUP
-    s = tl.load(scales_ptr + rows * stride_sn + g).to(tl.float32)
-    cz = tl.load(zeros_ptr + rows * stride_sn + g).to(tl.float32) + (1 << BITS)
-    return words, high, s, cz
+    s, z = _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V) // GROUP, None, BITS, True)
+    return words, high, s, z
 
 
 @triton.jit
@@ -169,8 +180,7 @@ def _gemv_lowbit_kernel(
             if e % FLUSH == 0:  # a new quantization group starts at this field
                 if e > 0:
                     g = (tl.minimum(c, num_chunks - 1) * V + e * CU) // GROUP  # [1, BC, 1]
-                    s = tl.load(scales_ptr + rows * stride_sn + g).to(tl.float32)
-                    cz = tl.load(zeros_ptr + rows * stride_sn + g).to(tl.float32) + (1 << BITS)
+                    s, cz = _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, None, BITS, True)
                 p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
@@ -179,7 +189,7 @@ def _gemv_lowbit_kernel(
                 xs1 = tl.zeros((1, BLOCK_C, CU), tl.float32)
                 xs2 = tl.zeros((1, BLOCK_C, CU), tl.float32)
                 xs3 = tl.zeros((1, BLOCK_C, CU), tl.float32)
-            f = field_float(words, high, e, BITS)  # 2**BITS + q
+            f = field_code(words, high, e, BITS)  # q * 2**(position - 24)
             idx = kbase + e * CU
             x0 = _x_row(x_ptr, m0, stride_xm, M, idx, c_ok, EVEN)
             p0 += f * x0
@@ -287,9 +297,8 @@ def _gemv_sparse24_kernel(
             sel = pick_selector(u0, u1, e)
             if QUANT:
                 if e % FLUSH == 0:  # a new quantization group starts at this field
-                    g = (c * V + e * CU) // GROUP  # [1, BC, 1]
-                    s = load_if(scales_ptr + rows * stride_sn + g, c_ok, EVEN).to(tl.float32)
-                    cz = load_if(zeros_ptr + rows * stride_sn + g, c_ok, EVEN).to(tl.float32) + (1 << BITS)
+                    s, cz = _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V + e * CU) // GROUP, c_ok, BITS,
+                                         EVEN)
                     p0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
                     p1 = p0
                     p2 = p0
@@ -298,8 +307,8 @@ def _gemv_sparse24_kernel(
                     xs1 = p0
                     xs2 = p0
                     xs3 = p0
-                two = pair_codes(lo, hi, hw_lo, hw_hi, e >= H, e % H, BITS)
-                wa = half_float(two, False)  # 2**BITS + q of the pair's two codes
+                two = pair_codes(lo, hi, hw_lo, hw_hi, e >= H, e % H, BITS, False)
+                wa = half_float(two, False)  # the pair's two codes, as field_code reads them
                 wb = half_float(two, True)
             elif values_ptr.dtype.element_ty == tl.float32:
                 wa = load_if(values_ptr + rows * stride_vn + 2 * kh, c_ok, EVEN)

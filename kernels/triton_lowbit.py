@@ -153,7 +153,7 @@ def _tc_lowbit_kernel(
         words, high, s, z = nxt
         nxt = _tc_step(packed_ptr, scales_ptr, zeros_ptr, rows, row_ok & below(step + 1, last, rows), (step + 1) // SPC,
                        ((step + 1) % SPC) * JB, K, stride_pn, stride_sn, BITS, GROUP, CU, ONE_GROUP)
-        f = pair_halves(pair_bits(words, high, j0 + jl, BITS), tl.float16)  # [BN, CU, JB, 2] fp16: 2**b + q
+        f = pair_halves(pair_bits(words, high, j0 + jl, BITS, True), tl.float16)  # [BN, CU, JB, 2] fp16: 2**b + q
         if x_ptr.dtype.element_ty == tl.float16 and scales_ptr.dtype.element_ty == tl.float16:
             w = (f - (z + (1 << BITS))) * s  # q - z exact in fp16 (integer zeros), one rounding: the reference's W_hat
         else:

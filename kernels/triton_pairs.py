@@ -129,8 +129,8 @@ def code_pairs(values_ptr, rows, stride_vn, pidx, c_ok, K, BITS: tl.constexpr, C
 
 
 @triton.jit
-def pair_codes(lo, hi, hw_lo, hw_hi, upper, j, BITS: tl.constexpr):
+def pair_codes(lo, hi, hw_lo, hw_hi, upper, j, BITS: tl.constexpr, EXP: tl.constexpr):
     """The pair's two codes of field ``j`` of the lower (or ``upper``) halfword from :func:`code_pairs`' words
     (``upper`` and ``j`` from :func:`field_parts`, known at compile or run time), as the fp16 pair
-    ``2**BITS + q`` (:func:`~.triton_common.pair_bits`)."""
-    return pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + j, BITS)
+    ``2**BITS + q`` (``EXP``) or ``q`` times a power of two (:func:`~.triton_common.pair_bits`)."""
+    return pair_bits(tl.where(upper, hi, lo), tl.where(upper, hw_hi, hw_lo), lo * 0 + j, BITS, EXP)

@@ -87,7 +87,7 @@ def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z,
     k, r, upper, j = field_parts(e0, f, FIELDS, 8 if BITS == 3 else 16 // BITS)
     sel = spread_selector(u0, u1, k, r)
     if QUANT:
-        two = pair_codes(lo, hi, hw_lo, hw_hi, upper, j, BITS)
+        two = pair_codes(lo, hi, hw_lo, hw_hi, upper, j, BITS, True)
         if DT == tl.float16 and s.dtype == tl.float16:  # dequantize the pair in its word, then spread it
             hs = _half_bits(s, tl.float16)
             two = sub_mul_f16x2(two, fill, hs | (hs << 16))  # t - cz exact (integer zeros), one rounding: W_hat
