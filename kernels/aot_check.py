@@ -75,10 +75,10 @@ def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int 
                f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 
 
-def _tc24(x: str, quant: bool, bits: int, cu: int, fields: int = 0, bm: int = 16) -> Variant:
+def _tc24(x: str, quant: bool, bits: int, cu: int, bm: int = 16) -> Variant:
     from .triton_sparse import tc24_fields
 
-    fields = fields or tc24_fields(bm, cu, quant)
+    fields = tc24_fields(bm, cu, quant)
     consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "FLUSH": 4 if cu > 1 else 1, "FIELDS": fields,
               "EVEN": cu == 1, "WIDE": bits != 3, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": 64,
               "BLOCK_C": 4 if cu == 1 else 2}
@@ -183,9 +183,8 @@ def variants(full: bool = False) -> list[Variant]:
     out += [_tc(x, b, bm, bn, s, w, g, jb) for x, b, (bm, bn, w), s, g, jb in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128), (1, 2, 4))
         if 16 * jb <= g and jb <= (16 if b == 3 else 32 // b) // 2]
-    out += [_tc24(x, q, b, cu, fields, bm) for x, q, b, cu, (fields, bm) in itertools.product(
-        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), ((0, 16), (0, 64), (0, 128)))
-        if q or b == 4]
+    out += [_tc24(x, q, b, cu, bm) for x, q, b, cu, bm in itertools.product(
+        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (16, 64, 128)) if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]
     return out
 

@@ -63,16 +63,17 @@ class BenchFormat:
 
     name: str
     build: Callable[[torch.Tensor], PackedWeight] | None  # None: the fp16 baseline itself
+    bits: int | None = None  # the low-bit width the launch table is told (low-bit formats)
 
 
 FORMATS: dict[str, BenchFormat] = {
     f.name: f
     for f in (
         BenchFormat("fp16", None),
-        BenchFormat("w4g128", lambda w: PackedQuantWeight.from_dense(w, 4, 128)),
-        BenchFormat("w3g128", lambda w: PackedQuantWeight.from_dense(w, 3, 128)),
-        BenchFormat("w2g64", lambda w: PackedQuantWeight.from_dense(w, 2, 64)),
-        BenchFormat("w8g128", lambda w: PackedQuantWeight.from_dense(w, 8, 128)),
+        BenchFormat("w4g128", lambda w: PackedQuantWeight.from_dense(w, 4, 128), 4),
+        BenchFormat("w3g128", lambda w: PackedQuantWeight.from_dense(w, 3, 128), 3),
+        BenchFormat("w2g64", lambda w: PackedQuantWeight.from_dense(w, 2, 64), 2),
+        BenchFormat("w8g128", lambda w: PackedQuantWeight.from_dense(w, 8, 128), 8),
         BenchFormat("2:4", lambda w: Sparse24Weight.from_dense(w, prune=True)),
         # 64 kept values per group = 128 dense columns
         BenchFormat("2:4+w4g64", lambda w: Sparse24QuantWeight.from_dense(magnitude_prune_24(w), 4, 64)),
@@ -312,7 +313,7 @@ def bench_shape(
                 times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
                 if kernel_supported(w):
                     for kern in kernel_paths(m, fmt):
-                        bits = getattr(w, "bits", None)
+                        bits = FORMATS[name].bits
                         for cfg in (row_candidates(kern, m, n, k, fmt, bits) if tune
                                     else [pick_config(m, n, k, fmt, kern, bits)]):
                             got = _checked_time(lambda: packed_matmul(x, w, path="triton", config=cfg), ref,  # noqa: B023
@@ -389,8 +390,7 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = Fa
     for (n, k), m, name in itertools.product(shapes, ms, formats):
         if FORMATS[name].build is None:
             continue
-        fmt = kernel_format(name)
-        bits = int(name[1]) if fmt == "lowbit" else None  # w4g128 -> 4
+        fmt, bits = kernel_format(name), FORMATS[name].bits
         jobs.append((name, m, None))
         if sweep:
             jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))

@@ -7,10 +7,11 @@ module was first imported). ``INLINE_PTX``: compiled kernels move bits with sing
 import builds them from plain Triton operations instead (the interpreter's code: same results,
 more instructions), the fallback where a GPU rejects or miscomputes the PTX.
 
-Codes become floats without an integer-to-float conversion: a field of ``b`` bits moved to the top
-of a float's mantissa under the exponent of ``2**b`` reads as the float ``2**b + q`` (exact); 2/4/8-bit
-fields do it two at a time, as the two halves of a word read as fp16.
-Kernels subtract ``2**b + zero`` (exact) or fold it into a per-group correction.
+Codes become floats without an integer-to-float conversion, two at a time as the two halves of a
+word read as fp16 (:func:`pair_bits`): a field of ``b`` bits moved to the top of the mantissa under
+the exponent of ``2**b`` reads as ``2**b + q`` (the tensor-core kernels subtract ``2**b + zero``,
+exact), or under a zero exponent as ``q`` times a power of two (:func:`field_code`, with the scale
+and zero in the same units from :func:`group_scale`).
 """
 
 from __future__ import annotations
@@ -34,25 +35,16 @@ INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_P
 
 
 @triton.jit
-def field_float(words, high, e: tl.constexpr, BITS: tl.constexpr):
-    """Field ``e`` of every unit as the fp32 value ``2**BITS + q`` (``q`` the code).
+def field_code(words, high, e: tl.constexpr, BITS: tl.constexpr):
+    """Field ``e`` of every unit as the fp32 value ``q * 2**(code_position(BITS) - 24)`` (``q`` the code; exact).
 
     ``words``: int32 units (2/4/8 bits: ``32 / BITS`` fields; 3 bits: the low 2-bit plane, 16
     fields); ``high``: for 3 bits the high-plane halfwords (bit ``e``), else unused. Fields come two
-    at a time through fp16 (:func:`pair_bits`): field ``e`` of the low halfword and field ``e + H``
-    of the high one share their shifts and masks, and each half converts to fp32.
+    at a time through fp16 (:func:`pair_bits` without exponent bits): field ``e`` of the low halfword
+    and field ``e + H`` of the high one share their shifts and their one mask, and each half converts
+    to fp32. :func:`group_scale` gives the scale and zero in the same units.
     """
     H: tl.constexpr = 8 if BITS == 3 else 16 // BITS  # fields per halfword
-    return half_float(pair_bits(words, high, words * 0 + e % H, BITS, True), e >= H)
-
-
-@triton.jit
-def field_code(words, high, e: tl.constexpr, BITS: tl.constexpr):
-    """Field ``e`` of every unit as the fp32 value ``q * 2**(code_position(BITS) - 24)`` (exact): the code's
-    bits at :func:`code_position` of an fp16 with a zero exponent (a subnormal), converted. Like
-    :func:`field_float` without the exponent bits: one mask constant, and no shift for the field
-    already at that position."""
-    H: tl.constexpr = 8 if BITS == 3 else 16 // BITS
     return half_float(pair_bits(words, high, words * 0 + e % H, BITS, False), e >= H)
 
 
@@ -62,6 +54,18 @@ def code_position(BITS: tl.constexpr):
     (4-bit: field 1, 8-bit: field 0, 2-bit: field 4; 3-bit: as :func:`pair_bits`)."""
     P: tl.constexpr = 8 if BITS == 2 else 7 if BITS == 3 else 4 if BITS == 4 else 0
     return P
+
+
+@triton.jit
+def group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, ok, BITS: tl.constexpr, EVEN: tl.constexpr):
+    """Scale and zero (fp32) of groups ``g`` of ``rows`` in the units of :func:`field_code`: the scale times
+    ``2**(24 - position)`` and the zero times ``2**(position - 24)`` (powers of two: exact), so that
+    ``(code - z) * s`` is ``W_hat`` and a group's sums enter as ``s * (Σ code x - z Σ x)``. Read where
+    ``ok`` unless ``EVEN``."""
+    unit = 1 << (24 - code_position(BITS))
+    s = load_if(scales_ptr + rows * stride_sn + g, ok, EVEN).to(tl.float32) * unit
+    z = load_if(zeros_ptr + rows * stride_sn + g, ok, EVEN).to(tl.float32) / unit
+    return s, z
 
 
 @triton.jit

@@ -31,8 +31,8 @@ from .triton_common import (
     INTERPRET,
     arrive,
     below,
-    code_position,
     field_code,
+    group_scale,
     half_float,
     half_to_float,
     load_if,
@@ -110,21 +110,10 @@ def _split_range(num_it, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
-def _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, ok, BITS: tl.constexpr, EVEN: tl.constexpr):
-    """Scale and zero of groups ``g`` of ``rows`` in the units of :func:`~.triton_common.field_code`: the scale
-    times ``2**(24 - position)`` and the zero times ``2**(position - 24)`` (powers of two: exact), so a
-    group's sums enter as ``s * (Σ code x - z Σ x)``. Read where ``ok`` unless ``EVEN``."""
-    unit = 1 << (24 - code_position(BITS))
-    s = load_if(scales_ptr + rows * stride_sn + g, ok, EVEN).to(tl.float32) * unit
-    z = load_if(zeros_ptr + rows * stride_sn + g, ok, EVEN).to(tl.float32) / unit
-    return s, z
-
-
-@triton.jit
 def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks, stride_pn, stride_sn,
                  BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, vv):
     """The HBM reads of one step: packed units ``[BN, BC, CU]`` (and the 3-bit high plane) of chunks ``c``, and
-    the scale and zero (:func:`_group_scale`) of each chunk's first group. Chunks past the row read its last one
+    the scale and zero (:func:`~.triton_common.group_scale`) of each chunk's first group. Chunks past the row read its last one
     (a read-ahead past the end, or a partial last step whose activations are masked), so no read is
     masked."""
     c = tl.minimum(c, num_chunks - 1)
@@ -133,7 +122,7 @@ def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chun
     high = words
     if BITS == 3:
         high = tl.load(high_base + u).to(tl.int32)
-    s, z = _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V) // GROUP, None, BITS, True)
+    s, z = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V) // GROUP, None, BITS, True)
     return words, high, s, z
 
 
@@ -180,7 +169,7 @@ def _gemv_lowbit_kernel(
             if e % FLUSH == 0:  # a new quantization group starts at this field
                 if e > 0:
                     g = (tl.minimum(c, num_chunks - 1) * V + e * CU) // GROUP  # [1, BC, 1]
-                    s, cz = _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, None, BITS, True)
+                    s, cz = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, None, BITS, True)
                 p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
@@ -297,7 +286,7 @@ def _gemv_sparse24_kernel(
             sel = pick_selector(u0, u1, e)
             if QUANT:
                 if e % FLUSH == 0:  # a new quantization group starts at this field
-                    s, cz = _group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V + e * CU) // GROUP, c_ok, BITS,
+                    s, cz = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V + e * CU) // GROUP, c_ok, BITS,
                                          EVEN)
                     p0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
                     p1 = p0

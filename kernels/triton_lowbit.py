@@ -30,7 +30,8 @@ from .triton_common import (
     INTERPRET,
     arrive,
     below,
-    field_float,
+    field_code,
+    group_scale,
     pair_bits,
     pair_halves,
     release,
@@ -187,10 +188,8 @@ def _dequant_lowbit_kernel(
         high = tl.load(high_base + u, mask=ok, other=0).to(tl.int32)
     for e in tl.static_range(E):
         if e % FLUSH == 0:
-            g = (c * V + e * CU) // GROUP
-            s = tl.load(scales_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32)
-            cz = tl.load(zeros_ptr + rows * stride_sn + g, mask=ok, other=0.0).to(tl.float32) + (1 << BITS)
-        w = (field_float(words, high, e, BITS) - cz) * s
+            s, z = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V + e * CU) // GROUP, ok, BITS, False)
+        w = (field_code(words, high, e, BITS) - z) * s  # code - z exact, one rounding: W_hat
         tl.store(out_ptr + rows * stride_on + c * V + e * CU + vv, w.to(out_ptr.dtype.element_ty), mask=ok)
 
 
