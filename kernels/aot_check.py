@@ -75,6 +75,17 @@ def _tc(x: str, bits: int, bm: int, bn: int, split: int, warps: int, group: int 
                f"tc x={x} b{bits} g{group} tile={bn}x{bm} jb={jb} split={split}")
 
 
+def _fields(x: str, bits: int, group: int, rows: int, bn: int, split: int, warps: int, k: int = 8192) -> Variant:
+    """The one-dot-per-field tensor-core kernel (:mod:`.triton_fielddot`) as it launches for rows of ``k``."""
+    from .configs import LaunchConfig
+    from .triton_fielddot import launch_constants
+
+    cfg = LaunchConfig("tc", rows, bn, 16, split, warps, 2)
+    consts = launch_constants(bits, group, k, x == "*bf16", cfg, True)
+    return _mm("triton_fielddot", "_tc_fields_kernel", "lowbit", x, consts, warps, 2,
+               f"tc fields x={x} b{bits} g{group} tile={bn}x{rows} split={split} warps={warps}")
+
+
 def _tc24(x: str, quant: bool, bits: int, cu: int, bm: int = 16) -> Variant:
     from .triton_sparse import tc24_fields
 
@@ -109,7 +120,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     """The decode kernels as :func:`~.configs.pick_config` launches them for ``[M, K] x [N, K]^T``,
     M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
     tensor-core kernels at M = 1, 16, 64, 256."""
-    from .configs import pick_config, tc_step_fields
+    from .configs import field_dots, pick_config, tc_step_fields
     from .packing import chunk_units, fields_per_unit
     from .sparse24 import meta_layout
     from .triton_gemv import _launch_shape, flush_fields
@@ -143,7 +154,13 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
     for m in (1, 16, 64, 256):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
-            cfg = pick_config(m, n, k, "lowbit", "tc", bits)
+            cfg = pick_config(m, n, k, "lowbit", "tc", bits, group)
+            if field_dots(bits, group, k, cfg.block_m):  # tc_lowbit hands these to the one-dot-per-field kernel
+                v = _fields("*fp16", bits, group, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, k)
+                v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
+                chunk = fields_per_unit(bits) * chunk_units(bits, k)
+                out.append(replace(v, weights_per_iter=cfg.block_n * chunk // (32 * cfg.num_warps)))
+                continue
             jb = tc_step_fields(bits, k, group, cfg.block_k)
             v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, jb)
             v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
@@ -169,11 +186,15 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
 
 def variants(full: bool = False) -> list[Variant]:
     """A quick set covering every kernel, or (``full``) the cross product of the main switches."""
+    from .configs import field_dots
+
     if not full:
         return [
             _gemv("*fp16", 4, 1, 1, 8, False), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
             _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4, 128, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64, 4),
             _tc("*fp16", 3, 16, 64, 2, 4, 128, 4), _tc("*bf16", 8, 16, 64, 2, 4, 128, 2),
+            _fields("*fp16", 4, 128, 8, 128, 4, 2), _fields("*bf16", 2, 128, 8, 64, 1, 4),
+            _fields("*fp16", 3, 128, 8, 64, 4, 2),
             _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
         ]
     out = [_gemv(x, b, bm, s, f, pre) for x, b, bm, s, f, pre in itertools.product(
@@ -183,6 +204,9 @@ def variants(full: bool = False) -> list[Variant]:
     out += [_tc(x, b, bm, bn, s, w, g, jb) for x, b, (bm, bn, w), s, g, jb in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128), (1, 2, 4))
         if 16 * jb <= g and jb <= (16 if b == 3 else 32 // b) // 2]
+    out += [_fields(x, b, g, rows, bn, s, w) for x, b, g, rows, (bn, w), s in itertools.product(
+        ("*fp16", "*bf16"), (2, 3, 4, 8), (32, 64, 128, 8192), (8, 16), ((128, 2), (64, 4)), (1, 4))
+        if (x == "*fp16" or b in (2, 4)) and field_dots(b, g, 8192, rows)]
     out += [_tc24(x, q, b, cu, bm) for x, q, b, cu, bm in itertools.product(
         ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (16, 64, 128)) if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]

@@ -63,17 +63,18 @@ class BenchFormat:
 
     name: str
     build: Callable[[torch.Tensor], PackedWeight] | None  # None: the fp16 baseline itself
-    bits: int | None = None  # the low-bit width the launch table is told (low-bit formats)
+    bits: int | None = None  # the low-bit width and group size the launch table is told (low-bit formats)
+    group: int | None = None
 
 
 FORMATS: dict[str, BenchFormat] = {
     f.name: f
     for f in (
         BenchFormat("fp16", None),
-        BenchFormat("w4g128", lambda w: PackedQuantWeight.from_dense(w, 4, 128), 4),
-        BenchFormat("w3g128", lambda w: PackedQuantWeight.from_dense(w, 3, 128), 3),
-        BenchFormat("w2g64", lambda w: PackedQuantWeight.from_dense(w, 2, 64), 2),
-        BenchFormat("w8g128", lambda w: PackedQuantWeight.from_dense(w, 8, 128), 8),
+        BenchFormat("w4g128", lambda w: PackedQuantWeight.from_dense(w, 4, 128), 4, 128),
+        BenchFormat("w3g128", lambda w: PackedQuantWeight.from_dense(w, 3, 128), 3, 128),
+        BenchFormat("w2g64", lambda w: PackedQuantWeight.from_dense(w, 2, 64), 2, 64),
+        BenchFormat("w8g128", lambda w: PackedQuantWeight.from_dense(w, 8, 128), 8, 128),
         BenchFormat("2:4", lambda w: Sparse24Weight.from_dense(w, prune=True)),
         # 64 kept values per group = 128 dense columns
         BenchFormat("2:4+w4g64", lambda w: Sparse24QuantWeight.from_dense(magnitude_prune_24(w), 4, 64)),
@@ -175,7 +176,9 @@ def candidates(kernel: str, m: int, quick: bool = False) -> list[LaunchConfig]:
         return [LaunchConfig("gemv", bm, bn, bk, 1, w, s) for bn, bk, w, s in itertools.product(*grid)
                 if bn * bk <= 64 * 1024]
     if m <= 16:
-        tiles = [(16, 64, 4), (16, 128, 4)] if quick else [(16, 64, 4), (16, 128, 4), (16, 128, 8)]
+        rows = 8 if m <= 8 else 16  # two-warp tiles: the one-dot-per-field kernel's (low-bit, triton_fielddot)
+        tiles = [(rows, 64, 2), (rows, 128, 2), (16, 128, 4)]
+        tiles += [] if quick else [(16, 64, 4), (16, 128, 8)]
     elif m <= 64:
         tiles = [(64, 64, 4), (64, 128, 4)] if quick else [(64, 64, 4), (64, 128, 4), (64, 128, 8)]
     else:
@@ -197,15 +200,20 @@ def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[Laun
                               cfg.num_stages)]
 
 
-def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | None = None) -> list[LaunchConfig]:
+def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | None = None,
+                   group: int | None = None) -> list[LaunchConfig]:
     """The table's configuration and a few alternatives that the bench times per row (the fastest is
     reported, with its configuration, so the table can be refitted from the CSV)."""
-    base = pick_config(m, n, k, fmt, kernel, bits)
+    base = pick_config(m, n, k, fmt, kernel, bits, group)
     if kernel == "gemv":
         alts = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 128, 8, 1), (128, 256, 4, 2)]  # stages 1: no read-ahead
         shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, st) for bn, bk, w, st in alts]
     elif m <= 16:
         shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
+        if base.num_warps == 2:  # a one-dot-per-field launch: the other tile width, and four warps
+            other = 64 if base.block_n == 128 else 128
+            shapes = [LaunchConfig("tc", base.block_m, other, base.block_k, 1, 2, 2),
+                      LaunchConfig("tc", base.block_m, 128, base.block_k, 1, 4, 2), *shapes]
     elif m <= 64:
         shapes = [LaunchConfig("tc", 64, 128, 128, 1, 8, 3)]
     else:  # smaller K steps, and a narrower tile with fewer warps
@@ -313,9 +321,9 @@ def bench_shape(
                 times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
                 if kernel_supported(w):
                     for kern in kernel_paths(m, fmt):
-                        bits = FORMATS[name].bits
-                        for cfg in (row_candidates(kern, m, n, k, fmt, bits) if tune
-                                    else [pick_config(m, n, k, fmt, kern, bits)]):
+                        bits, group = FORMATS[name].bits, FORMATS[name].group
+                        for cfg in (row_candidates(kern, m, n, k, fmt, bits, group) if tune
+                                    else [pick_config(m, n, k, fmt, kern, bits, group)]):
                             got = _checked_time(lambda: packed_matmul(x, w, path="triton", config=cfg), ref,  # noqa: B023
                                                 timer, config_name(cfg), failed)
                             if got is not None:
@@ -390,15 +398,15 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = Fa
     for (n, k), m, name in itertools.product(shapes, ms, formats):
         if FORMATS[name].build is None:
             continue
-        fmt, bits = kernel_format(name), FORMATS[name].bits
+        fmt, bits, group = kernel_format(name), FORMATS[name].bits, FORMATS[name].group
         jobs.append((name, m, None))
         if sweep:
             jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))
                      for base in candidates(kern, m, quick) for c in with_split(base, m, n, k, fmt)]
         else:
             jobs += [(name, m, c) for kern in kernel_paths(m, fmt)
-                     for c in (row_candidates(kern, m, n, k, fmt, bits) if tune
-                               else [pick_config(m, n, k, fmt, kern, bits)])]
+                     for c in (row_candidates(kern, m, n, k, fmt, bits, group) if tune
+                               else [pick_config(m, n, k, fmt, kern, bits, group)])]
     return jobs
 
 

@@ -13,7 +13,8 @@ Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``), with C
 fp16/bf16 activations and Triton installed:
 
 - ``M <= GEMV_MAX_M[format]``: the decode kernel (``kernel="gemv"``, CUDA cores, one FMA per weight);
-- ``M < DEQUANT_MIN_M[format]``: the tensor-core kernel (``kernel="tc"``, dequantized tiles in ``tl.dot``);
+- ``M < DEQUANT_MIN_M[format]``: the tensor-core kernel (``kernel="tc"``, dequantized tiles in ``tl.dot``; up to
+  16 rows of low-bit codes take one dot per packed field, :mod:`.triton_fielddot`, a chunk per step);
 - else: a Triton kernel dequantizes the weight once and ``F.linear`` (cuBLAS) multiplies.
 
 On CPU tensors the torch reference runs.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .packing import chunk_units, fields_per_unit
+from .packing import chunk_units, chunk_values, fields_per_unit
 
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 KERNELS = ("gemv", "tc")
@@ -64,7 +65,7 @@ class LaunchConfig:
         if self.kernel == "gemv" and self.block_m not in GEMV_ROWS:
             raise ValueError(f"gemv `block_m` must be one of {GEMV_ROWS}, but got block_m={self.block_m}.")
         small = 1 if self.kernel == "gemv" else 16
-        for name, lo in (("block_m", small), ("block_n", small), ("block_k", 16)):
+        for name, lo in (("block_m", 1 if self.kernel == "gemv" else 8), ("block_n", small), ("block_k", 16)):
             v = getattr(self, name)
             if v < lo or v & (v - 1):
                 raise ValueError(f"`{name}` must be a power of two >= {lo}, but got {name}={v}.")
@@ -95,9 +96,11 @@ def gemv_rows(m: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None = None,
-                bits: int | None = None) -> LaunchConfig:
+                bits: int | None = None, group: int | None = None) -> LaunchConfig:
     """The launch for ``y[M, N] = x[M, K] @ W[N, K]^T`` of one format (``kernel=None``: by the dispatch rule);
-    ``bits``: the low-bit width, where it changes the launch."""
+    ``bits`` and ``group`` (``None``: whole rows): the low-bit width and group size, where they change the launch."""
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"`kernel` must be one of {KERNELS} or None, but got kernel={kernel!r}.")
     kernel = kernel or ("gemv" if m <= gemv_max_m(fmt) else "tc")
     kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
     if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
@@ -109,6 +112,12 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
         stages = 2 if fmt == "lowbit" else 1  # low-bit: read the next step ahead (see triton_gemv)
         return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, stages)
     target = TARGET_PROGRAMS
+    rows = 8 if m <= 8 else 16
+    if fmt == "lowbit" and m <= 16 and bits is not None and field_dots(bits, group, k, rows):
+        # one dot per field (triton_fielddot), a chunk per step; half the tile where 128 rows spill registers
+        # (16 activation rows with split-K; 2/3-bit codes, whose chunk halves sit in different groups)
+        bn, bk = (64 if bits in (2, 3) or rows == 16 else 128), chunk_values(bits, k)
+        return LaunchConfig("tc", rows, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, rows), _cdiv(k, bk)), 2, 2)
     if m <= 16:
         bm, bn, bk, warps = 16, 64, 128, 4
     elif m <= 64:
@@ -121,6 +130,18 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     if fmt == "lowbit":  # the 2:4 tensor-core kernels have no split-K
         split = split_for(_cdiv(n, bn) * _cdiv(m, bm), _cdiv(kvals, bk), target)
     return LaunchConfig("tc", bm, bn, bk, split, warps, 3)
+
+
+def field_dots(bits: int, group: int | None, k: int, rows: int) -> bool:
+    """Whether the one-dot-per-field tensor-core kernel (:mod:`.triton_fielddot`) takes rows of ``k`` codes of
+    ``bits`` bits in groups of ``group`` (``None``: whole rows), ``rows`` activation rows per program: 2/3/4/8-bit
+    codes, chunks of at least 8 units (a dot's K of 16) whose fields stay in one group, and at most 8 rows
+    where a chunk's two halves may fall in different groups (the kernel then doubles its activation tile)."""
+    if bits not in (2, 3, 4, 8) or rows > 16:
+        return False
+    cu = chunk_units(bits, k)
+    group = group or k
+    return cu >= 8 and group % cu == 0 and (rows <= 8 or (group // cu) % fields_per_unit(bits) == 0)
 
 
 def gemv_max_m(fmt: str) -> int:

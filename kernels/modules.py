@@ -5,6 +5,8 @@ freshly constructed module of the same configuration loads it), plus an optional
 ``forward`` accepts ``x: [..., K]``, flattens it to ``[M, K]`` and calls
 :func:`layerbudget.kernels.ops.packed_matmul`: the Triton kernel (or dequant + cuBLAS at large M)
 on CUDA, the torch reference on CPU, which equals ``F.linear(x, dequantized_weight(), bias)``.
+``path`` and ``kernel`` (a module attribute each) choose the path and, for Triton, the kernel
+(``"gemv"`` or ``"tc"`` with the launch table's configuration; ``None``: the dispatch rule).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .ops import PackedWeight, Path, packed_matmul
+from .configs import pick_config
+from .ops import PackedWeight, Path, format_of, packed_matmul
 from .packing import words_per_row
 from .quant import check_grid
 from .quant_weight import PackedQuantWeight
@@ -27,6 +30,7 @@ class _PackedLinear(nn.Module):
     in_features: int
     out_features: int
     path: Path = "auto"
+    kernel: str | None = None  # the fused kernel the Triton path takes ("gemv", "tc"); None: the dispatch rule
     _FIXED_DTYPE = ("scales", "zeros", "values")  # storage dtypes that module dtype casts must not touch
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> _PackedLinear:
@@ -66,7 +70,12 @@ class _PackedLinear(nn.Module):
             raise ValueError(f"`x` must have shape [..., {self.in_features}], but got {tuple(x.shape)}.")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
-        y = packed_matmul(x2, self._current_weight(), self.bias, path=self.path)  # [M, N]
+        weight = self._current_weight()
+        config = None
+        if self.kernel is not None:  # that kernel with the launch table's configuration
+            config = pick_config(x2.shape[0], self.out_features, self.in_features, format_of(weight), self.kernel,
+                                 getattr(weight, "bits", None), getattr(weight, "group", None))
+        y = packed_matmul(x2, weight, self.bias, path=self.path, config=config)  # [M, N]
         return y.reshape(*lead, self.out_features)
 
     def _current_weight(self) -> PackedWeight:

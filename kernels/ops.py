@@ -136,7 +136,8 @@ def _run(
                 "path='triton' needs every run of values of a packed field inside one quantization group; "
                 f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."
             )
-        cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt, bits=getattr(weight, "bits", None))
+        cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt, bits=getattr(weight, "bits", None),
+                                    group=getattr(weight, "group", None))
         if cfg.kernel == "tc" and fmt == "lowbit" and tc_step_fields(weight.bits, weight.k, weight.group,
                                                                    cfg.block_k) is None:
             if requested != "auto" or config is not None:

@@ -1,4 +1,4 @@
-"""Triton helpers shared by the packed-weight kernels: field extraction, group metadata, split-K output.
+"""Triton helpers shared by the packed-weight kernels: field extraction, group metadata, output tiles and split-K.
 
 Imported lazily (through the kernel modules) on the first ``path="triton"`` call. ``INTERPRET`` is
 whether these kernels were built for the Triton interpreter (``TRITON_INTERPRET=1`` when this
@@ -246,3 +246,35 @@ def take(ws_ptrs, mask):
 @triton.jit
 def release(lock_ptr, tile_id):
     tl.store(lock_ptr + tile_id, 0)
+
+
+@triton.jit
+def store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS: tl.constexpr):
+    """Write the fp32 tile ``acc: [BN, BM]`` (weight rows × activation rows) to ``out: [M, N]``."""
+    n_ok = offs_n[:, None] < N
+    store_out(acc, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
+              n_ok & (offs_m[None, :] < M), n_ok, HAS_BIAS)
+
+
+@triton.jit
+def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id,
+                HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """:func:`store_tile`, or through the split-K workspace.
+
+    Split-K: each program stores its partial tile in its own slice ``k`` of the workspace (plain
+    stores: a value a layout holds twice is stored twice, never added twice) and arrives; the last
+    one sums the slices, zeroes them (the workspace stays all zero between launches) and writes."""
+    if SPLIT_K == 1:
+        store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
+    else:
+        n_ok = offs_n[:, None] < N
+        mask = n_ok & (offs_m[None, :] < M)
+        cell = offs_m[None, :] * N + offs_n[:, None]
+        tl.store(ws_ptr + tl.program_id(1) * M * N + cell, acc, mask=mask)
+        if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
+            total = tl.zeros(acc.shape, tl.float32)
+            for k in tl.static_range(SPLIT_K):
+                total += take(ws_ptr + k * M * N + cell, mask)
+            store_out(total, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
+                      mask, n_ok, HAS_BIAS)
+            release(lock_ptr, tile_id)

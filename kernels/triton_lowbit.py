@@ -23,57 +23,15 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_fielddot
 from .configs import LaunchConfig, tc_step_fields
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import (
-    INTERPRET,
-    arrive,
-    below,
-    field_code,
-    group_scale,
-    pair_bits,
-    pair_halves,
-    release,
-    store_out,
-    take,
-)
+from .triton_common import INTERPRET, below, field_code, finish_tile, group_scale, pair_bits, pair_halves
 from .triton_gemv import _split_range, flush_fields
-from .workspace import split_k_buffers
+from .workspace import tile_launch
 
 __all__ = ["INTERPRET", "dequantize_lowbit", "tc_lowbit"]
-
-
-@triton.jit
-def store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS: tl.constexpr):
-    """Write the fp32 tile ``acc: [BN, BM]`` (weight rows × activation rows) to ``out: [M, N]``."""
-    n_ok = offs_n[:, None] < N
-    store_out(acc, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
-              n_ok & (offs_m[None, :] < M), n_ok, HAS_BIAS)
-
-
-@triton.jit
-def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id,
-                HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
-    """:func:`store_tile`, or through the split-K workspace.
-
-    Split-K: each program stores its partial tile in its own slice ``k`` of the workspace (plain
-    stores: a value a layout holds twice is stored twice, never added twice) and arrives; the last
-    one sums the slices, zeroes them (the workspace stays all zero between launches) and writes."""
-    if SPLIT_K == 1:
-        store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
-    else:
-        n_ok = offs_n[:, None] < N
-        mask = n_ok & (offs_m[None, :] < M)
-        cell = offs_m[None, :] * N + offs_n[:, None]
-        tl.store(ws_ptr + tl.program_id(1) * M * N + cell, acc, mask=mask)
-        if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
-            total = tl.zeros(acc.shape, tl.float32)
-            for k in tl.static_range(SPLIT_K):
-                total += take(ws_ptr + k * M * N + cell, mask)
-            store_out(total, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
-                      mask, n_ok, HAS_BIAS)
-            release(lock_ptr, tile_id)
 
 
 @triton.jit
@@ -207,13 +165,14 @@ def x_permuted(block_m: int, block_n: int) -> bool:
 
 
 def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
-    """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
+    """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``; a few
+    rows of 2/4/8-bit codes go to :mod:`.triton_fielddot` (one dot per field)."""
+    if triton_fielddot.fits(weight, x.dtype, cfg):
+        return triton_fielddot.tc_fields(x, weight, bias, cfg)
     m, k = x.shape
     n = weight.n
     jb = tc_step_fields(weight.bits, k, weight.group, cfg.block_k)  # not None: checked by ops
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws, lock = (x, x) if cfg.split_k == 1 else split_k_buffers(x.device, cfg.split_k * m * n, grid[0] * grid[2])
+    grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
     _tc_lowbit_kernel[grid](
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),

@@ -24,9 +24,8 @@ import triton.language as tl
 
 from .configs import LaunchConfig
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import INTERPRET, load_if, pair_halves, prmt, sub_mul_f16x2
+from .triton_common import INTERPRET, load_if, pair_halves, prmt, store_tile, sub_mul_f16x2
 from .triton_gemv import _aligned, flush_fields
-from .triton_lowbit import store_tile
 from .triton_pairs import code_pairs, field_parts, meta_pairs, pair_codes, pair_words, spread_selector
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]

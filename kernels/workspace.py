@@ -1,4 +1,5 @@
-"""Split-K scratch buffers shared by the kernels: an fp32 workspace and per-tile arrival counters.
+"""Split-K scratch buffers shared by the kernels (an fp32 workspace and per-tile arrival counters) and the
+buffers of a tensor-core launch.
 
 Both stay all-zero between launches: the kernels that use them (see
 :func:`layerbudget.kernels.triton_common.arrive`) leave them as they found them, so they are
@@ -23,3 +24,15 @@ def split_k_buffers(device: torch.device, values: int, tiles: int) -> tuple[torc
         lock = torch.zeros(count, dtype=torch.int32, device=device)
         _BUFFERS[device] = (ws, lock)
     return ws, lock
+
+
+def tile_launch(x: torch.Tensor, n: int, block_n: int, block_m: int, split_k: int
+                ) -> tuple[tuple[int, int, int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a tensor-core launch of ``x: [M, K]`` against ``N`` weight rows needs: the grid (weight tiles,
+    split-K slices, activation tiles), the output ``[M, N]`` in ``x.dtype``, and the workspace (a slice per
+    split) and counters; without split-K the two are ``x`` (never touched)."""
+    m = x.shape[0]
+    grid = (-(-n // block_n), split_k, -(-m // block_m))
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws, lock = (x, x) if split_k == 1 else split_k_buffers(x.device, split_k * m * n, grid[0] * grid[2])
+    return grid, out, ws, lock

@@ -187,7 +187,8 @@ def test_kernel_targets_compare_the_best_right_path_at_every_headline_shape(tmp_
             "8192,8192,256,w2g64,1.0,nan,0.1,1.0,0.1,tc,nan,0.5",  # tc wrong: only dequant counts
             "8192,28672,256,w2g64,1.0,nan,0.1,1.0,0.1,tc,nan,0.5"]
     (tmp_path / "bench.csv").write_text(cols + "\n" + "\n".join(rows) + "\n")
-    (tmp_path / "block.csv").write_text("gpu,plan,ms,speedup_vs_fp16\nH,fp16,1,1.0\nH,uniform-w4g128,0.4,2.6\n")
+    (tmp_path / "block.csv").write_text("gpu,plan,ms,speedup_vs_fp16\nH,fp16,1,1.0\nH,uniform-w4g128,0.4,2.6\n"
+                                        "H,uniform-w4g128/tc,0.3,3.1\n")
     proc = bench("kernel_targets.py", str(tmp_path / "bench.csv"), str(tmp_path / "block.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in proc.stdout.splitlines()}
@@ -196,6 +197,7 @@ def test_kernel_targets_compare_the_best_right_path_at_every_headline_shape(tmp_
     assert "— / 1.00x" in lines[("w2g64", "256")] and lines[("w2g64", "256")].endswith("| yes |")
     assert lines[("w3g128", "16")].endswith("| not measured |")
     assert "uniform-w4g128: 2.60x over fp16 (target ≥ 2.5x): yes" in proc.stdout
+    assert "uniform-w4g128 on the tensor-core kernel: 3.10x over fp16" in proc.stdout
 
 
 def test_kernel_targets_give_the_issue_share_each_target_needs(tmp_path):

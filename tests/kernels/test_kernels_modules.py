@@ -129,3 +129,26 @@ def test_forward_follows_buffer_changes(linear: nn.Linear, gen: torch.Generator)
     mod.scales.mul_(2)  # an in-place edit
     torch.testing.assert_close(mod(x), torch.nn.functional.linear(x, mod.dequantized_weight(), mod.bias))
     assert not torch.equal(first, mod(x))
+
+
+def test_kernel_attribute_picks_the_fused_kernel(monkeypatch, gen: torch.Generator) -> None:
+    """``kernel="tc"`` sends even one activation row to the tensor-core kernel (for 4-bit codes the one-dot-per-field
+    kernel) with the launch table's configuration; ``None`` keeps the dispatch rule (the decode kernel)."""
+    from layerbudget.kernels import triton_fielddot
+
+    calls = []
+    run = triton_fielddot.tc_fields
+    monkeypatch.setattr(triton_fielddot, "tc_fields", lambda *args: calls.append(args[3]) or run(*args))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mod = QuantLinear.from_linear(nn.Linear(256, 40), bits=4, group_size=128).to(device)
+    mod.path = "triton"
+    x = torch.randn(1, 256, generator=gen).half().to(device)
+    ref = torch.nn.functional.linear(x.float(), mod.dequantized_weight().to(device), mod.bias.float())
+    for kernel, expected in ((None, 0), ("tc", 1)):
+        mod.kernel = kernel
+        y = mod(x).float()
+        assert (y - ref).norm() <= 1e-3 * ref.norm() and len(calls) == expected
+    assert calls[0].kernel == "tc" and calls[0].block_m == 8
+    mod.kernel = "mma"
+    with pytest.raises(ValueError, match="kernel"):
+        mod(x)

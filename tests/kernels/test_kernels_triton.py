@@ -25,8 +25,9 @@ from layerbudget.kernels.workspace import split_k_buffers
 GRIDS = [(40, 256, 128), (72, 256, 32), (40, 192, 48), (24, 160, None)]
 GEMV = [LaunchConfig("gemv", 1, 16, 64), LaunchConfig("gemv", 2, 32, 128, split_k=2, num_stages=1),
         LaunchConfig("gemv", 4, 16, 32, split_k=3)]  # num_stages 1: the low-bit decode kernel reads in place
-TC = [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128)]
-TC_SPLIT = [LaunchConfig("tc", 16, 16, 64, split_k=2), LaunchConfig("tc", 16, 32, 32, split_k=3)]
+TC = [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128), LaunchConfig("tc", 8, 64, 128, num_warps=2)]
+TC_SPLIT = [LaunchConfig("tc", 16, 16, 64, split_k=2), LaunchConfig("tc", 16, 32, 32, split_k=3),
+            LaunchConfig("tc", 8, 16, 64, split_k=3, num_warps=2)]
 
 
 def _check(y: torch.Tensor, ref: torch.Tensor) -> None:
@@ -54,6 +55,80 @@ def test_lowbit_kernels(bits: int, n: int, k: int, group_size: int | None, confi
         x = torch.randn(m, k, generator=gen).half().to(device)
         bias = torch.randn(n, generator=gen).to(device) if m == 5 else None
         _check(lowbit_matmul(x, weight, bias, path="triton", config=config), lowbit_matmul_ref(x, weight, bias))
+
+
+@pytest.mark.parametrize(("bits", "group", "k", "rows", "dtype", "expected"), [
+    (4, 128, 8192, 8, torch.float16, True), (4, 128, 8192, 16, torch.bfloat16, True),  # one group per chunk
+    (2, 64, 8192, 8, torch.float16, True), (8, 128, 4096, 16, torch.float16, True),
+    (2, 64, 8192, 16, torch.float16, False),  # halves in different groups: at most 8 rows
+    (3, 128, 8192, 8, torch.float16, True), (3, 128, 8192, 16, torch.float16, False),
+    (3, 128, 8192, 8, torch.bfloat16, False), (8, 128, 8192, 8, torch.bfloat16, False),
+    (4, 32, 160, 8, torch.float16, False),  # chunks of 4 units: a dot's K would be 8
+])
+def test_which_launches_take_one_dot_per_field(bits: int, group: int, k: int, rows: int, dtype: torch.dtype,
+                                               expected: bool) -> None:
+    from layerbudget.kernels.triton_fielddot import fits
+
+    weight = PackedQuantWeight.from_dense(torch.randn(16, k), bits, group)
+    assert fits(weight, dtype, LaunchConfig("tc", rows, 64, 128)) is expected
+    if expected and dtype == torch.float16:  # the table's own launch for these rows goes there too
+        assert fits(weight, dtype, pick_config(rows, 4096, k, "lowbit", "tc", bits, group))
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("bits", [2, 4, 8], ids=lambda b: f"b{b}")
+def test_field_programs_read_codes_as_floats(bits: int, bf16: bool, gen: torch.Generator) -> None:
+    """The PTX of each field (a shift, then ``lop3`` with the mask and exponent: ``(t & b) | c``), run on
+    words in Python, reads field ``j`` of both halfwords as the 16-bit floats ``2**bits + q``."""
+    import re
+
+    from layerbudget.kernels.triton_fielddot import field_programs
+
+    if bf16 and bits == 8:
+        pytest.skip("bf16 cannot hold 2**8 + q")
+    words = torch.randint(0, 2**32, (256,), generator=gen, dtype=torch.int64).tolist()
+    for j, asm in enumerate(field_programs(bits, bf16)):
+        move = re.search(r"(shl\.b32|shr\.u32|mov\.b32) t, \$1(?:, (\d+))?;", asm)
+        lop = re.search(r"lop3\.b32 \$0, t, (\d+), (\d+), 0xEA;", asm)
+        assert move and lop, asm
+        amount = int(move.group(2) or 0)
+        for w in words:
+            t = (w << amount) if move.group(1) == "shl.b32" else (w >> amount)
+            out = ((t & int(lop.group(1))) | int(lop.group(2))) & 0xFFFFFFFF
+            for half in (0, 1):
+                pattern = torch.tensor([(out >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
+                value = pattern.view(torch.bfloat16 if bf16 else torch.float16).item()
+                q = (w >> (16 * half + j * bits)) & ((1 << bits) - 1)
+                assert value == 2**bits + q, (j, hex(w), half, value, q)
+
+
+def test_high_plane_programs_read_bits_as_floats(gen: torch.Generator) -> None:
+    """The PTX of each bit of the 3-bit high plane (a shift, two ``prmt`` placing bytes 0, 1 and 2, 3 in the halves of
+    two words, then ``lop3`` with the mask and exponent), run on words in Python, reads bit ``j`` of each byte as the
+    fp16 ``32 + 4 * bit``."""
+    import re
+
+    from layerbudget.kernels.triton_fielddot import high_programs
+
+    def prmt(a: int, b: int, sel: int) -> int:
+        pool = a | (b << 32)
+        return sum(((pool >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
+    words = torch.randint(0, 2**32, (256,), generator=gen, dtype=torch.int64).tolist()
+    for j, asm in enumerate(high_programs()):
+        shift = int(re.search(r"shl\.b32 t, \$2, (\d+);", asm).group(1))
+        sels = [int(v, 16) for v in re.findall(r"prmt\.b32 [uv], t, z, (0x[0-9a-f]+);", asm)]
+        lops = re.findall(r"lop3\.b32 \$([01]), ([uv]), (0x[0-9a-f]+), (0x[0-9a-f]+), 0xEA;", asm)
+        assert len(sels) == 2 and len(lops) == 2, asm
+        for w in words:
+            t = (w << shift) & 0xFFFFFFFF
+            regs = {"u": prmt(t, 0, sels[0]), "v": prmt(t, 0, sels[1])}
+            for out, src, mask, exp in lops:
+                word = (regs[src] & int(mask, 16)) | int(exp, 16)
+                for half in (0, 1):
+                    byte = (w >> (8 * (2 * int(out) + half))) & 0xFF
+                    pattern = torch.tensor([(word >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
+                    assert pattern.view(torch.float16).item() == 32 + 4 * ((byte >> j) & 1), (j, hex(w), out, half)
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "tc"])
@@ -266,7 +341,7 @@ def test_split_for() -> None:
 @pytest.mark.parametrize(
     ("args", "match"),
     [(("tc", 16, 16, 48), "block_k"), (("tc", 16, 16, 32, 0), "split_k"), (("gemv", 3, 16, 32), "block_m"),
-     (("mma", 16, 16, 32), "kernel"), (("tc", 8, 16, 32), "block_m")],
+     (("mma", 16, 16, 32), "kernel"), (("tc", 4, 16, 32), "block_m")],
 )
 def test_launch_config_validates(args: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):

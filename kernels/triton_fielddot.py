@@ -1,0 +1,196 @@
+"""Triton tensor-core kernel for few activation rows of 2/3/4/8-bit weights: one ``tl.dot`` per packed field.
+
+Imported lazily through :mod:`layerbudget.kernels.triton_lowbit`, whose ``tc_lowbit`` launches it where
+:func:`fits` holds; the launcher assumes inputs validated by :mod:`layerbudget.kernels.ops`.
+
+The packed row is read as 16-bit halfwords: halfword ``h`` of unit ``u`` holds fields ``h * H + j``
+(``j < H``), field ``e`` of a chunk's units covering ``C`` consecutive values (the interleaved layout of
+:mod:`layerbudget.kernels.packing`). For each ``j`` the tile of halfwords ``[BN, 2C]`` becomes, with one
+shift and one mask-and-exponent per word (both halves at once), the 16-bit floats ``2**BITS + q``, the
+left operand of a ``tl.dot`` whose activations are loaded in the same (unit, halfword) order: no
+reshape, no permute and no shared-memory round trip of the weights (Triton keeps the elementwise
+chain in the dot operand's registers). A second dot with a tile of ones gives the sums of the same
+activations, so a group's run enters as ``s * (Σ (2**BITS + q) x - (2**BITS + z) Σ x)`` in fp32
+after its dots. Where a chunk's two halves fall in different groups, the activation tile is
+doubled: columns ``[0, ROWS)`` see only the low halves and ``[ROWS, 2 ROWS)`` only the high ones, each
+half's sums are scaled by its own group, and the two column blocks are added at the end.
+3-bit codes add one dot per field for the high plane (:func:`high_programs`). Split-K programs meet in
+the shared workspace as in :func:`~.triton_common.finish_tile`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import LaunchConfig, field_dots
+from .packing import chunk_units, fields_per_unit
+from .quant_weight import PackedQuantWeight
+from .triton_common import INLINE_PTX, INTERPRET, finish_tile, shift_to
+from .triton_gemv import _split_range
+from .workspace import tile_launch
+
+__all__ = ["INTERPRET", "fits", "tc_fields"]
+
+
+def fits(weight: PackedQuantWeight, dtype: torch.dtype, cfg: LaunchConfig) -> bool:
+    """Whether this kernel takes the launch: :func:`~.configs.field_dots` for the weight and the config's rows,
+    and with bf16 activations only 2/4-bit codes (bf16's 8-bit mantissa holds neither ``2**8 + q`` nor the
+    3-bit high plane's ``32 + 4 q``)."""
+    return (cfg.kernel == "tc" and field_dots(weight.bits, weight.group, weight.k, cfg.block_m)
+            and not (weight.bits in (3, 8) and dtype == torch.bfloat16))
+
+
+@functools.cache
+def field_programs(bits: int, bf16: bool) -> tuple[str, ...]:
+    """PTX per field ``j`` of a halfword: move the field to the top of the 16-bit float's mantissa in both
+    halves of the word (one shift), keep it and set the exponent of ``2**bits`` (one ``lop3``)."""
+    top = (7 if bf16 else 10) - bits
+    exp = ((127 if bf16 else 15) + bits) << (7 if bf16 else 10)
+    mask = ((1 << bits) - 1) << top
+    out = []
+    for j in range(16 // bits):
+        s = top - j * bits
+        move = f"shl.b32 t, $1, {s};" if s > 0 else f"shr.u32 t, $1, {-s};" if s < 0 else "mov.b32 t, $1;"
+        out.append("{ .reg .b32 t; " + move + f" lop3.b32 $0, t, {mask * 0x10001}, {exp * 0x10001}, 0xEA; }}")
+    return tuple(out)
+
+
+@functools.cache
+def high_programs() -> tuple[str, ...]:
+    """PTX per bit ``j`` of the 3-bit high plane, read as bytes (four at a time): move bit ``j`` of each byte to
+    its bit 7 (one shift), place bytes 0, 1 and 2, 3 in the halves of two words (two ``prmt``), keep the bit
+    and set the exponent of 32 (one ``lop3`` each): each half reads ``32 + 4 * bit``."""
+    return tuple("{ .reg .b32 t, u, v, z; mov.b32 z, 0; "
+                 f"shl.b32 t, $2, {7 - j}; prmt.b32 u, t, z, 0x4140; prmt.b32 v, t, z, 0x4342; "
+                 "lop3.b32 $0, u, 0x00800080, 0x50005000, 0xEA; lop3.b32 $1, v, 0x00800080, 0x50005000, 0xEA; }"
+                 for j in range(8))
+
+
+@triton.jit
+def _field(h16, j: tl.constexpr, BITS: tl.constexpr, DT: tl.constexpr):
+    """Field ``j`` of every halfword as ``2**BITS + q`` in ``DT`` (plain Triton: the interpreter's code)."""
+    if DT == tl.bfloat16:
+        TOP: tl.constexpr = 7 - BITS
+        EXP: tl.constexpr = (127 + BITS) << 7
+    else:
+        TOP: tl.constexpr = 10 - BITS
+        EXP: tl.constexpr = (15 + BITS) << 10
+    v = h16.to(tl.int32) & 0xFFFF
+    bits = (shift_to(v, TOP - j * BITS) & (((1 << BITS) - 1) << TOP)) | EXP
+    return bits.to(tl.int16).to(DT, bitcast=True)
+
+
+@triton.jit
+def _activations(x_ptr, m_col, col, M, stride_xm, start, H: tl.constexpr, CU: tl.constexpr, j: tl.constexpr,
+                 ROWS: tl.constexpr, DUAL: tl.constexpr, WIDTH: tl.constexpr):
+    """The dot's right operand ``[2 CU, WIDTH]``: row ``2 u + h`` is value ``start + (h H + j) CU + u`` (the
+    weight tile's unit and halfword); ``DUAL``: columns below ``ROWS`` keep only low halves, the others only high."""
+    uu = tl.arange(0, CU)[None, :]
+    row = x_ptr + tl.minimum(m_col, M - 1)[:, None] * stride_xm + start + uu  # [WIDTH, CU]
+    lo_ok = (m_col < M)[:, None]
+    hi_ok = lo_ok
+    if DUAL:
+        lo_ok = lo_ok & (col < ROWS)[:, None]
+        hi_ok = hi_ok & (col >= ROWS)[:, None]
+    lo = tl.load(row + j * CU, mask=lo_ok, other=0.0)
+    hi = tl.load(row + (H + j) * CU, mask=hi_ok, other=0.0)
+    return tl.trans(tl.reshape(tl.join(lo, hi), (WIDTH, 2 * CU)))
+
+
+@triton.jit
+def _tc_fields_kernel(
+    x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
+    M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, RUN: tl.constexpr, DUAL: tl.constexpr,
+    PROGRAMS: tl.constexpr, HIGH: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``RUN`` fields of each halfword lie in one group for every chunk (a divisor of both ``H`` and the
+    fields per group); their dots share one pair of fp32 accumulators, closed with the run's scale and zero.
+    3 bits: the low plane's 2-bit fields give ``4 + lo`` and the high plane, read as bytes (byte ``2u + h``
+    holds the high bits of halfword ``h`` of unit ``u``), ``32 + 4 hi`` in a second dot into the same sums:
+    ``36 + q`` in all."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    H: tl.constexpr = 8 if BITS == 3 else 16 // BITS
+    LOW: tl.constexpr = 2 if BITS == 3 else BITS  # bits of each halfword field
+    OFFSET: tl.constexpr = 36 if BITS == 3 else 1 << BITS  # what the dots add to every code
+    V: tl.constexpr = 2 * H * CU
+    WIDTH: tl.constexpr = 2 * ROWS if DUAL else ROWS
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1)[:, None]  # [BN, 1]; rows past N read row N - 1 (never stored)
+    col = tl.arange(0, WIDTH)
+    m_col = tl.program_id(2) * ROWS + col % ROWS
+    upper = (col >= ROWS)[None, :]
+    halves = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + tl.arange(0, 2 * CU)[None, :]
+    plane = packed_ptr.to(tl.pointer_type(tl.int8)) + rows * (4 * stride_pn) + K // 4 + tl.arange(0, 2 * CU)[None, :]
+    ones = tl.full((BLOCK_N, 2 * CU), 1.0, DT)
+    acc = tl.zeros((BLOCK_N, WIDTH), tl.float32)
+    first, last = _split_range(K // V, SPLIT_K)
+    for c in range(first, last):
+        h16 = tl.load(halves + c * (2 * CU))  # [BN, 2 CU]: unit u's low halfword at 2u, high at 2u + 1
+        if BITS == 3:
+            hb = tl.load(plane + c * (2 * CU))  # [BN, 2 CU]: the high bits of the same halfwords
+        for j in tl.static_range(H):
+            if j % RUN == 0:
+                prod = tl.zeros((BLOCK_N, WIDTH), tl.float32)
+                xsum = tl.zeros((BLOCK_N, WIDTH), tl.float32)
+            if INLINE_PTX:
+                w = tl.inline_asm_elementwise(PROGRAMS[j], "=r,r", [h16], dtype=x_ptr.dtype.element_ty, is_pure=True,
+                                              pack=2)
+            else:
+                w = _field(h16, j, LOW, DT)
+            xt = _activations(x_ptr, m_col, col, M, stride_xm, c * V, H, CU, j, ROWS, DUAL, WIDTH)
+            prod = tl.dot(w, xt, prod)
+            if BITS == 3:
+                if INLINE_PTX:
+                    hi = tl.inline_asm_elementwise(HIGH[j], "=r,=r,r", [hb], dtype=x_ptr.dtype.element_ty,
+                                                   is_pure=True, pack=4)
+                else:
+                    hi = (((hb.to(tl.int32) >> j) & 1) * 4 + 32).to(DT)
+                prod = tl.dot(hi, xt, prod)
+            xsum = tl.dot(ones, xt, xsum)
+            if j % RUN == RUN - 1:  # the run ends: its group's scale and zero (each half's, where they differ)
+                g = (c * V + (j + 1 - RUN) * CU) // GROUP
+                s = tl.load(scales_ptr + rows * stride_sn + g).to(tl.float32)
+                z = tl.load(zeros_ptr + rows * stride_sn + g).to(tl.float32)
+                if DUAL:
+                    g_hi = (c * V + (H + j + 1 - RUN) * CU) // GROUP
+                    s = tl.where(upper, tl.load(scales_ptr + rows * stride_sn + g_hi).to(tl.float32), s)
+                    z = tl.where(upper, tl.load(zeros_ptr + rows * stride_sn + g_hi).to(tl.float32), z)
+                acc += s * (prod - (z + OFFSET) * xsum)
+    if DUAL:
+        acc = tl.sum(tl.reshape(acc, (BLOCK_N, 2, ROWS)), axis=1)
+    offs_m = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
+    finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
+                SPLIT_K)
+
+
+def launch_constants(bits: int, group: int, k: int, bf16: bool, cfg: LaunchConfig, has_bias: bool) -> dict:
+    """The kernel's compile-time constants for one launch (``aot_check`` compiles the same)."""
+    cu, e = chunk_units(bits, k), fields_per_unit(bits)
+    fields_per_group = group // cu
+    return {"BITS": bits, "GROUP": group, "CU": cu, "RUN": math.gcd(fields_per_group, e // 2),
+            "DUAL": fields_per_group % e != 0, "PROGRAMS": field_programs(2 if bits == 3 else bits, bf16),
+            "HIGH": high_programs(), "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k, "ROWS": cfg.block_m,
+            "BLOCK_N": cfg.block_n}
+
+
+def tc_fields(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
+    """Launch the kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype`` (:func:`fits` holds)."""
+    m, k = x.shape
+    n = weight.n
+    grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
+    _tc_fields_kernel[grid](
+        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
+        m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
+        **launch_constants(weight.bits, weight.group, k, x.dtype == torch.bfloat16, cfg, bias is not None),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
