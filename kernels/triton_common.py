@@ -273,7 +273,7 @@ def finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, 
         tl.store(ws_ptr + tl.program_id(1) * M * N + cell, acc, mask=mask)
         if arrive(lock_ptr, tile_id) == SPLIT_K - 1:
             total = tl.zeros(acc.shape, tl.float32)
-            for k in tl.static_range(SPLIT_K):
+            for k in range(SPLIT_K):  # a loop, not unrolled: one slice's registers at a time
                 total += take(ws_ptr + k * M * N + cell, mask)
             store_out(total, out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], bias_ptr + offs_n[:, None],
                       mask, n_ok, HAS_BIAS)
