@@ -121,7 +121,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
     tensor-core kernels at M = 1, 16, 64, 256."""
     from .configs import field_dots, pick_config, tc_step_fields
-    from .packing import chunk_units, fields_per_unit
+    from .packing import chunk_units, chunk_values, fields_per_unit
     from .sparse24 import meta_layout
     from .triton_gemv import _launch_shape, flush_fields
     from .triton_sparse import tc24_chunks, tc24_fields
@@ -158,8 +158,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             if field_dots(bits, group, k, cfg.block_m):  # tc_lowbit hands these to the one-dot-per-field kernel
                 v = _fields("*fp16", bits, group, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, k)
                 v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
-                chunk = fields_per_unit(bits) * chunk_units(bits, k)
-                out.append(replace(v, weights_per_iter=cfg.block_n * chunk // (32 * cfg.num_warps)))
+                out.append(replace(v, weights_per_iter=cfg.block_n * chunk_values(bits, k) // (32 * cfg.num_warps)))
                 continue
             jb = tc_step_fields(bits, k, group, cfg.block_k)
             v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, jb)

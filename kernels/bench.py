@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .configs import GEMV_ROWS, LaunchConfig, dequant_min_m, gemv_max_m, pick_config, split_for
+from .configs import GEMV_ROWS, LaunchConfig, dequant_min_m, field_dots, gemv_max_m, pick_config, split_for
 from .ops import PackedWeight, choose_path, format_of, kernel_supported, packed_matmul, triton_available
 from .quant_weight import PackedQuantWeight
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
@@ -210,7 +210,8 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | No
         shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, st) for bn, bk, w, st in alts]
     elif m <= 16:
         shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
-        if base.num_warps == 2:  # a one-dot-per-field launch: the other tile width, and four warps
+        if fmt == "lowbit" and bits is not None and field_dots(bits, group, k, base.block_m):
+            # a one-dot-per-field launch: the other tile width, and four warps
             other = 64 if base.block_n == 128 else 128
             shapes = [LaunchConfig("tc", base.block_m, other, base.block_k, 1, 2, 2),
                       LaunchConfig("tc", base.block_m, 128, base.block_k, 1, 4, 2), *shapes]

@@ -86,19 +86,13 @@ def _field(h16, j: tl.constexpr, BITS: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
-def _activations(x_ptr, m_col, col, M, stride_xm, start, H: tl.constexpr, CU: tl.constexpr, j: tl.constexpr,
-                 ROWS: tl.constexpr, DUAL: tl.constexpr, WIDTH: tl.constexpr):
+def _activations(x_rows, lo_ok, hi_ok, start, H: tl.constexpr, CU: tl.constexpr, j: tl.constexpr,
+                 WIDTH: tl.constexpr):
     """The dot's right operand ``[2 CU, WIDTH]``: row ``2 u + h`` is value ``start + (h H + j) CU + u`` (the
-    weight tile's unit and halfword); ``DUAL``: columns below ``ROWS`` keep only low halves, the others only high."""
-    uu = tl.arange(0, CU)[None, :]
-    row = x_ptr + tl.minimum(m_col, M - 1)[:, None] * stride_xm + start + uu  # [WIDTH, CU]
-    lo_ok = (m_col < M)[:, None]
-    hi_ok = lo_ok
-    if DUAL:
-        lo_ok = lo_ok & (col < ROWS)[:, None]
-        hi_ok = hi_ok & (col >= ROWS)[:, None]
-    lo = tl.load(row + j * CU, mask=lo_ok, other=0.0)
-    hi = tl.load(row + (H + j) * CU, mask=hi_ok, other=0.0)
+    weight tile's unit and halfword), read from ``x_rows`` (``[WIDTH, CU]`` pointers to each column's
+    activation row, unit ``u``) where ``lo_ok`` (low halves) and ``hi_ok`` (high halves) hold."""
+    lo = tl.load(x_rows + start + j * CU, mask=lo_ok, other=0.0)
+    hi = tl.load(x_rows + start + (H + j) * CU, mask=hi_ok, other=0.0)
     return tl.trans(tl.reshape(tl.join(lo, hi), (WIDTH, 2 * CU)))
 
 
@@ -125,8 +119,14 @@ def _tc_fields_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, N - 1)[:, None]  # [BN, 1]; rows past N read row N - 1 (never stored)
     col = tl.arange(0, WIDTH)
-    m_col = tl.program_id(2) * ROWS + col % ROWS
+    m_col = tl.program_id(2) * ROWS + col % ROWS  # the activation row of each dot column
     upper = (col >= ROWS)[None, :]
+    x_rows = x_ptr + tl.minimum(m_col, M - 1)[:, None] * stride_xm + tl.arange(0, CU)[None, :]  # [WIDTH, CU]
+    lo_ok = (m_col < M)[:, None]
+    hi_ok = lo_ok
+    if DUAL:  # columns below ROWS see only the low halves, the others only the high ones
+        lo_ok = lo_ok & (col < ROWS)[:, None]
+        hi_ok = hi_ok & (col >= ROWS)[:, None]
     halves = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + tl.arange(0, 2 * CU)[None, :]
     plane = packed_ptr.to(tl.pointer_type(tl.int8)) + rows * (4 * stride_pn) + K // 4 + tl.arange(0, 2 * CU)[None, :]
     ones = tl.full((BLOCK_N, 2 * CU), 1.0, DT)
@@ -145,7 +145,7 @@ def _tc_fields_kernel(
                                               pack=2)
             else:
                 w = _field(h16, j, LOW, DT)
-            xt = _activations(x_ptr, m_col, col, M, stride_xm, c * V, H, CU, j, ROWS, DUAL, WIDTH)
+            xt = _activations(x_rows, lo_ok, hi_ok, c * V, H, CU, j, WIDTH)
             prod = tl.dot(w, xt, prod)
             if BITS == 3:
                 if INLINE_PTX:

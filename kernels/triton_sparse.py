@@ -27,6 +27,7 @@ from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
 from .triton_common import INTERPRET, load_if, pair_halves, prmt, store_tile, sub_mul_f16x2
 from .triton_gemv import _aligned, flush_fields
 from .triton_pairs import code_pairs, field_parts, meta_pairs, pair_codes, pair_words, spread_selector
+from .workspace import tile_launch
 
 __all__ = ["INTERPRET", "dequantize_sparse24", "tc_sparse24", "tc_sparse24_quant"]
 
@@ -236,8 +237,7 @@ def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: La
     e, chunk, cu, flush = _layout(k, quant, bits, group)
     fields = tc24_fields(cfg.block_m, cu, quant)
     block_c = tc24_chunks(cu, cfg.block_k, fields)
-    grid = (triton.cdiv(n, cfg.block_n), 1, triton.cdiv(m, cfg.block_m))
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    grid, out, _, _ = tile_launch(x, n, cfg.block_n, cfg.block_m, 1)
     _tc_sparse24_kernel[grid](
         x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
