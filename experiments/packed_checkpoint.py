@@ -44,7 +44,7 @@ from layerbudget.kernels.modules import QuantLinear, Sparse24QuantLinear, Sparse
 from layerbudget.kernels.ops import PackedWeight, format_of
 from layerbudget.kernels.quant import dequantize_groupwise
 from layerbudget.kernels.quant_weight import PackedQuantWeight
-from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
+from layerbudget.kernels.sparse24 import CODE_UNIT, Sparse24QuantWeight, Sparse24Weight
 from layerbudget.model import ModelAdapter, ResidualPassthrough, ZeroOutput
 from layerbudget.options import DENSE, DROP, Option, parse_option
 from layerbudget.plan import Plan
@@ -54,7 +54,7 @@ from layerbudget.profiles.methods import decode, load_codes, store_codes
 from layerbudget.storage import atomic_dir, atomic_write_text
 
 CHECKPOINT_SCHEMA = "layerbudget.checkpoint"
-CHECKPOINT_VERSION = 3  # 3: fp16 storage, ``variant`` format, own weights file name; 2: interleaved packing
+CHECKPOINT_VERSION = 4  # 4: codes in halfword units; 3: fp16 storage, ``variant`` format, own weights file name
 MANIFEST = "layerbudget_checkpoint.json"
 PLAN_FILE = "layerbudget_plan.json"
 WEIGHTS = "layerbudget.safetensors"  # not model.safetensors: transformers must not load it without the packed units
@@ -103,7 +103,7 @@ def pack_variant(
         kept = codes.reshape(n, k // 4, 4).gather(-1, pos.reshape(n, k // 4, 2).long()).reshape(n, k // 2)
         # a dense group of g columns holds exactly g/2 kept values, so the scales line up unchanged
         values = PackedQuantWeight.from_codes(kept, tensors["scales"], tensors["zeros"], option.bits,
-                                              None if g is None else g // 2)
+                                              None if g is None else g // 2, CODE_UNIT)
         return Sparse24QuantWeight.from_positions(values, pos, shape), ""
     return PackedQuantWeight(tensors["packed"].contiguous(), tensors["scales"].contiguous(),
                              tensors["zeros"].contiguous(), option.bits, option.group_size, shape), ""  # type: ignore[arg-type]

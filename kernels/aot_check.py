@@ -190,7 +190,7 @@ def variants(full: bool = False) -> list[Variant]:
     if not full:
         return [
             _gemv("*fp16", 4, 1, 1, 8, False), _gemv("*bf16", 3, 4, 4, 1), _gemv24("*fp16", False, 16, 2, 1),
-            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4, 128, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64, 4),
+            _gemv24("*fp16", True, 4, 1, 2), _tc("*fp16", 4, 16, 64, 4, 4, 128, 4), _tc("*bf16", 2, 64, 128, 1, 8, 64, 2),
             _tc("*fp16", 3, 16, 64, 2, 4, 128, 4), _tc("*bf16", 8, 16, 64, 2, 4, 128, 2),
             _fields("*fp16", 4, 128, 8, 128, 4, 2), _fields("*bf16", 2, 128, 8, 64, 1, 4),
             _fields("*fp16", 3, 128, 8, 64, 4, 2),
@@ -202,7 +202,7 @@ def variants(full: bool = False) -> list[Variant]:
         ("*fp16", "*bf16"), (False, True), (2, 3, 4, 8), (1, 4), (1, 2)) if q or b == 2]
     out += [_tc(x, b, bm, bn, s, w, g, jb) for x, b, (bm, bn, w), s, g, jb in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128), (1, 2, 4))
-        if 16 * jb <= g and jb <= (16 if b == 3 else 32 // b) // 2]
+        if jb <= (16 if b == 3 else 32 // b) // 2]
     out += [_fields(x, b, g, rows, bn, s, w) for x, b, g, rows, (bn, w), s in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), (32, 64, 128, 8192), (8, 16), ((128, 2), (64, 4)), (1, 4))
         if (x == "*fp16" or b in (2, 4)) and field_dots(b, g, 8192, rows)]

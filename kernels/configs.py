@@ -114,9 +114,9 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     target = TARGET_PROGRAMS
     rows = 8 if m <= 8 else 16
     if fmt == "lowbit" and m <= 16 and bits is not None and field_dots(bits, group, k, rows):
-        # one dot per field (triton_fielddot), a chunk per step; half the tile where 128 rows spill registers
-        # (16 activation rows with split-K; 2/3-bit codes, whose chunk halves sit in different groups)
-        bn, bk = (64 if bits in (2, 3) or rows == 16 else 128), chunk_values(bits, k)
+        # one dot per field (triton_fielddot), a chunk per step; half the tile where 128 rows take (nearly) all
+        # 255 registers: 2-bit codes (16 fields a halfword), 3-bit codes with 16 activation rows
+        bn, bk = (64 if bits == 2 or (bits == 3 and rows == 16) else 128), chunk_values(bits, k)
         return LaunchConfig("tc", rows, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, rows), _cdiv(k, bk)), 2, 2)
     if m <= 16:
         bm, bn, bk, warps = 16, 64, 128, 4
@@ -135,13 +135,12 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
 def field_dots(bits: int, group: int | None, k: int, rows: int) -> bool:
     """Whether the one-dot-per-field tensor-core kernel (:mod:`.triton_fielddot`) takes rows of ``k`` codes of
     ``bits`` bits in groups of ``group`` (``None``: whole rows), ``rows`` activation rows per program: 2/3/4/8-bit
-    codes, chunks of at least 8 units (a dot's K of 16) whose fields stay in one group, and at most 8 rows
-    where a chunk's two halves may fall in different groups (the kernel then doubles its activation tile)."""
+    codes, up to 16 rows, chunks of at least 8 units (a dot's K of 16) whose fields (``2 C`` values each) stay in
+    one group."""
     if bits not in (2, 3, 4, 8) or rows > 16:
         return False
     cu = chunk_units(bits, k)
-    group = group or k
-    return cu >= 8 and group % cu == 0 and (rows <= 8 or (group // cu) % fields_per_unit(bits) == 0)
+    return cu >= 8 and (group or k) % (2 * cu) == 0
 
 
 def gemv_max_m(fmt: str) -> int:
@@ -162,10 +161,12 @@ def _check_format(fmt: str) -> None:
 
 def tc_step_fields(bits: int, k: int, group: int, block_k: int) -> int | None:
     """``JB``: fields of each halfword one tensor-core step takes, a power of two up to ``E / 2`` whose run
-    of ``JB * CU`` values lies inside one quantization group, with ``2 * JB * CU`` (the dot's K) at least
-    16 and as near ``block_k`` as allowed; ``None`` when no run qualifies (then dequantize instead)."""
+    of ``2 * JB * CU`` values (the dot's K) holds at least 16, as near ``block_k`` as allowed; ``None`` when
+    no run qualifies or a field's ``2 CU`` values would span two quantization groups (then dequantize)."""
     cu, h = chunk_units(bits, k), fields_per_unit(bits) // 2
-    fits = [jb for jb in (1, 2, 4, 8) if jb <= h and 2 * jb * cu >= 16 and group % (jb * cu) == 0]
+    if group % (2 * cu):
+        return None
+    fits = [jb for jb in (1, 2, 4, 8) if jb <= h and 2 * jb * cu >= 16]
     if not fits:
         return None
     near = [jb for jb in fits if 2 * jb * cu <= max(16, block_k)]

@@ -21,7 +21,7 @@ from .ops import PackedWeight, Path, format_of, packed_matmul
 from .packing import words_per_row
 from .quant import check_grid
 from .quant_weight import PackedQuantWeight
-from .sparse24 import Sparse24QuantWeight, Sparse24Weight, check_24_shape
+from .sparse24 import CODE_UNIT, Sparse24QuantWeight, Sparse24Weight, check_24_shape
 
 
 class _PackedLinear(nn.Module):
@@ -237,7 +237,8 @@ class Sparse24QuantLinear(_PackedLinear):
 
     def packed_weight(self) -> Sparse24QuantWeight:
         n, k = self.out_features, self.in_features
-        values = PackedQuantWeight(self.packed, self.scales, self.zeros, self.bits, self.group_size, (n, k // 2))
+        values = PackedQuantWeight(self.packed, self.scales, self.zeros, self.bits, self.group_size, (n, k // 2),
+                                   CODE_UNIT)
         return Sparse24QuantWeight(values, self.meta, (n, k))
 
     def extra_repr(self) -> str:

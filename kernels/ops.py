@@ -61,13 +61,14 @@ def _triton_module(name: str) -> ModuleType:
 
 
 def kernel_supported(weight: PackedWeight) -> bool:
-    """Whether the fused kernels take this weight: every field's run of values stays in one group."""
+    """Whether the fused kernels take this weight: every field's run of values stays in one group (``2 C``
+    values for halfword units, ``C`` for word units), and dense codes come in the halfword units they read."""
     if isinstance(weight, Sparse24Weight):
         return True
     if isinstance(weight, Sparse24QuantWeight):  # the two kept values of a 2:4 group also share a group
         q = weight.values
         return q.group % max(2, chunk_units(q.bits, q.k)) == 0
-    return weight.group % chunk_units(weight.bits, weight.k) == 0
+    return weight.unit == 16 and weight.group % (2 * chunk_units(weight.bits, weight.k)) == 0
 
 
 def _check_inputs(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None, path: str) -> None:

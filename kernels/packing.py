@@ -1,21 +1,26 @@
 """Bit-exact packing of 2-, 3-, 4- and 8-bit integer codes along K into int32 words, interleaved per chunk.
 
-Layout (format version 2; the Triton kernels and every stored checkpoint rely on it):
+Layout (the Triton kernels and every stored checkpoint rely on it):
 
-- A *unit* holds ``E`` fields of ``width`` bits, field ``e`` at bits ``[e * width, (e + 1) * width)``.
-  Units are int32 words for 2/4/8-bit codes (``E = 32 / bits``); fields of a unit are low bits first.
-- The ``K`` values of a row are cut into chunks of ``V = E * C`` consecutive values held by ``C``
-  consecutive units (``C`` = :func:`chunk_units`). Inside a chunk, unit ``v`` field ``e`` holds value
-  ``e * C + v``: field ``e`` of the chunk's ``C`` units covers ``C`` *consecutive* values, so a kernel
-  that extracts one field of a run of units multiplies it with one contiguous slice of activations.
-- 3 bits: two planes per row, the low 2 bits of every value first (``K / 16`` words, 2-bit fields,
-  ``E = 16``) and then the high bit (``K / 16`` halfwords, 1-bit fields, ``E = 16``), both interleaved
-  with the same ``C``: low word ``v`` field ``e`` and high halfword ``v`` bit ``e`` of a chunk belong
-  to the same value. ``K`` must be a multiple of 32 so the high plane fills whole words.
-- ``C`` is the largest power of two up to 16 with ``K`` a multiple of ``E * C`` (16 units of 16-byte
-  loads per chunk for the common ``K``; 1 unit, the plain little-endian layout, for the smallest).
-  :func:`pack` accepts another chunk size ``V`` where a format needs its fields aligned with other
-  packed data (the 2:4 + low-bit format packs its positions with the codes' ``V``).
+- The ``K`` values of a row are cut into chunks of ``V`` consecutive values held by a run of *units*;
+  a unit holds its fields low bits first, and units fill the int32 words little-endian.
+- Halfword units (``unit=16``, format version 3, what the dense low-bit kernels read): a halfword
+  holds ``H = 16 / bits`` fields and a chunk ``2 C`` halfwords; halfword ``s`` field ``j`` of a chunk
+  holds value ``j * 2C + s``. Field ``j`` of a chunk's halfwords covers ``2 C`` *consecutive* values,
+  and field ``j`` of the two halfwords of one word holds two neighbouring values, so a kernel that
+  extracts field ``j`` of both halves of a run of words at once multiplies it with one contiguous
+  slice of activations, inside one quantization group wherever the group is a multiple of ``2 C``.
+- Word units (``unit=32``, format version 2, what the 2:4 kernels read for their kept codes): a word
+  holds ``E = 32 / bits`` fields and a chunk ``C`` words; word ``v`` field ``e`` holds value ``e * C + v``.
+- 3 bits: two planes per row, the low 2 bits of every value first (``K / 16`` words of 2-bit fields)
+  and then the high bit (``K / 32`` words of 1-bit fields), both interleaved with the same chunk:
+  with halfword units the low plane's halfword ``s`` field ``j`` and the high plane's *byte* ``s`` bit
+  ``j`` belong to the same value; with word units the low plane's word ``v`` field ``e`` and the high
+  plane's halfword ``v`` bit ``e``. ``K`` must be a multiple of 32 so the high plane fills whole words.
+- ``C`` is the largest power of two up to 16 with ``K`` a multiple of ``V = E * C`` (``E`` the fields of a
+  32-bit word; 3 bits: 16); the same ``V`` serves both unit widths. :func:`pack` accepts another chunk
+  size ``V`` where a format needs its fields aligned with other packed data (the 2:4 + low-bit format
+  packs its positions with the codes' ``V``).
 - Words are stored as signed int32 (torch has no uint32 arithmetic everywhere); bit 31 is the sign
   bit, so readers mask after an arithmetic right shift.
 
@@ -28,7 +33,8 @@ from __future__ import annotations
 import torch
 
 PACK_BITS = (2, 3, 4, 8)
-FORMAT_VERSION = 2
+UNIT_BITS = (16, 32)
+FORMAT_VERSIONS = {16: 3, 32: 2}  # the stored format version of each unit width
 MAX_CHUNK_UNITS = 16
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -119,23 +125,43 @@ def unpack_units(units: torch.Tensor, width: int, e: int, chunk: int) -> torch.T
     return deinterleave((units[..., None] >> shifts) & ((1 << width) - 1), chunk)
 
 
-def _halfwords_to_words(half: torch.Tensor) -> torch.Tensor:
-    """int64 halfwords ``[..., 2W]`` (each below 2**16) → int32 words ``[..., W]``, halfword 2i low."""
-    pairs = half.reshape(*half.shape[:-1], half.shape[-1] // 2, 2)
-    return _to_int32(pairs[..., 0] | (pairs[..., 1] << 16))
+def _small_units_to_words(units: torch.Tensor, width: int) -> torch.Tensor:
+    """int64 units of ``width`` bits (8 or 16) ``[..., U]`` → int32 words ``[..., U * width / 32]``, unit 0 lowest."""
+    per = 32 // width
+    parts = units.reshape(*units.shape[:-1], units.shape[-1] // per, per)
+    shifts = torch.arange(per, device=units.device, dtype=torch.int64) * width
+    return _to_int32((parts << shifts).sum(dim=-1))
 
 
-def _words_to_halfwords(words: torch.Tensor) -> torch.Tensor:
+def _words_to_small_units(words: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of :func:`_small_units_to_words`: int32 words → int64 units of ``width`` bits."""
+    per = 32 // width
     w64 = words.to(torch.int64) & 0xFFFFFFFF
-    return torch.stack([w64 & 0xFFFF, w64 >> 16], dim=-1).reshape(*words.shape[:-1], words.shape[-1] * 2)
+    shifts = torch.arange(per, device=words.device, dtype=torch.int64) * width
+    return ((w64[..., None] >> shifts) & ((1 << width) - 1)).reshape(*words.shape[:-1], words.shape[-1] * per)
 
 
-def pack(codes: torch.Tensor, bits: int, chunk: int | None = None) -> torch.Tensor:
+def check_unit(unit: int) -> None:
+    """Raise ``ValueError`` unless ``unit`` is a packing unit width."""
+    if unit not in UNIT_BITS:
+        raise ValueError(f"`unit` must be one of {UNIT_BITS} bits, but got unit={unit}.")
+
+
+def _planes(bits: int, unit: int) -> list[tuple[int, int, int]]:
+    """``(code bits taken, field width, unit width)`` of each plane, in storage order."""
+    if bits != 3:
+        return [(bits, bits, unit)]
+    return [(2, 2, unit), (1, 1, unit // 2)]
+
+
+def pack(codes: torch.Tensor, bits: int, chunk: int | None = None, unit: int = 16) -> torch.Tensor:
     """Pack integer codes ``[..., K]`` (values in ``[0, 2**bits)``) into int32 words ``[..., bits*K/32]``.
 
-    ``chunk`` (values per interleaving chunk, ``V``) defaults to :func:`chunk_values`.
+    ``chunk`` (values per interleaving chunk, ``V``) defaults to :func:`chunk_values`; ``unit``: 16
+    (halfword units) or 32 (word units), see the module docstring.
     """
     check_pack_bits(bits)
+    check_unit(unit)
     if not isinstance(codes, torch.Tensor) or codes.dtype not in _INT_DTYPES:
         got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise ValueError(f"`codes` must be an integer tensor, but got {got}.")
@@ -149,16 +175,19 @@ def pack(codes: torch.Tensor, bits: int, chunk: int | None = None) -> torch.Tens
             f"`codes` must lie in [0, {2**bits - 1}] for bits={bits}, "
             f"but got values in [{int(c.min())}, {int(c.max())}]."
         )
-    if bits != 3:
-        return _to_int32(pack_units(c, bits, 32 // bits, chunk))
-    low = _to_int32(pack_units(c & 3, 2, 16, chunk))  # [..., K/16] words
-    high = _halfwords_to_words(pack_units(c >> 2, 1, 16, chunk))  # [..., K/32] words of two halfwords
-    return torch.cat([low, high], dim=-1)
+    out, shift = [], 0
+    for taken, width, unit_width in _planes(bits, unit):
+        vals = (c >> shift) & ((1 << taken) - 1)
+        shift += taken
+        units = pack_units(vals, width, unit_width // width, chunk)
+        out.append(_to_int32(units) if unit_width == 32 else _small_units_to_words(units, unit_width))
+    return torch.cat(out, dim=-1)
 
 
-def unpack(packed: torch.Tensor, bits: int, k: int, chunk: int | None = None) -> torch.Tensor:
+def unpack(packed: torch.Tensor, bits: int, k: int, chunk: int | None = None, unit: int = 16) -> torch.Tensor:
     """Inverse of :func:`pack`: int32 ``[..., bits*k/32]`` → uint8 codes ``[..., k]``."""
     check_pack_bits(bits)
+    check_unit(unit)
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.int32:
         got = packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__
         raise ValueError(f"`packed` must be an int32 tensor, but got {got}.")
@@ -169,9 +198,11 @@ def unpack(packed: torch.Tensor, bits: int, k: int, chunk: int | None = None) ->
             f"`packed` must have {w} words in its last dim for K={k} at {bits} bits, "
             f"but got shape {tuple(packed.shape)}."
         )
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    if bits != 3:
-        return unpack_units(words, bits, 32 // bits, chunk).to(torch.uint8)
-    low = unpack_units(words[..., : k // 16], 2, 16, chunk)
-    high = unpack_units(_words_to_halfwords(packed[..., k // 16 :]), 1, 16, chunk)
-    return (low | (high << 2)).to(torch.uint8)
+    codes, start, shift = 0, 0, 0
+    for taken, width, unit_width in _planes(bits, unit):
+        words = packed[..., start : start + k * width // 32]
+        start += k * width // 32
+        units = words.to(torch.int64) & 0xFFFFFFFF if unit_width == 32 else _words_to_small_units(words, unit_width)
+        codes = codes | (unpack_units(units, width, unit_width // width, chunk) << shift)
+        shift += taken
+    return codes.to(torch.uint8)

@@ -1,10 +1,11 @@
 """`PackedQuantWeight`: a weight-only quantized ``[N, K]`` matrix in the packed storage format.
 
-Storage (format version 2), for a weight of shape ``[N, K]`` (out_features, in_features):
+Storage, for a weight of shape ``[N, K]`` (out_features, in_features):
 
 - ``packed``: int32 ``[N, bits * K / 32]``, the codes of each row packed along K with the
   interleaved layout of :mod:`layerbudget.kernels.packing` (chunks of ``V`` values; 3 bits: a plane
-  of low 2-bit fields, then a plane of high bits);
+  of low 2-bit fields, then a plane of high bits) in halfword units (``unit=16``, format version 3:
+  what the dense kernels read) or word units (``unit=32``, format version 2: the 2:4 kernels' kept codes);
 - ``scales``, ``zeros``: fp16 or bf16 ``[N, K / g]`` on the grid of :mod:`layerbudget.kernels.quant`
   (asymmetric, ``w_hat = (q - zero) * scale``, groups of ``g`` consecutive columns along K;
   ``group_size=None`` is one group per row, i.e. per-channel). Zeros are integer-valued.
@@ -19,7 +20,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import FORMAT_VERSION, check_pack_bits, chunk_values, k_multiple, pack, unpack, words_per_row
+from .packing import (
+    FORMAT_VERSIONS,
+    check_pack_bits,
+    check_unit,
+    chunk_values,
+    k_multiple,
+    pack,
+    unpack,
+    words_per_row,
+)
 from .quant import dequantize_groupwise, quantize_groupwise
 
 META_DTYPES = (torch.float16, torch.bfloat16)
@@ -62,9 +72,11 @@ class PackedQuantWeight(ShapeNK):
     bits: int
     group_size: int | None  # None: one group per row (per-channel)
     shape: tuple[int, int]  # (N, K)
+    unit: int = 16  # packing unit width: 16 (dense kernels) or 32 (2:4 kept codes)
 
     def __post_init__(self) -> None:
         check_pack_bits(self.bits)
+        check_unit(self.unit)
         if len(self.shape) != 2 or min(self.shape) <= 0:
             raise ValueError(f"`shape` must be (N, K) with positive sizes, but got shape={self.shape}.")
         object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
@@ -138,17 +150,20 @@ class PackedQuantWeight(ShapeNK):
         zeros: torch.Tensor,
         bits: int,
         group_size: int | None,
+        unit: int = 16,
     ) -> PackedQuantWeight:
-        """Pack existing codes ``[N, K]`` (e.g. from GPTQ) with their ``[N, K/g]`` scales and zeros."""
+        """Pack existing codes ``[N, K]`` (e.g. from GPTQ) with their ``[N, K/g]`` scales and zeros, in units of
+        ``unit`` bits."""
         if codes.ndim != 2:
             raise ValueError(f"`codes` must be 2-D [N, K], but got shape {tuple(codes.shape)}.")
         return cls(
-            pack(codes, bits).contiguous(),
+            pack(codes, bits, unit=unit).contiguous(),
             scales.contiguous(),
             zeros.contiguous(),
             bits,
             group_size,
             (codes.shape[0], codes.shape[1]),
+            unit,
         )
 
     @classmethod
@@ -158,18 +173,19 @@ class PackedQuantWeight(ShapeNK):
         bits: int = 4,
         group_size: int | None = 128,
         meta_dtype: torch.dtype = torch.float16,
+        unit: int = 16,
     ) -> PackedQuantWeight:
         """Round-to-nearest quantize a dense ``[N, K]`` weight on the project grid and pack it."""
         check_pack_bits(bits)
         if weight.ndim != 2:
             raise ValueError(f"`weight` must be 2-D [N, K], but got shape {tuple(weight.shape)}.")
         codes, scales, zeros = quantize_groupwise(weight.detach(), bits, group_size, meta_dtype)
-        return cls.from_codes(codes, scales, zeros, bits, group_size)
+        return cls.from_codes(codes, scales, zeros, bits, group_size, unit)
 
     # --- views -------------------------------------------------------------------------------
     def codes(self) -> torch.Tensor:
         """Unpacked codes, uint8 ``[N, K]``."""
-        return unpack(self.packed, self.bits, self.k)
+        return unpack(self.packed, self.bits, self.k, unit=self.unit)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ``w_hat = (q - zero) * scale`` of shape ``[N, K]`` (computed in fp32, cast to ``dtype``)."""
@@ -183,6 +199,7 @@ class PackedQuantWeight(ShapeNK):
             self.bits,
             self.group_size,
             self.shape,
+            self.unit,
         )
 
     # --- serialisation ------------------------------------------------------------------------
@@ -199,15 +216,17 @@ class PackedQuantWeight(ShapeNK):
             f"{prefix}bits": scalar(self.bits),
             f"{prefix}group_size": scalar(0 if self.group_size is None else self.group_size),
             f"{prefix}shape": torch.tensor(self.shape, dtype=torch.int64),
-            f"{prefix}format_version": scalar(FORMAT_VERSION),
+            f"{prefix}format_version": scalar(FORMAT_VERSIONS[self.unit]),
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "") -> PackedQuantWeight:
-        """Inverse of :meth:`to_tensors`; validates the format version and every shape."""
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "", unit: int = 16) -> PackedQuantWeight:
+        """Inverse of :meth:`to_tensors` for a weight packed in units of ``unit`` bits; validates the format
+        version (the unit's) and every shape."""
+        check_unit(unit)
         version = _int_tensor(tensors, f"{prefix}format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"unsupported packed format version {version}; expected {FORMAT_VERSION}.")
+        if version != FORMAT_VERSIONS[unit]:
+            raise ValueError(f"unsupported packed format version {version}; expected {FORMAT_VERSIONS[unit]}.")
         shape_t = tensors.get(f"{prefix}shape")
         if shape_t is None or shape_t.numel() != 2:
             raise ValueError(f"{prefix}shape must hold (N, K), but got {shape_t}.")
@@ -222,4 +241,5 @@ class PackedQuantWeight(ShapeNK):
             _int_tensor(tensors, f"{prefix}bits"),
             None if g == 0 else g,
             (int(shape_t[0]), int(shape_t[1])),
+            unit,
         )

@@ -16,7 +16,8 @@ most two non-zeros. Storage (format version 2):
   explicit zeros at their lowest free positions. ``K`` must be a multiple of 32.
 
 The 2:4 + low-bit format (`Sparse24QuantWeight`) stores the kept values ``[N, K / 2]`` as a
-:class:`PackedQuantWeight` whose quantization groups run along the *compressed* axis: a group of
+:class:`PackedQuantWeight` in word units (``unit=32``: a group's two codes sit in neighbouring
+units of one field, like its positions) whose quantization groups run along the *compressed* axis: a group of
 ``g`` kept values spans ``2g`` dense columns, so every group holds exactly ``g`` real weights
 (groups along dense K would hold only ``g / 2``). ``g = 64`` kept values therefore matches the span
 of dense ``g = 128``.
@@ -28,10 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import FORMAT_VERSION, chunk_values, fields_per_unit, pack_units, unpack_units
+from .packing import chunk_values, fields_per_unit, pack_units, unpack_units
 from .quant_weight import PackedQuantWeight, ShapeNK, _int_tensor
 
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FORMAT_VERSION = 2
+CODE_UNIT = 32  # the kept codes are packed in word units: a group's pair sits in neighbouring units
 
 
 def check_24_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -249,6 +252,8 @@ class Sparse24QuantWeight(ShapeNK):
         object.__setattr__(self, "shape", (n, k))
         if not isinstance(self.values, PackedQuantWeight):
             raise ValueError(f"`values` must be a PackedQuantWeight, but got {type(self.values).__name__}.")
+        if self.values.unit != CODE_UNIT:
+            raise ValueError(f"`values` must be packed in {CODE_UNIT}-bit units, but got unit={self.values.unit}.")
         if self.values.shape != (n, k // 2):
             raise ValueError(f"`values` must have shape {(n, k // 2)}, but got {self.values.shape}.")
         _check_meta(self.meta, n, k)
@@ -296,7 +301,7 @@ class Sparse24QuantWeight(ShapeNK):
                 f"`group_size` counts kept values and must divide K/2={k // 2}, but got group_size={group_size}."
             )
         sparse = Sparse24Weight.from_dense(weight, prune=prune, dtype=torch.float32)
-        values = PackedQuantWeight.from_dense(sparse.values, bits, group_size, meta_dtype)
+        values = PackedQuantWeight.from_dense(sparse.values, bits, group_size, meta_dtype, CODE_UNIT)
         return cls.from_positions(values, sparse.positions(), sparse.shape)
 
     @classmethod
@@ -337,7 +342,7 @@ class Sparse24QuantWeight(ShapeNK):
                 raise ValueError(f"missing tensor {prefix}{key!r}; got keys {sorted(tensors)}.")
         shape = tensors[f"{prefix}shape"]
         out = cls(
-            PackedQuantWeight.from_tensors(tensors, f"{prefix}values."),
+            PackedQuantWeight.from_tensors(tensors, f"{prefix}values.", CODE_UNIT),
             tensors[f"{prefix}meta"].contiguous(),
             (int(shape[0]), int(shape[1])),
         )

@@ -3,17 +3,14 @@
 Imported lazily through :mod:`layerbudget.kernels.triton_lowbit`, whose ``tc_lowbit`` launches it where
 :func:`fits` holds; the launcher assumes inputs validated by :mod:`layerbudget.kernels.ops`.
 
-The packed row is read as 16-bit halfwords: halfword ``h`` of unit ``u`` holds fields ``h * H + j``
-(``j < H``), field ``e`` of a chunk's units covering ``C`` consecutive values (the interleaved layout of
-:mod:`layerbudget.kernels.packing`). For each ``j`` the tile of halfwords ``[BN, 2C]`` becomes, with one
-shift and one mask-and-exponent per word (both halves at once), the 16-bit floats ``2**BITS + q``, the
-left operand of a ``tl.dot`` whose activations are loaded in the same (unit, halfword) order: no
-reshape, no permute and no shared-memory round trip of the weights (Triton keeps the elementwise
-chain in the dot operand's registers). A second dot with a tile of ones gives the sums of the same
-activations, so a group's run enters as ``s * (Σ (2**BITS + q) x - (2**BITS + z) Σ x)`` in fp32
-after its dots. Where a chunk's two halves fall in different groups, the activation tile is
-doubled: columns ``[0, ROWS)`` see only the low halves and ``[ROWS, 2 ROWS)`` only the high ones, each
-half's sums are scaled by its own group, and the two column blocks are added at the end.
+The packed row is read as 16-bit halfwords: field ``j`` of a chunk's ``2 C`` halfwords covers the
+``2 C`` consecutive values from ``2 C j`` (the halfword layout of :mod:`layerbudget.kernels.packing`).
+For each ``j`` the tile of halfwords ``[BN, 2C]`` becomes, with one shift and one mask-and-exponent
+per word (both halves at once), the 16-bit floats ``2**BITS + q``, the left operand of a ``tl.dot``
+whose right operand is that contiguous slice of activations: no reshape, no permute and no
+shared-memory round trip of the weights (Triton keeps the elementwise chain in the dot operand's
+registers). A second dot with a tile of ones gives the sums of the same activations, so a group's
+run of fields enters as ``s * (Σ (2**BITS + q) x - (2**BITS + z) Σ x)`` in fp32 after its dots.
 3-bit codes add one dot per field for the high plane (:func:`high_programs`). Split-K programs meet in
 the shared workspace as in :func:`~.triton_common.finish_tile`.
 """
@@ -86,66 +83,55 @@ def _field(h16, j: tl.constexpr, BITS: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
-def _activations(x_rows, lo_ok, hi_ok, start, H: tl.constexpr, CU: tl.constexpr, j: tl.constexpr,
-                 WIDTH: tl.constexpr):
-    """The dot's right operand ``[2 CU, WIDTH]``: row ``2 u + h`` is value ``start + (h H + j) CU + u`` (the
-    weight tile's unit and halfword), read from ``x_rows`` (``[WIDTH, CU]`` pointers to each column's
-    activation row, unit ``u``) where ``lo_ok`` (low halves) and ``hi_ok`` (high halves) hold."""
-    lo = tl.load(x_rows + start + j * CU, mask=lo_ok, other=0.0)
-    hi = tl.load(x_rows + start + (H + j) * CU, mask=hi_ok, other=0.0)
-    return tl.trans(tl.reshape(tl.join(lo, hi), (WIDTH, 2 * CU)))
+def _activations(x_rows, ok, start):
+    """The dot's right operand ``[2 CU, ROWS]``: values ``start ..`` of the activation rows (``x_rows``: ``[ROWS,
+    2 CU]`` pointers to each row's first ``2 CU`` values, read where ``ok``)."""
+    return tl.trans(tl.load(x_rows + start, mask=ok, other=0.0))
 
 
 @triton.jit
 def _tc_fields_kernel(
     x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, RUN: tl.constexpr, DUAL: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, RUN: tl.constexpr,
     PROGRAMS: tl.constexpr, HIGH: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """``RUN`` fields of each halfword lie in one group for every chunk (a divisor of both ``H`` and the
-    fields per group); their dots share one pair of fp32 accumulators, closed with the run's scale and zero.
-    3 bits: the low plane's 2-bit fields give ``4 + lo`` and the high plane, read as bytes (byte ``2u + h``
-    holds the high bits of halfword ``h`` of unit ``u``), ``32 + 4 hi`` in a second dot into the same sums:
+    fields per group, ``GROUP / 2 CU``); their dots share one pair of fp32 accumulators, closed with the run's
+    scale and zero. 3 bits: the low plane's 2-bit fields give ``4 + lo`` and the high plane, read as bytes
+    (byte ``s`` holds the high bits of halfword ``s``), ``32 + 4 hi`` in a second dot into the same sums:
     ``36 + q`` in all."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     H: tl.constexpr = 8 if BITS == 3 else 16 // BITS
     LOW: tl.constexpr = 2 if BITS == 3 else BITS  # bits of each halfword field
     OFFSET: tl.constexpr = 36 if BITS == 3 else 1 << BITS  # what the dots add to every code
     V: tl.constexpr = 2 * H * CU
-    WIDTH: tl.constexpr = 2 * ROWS if DUAL else ROWS
     pid_n = tl.program_id(0)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, N - 1)[:, None]  # [BN, 1]; rows past N read row N - 1 (never stored)
-    col = tl.arange(0, WIDTH)
-    m_col = tl.program_id(2) * ROWS + col % ROWS  # the activation row of each dot column
-    upper = (col >= ROWS)[None, :]
-    x_rows = x_ptr + tl.minimum(m_col, M - 1)[:, None] * stride_xm + tl.arange(0, CU)[None, :]  # [WIDTH, CU]
-    lo_ok = (m_col < M)[:, None]
-    hi_ok = lo_ok
-    if DUAL:  # columns below ROWS see only the low halves, the others only the high ones
-        lo_ok = lo_ok & (col < ROWS)[:, None]
-        hi_ok = hi_ok & (col >= ROWS)[:, None]
+    offs_m = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    x_rows = x_ptr + tl.minimum(offs_m, M - 1)[:, None] * stride_xm + tl.arange(0, 2 * CU)[None, :]  # [ROWS, 2 CU]
+    x_ok = (offs_m < M)[:, None]
     halves = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + tl.arange(0, 2 * CU)[None, :]
     plane = packed_ptr.to(tl.pointer_type(tl.int8)) + rows * (4 * stride_pn) + K // 4 + tl.arange(0, 2 * CU)[None, :]
     ones = tl.full((BLOCK_N, 2 * CU), 1.0, DT)
-    acc = tl.zeros((BLOCK_N, WIDTH), tl.float32)
+    acc = tl.zeros((BLOCK_N, ROWS), tl.float32)
     first, last = _split_range(K // V, SPLIT_K)
     for c in range(first, last):
-        h16 = tl.load(halves + c * (2 * CU))  # [BN, 2 CU]: unit u's low halfword at 2u, high at 2u + 1
+        h16 = tl.load(halves + c * (2 * CU))  # [BN, 2 CU]: the chunk's halfwords
         if BITS == 3:
             hb = tl.load(plane + c * (2 * CU))  # [BN, 2 CU]: the high bits of the same halfwords
         for j in tl.static_range(H):
             if j % RUN == 0:
-                prod = tl.zeros((BLOCK_N, WIDTH), tl.float32)
-                xsum = tl.zeros((BLOCK_N, WIDTH), tl.float32)
+                prod = tl.zeros((BLOCK_N, ROWS), tl.float32)
+                xsum = tl.zeros((BLOCK_N, ROWS), tl.float32)
             if INLINE_PTX:
                 w = tl.inline_asm_elementwise(PROGRAMS[j], "=r,r", [h16], dtype=x_ptr.dtype.element_ty, is_pure=True,
                                               pack=2)
             else:
                 w = _field(h16, j, LOW, DT)
-            xt = _activations(x_rows, lo_ok, hi_ok, c * V, H, CU, j, WIDTH)
+            xt = _activations(x_rows, x_ok, c * V + j * (2 * CU))
             prod = tl.dot(w, xt, prod)
             if BITS == 3:
                 if INLINE_PTX:
@@ -155,18 +141,11 @@ def _tc_fields_kernel(
                     hi = (((hb.to(tl.int32) >> j) & 1) * 4 + 32).to(DT)
                 prod = tl.dot(hi, xt, prod)
             xsum = tl.dot(ones, xt, xsum)
-            if j % RUN == RUN - 1:  # the run ends: its group's scale and zero (each half's, where they differ)
-                g = (c * V + (j + 1 - RUN) * CU) // GROUP
+            if j % RUN == RUN - 1:  # the run ends: its group's scale and zero
+                g = (c * V + (j + 1 - RUN) * (2 * CU)) // GROUP
                 s = tl.load(scales_ptr + rows * stride_sn + g).to(tl.float32)
                 z = tl.load(zeros_ptr + rows * stride_sn + g).to(tl.float32)
-                if DUAL:
-                    g_hi = (c * V + (H + j + 1 - RUN) * CU) // GROUP
-                    s = tl.where(upper, tl.load(scales_ptr + rows * stride_sn + g_hi).to(tl.float32), s)
-                    z = tl.where(upper, tl.load(zeros_ptr + rows * stride_sn + g_hi).to(tl.float32), z)
                 acc += s * (prod - (z + OFFSET) * xsum)
-    if DUAL:
-        acc = tl.sum(tl.reshape(acc, (BLOCK_N, 2, ROWS)), axis=1)
-    offs_m = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
                 SPLIT_K)
@@ -175,9 +154,7 @@ def _tc_fields_kernel(
 def launch_constants(bits: int, group: int, k: int, bf16: bool, cfg: LaunchConfig, has_bias: bool) -> dict:
     """The kernel's compile-time constants for one launch (``aot_check`` compiles the same)."""
     cu, e = chunk_units(bits, k), fields_per_unit(bits)
-    fields_per_group = group // cu
-    return {"BITS": bits, "GROUP": group, "CU": cu, "RUN": math.gcd(fields_per_group, e // 2),
-            "DUAL": fields_per_group % e != 0, "PROGRAMS": field_programs(2 if bits == 3 else bits, bf16),
+    return {"BITS": bits, "GROUP": group, "CU": cu, "RUN": math.gcd(group // (2 * cu), e // 2), "PROGRAMS": field_programs(2 if bits == 3 else bits, bf16),
             "HIGH": high_programs(), "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k, "ROWS": cfg.block_m,
             "BLOCK_N": cfg.block_n}
 

@@ -4,10 +4,10 @@ Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs v
 
 A program owns ``BLOCK_N`` weight rows, up to ``BLOCK_M`` (1, 2 or 4) activation rows and one
 contiguous slice of the K chunks (split-K). Each step loads ``[BLOCK_N, BLOCK_C, C]`` packed
-units (16-byte loads along each chunk's ``C`` units), and for every field ``e`` of the units
-multiplies the extracted codes with the one contiguous slice of ``x`` that field covers (the
-interleaved layout of :mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no
-tensor-core tile, no reshape. Low-bit codes enter as ``q`` times a power of two (:func:`field_code`:
+units (16-byte loads along each chunk's ``C`` units), and for every field ``j`` of the units' halfwords
+multiplies the extracted codes of the low and then the high halfwords with the activations they
+cover (every other value of one contiguous slice: the halfword layout of
+:mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no tensor-core tile, no reshape. Low-bit codes enter as ``q`` times a power of two (:func:`field_code`:
 the code's bits under a zero fp16 exponent, two fields per word operation, one mask constant) and
 the zero point and scale are applied once per group and row: ``s * (Σ q x - z Σ x)``. With ``num_stages >= 2`` the low-bit kernel reads the
 next step's packed units, scales and zeros before it computes the current step (memory latency
@@ -48,10 +48,11 @@ __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
 
 
 @triton.jit
-def _x_row(x_ptr, m, stride_xm, M, idx, mask, EVEN: tl.constexpr):
-    """Activations of row ``m`` at value indices ``idx`` as fp32 (0 where masked, unless ``EVEN``: every index
-    exists). Rows past ``M`` read row ``M - 1``: their sums are never stored."""
-    return load_if(x_ptr + tl.minimum(m, M - 1) * stride_xm + idx, mask, EVEN).to(tl.float32)
+def _x_words(x_ptr, m, stride_xm, M, pidx, mask, EVEN: tl.constexpr):
+    """Activations of row ``m`` at value pairs ``pidx`` (values ``2 pidx`` and ``2 pidx + 1``), each pair one int32
+    word of two 16-bit floats (0 where masked, unless ``EVEN``: every index exists). Rows past ``M`` read row
+    ``M - 1``: their sums are never stored."""
+    return load_if(x_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(m, M - 1) * (stride_xm // 2) + pidx, mask, EVEN)
 
 
 @triton.jit
@@ -138,6 +139,7 @@ def _gemv_lowbit_kernel(
     ``N - 1`` (never stored)."""
     E: tl.constexpr = 16 if BITS == 3 else 32 // BITS
     V: tl.constexpr = E * CU
+    XBF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
     pid_n = tl.program_id(0)
     m0 = tl.program_id(2) * BLOCK_M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -164,11 +166,11 @@ def _gemv_lowbit_kernel(
         else:
             words, high, s, cz = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks,
                                               stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
-        kbase = c * V + vv  # value index of field 0
-        for e in tl.static_range(E):
-            if e % FLUSH == 0:  # a new quantization group starts at this field
-                if e > 0:
-                    g = (tl.minimum(c, num_chunks - 1) * V + e * CU) // GROUP  # [1, BC, 1]
+        pbase = c * (V // 2) + vv  # activation pair of field 0 of each unit: its low and high halfword's values
+        for t in tl.static_range(E):  # field t // 2 of the low halfwords, then of the high ones
+            if t % FLUSH == 0:  # a new quantization group starts at this field
+                if t > 0:
+                    g = (tl.minimum(c, num_chunks - 1) * V + (t // 2) * (2 * CU)) // GROUP  # [1, BC, 1]
                     s, cz = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, None, BITS, True)
                 p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
@@ -178,23 +180,30 @@ def _gemv_lowbit_kernel(
                 xs1 = tl.zeros((1, BLOCK_C, CU), tl.float32)
                 xs2 = tl.zeros((1, BLOCK_C, CU), tl.float32)
                 xs3 = tl.zeros((1, BLOCK_C, CU), tl.float32)
-            f = field_code(words, high, e, BITS)  # q * 2**(position - 24)
-            idx = kbase + e * CU
-            x0 = _x_row(x_ptr, m0, stride_xm, M, idx, c_ok, EVEN)
+            f = field_code(words, high, (t % 2) * (E // 2) + t // 2, BITS)  # q * 2**(position - 24)
+            if t % 2 == 0:  # the activation pairs of field t // 2, read once for both halfwords
+                pidx = pbase + (t // 2) * CU
+                w0 = _x_words(x_ptr, m0, stride_xm, M, pidx, c_ok, EVEN)
+                if BLOCK_M > 1:
+                    w1 = _x_words(x_ptr, m0 + 1, stride_xm, M, pidx, c_ok, EVEN)
+                if BLOCK_M > 2:
+                    w2 = _x_words(x_ptr, m0 + 2, stride_xm, M, pidx, c_ok, EVEN)
+                    w3 = _x_words(x_ptr, m0 + 3, stride_xm, M, pidx, c_ok, EVEN)
+            x0 = half_to_float(w0, t % 2 == 1, XBF16)
             p0 += f * x0
             xs0 += x0
             if BLOCK_M > 1:
-                x1 = _x_row(x_ptr, m0 + 1, stride_xm, M, idx, c_ok, EVEN)
+                x1 = half_to_float(w1, t % 2 == 1, XBF16)
                 p1 += f * x1
                 xs1 += x1
             if BLOCK_M > 2:
-                x2 = _x_row(x_ptr, m0 + 2, stride_xm, M, idx, c_ok, EVEN)
-                x3 = _x_row(x_ptr, m0 + 3, stride_xm, M, idx, c_ok, EVEN)
+                x2 = half_to_float(w2, t % 2 == 1, XBF16)
+                x3 = half_to_float(w3, t % 2 == 1, XBF16)
                 p2 += f * x2
                 xs2 += x2
                 p3 += f * x3
                 xs3 += x3
-            if e % FLUSH == FLUSH - 1:  # the group ends
+            if t % FLUSH == FLUSH - 1:  # the group ends
                 acc0, acc1, acc2, acc3 = _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3, s,
                                                       cz, BLOCK_M)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
@@ -359,7 +368,7 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = _buffers(x, m, n, grid, cfg.split_k)
     _gemv_lowbit_kernel[grid](
-        x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
+        _aligned(x), weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=cu,
         FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)), EVEN=(k // chunk) % block_c == 0,

@@ -36,7 +36,7 @@ from layerbudget.profiles.calibration import first_block_inputs, outlier_ratio, 
 from layerbudget.profiles.methods import UnitStats, compress, decode
 from layerbudget.storage import atomic_dir, content_hash, database_dir, file_hash
 
-DB_VERSION = 4  # 4: codes packed in the kernels' interleaved layout (format version 2)
+DB_VERSION = 5  # 5: codes packed in halfword units (packed format version 3)
 INDEX_HASH = "index.sha256"  # the sha256 of index.json, written beside it
 
 

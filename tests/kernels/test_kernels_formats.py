@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerbudget.kernels.packing import FORMAT_VERSION
+from layerbudget.kernels.packing import FORMAT_VERSIONS
 from layerbudget.kernels.quant import dequantize_groupwise, quantize_groupwise
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 
@@ -44,7 +44,11 @@ def test_from_tensors_rejects_other_versions(gen: torch.Generator) -> None:
     t["format_version"] = torch.tensor(99)
     with pytest.raises(ValueError, match="version 99"):
         PackedQuantWeight.from_tensors(t)
-    t["format_version"] = torch.tensor(FORMAT_VERSION)
+    t["format_version"] = torch.tensor(FORMAT_VERSIONS[32])  # word units: what the 2:4 formats store
+    with pytest.raises(ValueError, match="version 2; expected 3"):
+        PackedQuantWeight.from_tensors(t)
+    assert PackedQuantWeight.from_tensors(t, unit=32).unit == 32
+    t["format_version"] = torch.tensor(FORMAT_VERSIONS[16])
     del t["packed"]
     with pytest.raises(ValueError, match="missing tensor 'packed'"):
         PackedQuantWeight.from_tensors(t)

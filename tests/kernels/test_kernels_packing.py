@@ -7,7 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerbudget.kernels.packing import PACK_BITS, chunk_units, k_multiple, pack, unpack, words_per_row
+from layerbudget.kernels.packing import (
+    PACK_BITS,
+    UNIT_BITS,
+    chunk_units,
+    k_multiple,
+    pack,
+    unpack,
+    words_per_row,
+)
 
 
 @st.composite
@@ -29,49 +37,71 @@ def codes_case(draw: st.DrawFn) -> tuple[torch.Tensor, int]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(codes_case())
-def test_pack_unpack_round_trip(case: tuple[torch.Tensor, int]) -> None:
+@given(codes_case(), st.sampled_from(UNIT_BITS))
+def test_pack_unpack_round_trip(case: tuple[torch.Tensor, int], unit: int) -> None:
     codes, bits = case
-    packed = pack(codes, bits)
+    packed = pack(codes, bits, unit=unit)
     k = codes.shape[-1]
     assert packed.dtype == torch.int32
     assert packed.shape == (*codes.shape[:-1], words_per_row(bits, k))
     assert packed.numel() * 4 * 8 == bits * codes.numel()  # no wasted bit
-    assert torch.equal(unpack(packed, bits, k), codes)
+    assert torch.equal(unpack(packed, bits, k, unit=unit), codes)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(PACK_BITS), st.integers(1, 4), st.integers(0, 2**31 - 1))
-def test_unpack_pack_round_trip_on_any_words(bits: int, runs: int, seed: int) -> None:
+@given(st.sampled_from(PACK_BITS), st.integers(1, 4), st.integers(0, 2**31 - 1), st.sampled_from(UNIT_BITS))
+def test_unpack_pack_round_trip_on_any_words(bits: int, runs: int, seed: int, unit: int) -> None:
     """Every int32 bit pattern is a valid packing: unpack then pack gives the same words."""
     k = 32 * runs
     g = torch.Generator().manual_seed(seed)
     words = torch.randint(-(2**31), 2**31, (3, words_per_row(bits, k)), generator=g, dtype=torch.int64)
     words = words.to(torch.int32)
-    assert torch.equal(pack(unpack(words, bits, k), bits), words)
+    assert torch.equal(pack(unpack(words, bits, k, unit=unit), bits, unit=unit), words)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_documented_layout_power_of_two(bits: int) -> None:
+def test_documented_layout_halfword_units(bits: int) -> None:
+    per = 16 // bits  # fields per halfword
+    k = per * 32  # one chunk of C = 16 words, 2C = 32 halfwords
+    assert chunk_units(bits, k) == 16
+    codes = torch.zeros(1, k, dtype=torch.uint8)
+    codes[0, 1 * 32 + 5] = 1  # value j*2C + s with j = 1, s = 5 -> halfword 5 (word 2, high half), field 1
+    expect = [0] * 16
+    expect[2] = 1 << (16 + bits)
+    assert pack(codes, bits).tolist() == [expect]
+    small = torch.zeros(1, per * 4, dtype=torch.uint8)  # K = 2E: chunks of C = 2 words, 4 halfwords
+    small[0, 4 + 1] = 1  # j = 1, s = 1: word 0, high half, field 1
+    assert pack(small, bits).tolist() == [[1 << (16 + bits), 0]]
+
+
+def test_documented_layout_three_bit_halfword_units() -> None:
+    codes = torch.zeros(1, 64, dtype=torch.uint8)  # C = 4 words per chunk: 8 halfwords of 8 two-bit fields
+    codes[0, 5 * 8 + 3] = 0b110  # j = 5, s = 3: low bits 0b10 in halfword 3 (word 1, high half) at bit 10,
+    # the high bit in byte 3 of the high plane (word 4) at bit 5
+    assert pack(codes, 3).tolist() == [[0, 0b10 << (16 + 10), 0, 0, 1 << (24 + 5), 0]]
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_documented_layout_word_units(bits: int) -> None:
     per = 32 // bits
     codes = torch.zeros(1, per * 16, dtype=torch.uint8)  # one chunk of C = 16 words
     codes[0, 3 * 16 + 5] = 1  # value e*C + v with e = 3, v = 5 -> word 5, field 3
     assert chunk_units(bits, per * 16) == 16
     expect = [0] * 16
     expect[5] = 1 << (3 * bits)
-    assert pack(codes, bits).tolist() == [expect]
+    assert pack(codes, bits, unit=32).tolist() == [expect]
     small = torch.zeros(1, per * 2, dtype=torch.uint8)  # K = 2E: chunks of C = 2 words
     small[0, per + 1] = 1  # e = per / 2, v = 1
-    assert pack(small, bits).tolist() == [[0, 1 << 16]]
+    assert pack(small, bits, unit=32).tolist() == [[0, 1 << 16]]
 
 
-def test_documented_layout_three_bit() -> None:
+def test_documented_layout_three_bit_word_units() -> None:
     codes = torch.zeros(1, 64, dtype=torch.uint8)  # E = 16 fields per unit, C = 4 units per chunk
     codes[0, 7 * 4 + 2] = 0b110  # e = 7, v = 2: low bits 0b10 in low word 2 at bit 14, high bit in halfword 2 at bit 7
-    assert pack(codes, 3).tolist() == [[0, 0, 0b10 << 14, 0, 0, 1 << 7]]
+    assert pack(codes, 3, unit=32).tolist() == [[0, 0, 0b10 << 14, 0, 0, 1 << 7]]
     codes[0, 7 * 4 + 2] = 0
     codes[0, 15 * 4 + 3] = 0b100  # high bit of e = 15, v = 3: bit 15 of halfword 3, the sign bit of word 4 + 1
-    assert pack(codes, 3)[0, 5].item() == -(2**31)
+    assert pack(codes, 3, unit=32)[0, 5].item() == -(2**31)
 
 
 def test_chunk_can_be_chosen() -> None:
@@ -80,6 +110,8 @@ def test_chunk_can_be_chosen() -> None:
         assert torch.equal(unpack(pack(codes, 4, chunk), 4, 256, chunk), codes)
     with pytest.raises(ValueError, match="chunk"):
         pack(codes, 4, 24)
+    with pytest.raises(ValueError, match="unit"):
+        pack(codes, 4, unit=8)
 
 
 @pytest.mark.parametrize(

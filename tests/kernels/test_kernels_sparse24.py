@@ -90,7 +90,7 @@ def test_sparse_quant_matches_grid_on_kept_values(bits: int, group_size: int | N
     dense = magnitude_prune_24(torch.randn(n, k, generator=gen))
     sq = Sparse24QuantWeight.from_dense(dense, bits, group_size)
     kept = Sparse24Weight.from_dense(dense)
-    ref = PackedQuantWeight.from_dense(kept.values, bits, group_size)  # groups along the compressed axis
+    ref = PackedQuantWeight.from_dense(kept.values, bits, group_size, unit=32)  # groups along the compressed axis
     assert torch.equal(sq.values.packed, ref.packed)
     expect = Sparse24Weight(ref.dequantize(), kept.meta, (n, k)).to_dense()
     assert torch.equal(sq.to_dense(), expect)
