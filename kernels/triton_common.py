@@ -167,6 +167,29 @@ def pair_halves(pairs, DT: tl.constexpr):
 
 
 @triton.jit
+def sub_f16x2(a, b):
+    """``a - b`` on the two fp16 halves of int32 words, rounded to fp16 (one ``sub.f16x2`` with ``INLINE_PTX``;
+    otherwise it works on the halves). Exact for codes and zeros in :func:`field_code`'s units."""
+    if INLINE_PTX:
+        out = tl.inline_asm_elementwise("sub.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                        pack=1)
+    else:
+        out = a * 0
+        for h in tl.static_range(2):
+            diff = ((a >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
+                    - (b >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True))
+            out = out | ((diff.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << (16 * h))
+    return out
+
+
+@triton.jit
+def half_pair(v):
+    """fp32 ``v`` rounded to fp16, in both halves of an int32 word (the second operand of :func:`sub_f16x2`)."""
+    bits = v.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return bits | (bits << 16)
+
+
+@triton.jit
 def sub_mul_f16x2(a, b, c):
     """``(a - b) * c`` on the two fp16 halves of int32 words, each operation rounded to fp16 (one
     ``sub.f16x2`` and one ``mul.f16x2`` with ``INLINE_PTX``; otherwise it works on the halves)."""

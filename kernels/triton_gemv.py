@@ -6,10 +6,12 @@ A program owns ``BLOCK_N`` weight rows, up to ``BLOCK_M`` (1, 2 or 4) activation
 contiguous slice of the K chunks (split-K). Each step loads ``[BLOCK_N, BLOCK_C, C]`` packed
 units (16-byte loads along each chunk's ``C`` units), and for every field ``j`` of the units' halfwords
 multiplies the extracted codes of the low and then the high halfwords with the activations they
-cover (every other value of one contiguous slice: the halfword layout of
-:mod:`layerbudget.kernels.packing`), accumulating in fp32 registers; no tensor-core tile, no reshape. Low-bit codes enter as ``q`` times a power of two (:func:`field_code`:
-the code's bits under a zero fp16 exponent, two fields per word operation, one mask constant) and
-the zero point and scale are applied once per group and row: ``s * (Σ q x - z Σ x)``. With ``num_stages >= 2`` the low-bit kernel reads the
+cover (a word of two activations serves both: the halfword layout of :mod:`layerbudget.kernels.packing`),
+accumulating in fp32 registers; no tensor-core tile, no reshape. Low-bit codes enter as ``q - z``
+times a power of two: the codes' bits under a zero fp16 exponent (:func:`~.triton_common.pair_bits`, two
+fields per word operation, one mask constant), less the zero in the same units with one ``sub.f16x2``
+for both (exact: integers below 2**10 times a power of two), then converted to fp32; the scale is
+applied once per group and row: ``s * Σ (q - z) x``. With ``num_stages >= 2`` the low-bit kernel reads the
 next step's packed units, scales and zeros before it computes the current step (memory latency
 overlaps arithmetic, for more registers); with 1 it reads each step where it starts.
 2:4 kernels take a group's two kept values together and pick their two activations out of the group's
@@ -31,14 +33,16 @@ from .triton_common import (
     INTERPRET,
     arrive,
     below,
-    field_code,
     group_scale,
     half_float,
+    half_pair,
     half_to_float,
     load_if,
+    pair_bits,
     prmt,
     release,
     store_out,
+    sub_f16x2,
     take,
 )
 from .triton_pairs import code_pairs, meta_pairs, pair_codes, pair_words, pick_selector
@@ -91,15 +95,14 @@ def _finish(r0, r1, r2, r3, out_ptr, bias_ptr, ws_ptr, lock_ptr, m0, offs_n, M, 
 
 
 @triton.jit
-def _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3, s, cz, BLOCK_M: tl.constexpr):
-    """A quantization group ends: each row's sums enter as ``s * (Σ w x - cz Σ x)`` (``w`` the codes as the
-    kernel reads them, ``cz`` the zero in the same units)."""
-    acc0 += s * (p0 - cz * xs0)
+def _scale_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, s, BLOCK_M: tl.constexpr):
+    """A quantization group ends: each row's sums (of codes less the zero) enter as ``s * Σ (q - z) x``."""
+    acc0 += s * p0
     if BLOCK_M > 1:
-        acc1 += s * (p1 - cz * xs1)
+        acc1 += s * p1
     if BLOCK_M > 2:
-        acc2 += s * (p2 - cz * xs2)
-        acc3 += s * (p3 - cz * xs3)
+        acc2 += s * p2
+        acc3 += s * p3
     return acc0, acc1, acc2, acc3
 
 
@@ -176,11 +179,9 @@ def _gemv_lowbit_kernel(
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
-                xs0 = tl.zeros((1, BLOCK_C, CU), tl.float32)
-                xs1 = tl.zeros((1, BLOCK_C, CU), tl.float32)
-                xs2 = tl.zeros((1, BLOCK_C, CU), tl.float32)
-                xs3 = tl.zeros((1, BLOCK_C, CU), tl.float32)
-            f = field_code(words, high, (t % 2) * (E // 2) + t // 2, BITS)  # q * 2**(position - 24)
+            if t % 2 == 0:  # field t // 2 of both halfwords less the zero: (q - z) * 2**(position - 24), exact
+                fz = sub_f16x2(pair_bits(words, high, words * 0 + t // 2, BITS, False), half_pair(cz))
+            f = half_float(fz, t % 2 == 1)
             if t % 2 == 0:  # the activation pairs of field t // 2, read once for both halfwords
                 pidx = pbase + (t // 2) * CU
                 w0 = _x_words(x_ptr, m0, stride_xm, M, pidx, c_ok, EVEN)
@@ -189,23 +190,14 @@ def _gemv_lowbit_kernel(
                 if BLOCK_M > 2:
                     w2 = _x_words(x_ptr, m0 + 2, stride_xm, M, pidx, c_ok, EVEN)
                     w3 = _x_words(x_ptr, m0 + 3, stride_xm, M, pidx, c_ok, EVEN)
-            x0 = half_to_float(w0, t % 2 == 1, XBF16)
-            p0 += f * x0
-            xs0 += x0
+            p0 += f * half_to_float(w0, t % 2 == 1, XBF16)
             if BLOCK_M > 1:
-                x1 = half_to_float(w1, t % 2 == 1, XBF16)
-                p1 += f * x1
-                xs1 += x1
+                p1 += f * half_to_float(w1, t % 2 == 1, XBF16)
             if BLOCK_M > 2:
-                x2 = half_to_float(w2, t % 2 == 1, XBF16)
-                x3 = half_to_float(w3, t % 2 == 1, XBF16)
-                p2 += f * x2
-                xs2 += x2
-                p3 += f * x3
-                xs3 += x3
+                p2 += f * half_to_float(w2, t % 2 == 1, XBF16)
+                p3 += f * half_to_float(w3, t % 2 == 1, XBF16)
             if t % FLUSH == FLUSH - 1:  # the group ends
-                acc0, acc1, acc2, acc3 = _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3, s,
-                                                      cz, BLOCK_M)
+                acc0, acc1, acc2, acc3 = _scale_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, s, BLOCK_M)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     _finish(_row_sums(acc0), _row_sums(acc1), _row_sums(acc2), _row_sums(acc3), out_ptr, bias_ptr, ws_ptr,
             lock_ptr, m0, offs_n, M, N, stride_om, tile_id, HAS_BIAS, SPLIT_K, BLOCK_M)
@@ -223,16 +215,12 @@ def _x_pair(x_ptr, m, stride_xm, M, kh, mask, sel, BF16: tl.constexpr, EVEN: tl.
 
 
 @triton.jit
-def _take_row(x_ptr, m, stride_xm, M, kh, c_ok, sel, wa, wb, p, xs, XBF16: tl.constexpr, EVEN: tl.constexpr,
-              QUANT: tl.constexpr):
-    """Row ``m``'s share of one field: ``p += wa x[p0] + wb x[p1]``, and with ``QUANT`` also ``xs += x[p0] + x[p1]``."""
+def _take_row(x_ptr, m, stride_xm, M, kh, c_ok, sel, wa, wb, p, XBF16: tl.constexpr, EVEN: tl.constexpr):
+    """Row ``m``'s share of one field: ``p += wa x[p0] + wb x[p1]``."""
     xa, xb = _x_pair(x_ptr, m, stride_xm, M, kh, c_ok, sel, XBF16, EVEN)
     p += wa * xa
     p += wb * xb
-    if QUANT:
-        xs += xa
-        xs += xb
-    return p, xs
+    return p
 
 
 @triton.jit
@@ -247,7 +235,9 @@ def _gemv_sparse24_kernel(
 
     The two kept values of a group are handled together: their positions select the pair's two
     activations out of the group's four with one ``prmt`` (no gather), and their values (two
-    16-bit values in one word, or two codes of neighbouring units) are multiplied with them. A
+    16-bit values in one word, or two codes of neighbouring units less their group's zero, one
+    ``sub.f16x2`` for both, exact) are multiplied with them; a quantization group's sums take its scale
+    once. A
     group's pair sits in neighbouring units of one field (``CU`` > 1) or in fields ``e, e + 1`` of one
     unit (``CU`` = 1); with ``QUANT`` code units and position units line up (see :mod:`.sparse24`).
     Rows past ``N`` read row ``N - 1`` (never stored); ``EVEN``: every step's chunks exist, so no load
@@ -276,12 +266,8 @@ def _gemv_sparse24_kernel(
     p1 = acc0
     p2 = acc0
     p3 = acc0
-    xs0 = acc0
-    xs1 = acc0
-    xs2 = acc0
-    xs3 = acc0
     s = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.float32)
-    cz = s
+    zz = s.to(tl.int32)
     meta_base = meta_pairs(meta_ptr, rows, stride_mn, E, CU)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc
@@ -297,16 +283,13 @@ def _gemv_sparse24_kernel(
                 if e % FLUSH == 0:  # a new quantization group starts at this field
                     s, cz = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, (c * V + e * CU) // GROUP, c_ok, BITS,
                                          EVEN)
+                    zz = half_pair(cz)  # the zero in the codes' fp16 units (exact), in both halves
                     p0 = tl.zeros((BLOCK_N, BLOCK_C, CP), tl.float32)
                     p1 = p0
                     p2 = p0
                     p3 = p0
-                    xs0 = p0
-                    xs1 = p0
-                    xs2 = p0
-                    xs3 = p0
-                two = pair_codes(lo, hi, hw_lo, hw_hi, e >= H, e % H, BITS, False)
-                wa = half_float(two, False)  # the pair's two codes, as field_code reads them
+                two = sub_f16x2(pair_codes(lo, hi, hw_lo, hw_hi, e >= H, e % H, BITS, False), zz)
+                wa = half_float(two, False)  # the pair's two codes less the zero, as field_code reads codes
                 wb = half_float(two, True)
             elif values_ptr.dtype.element_ty == tl.float32:
                 wa = load_if(values_ptr + rows * stride_vn + 2 * kh, c_ok, EVEN)
@@ -315,16 +298,20 @@ def _gemv_sparse24_kernel(
                 two = load_if(values_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_vn // 2) + kh, c_ok, EVEN)
                 wa = half_to_float(two, False, VBF16)
                 wb = half_to_float(two, True, VBF16)
-            p0, xs0 = _take_row(x_ptr, m0, stride_xm, M, kh, c_ok, sel, wa, wb, p0, xs0, XBF16, EVEN, QUANT)
+            p0 = _take_row(x_ptr, m0, stride_xm, M, kh, c_ok, sel, wa, wb, p0, XBF16, EVEN)
             if BLOCK_M > 1:
-                p1, xs1 = _take_row(x_ptr, m0 + 1, stride_xm, M, kh, c_ok, sel, wa, wb, p1, xs1, XBF16, EVEN, QUANT)
+                p1 = _take_row(x_ptr, m0 + 1, stride_xm, M, kh, c_ok, sel, wa, wb, p1, XBF16, EVEN)
             if BLOCK_M > 2:
-                p2, xs2 = _take_row(x_ptr, m0 + 2, stride_xm, M, kh, c_ok, sel, wa, wb, p2, xs2, XBF16, EVEN, QUANT)
-                p3, xs3 = _take_row(x_ptr, m0 + 3, stride_xm, M, kh, c_ok, sel, wa, wb, p3, xs3, XBF16, EVEN, QUANT)
+                p2 = _take_row(x_ptr, m0 + 2, stride_xm, M, kh, c_ok, sel, wa, wb, p2, XBF16, EVEN)
+                p3 = _take_row(x_ptr, m0 + 3, stride_xm, M, kh, c_ok, sel, wa, wb, p3, XBF16, EVEN)
             if QUANT:
-                if (e + ESTEP) % FLUSH == 0:  # the group ends
-                    acc0, acc1, acc2, acc3 = _close_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, xs0, xs1, xs2, xs3,
-                                                          s, cz, BLOCK_M)
+                if (e + ESTEP) % FLUSH == 0:  # the group ends: its sums take the scale
+                    acc0 += s * p0
+                    if BLOCK_M > 1:
+                        acc1 += s * p1
+                    if BLOCK_M > 2:
+                        acc2 += s * p2
+                        acc3 += s * p3
     if not QUANT:
         acc0 = p0
         acc1 = p1
