@@ -306,12 +306,7 @@ def _gemv_sparse24_kernel(
                 p3 = _take_row(x_ptr, m0 + 3, stride_xm, M, kh, c_ok, sel, wa, wb, p3, XBF16, EVEN)
             if QUANT:
                 if (e + ESTEP) % FLUSH == 0:  # the group ends: its sums take the scale
-                    acc0 += s * p0
-                    if BLOCK_M > 1:
-                        acc1 += s * p1
-                    if BLOCK_M > 2:
-                        acc2 += s * p2
-                        acc3 += s * p3
+                    acc0, acc1, acc2, acc3 = _scale_group(acc0, acc1, acc2, acc3, p0, p1, p2, p3, s, BLOCK_M)
     if not QUANT:
         acc0 = p0
         acc1 = p1
