@@ -15,7 +15,9 @@ ask of instruction issue: a kernel that issues ``c`` instructions per weight (pe
 takes at least ``c * weights / 32 / ISSUE_RATE`` (one warp instruction per scheduler and cycle), and
 the table gives that floor as a share of the time the target allows (the measured fp16 time over
 the target speedup); above 100 % the target is out of reach of that kernel whatever its memory
-does. The counts are those of the launches at 8192x8192 (K does not change the loop body). fp16 times come from any CSV with ``n, k, m, format, ms_fp16`` columns (older bench CSVs too).
+does. At M = 256 the tensor-core kernel takes each weight once per tile of activation rows
+(``block_m`` of its launch), so the floor counts it that many times. The counts are those of the
+launches at 8192x8192 (K does not change the loop body). fp16 times come from any CSV with ``n, k, m, format, ms_fp16`` columns (older bench CSVs too).
 Exit status 2 on a file that is none of these kinds.
 """
 
@@ -27,6 +29,7 @@ import math
 import sys
 
 from layerbudget.kernels.bench import WRONG_REL_ERR
+from layerbudget.kernels.configs import pick_config
 
 HEADLINE = ((8192, 8192), (8192, 28672))
 # (format, M) -> speedup over fp16 to reach at every headline shape
@@ -41,6 +44,9 @@ BLOCK_COLUMNS = ("plan", "speedup_vs_fp16")
 FP16_COLUMNS = ("n", "k", "m", "format", "ms_fp16")
 SASS_COLUMNS = ("variant", "instructions_per_weight")
 PATHS = ("gemv", "tc", "dequant")
+# format -> (kernel format, bits, group) of its launches
+KERNEL_FORMATS = {"w4g128": ("lowbit", 4, 128), "w3g128": ("lowbit", 3, 128), "w2g64": ("lowbit", 2, 64),
+                  "2:4": ("sparse24", None, None), "2:4+w4g64": ("sparse24_quant", 4, 64)}
 ISSUE_RATE = 132 * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
 
 
@@ -86,18 +92,18 @@ def read_sass(path: str) -> dict[str, float]:
 
 
 def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
-    """Markdown rows: per target at M = 1 and 16 and kernel, the issue floor over the time the target allows."""
+    """Markdown rows: per target and kernel, the issue floor over the time the target allows."""
     lines = ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
              "|---|---|---|" + "---|" * len(HEADLINE)]
     for (fmt, m), target in TARGETS.items():
-        if m > 16:
-            continue
         name = "2:4 fp16" if fmt == "2:4" else fmt
+        kind, bits, group = KERNEL_FORMATS[fmt]
         for kernel in ("gemv", "tc") if m <= 4 else ("tc",):
             count = sass.get(f"{kernel} M={m} {name}", math.nan)
             cells = []
             for n, k in HEADLINE:
-                weights = n * k // (2 if fmt.startswith("2:4") else 1)
+                tiles = -(-m // pick_config(m, n, k, kind, kernel, bits, group).block_m)  # each weight once per tile
+                weights = tiles * n * k // (2 if fmt.startswith("2:4") else 1)
                 floor_ms = count * weights / 32 / ISSUE_RATE * 1e3
                 allowed_ms = fp16.get((m, (n, k)), math.nan) / target
                 share = floor_ms / allowed_ms

@@ -203,9 +203,9 @@ def test_kernel_targets_compare_the_best_right_path_at_every_headline_shape(tmp_
 def test_kernel_targets_give_the_issue_share_each_target_needs(tmp_path):
     # an older bench's CSV: only its fp16 times count
     (tmp_path / "old.csv").write_text("n,k,m,format,ms_fp16,ms_triton\n8192,8192,1,fp16,0.048,nan\n"
-                                      "8192,8192,1,w4g128,0.048,0.01\n")
+                                      "8192,8192,1,w4g128,0.048,0.01\n8192,8192,256,fp16,0.045,nan\n")
     (tmp_path / "sass.csv").write_text("arch,variant,instructions_per_weight\nsm_90,gemv M=1 w4g128,2.0\n"
-                                       "sm_90,gemv M=1 2:4+w4g64,4.0\n")
+                                       "sm_90,gemv M=1 2:4+w4g64,4.0\nsm_90,tc   M=256 w4g128,3.0\n")
     proc = bench("kernel_targets.py", str(tmp_path / "old.csv"), "--sass", str(tmp_path / "sass.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in proc.stdout.splitlines()}
@@ -214,6 +214,8 @@ def test_kernel_targets_give_the_issue_share_each_target_needs(tmp_path):
     # per kept value: half the weights, 48 / 3.5 us allowed
     assert "| 29% (4.0 of 13.7 µs) |" in rows[("2:4+w4g64", "1", "decode (4.00)")]
     assert rows[("w4g128", "1", "tensor-core (—)")].endswith("| — | — |")
+    # M = 256: the launch's tiles of 128 activation rows take every weight twice; 45 / 0.9 us allowed
+    assert "| 24% (12.0 of 50.0 µs) |" in rows[("w4g128", "256", "tensor-core (3.00)")]
     assert "| w4g128 | 1 | — / — (— vs tinygemm) |" in proc.stdout  # its fused time is not read
 
 
