@@ -147,11 +147,11 @@ def check_unit(unit: int) -> None:
         raise ValueError(f"`unit` must be one of {UNIT_BITS} bits, but got unit={unit}.")
 
 
-def _planes(bits: int, unit: int) -> list[tuple[int, int, int]]:
-    """``(code bits taken, field width, unit width)`` of each plane, in storage order."""
+def _planes(bits: int, unit: int) -> list[tuple[int, int]]:
+    """``(field width, unit width)`` of each plane, in storage order (the code's low bits first)."""
     if bits != 3:
-        return [(bits, bits, unit)]
-    return [(2, 2, unit), (1, 1, unit // 2)]
+        return [(bits, unit)]
+    return [(2, unit), (1, unit // 2)]
 
 
 def pack(codes: torch.Tensor, bits: int, chunk: int | None = None, unit: int = 16) -> torch.Tensor:
@@ -176,9 +176,9 @@ def pack(codes: torch.Tensor, bits: int, chunk: int | None = None, unit: int = 1
             f"but got values in [{int(c.min())}, {int(c.max())}]."
         )
     out, shift = [], 0
-    for taken, width, unit_width in _planes(bits, unit):
-        vals = (c >> shift) & ((1 << taken) - 1)
-        shift += taken
+    for width, unit_width in _planes(bits, unit):
+        vals = (c >> shift) & ((1 << width) - 1)
+        shift += width
         units = pack_units(vals, width, unit_width // width, chunk)
         out.append(_to_int32(units) if unit_width == 32 else _small_units_to_words(units, unit_width))
     return torch.cat(out, dim=-1)
@@ -199,10 +199,10 @@ def unpack(packed: torch.Tensor, bits: int, k: int, chunk: int | None = None, un
             f"but got shape {tuple(packed.shape)}."
         )
     codes, start, shift = 0, 0, 0
-    for taken, width, unit_width in _planes(bits, unit):
+    for width, unit_width in _planes(bits, unit):
         words = packed[..., start : start + k * width // 32]
         start += k * width // 32
         units = words.to(torch.int64) & 0xFFFFFFFF if unit_width == 32 else _words_to_small_units(words, unit_width)
         codes = codes | (unpack_units(units, width, unit_width // width, chunk) << shift)
-        shift += taken
+        shift += width
     return codes.to(torch.uint8)
