@@ -3,8 +3,10 @@
 # installed (layerbudget.* is mapped through a temporary folder of links):
 #   bash benchmarks/gpu_check.sh sweep OUT   # kernel tests on CUDA, then launch-config sweeps (data for kernels/configs.py)
 #   bash benchmarks/gpu_check.sh quick OUT   # kernel tests, the kernel bench at 8192x8192 and 8192x28672 (every
-#                                            # format), the Llama-block bench and the targets table
-#                                            # (benchmarks/kernel_targets.py); steps limited to 110, 120 and 60 s
+#                                            # format), the Llama-block bench, the targets table
+#                                            # (benchmarks/kernel_targets.py) and the dispatch votes of the
+#                                            # headline rows (benchmarks/fit_dispatch.py); steps limited to
+#                                            # 110, 120 and 60 s
 #   bash benchmarks/gpu_check.sh check OUT   # quick, then the other Llama and the MiniLM shapes, more M at
 #                                            # 4096x4096 and the dispatch thresholds fitted to the crossovers
 #                                            # (benchmarks/fit_dispatch.py)
@@ -57,6 +59,9 @@ else
   grep -E "M=1 |M=16 |M=256" "$out/bench-headline.txt" | cut -c1-150 | head -40
   timeout 60 python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
   python3 benchmarks/kernel_targets.py "$out/bench-headline.csv" "$out/block.csv" | tee "$out/targets.md"
+  # which kernel wins at each M of the headline shapes (check mode refits on every CSV below)
+  python3 benchmarks/fit_dispatch.py "$out/bench-headline.csv" > "$out/fit-dispatch-headline.txt" 2>&1
+  tail -2 "$out/fit-dispatch-headline.txt"
   if [ "$mode" = check ]; then
     timeout 70 $bench --tune --shapes 4096x4096,4096x14336,14336x4096 \
       --out "$out/bench-llama.csv" > "$out/bench-llama.txt" 2>&1
