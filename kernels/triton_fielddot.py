@@ -11,7 +11,8 @@ whose right operand is that contiguous slice of activations: no reshape, no perm
 shared-memory round trip of the weights (Triton keeps the elementwise chain in the dot operand's
 registers). A second dot with a tile of ones gives the sums of the same activations, so a group's
 run of fields enters as ``s * (Σ (2**BITS + q) x - (2**BITS + z) Σ x)`` in fp32 after its dots.
-3-bit codes add one dot per field for the high plane (:func:`high_programs`). Split-K programs meet in
+3-bit codes add one dot per field for the high plane, read as bytes widened to halfwords
+(:func:`high_programs`). Split-K programs meet in
 the shared workspace as in :func:`~.triton_common.finish_tile`.
 """
 
@@ -59,12 +60,11 @@ def field_programs(bits: int, bf16: bool) -> tuple[str, ...]:
 
 @functools.cache
 def high_programs() -> tuple[str, ...]:
-    """PTX per bit ``j`` of the 3-bit high plane, read as bytes (four at a time): move bit ``j`` of each byte to
-    its bit 7 (one shift), place bytes 0, 1 and 2, 3 in the halves of two words (two ``prmt``), keep the bit
-    and set the exponent of 32 (one ``lop3`` each): each half reads ``32 + 4 * bit``."""
-    return tuple("{ .reg .b32 t, u, v, z; mov.b32 z, 0; "
-                 f"shl.b32 t, $2, {7 - j}; prmt.b32 u, t, z, 0x4140; prmt.b32 v, t, z, 0x4342; "
-                 "lop3.b32 $0, u, 0x00800080, 0x50005000, 0xEA; lop3.b32 $1, v, 0x00800080, 0x50005000, 0xEA; }"
+    """PTX per bit ``j`` of the 3-bit high plane, its bytes widened to halfwords (two per word, sign-extended):
+    move bit ``j`` of each half to its bit 7 (one shift; what lands above bit 7 is masked), keep it and set
+    the exponent of 32 (one ``lop3``): each half reads ``32 + 4 * bit``. Both halves alike, so the order in
+    which Triton packs elements into a word does not matter."""
+    return tuple("{ .reg .b32 t; " f"shl.b32 t, $1, {7 - j}; lop3.b32 $0, t, 0x00800080, 0x50005000, 0xEA; }}"
                  for j in range(8))
 
 
@@ -100,7 +100,7 @@ def _tc_fields_kernel(
     """``RUN`` fields of each halfword lie in one group for every chunk (a divisor of both ``H`` and the
     fields per group, ``GROUP / 2 CU``); their dots share one pair of fp32 accumulators, closed with the run's
     scale and zero. 3 bits: the low plane's 2-bit fields give ``4 + lo`` and the high plane, read as bytes
-    (byte ``s`` holds the high bits of halfword ``s``), ``32 + 4 hi`` in a second dot into the same sums:
+    (byte ``s`` holds the high bits of halfword ``s``) widened to halfwords, ``32 + 4 hi`` in a second dot into the same sums:
     ``36 + q`` in all."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     H: tl.constexpr = 8 if BITS == 3 else 16 // BITS
@@ -121,7 +121,7 @@ def _tc_fields_kernel(
     for c in range(first, last):
         h16 = tl.load(halves + c * (2 * CU))  # [BN, 2 CU]: the chunk's halfwords
         if BITS == 3:
-            hb = tl.load(plane + c * (2 * CU))  # [BN, 2 CU]: the high bits of the same halfwords
+            hb = tl.load(plane + c * (2 * CU)).to(tl.int16)  # [BN, 2 CU]: the high bits of the same halfwords
         for j in tl.static_range(H):
             if j % RUN == 0:
                 prod = tl.zeros((BLOCK_N, ROWS), tl.float32)
@@ -135,8 +135,8 @@ def _tc_fields_kernel(
             prod = tl.dot(w, xt, prod)
             if BITS == 3:
                 if INLINE_PTX:
-                    hi = tl.inline_asm_elementwise(HIGH[j], "=r,=r,r", [hb], dtype=x_ptr.dtype.element_ty,
-                                                   is_pure=True, pack=4)
+                    hi = tl.inline_asm_elementwise(HIGH[j], "=r,r", [hb], dtype=x_ptr.dtype.element_ty,
+                                                   is_pure=True, pack=2)
                 else:
                     hi = (((hb.to(tl.int32) >> j) & 1) * 4 + 32).to(DT)
                 prod = tl.dot(hi, xt, prod)

@@ -106,32 +106,27 @@ def test_field_programs_read_codes_as_floats(bits: int, bf16: bool, gen: torch.G
 
 
 def test_high_plane_programs_read_bits_as_floats(gen: torch.Generator) -> None:
-    """The PTX of each bit of the 3-bit high plane (a shift, two ``prmt`` placing bytes 0, 1 and 2, 3 in the halves of
-    two words, then ``lop3`` with the mask and exponent), run on words in Python, reads bit ``j`` of each byte as the
-    fp16 ``32 + 4 * bit``."""
+    """The PTX of each bit of the 3-bit high plane (a shift, then ``lop3`` with the mask and exponent), run in
+    Python on words of two bytes widened to halfwords (sign-extended, as ``int8 -> int16`` does), reads bit
+    ``j`` of each byte as the fp16 ``32 + 4 * bit``."""
     import re
 
     from layerbudget.kernels.triton_fielddot import high_programs
 
-    def prmt(a: int, b: int, sel: int) -> int:
-        pool = a | (b << 32)
-        return sum(((pool >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+    def widen(byte: int) -> int:
+        return byte | (0xFF00 if byte & 0x80 else 0)
 
-    words = torch.randint(0, 2**32, (256,), generator=gen, dtype=torch.int64).tolist()
+    pairs = torch.randint(0, 256, (256, 2), generator=gen, dtype=torch.int64).tolist()
     for j, asm in enumerate(high_programs()):
-        shift = int(re.search(r"shl\.b32 t, \$2, (\d+);", asm).group(1))
-        sels = [int(v, 16) for v in re.findall(r"prmt\.b32 [uv], t, z, (0x[0-9a-f]+);", asm)]
-        lops = re.findall(r"lop3\.b32 \$([01]), ([uv]), (0x[0-9a-f]+), (0x[0-9a-f]+), 0xEA;", asm)
-        assert len(sels) == 2 and len(lops) == 2, asm
-        for w in words:
-            t = (w << shift) & 0xFFFFFFFF
-            regs = {"u": prmt(t, 0, sels[0]), "v": prmt(t, 0, sels[1])}
-            for out, src, mask, exp in lops:
-                word = (regs[src] & int(mask, 16)) | int(exp, 16)
-                for half in (0, 1):
-                    byte = (w >> (8 * (2 * int(out) + half))) & 0xFF
-                    pattern = torch.tensor([(word >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
-                    assert pattern.view(torch.float16).item() == 32 + 4 * ((byte >> j) & 1), (j, hex(w), out, half)
+        shift = int(re.search(r"shl\.b32 t, \$1, (\d+);", asm).group(1))
+        lop = re.search(r"lop3\.b32 \$0, t, (0x[0-9a-f]+), (0x[0-9a-f]+), 0xEA;", asm)
+        assert lop, asm
+        for b0, b1 in pairs:
+            word = widen(b0) | (widen(b1) << 16)
+            out = (((word << shift) & 0xFFFFFFFF) & int(lop.group(1), 16)) | int(lop.group(2), 16)
+            for half, byte in enumerate((b0, b1)):
+                pattern = torch.tensor([(out >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
+                assert pattern.view(torch.float16).item() == 32 + 4 * ((byte >> j) & 1), (j, b0, b1, half)
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "tc"])
