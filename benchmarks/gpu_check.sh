@@ -5,17 +5,33 @@
 #   bash benchmarks/gpu_check.sh quick OUT   # kernel tests, the kernel bench at 8192x8192 and 8192x28672 (every
 #                                            # format), the Llama-block bench, the targets table
 #                                            # (benchmarks/kernel_targets.py) and the dispatch votes of the
-#                                            # headline rows (benchmarks/fit_dispatch.py); steps limited to
-#                                            # 110, 120 and 60 s
+#                                            # headline rows (benchmarks/fit_dispatch.py), all within
+#                                            # GPU_CHECK_SECONDS (default 230) from the start
 #   bash benchmarks/gpu_check.sh check OUT   # quick, then the other Llama and the MiniLM shapes, more M at
 #                                            # 4096x4096 and the dispatch thresholds fitted to the crossovers
 #                                            # (benchmarks/fit_dispatch.py)
 # Kernel tests that fail are rerun with LAYERBUDGET_INLINE_PTX=0; when that passes, the benchmarks use that build.
-# Every step has its own time limit, so one that hangs cannot eat the others' time; the files land in OUT.
+# Every step has its own time limit, so one that hangs cannot eat the others' time: up to the Llama block a step
+# takes at most its share of GPU_CHECK_SECONDS and leaves the later steps theirs (a step left under 5 s is skipped,
+# and says so); check and sweep add their own steps after that. The files land in OUT.
 set -uo pipefail
 mode=${1:?sweep, quick or check}
 case "$mode" in sweep|quick|check) ;; *) echo "gpu_check: mode must be sweep, quick or check, not '$mode'" >&2; exit 2;; esac
 out=${2:?output folder}
+total=${GPU_CHECK_SECONDS:-230}
+case "$total" in ''|*[!0-9]*) echo "gpu_check: GPU_CHECK_SECONDS must be a whole number of seconds, not '$total'" >&2; exit 2;; esac
+# limit CAP RESERVE: seconds for the next step, at most CAP % of the total, leaving RESERVE % of it for later steps
+limit() {
+  local cap=$((total * $1 / 100)) left=$((total - SECONDS - total * $2 / 100))
+  echo $((left < cap ? left : cap))
+}
+exec 3>&1  # the script's own output, for notes from steps whose output goes to files
+# run NAME SECONDS COMMAND...: COMMAND under timeout, or a note that NAME had no time left
+run() {
+  local name=$1 secs=$2; shift 2
+  if [ "$secs" -lt 5 ]; then echo "$name: skipped, no time left of GPU_CHECK_SECONDS=$total" >&3; return 124; fi
+  timeout "$secs" "$@"
+}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 shim=$(mktemp -d)
@@ -28,14 +44,15 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 start=$SECONDS
 tests="python3 -m pytest -q -n 14 -o cache_dir=$shim/pytest-cache tests/kernels"
-timeout 110 $tests --maxfail=20 --deselect tests/kernels/test_kernels_aot.py::test_kernels_compile_for_sm90_without_a_gpu \
+run tests "$(limit 45 55)" $tests --maxfail=20 --deselect tests/kernels/test_kernels_aot.py::test_kernels_compile_for_sm90_without_a_gpu \
   > "$out/tests.txt" 2>&1
 rc=$?
 tail -12 "$out/tests.txt" | cut -c1-300
 if [ $rc -eq 1 ]; then
   # failures: rerun them with the kernels built from plain Triton (the interpreter's code, no inline PTX);
   # if that passes, the PTX is at fault and the benchmarks time the plain build (the CSVs' inline_ptx column says so)
-  LAYERBUDGET_INLINE_PTX=0 timeout 90 $tests --last-failed > "$out/tests-no-ptx.txt" 2>&1
+  LAYERBUDGET_INLINE_PTX=0 run "tests without inline PTX" "$(limit 20 45)" $tests --last-failed \
+    > "$out/tests-no-ptx.txt" 2>&1
   rc=$?
   tail -4 "$out/tests-no-ptx.txt" | cut -c1-300
   if [ $rc -eq 0 ]; then
@@ -54,10 +71,10 @@ if [ "$mode" = sweep ]; then
 else
   # the headline shapes, the Llama block and the targets first (mode quick stops there);
   # each in its own step, so a time limit on the rest cannot cost them
-  timeout 120 $bench --tune --shapes 8192x8192,8192x28672 \
+  run bench "$(limit 50 20)" $bench --tune --shapes 8192x8192,8192x28672 \
     --out "$out/bench-headline.csv" > "$out/bench-headline.txt" 2>&1
   grep -E "M=1 |M=16 |M=256" "$out/bench-headline.txt" | cut -c1-150 | head -40
-  timeout 60 python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
+  run "Llama block" "$(limit 25 3)" python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
   python3 benchmarks/kernel_targets.py "$out/bench-headline.csv" "$out/block.csv" | tee "$out/targets.md"
   # which kernel wins at each M of the headline shapes (check mode refits on every CSV below)
   python3 benchmarks/fit_dispatch.py "$out/bench-headline.csv" > "$out/fit-dispatch-headline.txt" 2>&1

@@ -231,3 +231,45 @@ def test_fit_dispatch_refuses_a_file_that_is_not_a_bench_csv_in_one_line(tmp_pat
     proc = bench("fit_dispatch.py", str(tmp_path / "x.csv"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "not a kernel bench CSV" in proc.stderr
+
+
+def _gpu_check(tmp_path, budget: str, tests_rc: int) -> tuple[subprocess.CompletedProcess[str], list[int], float]:
+    """``gpu_check.sh quick`` with stand-ins for the GPU's commands: ``timeout`` records its limit and takes
+    all of it (every step runs to its limit), the kernel tests exit ``tests_rc``."""
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "limits.txt"
+    stubs = {
+        "nvidia-smi": "echo 'name, driver_version'",
+        "python3": "echo python3-stand-in",
+        "timeout": f'echo "$1" >> {log}; sleep "$1"\n'
+                   f'case "$*" in *--last-failed*) exit 0;; *pytest*) exit {tests_rc};; *) exit 124;; esac',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "GPU_CHECK_SECONDS": budget}
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "quick", str(tmp_path / "out")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    limits = [int(x) for x in log.read_text().split()] if log.exists() else []
+    return proc, limits, time.monotonic() - t0
+
+
+def test_gpu_check_quick_keeps_within_its_time_budget_when_every_step_runs_to_its_limit(tmp_path):
+    proc, limits, seconds = _gpu_check(tmp_path, "20", tests_rc=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the tests take their share (45 %), the rerun of failures is left under 5 s and skipped, the bench takes
+    # what the block's reserve leaves, the block is left under 5 s and skipped
+    assert limits == [9, 7], (limits, proc.stdout)
+    assert "tests without inline PTX: skipped, no time left of GPU_CHECK_SECONDS=20" in proc.stdout
+    assert "Llama block: skipped" in proc.stdout
+    assert sum(limits) <= 20 and seconds < 20 + 5, (limits, seconds)
+
+
+def test_gpu_check_refuses_a_time_budget_that_is_not_a_number(tmp_path):
+    proc, limits, _ = _gpu_check(tmp_path, "4min", tests_rc=0)
+    assert proc.returncode == 2 and limits == []
+    assert proc.stderr.strip() == "gpu_check: GPU_CHECK_SECONDS must be a whole number of seconds, not '4min'"
