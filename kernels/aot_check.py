@@ -218,13 +218,15 @@ def compile_variant(v: Variant, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
+    from .triton_common import FP_FUSION
+
     fn = getattr(importlib.import_module(f"{__package__}.{v.module}"), v.kernel)
     sig = {a: v.ptrs[a] if a in v.ptrs else "i32" for a in fn.arg_names if a in v.ptrs or a in _INTS}
     sig.update({c: "constexpr" for c in v.consts})
     # as the JIT specializes them at run time for real shapes: pointers and sizes divisible by 16
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in sig if sig[a] != "constexpr"}
     src = ASTSource(fn, sig, dict(v.consts), attrs)
-    opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}
+    opts = {"num_warps": v.num_warps, "num_stages": v.num_stages, "enable_fp_fusion": FP_FUSION}  # as launched
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 

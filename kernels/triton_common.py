@@ -32,6 +32,9 @@ except ImportError:  # triton < 3.4 has no knobs
 GPU_FENCE = tl.constexpr(not INTERPRET)
 INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_PTX", "1").strip().lower()
                           not in ("0", "false", "off", "no"))
+# Launch option of every kernel: multiplies and adds contract into FMAs (the decode kernels' one FMA per weight),
+# whatever the installed Triton's default (``TRITON_DEFAULT_FP_FUSION``, whose default Triton is changing).
+FP_FUSION = True
 
 
 @triton.jit

@@ -30,6 +30,7 @@ from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
 from .triton_common import (
+    FP_FUSION,
     INTERPRET,
     arrive,
     below,
@@ -356,7 +357,7 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
         FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)), EVEN=(k // chunk) % block_c == 0,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, PREFETCH=cfg.num_stages >= 2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
     )
     return out
 
@@ -380,7 +381,7 @@ def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -
         QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush_fields(group, chunk, cu, e) if quant else 1,
         EVEN=(k // 2 // chunk) % block_c == 0, WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
     )
     return out
 

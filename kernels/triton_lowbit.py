@@ -27,7 +27,16 @@ from . import triton_fielddot
 from .configs import LaunchConfig, tc_step_fields
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import INTERPRET, below, field_code, finish_tile, group_scale, pair_bits, pair_halves
+from .triton_common import (
+    FP_FUSION,
+    INTERPRET,
+    below,
+    field_code,
+    finish_tile,
+    group_scale,
+    pair_bits,
+    pair_halves,
+)
 from .triton_gemv import _split_range, flush_fields
 from .workspace import tile_launch
 
@@ -179,7 +188,7 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=chunk_units(weight.bits, k), JB=jb,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, X_PERMUTED=x_permuted(cfg.block_m, cfg.block_n), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
     )
     return out
 
@@ -194,6 +203,6 @@ def dequantize_lowbit(weight: PackedQuantWeight, dtype: torch.dtype) -> torch.Te
     _dequant_lowbit_kernel[grid](
         weight.packed, weight.scales, weight.zeros, out, n, k, weight.packed.stride(0), weight.scales.stride(0),
         out.stride(0), BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush, BLOCK_N=16, BLOCK_C=block_c,
-        num_warps=4,
+        num_warps=4, enable_fp_fusion=FP_FUSION,
     )
     return out

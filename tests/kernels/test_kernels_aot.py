@@ -13,7 +13,7 @@ import pytest
 def _env_without_interpreter() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env.pop("TRITON_DEFAULT_FP_FUSION", None)
     return env
 
 
@@ -30,6 +30,43 @@ def test_kernels_compile_for_sm90_without_a_gpu(inline_ptx: str) -> None:
     from layerbudget.kernels.aot_check import variants
 
     assert proc.stdout.count("ok ") == len(variants()), proc.stdout
+    assert "FP_FUSION" not in proc.stderr, proc.stderr  # the kernels name their fusion: no default is read
+
+
+FUSED = """
+from layerbudget.kernels.aot_check import compile_variant, variants
+v = next(v for v in variants() if v.kernel == "_gemv_lowbit_kernel")
+ptx = compile_variant(v, 90).asm["ptx"]
+print(ptx.count("fma.rn.f32"), ptx.count("mul.rn.f32"), ptx.count("mul.f32"))
+"""
+
+
+def test_kernels_contract_multiply_adds_whatever_the_default() -> None:
+    """With Triton's default fusion off, the decode kernel still takes its multiply-adds as FMAs."""
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-c", FUSED], capture_output=True, text=True, timeout=120,
+                          env={**_env_without_interpreter(), "TRITON_DEFAULT_FP_FUSION": "0"})
+    assert proc.returncode == 0, proc.stderr
+    fma, mul_rn, mul = (int(x) for x in proc.stdout.split())
+    assert fma > 0 and mul_rn == 0, proc.stdout
+
+
+def test_every_kernel_launch_names_its_fusion() -> None:
+    """Each ``kernel[grid](...)`` launch passes ``enable_fp_fusion=FP_FUSION`` (the compiled code must not depend
+    on the installed Triton's default)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "kernels"
+    launches = 0
+    for path in sorted(root.glob("triton_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                launches += 1
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get("enable_fp_fusion"), ast.Name) and kw["enable_fp_fusion"].id == "FP_FUSION", (
+                    f"{path.name}:{node.lineno}")
+    assert launches >= 7
 
 
 NO_TRITON = """
