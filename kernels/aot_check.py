@@ -204,7 +204,7 @@ def variants(full: bool = False) -> list[Variant]:
         ("*fp16", "*bf16"), (2, 3, 4, 8), ((16, 64, 4), (64, 128, 8), (128, 128, 8)), (1, 4), (32, 128), (1, 2, 4))
         if jb <= (16 if b == 3 else 32 // b) // 2]
     out += [_fields(x, b, g, rows, bn, s, w) for x, b, g, rows, (bn, w), s in itertools.product(
-        ("*fp16", "*bf16"), (2, 3, 4, 8), (32, 64, 128, 8192), (8, 16), ((128, 2), (64, 4)), (1, 4))
+        ("*fp16", "*bf16"), (2, 3, 4, 8), (32, 64, 128, 8192), (8, 16), ((128, 2), (64, 2), (64, 4)), (1, 4))
         if (x == "*fp16" or b in (2, 4)) and field_dots(b, g, 8192, rows)]
     out += [_tc24(x, q, b, cu, bm) for x, q, b, cu, bm in itertools.product(
         ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (16, 64, 128)) if q or b == 4]
