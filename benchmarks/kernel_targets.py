@@ -28,7 +28,7 @@ import csv
 import math
 import sys
 
-from layerbudget.kernels.bench import WRONG_REL_ERR
+from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import pick_config
 
 HEADLINE = ((8192, 8192), (8192, 28672))
@@ -44,9 +44,6 @@ BLOCK_COLUMNS = ("plan", "speedup_vs_fp16")
 FP16_COLUMNS = ("n", "k", "m", "format", "ms_fp16")
 SASS_COLUMNS = ("variant", "instructions_per_weight")
 PATHS = ("gemv", "tc", "dequant")
-# format -> (kernel format, bits, group) of its launches
-KERNEL_FORMATS = {"w4g128": ("lowbit", 4, 128), "w3g128": ("lowbit", 3, 128), "w2g64": ("lowbit", 2, 64),
-                  "2:4": ("sparse24", None, None), "2:4+w4g64": ("sparse24_quant", 4, 64)}
 ISSUE_RATE = 132 * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
 
 
@@ -97,7 +94,7 @@ def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
              "|---|---|---|" + "---|" * len(HEADLINE)]
     for (fmt, m), target in TARGETS.items():
         name = "2:4 fp16" if fmt == "2:4" else fmt
-        kind, bits, group = KERNEL_FORMATS[fmt]
+        kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group  # as the bench launches
         for kernel in ("gemv", "tc") if m <= 4 else ("tc",):
             count = sass.get(f"{kernel} M={m} {name}", math.nan)
             cells = []

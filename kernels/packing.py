@@ -125,22 +125,6 @@ def unpack_units(units: torch.Tensor, width: int, e: int, chunk: int) -> torch.T
     return deinterleave((units[..., None] >> shifts) & ((1 << width) - 1), chunk)
 
 
-def _small_units_to_words(units: torch.Tensor, width: int) -> torch.Tensor:
-    """int64 units of ``width`` bits (8 or 16) ``[..., U]`` → int32 words ``[..., U * width / 32]``, unit 0 lowest."""
-    per = 32 // width
-    parts = units.reshape(*units.shape[:-1], units.shape[-1] // per, per)
-    shifts = torch.arange(per, device=units.device, dtype=torch.int64) * width
-    return _to_int32((parts << shifts).sum(dim=-1))
-
-
-def _words_to_small_units(words: torch.Tensor, width: int) -> torch.Tensor:
-    """Inverse of :func:`_small_units_to_words`: int32 words → int64 units of ``width`` bits."""
-    per = 32 // width
-    w64 = words.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(per, device=words.device, dtype=torch.int64) * width
-    return ((w64[..., None] >> shifts) & ((1 << width) - 1)).reshape(*words.shape[:-1], words.shape[-1] * per)
-
-
 def check_unit(unit: int) -> None:
     """Raise ``ValueError`` unless ``unit`` is a packing unit width."""
     if unit not in UNIT_BITS:
@@ -180,7 +164,9 @@ def pack(codes: torch.Tensor, bits: int, chunk: int | None = None, unit: int = 1
         vals = (c >> shift) & ((1 << width) - 1)
         shift += width
         units = pack_units(vals, width, unit_width // width, chunk)
-        out.append(_to_int32(units) if unit_width == 32 else _small_units_to_words(units, unit_width))
+        if unit_width < 32:  # narrower units fill the words little-endian (a chunk of one word: no interleaving)
+            units = pack_units(units, unit_width, 32 // unit_width, 32 // unit_width)
+        out.append(_to_int32(units))
     return torch.cat(out, dim=-1)
 
 
@@ -202,7 +188,9 @@ def unpack(packed: torch.Tensor, bits: int, k: int, chunk: int | None = None, un
     for width, unit_width in _planes(bits, unit):
         words = packed[..., start : start + k * width // 32]
         start += k * width // 32
-        units = words.to(torch.int64) & 0xFFFFFFFF if unit_width == 32 else _words_to_small_units(words, unit_width)
+        units = words.to(torch.int64) & 0xFFFFFFFF
+        if unit_width < 32:
+            units = unpack_units(units, unit_width, 32 // unit_width, 32 // unit_width)
         codes = codes | (unpack_units(units, width, unit_width // width, chunk) << shift)
         shift += width
     return codes.to(torch.uint8)

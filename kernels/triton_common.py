@@ -170,6 +170,18 @@ def pair_halves(pairs, DT: tl.constexpr):
 
 
 @triton.jit
+def _half16(words, h: tl.constexpr):
+    """Halfword ``h`` (0: low) of int32 ``words`` read as fp16."""
+    return (words >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _at_half(v, h: tl.constexpr):
+    """The bits of fp16 ``v`` as halfword ``h`` of an int32 word (the other halfword zero)."""
+    return (v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << (16 * h)
+
+
+@triton.jit
 def sub_f16x2(a, b):
     """``a - b`` on the two fp16 halves of int32 words, rounded to fp16 (one ``sub.f16x2`` with ``INLINE_PTX``;
     otherwise it works on the halves). Exact for codes and zeros in :func:`field_code`'s units."""
@@ -177,11 +189,7 @@ def sub_f16x2(a, b):
         out = tl.inline_asm_elementwise("sub.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
                                         pack=1)
     else:
-        out = a * 0
-        for h in tl.static_range(2):
-            diff = ((a >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
-                    - (b >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True))
-            out = out | ((diff.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << (16 * h))
+        out = _at_half(_half16(a, 0) - _half16(b, 0), 0) | _at_half(_half16(a, 1) - _half16(b, 1), 1)
     return out
 
 
@@ -200,12 +208,8 @@ def sub_mul_f16x2(a, b, c):
         out = tl.inline_asm_elementwise("{ sub.rn.f16x2 $0, $1, $2; mul.rn.f16x2 $0, $0, $3; }", "=r,r,r,r",
                                         [a, b, c], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        out = a * 0
-        for h in tl.static_range(2):
-            diff = ((a >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
-                        - (b >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True))
-            r = diff * (c >> (16 * h)).to(tl.int16).to(tl.float16, bitcast=True)
-            out = out | ((r.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << (16 * h))
+        out = (_at_half((_half16(a, 0) - _half16(b, 0)) * _half16(c, 0), 0)
+               | _at_half((_half16(a, 1) - _half16(b, 1)) * _half16(c, 1), 1))
     return out
 
 

@@ -154,9 +154,9 @@ def _tc_fields_kernel(
 def launch_constants(bits: int, group: int, k: int, bf16: bool, cfg: LaunchConfig, has_bias: bool) -> dict:
     """The kernel's compile-time constants for one launch (``aot_check`` compiles the same)."""
     cu, e = chunk_units(bits, k), fields_per_unit(bits)
-    return {"BITS": bits, "GROUP": group, "CU": cu, "RUN": math.gcd(group // (2 * cu), e // 2), "PROGRAMS": field_programs(2 if bits == 3 else bits, bf16),
-            "HIGH": high_programs(), "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k, "ROWS": cfg.block_m,
-            "BLOCK_N": cfg.block_n}
+    return {"BITS": bits, "GROUP": group, "CU": cu, "RUN": math.gcd(group // (2 * cu), e // 2),
+            "PROGRAMS": field_programs(2 if bits == 3 else bits, bf16), "HIGH": high_programs(), "HAS_BIAS": has_bias,
+            "SPLIT_K": cfg.split_k, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n}
 
 
 def tc_fields(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:

@@ -38,6 +38,12 @@ def _check(y: torch.Tensor, ref: torch.Tensor) -> None:
     assert (y - ref).abs().max() <= 1e-2 * ref.abs().max()
 
 
+def _half_value(word: int, half: int, dtype: torch.dtype) -> float:
+    """Halfword ``half`` (0: low) of the 32-bit ``word`` read as a 16-bit float of ``dtype``."""
+    pattern = torch.tensor([(word >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
+    return pattern.view(dtype).item()
+
+
 def _packable(bits: int, k: int, group: int | None) -> bool:
     return k % (32 if bits == 3 else 32 // bits) == 0 and (group is None or k % group == 0)
 
@@ -99,8 +105,7 @@ def test_field_programs_read_codes_as_floats(bits: int, bf16: bool, gen: torch.G
             t = (w << amount) if move.group(1) == "shl.b32" else (w >> amount)
             out = ((t & int(lop.group(1))) | int(lop.group(2))) & 0xFFFFFFFF
             for half in (0, 1):
-                pattern = torch.tensor([(out >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
-                value = pattern.view(torch.bfloat16 if bf16 else torch.float16).item()
+                value = _half_value(out, half, torch.bfloat16 if bf16 else torch.float16)
                 q = (w >> (16 * half + j * bits)) & ((1 << bits) - 1)
                 assert value == 2**bits + q, (j, hex(w), half, value, q)
 
@@ -125,8 +130,7 @@ def test_high_plane_programs_read_bits_as_floats(gen: torch.Generator) -> None:
             word = widen(b0) | (widen(b1) << 16)
             out = (((word << shift) & 0xFFFFFFFF) & int(lop.group(1), 16)) | int(lop.group(2), 16)
             for half, byte in enumerate((b0, b1)):
-                pattern = torch.tensor([(out >> (16 * half)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
-                assert pattern.view(torch.float16).item() == 32 + 4 * ((byte >> j) & 1), (j, b0, b1, half)
+                assert _half_value(out, half, torch.float16) == 32 + 4 * ((byte >> j) & 1), (j, b0, b1, half)
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "tc"])
