@@ -3,8 +3,9 @@
 Usage: ``python benchmarks/fit_dispatch.py BENCH.csv [BENCH.csv ...]`` (CSVs written by
 ``python -m layerbudget.kernels.bench``, e.g. by ``benchmarks/gpu_check.sh check``).
 
-Per kernel format (``lowbit``: every ``w*`` format; ``sparse24``; ``sparse24_quant``) and per
-measured M, each row (a shape and format) votes for its fastest path among the decode kernel
+Per kernel format (``lowbit``: every ``w*`` format; ``sparse24``; ``sparse24_quant``), and within
+a format per code width where it was measured with more than one, and per measured M, each row (a
+shape and format) votes for its fastest path among the decode kernel
 (``ms_gemv``), the tensor-core kernel (``ms_tc``) and dequantize + cuBLAS (``ms_dequant``); a row
 whose fused paths were wrong (``max_rel_err`` of ``WRONG_REL_ERR`` or more; older benches timed
 wrong launches too, the current one leaves their times out) votes for the dequantize path. The crossovers bound each threshold to an interval of M: ``GEMV_MAX_M``
@@ -14,7 +15,10 @@ path loses to the first from which it wins at every measured M (unbounded above 
 does). The fitted value is the one in ``configs.py`` when it lies in its interval, else the
 interval's nearest end (twice the largest measured M for an open one). The report gives the votes,
 the intervals, and the time each rule costs against the fastest path summed over the rows
-(``rule/best``). Exit status 2 on an unreadable CSV.
+(``rule/best``). A code width keeps its format's fitted values where they lie in its own intervals;
+the tables printed last hold each format's fit and a ``"format/bits"`` entry (the keys of
+``configs.py``) where a width's fit differs from its format's. Exit status 2 on
+an unreadable CSV.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sys
 from collections import Counter, defaultdict
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
-from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
+from layerbudget.kernels.configs import dequant_min_m, gemv_max_m, threshold_key
 
 PATHS = ("gemv", "tc", "dequant")
 KERNEL_FORMATS = ("lowbit", "sparse24", "sparse24_quant")
@@ -56,8 +60,8 @@ def read_rows(paths: list[str]) -> list[dict]:
                 if _time(r.get("max_rel_err")) >= WRONG_REL_ERR:  # a fused path was wrong: only the dequantize path counts
                     times["gemv"] = times["tc"] = math.nan
                 if fmt is not None and any(not math.isnan(t) for t in times.values()):
-                    rows.append({"fmt": fmt, "m": int(r["m"]), "shape": (int(r["n"]), int(r["k"])),
-                                 "name": r["format"], "times": times})
+                    rows.append({"fmt": fmt, "bits": FORMATS[r["format"]].bits, "m": int(r["m"]),
+                                 "shape": (int(r["n"]), int(r["k"])), "name": r["format"], "times": times})
     return rows
 
 
@@ -66,7 +70,8 @@ def fastest(times: dict[str, float]) -> str:
 
 
 def rule_path(m: int, gemv_max: int, dequant_min: int) -> str:
-    return "gemv" if m <= gemv_max else "tc" if m < dequant_min else "dequant"
+    """The path of ``m`` rows under the thresholds, in the order of ``configs.dispatch_path``."""
+    return "dequant" if m >= dequant_min else "gemv" if m <= gemv_max else "tc"
 
 
 def _within(value: int, lo: int, hi: float) -> int:
@@ -103,16 +108,35 @@ def fit(rows: list[dict], now: tuple[int, int]) -> tuple[int, int, dict[str, tup
     return gemv_max, dequant_min, {"GEMV_MAX_M": gemv_span, "DEQUANT_MIN_M": dequant_span}, dict(votes)
 
 
-def cost(rows: list[dict], gemv_max: int, dequant_min: int) -> str:
+def cost(rows: list[dict], thresholds: dict) -> str:
     """Summed time of the paths the rule picks over the summed fastest times, on the rows where the picked path
-    was timed and right (how many, when not all)."""
-    kept = [r for r in rows if not math.isnan(r["times"][rule_path(r["m"], gemv_max, dequant_min)])]
+    was timed and right (how many, when not all); ``thresholds``: ``(GEMV_MAX_M, DEQUANT_MIN_M)`` per code width
+    of the rows (``None``: the format's)."""
+    def picked(r: dict) -> str:
+        return rule_path(r["m"], *thresholds.get(r["bits"], thresholds[None]))
+
+    kept = [r for r in rows if not math.isnan(r["times"][picked(r)])]
     if not kept:
         return "n/a (the rule's paths were never timed)"
-    picked = sum(r["times"][rule_path(r["m"], gemv_max, dequant_min)] for r in kept)
+    total = sum(r["times"][picked(r)] for r in kept)
     best = sum(r["times"][fastest(r["times"])] for r in kept)
     note = "" if len(kept) == len(rows) else f" on the {len(kept)} of {len(rows)} rows where its path was timed and right"
-    return f"{picked / best:.3f}{note}"
+    return f"{total / best:.3f}{note}"
+
+
+def report(label: str, rows: list[dict], now: tuple[int, int], prefer: tuple[int, int] | None = None,
+           indent: str = "") -> tuple[int, int]:
+    """Print the votes, intervals and costs of one format (or one code width of it) and return the fit, which keeps
+    ``prefer`` (default: ``now``, the thresholds in use) where the measurements allow."""
+    gemv_max, dequant_min, spans, votes = fit(rows, prefer or now)
+    shown = "; ".join(f"M={m}: " + ", ".join(f"{p} {n}" for p, n in votes[m].most_common()) for m in sorted(votes))
+    bounds = ", ".join(f"{name} in [{lo}, {hi}]" for name, (lo, hi) in spans.items())
+    print(f"{indent}{label} ({len(rows)} rows) fastest path by M: {shown}")
+    print(f"{indent}  measured: {bounds}")
+    print(f"{indent}  fitted GEMV_MAX_M={gemv_max} DEQUANT_MIN_M={dequant_min}: rule/best "
+          f"{cost(rows, {None: (gemv_max, dequant_min)})}; configs.py now {now[0]}, {now[1]}: rule/best "
+          f"{cost(rows, {None: now})}")
+    return gemv_max, dequant_min
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,15 +154,21 @@ def main(argv: list[str] | None = None) -> int:
         if not mine:
             print(f"{fmt}: no rows")
             continue
-        now = (gemv_max_m(fmt), dequant_min_m(fmt))
-        gemv_max, dequant_min, spans, votes = fit(mine, now)
-        fitted_gemv[fmt], fitted_dequant[fmt] = gemv_max, dequant_min
-        shown = "; ".join(f"M={m}: " + ", ".join(f"{p} {n}" for p, n in votes[m].most_common()) for m in sorted(votes))
-        bounds = ", ".join(f"{name} in [{lo}, {hi}]" for name, (lo, hi) in spans.items())
-        print(f"{fmt} ({len(mine)} rows) fastest path by M: {shown}")
-        print(f"  measured: {bounds}")
-        print(f"  fitted GEMV_MAX_M={gemv_max} DEQUANT_MIN_M={dequant_min}: rule/best "
-              f"{cost(mine, gemv_max, dequant_min)}; configs.py now {now[0]}, {now[1]}: rule/best {cost(mine, *now)}")
+        fitted = {None: report(fmt, mine, (gemv_max_m(fmt), dequant_min_m(fmt)))}
+        fitted_gemv[fmt], fitted_dequant[fmt] = fitted[None]
+        widths = sorted({r["bits"] for r in mine if r["bits"] is not None})
+        if len(widths) < 2:
+            continue
+        now = {None: (gemv_max_m(fmt), dequant_min_m(fmt))}
+        for bits in widths:  # a width keeps its format's fit unless its own crossovers rule that out
+            key = threshold_key(fmt, bits)
+            now[bits] = (gemv_max_m(fmt, bits), dequant_min_m(fmt, bits))
+            fitted[bits] = report(key, [r for r in mine if r["bits"] == bits], now[bits], fitted[None], "  ")
+            for table, own, common in zip((fitted_gemv, fitted_dequant), fitted[bits], fitted[None]):
+                if own != common:
+                    table[key] = own
+        print(f"  {fmt} with a rule per code width: rule/best {cost(mine, fitted)}; configs.py now: rule/best "
+              f"{cost(mine, now)}")
     print(f"GEMV_MAX_M = {fitted_gemv}\nDEQUANT_MIN_M = {fitted_dequant}")
     return 0
 

@@ -10,7 +10,8 @@ dispatch rule of the current kernels runs:
   column, the configuration had no split-K (that kernel's split-K raced: an agreeing row proves
   nothing); otherwise ``ms_tc`` is left empty, since the kernel that produced it was wrong or is gone;
 - ``path_auto``/``ms_auto`` follow :mod:`layerbudget.kernels.configs` (decode kernel up to
-  ``GEMV_MAX_M`` rows, tensor-core kernel below ``DEQUANT_MIN_M``, else dequantize + cuBLAS), and
+  ``GEMV_MAX_M`` rows, tensor-core kernel below ``DEQUANT_MIN_M``, each of the row's format and code
+  width, else dequantize + cuBLAS), and
   ``best_path``, the bandwidth and speedup columns are recomputed from the kept times.
 """
 
@@ -22,8 +23,8 @@ import math
 import sys
 from pathlib import Path
 
-from layerbudget.kernels.bench import WRONG_REL_ERR, kernel_format
-from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
+from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
+from layerbudget.kernels.configs import dispatch_path
 
 
 def fix(row: dict) -> dict:
@@ -36,7 +37,7 @@ def fix(row: dict) -> dict:
         out["ms_tc"] = "nan"
     times = {p: float(out[f"ms_{p}"]) for p in ("gemv", "tc", "dequant")}
     m, fmt = int(row["m"]), kernel_format(row["format"])
-    path = "gemv" if m <= gemv_max_m(fmt) else "tc" if m < dequant_min_m(fmt) else "dequant"
+    path = dispatch_path(m, fmt, FORMATS[row["format"]].bits)
     if math.isnan(times[path]):
         raise SystemExit(f"row {row['n']}x{row['k']} M={m} {row['format']}: no measured time for path {path!r}")
     ms = times[path]

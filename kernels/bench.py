@@ -46,8 +46,25 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .configs import GEMV_ROWS, LaunchConfig, dequant_min_m, field_dots, gemv_max_m, pick_config, split_for
-from .ops import PackedWeight, choose_path, format_of, kernel_supported, packed_matmul, triton_available
+from .configs import (
+    DEQUANT_MIN_M,
+    GEMV_MAX_M,
+    GEMV_ROWS,
+    LaunchConfig,
+    dispatch_path,
+    field_dots,
+    pick_config,
+    split_for,
+)
+from .ops import (
+    PackedWeight,
+    choose_path,
+    code_bits,
+    format_of,
+    kernel_supported,
+    packed_matmul,
+    triton_available,
+)
 from .quant_weight import PackedQuantWeight
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
 
@@ -63,8 +80,8 @@ class BenchFormat:
 
     name: str
     build: Callable[[torch.Tensor], PackedWeight] | None  # None: the fp16 baseline itself
-    bits: int | None = None  # the low-bit width and group size the launch table is told (low-bit formats)
-    group: int | None = None
+    bits: int | None = None  # the code width (low-bit formats, 2:4 + low-bit) and group size (low-bit) the launch
+    group: int | None = None  # table and the dispatch rule are told, as the modules tell them
 
 
 FORMATS: dict[str, BenchFormat] = {
@@ -77,7 +94,7 @@ FORMATS: dict[str, BenchFormat] = {
         BenchFormat("w8g128", lambda w: PackedQuantWeight.from_dense(w, 8, 128), 8, 128),
         BenchFormat("2:4", lambda w: Sparse24Weight.from_dense(w, prune=True)),
         # 64 kept values per group = 128 dense columns
-        BenchFormat("2:4+w4g64", lambda w: Sparse24QuantWeight.from_dense(magnitude_prune_24(w), 4, 64)),
+        BenchFormat("2:4+w4g64", lambda w: Sparse24QuantWeight.from_dense(magnitude_prune_24(w), 4, 64), 4),
     )
 }
 
@@ -334,9 +351,9 @@ def bench_shape(
                 got = _checked_time(lambda: packed_matmul(x, w, path="dequant"), ref, timer, "dequant", failed)  # noqa: B023
                 ms_dequant = NAN if got is None else got[0]
                 err = err if got is None else max(err, got[1])
-                path = choose_path(x, fmt, supported=kernel_supported(w))
+                path = choose_path(x, fmt, supported=kernel_supported(w), bits=code_bits(w))
                 if path == "triton":
-                    path = "gemv" if m <= gemv_max_m(fmt) else "tc"
+                    path = dispatch_path(m, fmt, code_bits(w))
                 timed = {"gemv": times["gemv"], "tc": times["tc"], "dequant": ms_dequant}
                 if path not in timed:  # the CPU reference (a smoke run without a GPU)
                     timed[path] = timer(lambda: packed_matmul(x, w, path=path))  # noqa: B023
@@ -456,9 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "triton": triton.__version__, "inline_ptx": inline_ptx(), "timer": TIMER,
         "copy_gbps": copy_gbps,
     }
-    print(f"{gpu}: copy bandwidth {copy_gbps:.0f} GB/s; tensor-core kernel from M > gemv max "
-          f"{[gemv_max_m(f) for f in ('lowbit', 'sparse24', 'sparse24_quant')]}, dequantize from M >= "
-          f"{[dequant_min_m(f) for f in ('lowbit', 'sparse24', 'sparse24_quant')]}", flush=True)
+    print(f"{gpu}: copy bandwidth {copy_gbps:.0f} GB/s; decode kernel up to M = GEMV_MAX_M {GEMV_MAX_M}, "
+          f"dequantize from M = DEQUANT_MIN_M {DEQUANT_MIN_M}", flush=True)
     with open(args.out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()

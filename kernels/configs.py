@@ -9,8 +9,9 @@ kernels' static counts (``aot_check --sass``: multiply-adds per issued instructi
 timed against its alternatives by ``--tune``. Split-K exists for the decode kernels and the low-bit
 tensor-core kernel (the 2:4 tensor-core kernels refuse it).
 
-Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``), with CUDA tensors,
-fp16/bf16 activations and Triton installed:
+Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``) and code width, with CUDA
+tensors, fp16/bf16 activations and Triton installed (an entry ``"lowbit/3"`` of a threshold table
+holds for 3-bit codes of that format; a format's own entry for the widths without one):
 
 - ``M <= GEMV_MAX_M[format]``: the decode kernel (``kernel="gemv"``, CUDA cores, one FMA per weight);
 - ``M < DEQUANT_MIN_M[format]``: the tensor-core kernel (``kernel="tc"``, dequantized tiles in ``tl.dot``; up to
@@ -25,12 +26,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .packing import chunk_units, chunk_values, fields_per_unit
+from .packing import PACK_BITS, chunk_units, chunk_values, fields_per_unit
 
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 KERNELS = ("gemv", "tc")
 
 # Decode kernel up to this many rows; tensor-core kernel below DEQUANT_MIN_M; dequantize + cuBLAS above.
+# Keys: a format, or "format/bits" for one code width of it (``benchmarks/fit_dispatch.py`` prints both).
 # On the H200 the dequantize path was the fastest measured at M = 16, 64 and 256 for every format.
 GEMV_MAX_M: dict[str, int] = {"lowbit": 4, "sparse24": 4, "sparse24_quant": 4}
 DEQUANT_MIN_M: dict[str, int] = {"lowbit": 16, "sparse24": 16, "sparse24_quant": 16}
@@ -101,7 +103,7 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     ``bits`` and ``group`` (``None``: whole rows): the low-bit width and group size, where they change the launch."""
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {KERNELS} or None, but got kernel={kernel!r}.")
-    kernel = kernel or ("gemv" if m <= gemv_max_m(fmt) else "tc")
+    kernel = kernel or ("gemv" if m <= gemv_max_m(fmt, bits) else "tc")
     kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
     if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
         bm = gemv_rows(m)
@@ -143,20 +145,55 @@ def field_dots(bits: int, group: int | None, k: int, rows: int) -> bool:
     return cu >= 8 and (group or k) % (2 * cu) == 0
 
 
-def gemv_max_m(fmt: str) -> int:
+def threshold_key(fmt: str, bits: int | None = None) -> str:
+    """The key of a threshold table that holds for ``fmt`` with ``bits``-bit codes (``None``: the format's own)."""
     _check_format(fmt)
-    return GEMV_MAX_M[fmt]
+    if bits is None or fmt == "sparse24":  # 2:4 fp16 has no codes
+        return fmt
+    if bits not in PACK_BITS:
+        raise ValueError(f"`bits` must be one of {PACK_BITS} or None for format {fmt!r}, but got bits={bits!r}.")
+    return f"{fmt}/{bits}"
 
 
-def dequant_min_m(fmt: str) -> int:
-    """Threshold of the dispatch rule for one format (see module docstring)."""
-    _check_format(fmt)
-    return DEQUANT_MIN_M[fmt]
+def check_thresholds(table: dict[str, int]) -> None:
+    """Raise ``ValueError`` unless every format has an entry and every other key is ``"format/bits"`` of a code
+    width (see :func:`threshold_key`), every value a non-negative integer."""
+    missing = [f for f in FORMATS if f not in table]
+    known = set(FORMATS) | {f"{f}/{b}" for f in FORMATS if f != "sparse24" for b in PACK_BITS}
+    unknown = sorted(set(table) - known)
+    if missing or unknown:
+        raise ValueError(f"a dispatch threshold table needs an entry per format {list(FORMATS)} and takes "
+                         f"\"format/bits\" keys with bits in {PACK_BITS}, but lacks {missing} and has unknown {unknown}.")
+    bad = {key: v for key, v in table.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0}
+    if bad:
+        raise ValueError(f"dispatch thresholds must be non-negative integers, but got {bad}.")
+
+
+def _threshold(table: dict[str, int], fmt: str, bits: int | None) -> int:
+    key = threshold_key(fmt, bits)
+    return table.get(key, table[fmt])
+
+
+def gemv_max_m(fmt: str, bits: int | None = None) -> int:
+    """Most rows the decode kernel takes for one format and code width (see module docstring)."""
+    return _threshold(GEMV_MAX_M, fmt, bits)
+
+
+def dequant_min_m(fmt: str, bits: int | None = None) -> int:
+    """Fewest rows the dequantize path takes for one format and code width (see module docstring)."""
+    return _threshold(DEQUANT_MIN_M, fmt, bits)
+
+
+def dispatch_path(m: int, fmt: str, bits: int | None = None) -> str:
+    """``"gemv"``, ``"tc"`` or ``"dequant"``: the path the rule gives ``m`` rows of one format and code width."""
+    if m >= dequant_min_m(fmt, bits):  # first, as in the modules: a decode range reaching past it is cut there
+        return "dequant"
+    return "gemv" if m <= gemv_max_m(fmt, bits) else "tc"
 
 
 def _check_format(fmt: str) -> None:
-    if fmt not in DEQUANT_MIN_M:
-        raise ValueError(f"unknown kernel format {fmt!r}; known formats: {sorted(DEQUANT_MIN_M)}.")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown kernel format {fmt!r}; known formats: {sorted(FORMATS)}.")
 
 
 def tc_step_fields(bits: int, k: int, group: int, block_k: int) -> int | None:

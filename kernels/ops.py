@@ -8,7 +8,7 @@ Bad inputs raise ``ValueError`` naming the argument and what was expected, befor
 ``path``:
 - ``"auto"`` (default): CPU tensors → ``"reference"``; CUDA tensors → ``"triton"`` when Triton is
   installed, ``x`` is fp16/bf16, the weight's groups suit the kernels and
-  ``M < DEQUANT_MIN_M[format]`` (:mod:`.configs`), else ``"dequant"``;
+  ``M < DEQUANT_MIN_M`` of its format and code width (:mod:`.configs`), else ``"dequant"``;
 - ``"triton"``: a fused kernel — the decode kernel (:mod:`.triton_gemv`) for ``M <= GEMV_MAX_M``,
   else the tensor-core kernel, unless ``config`` names one; on CPU tensors only when
   ``TRITON_INTERPRET=1`` was set before the kernels were first loaded (tests do this in
@@ -95,15 +95,16 @@ def _check_inputs(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | No
             raise ValueError(f"`bias` must be contiguous and on {x.device}, but got device {bias.device}.")
 
 
-def choose_path(x: torch.Tensor, fmt: str, path: str = "auto", supported: bool = True) -> str:
-    """Resolve ``"auto"`` to the concrete path for activations ``x: [M, K]`` (see module docstring)."""
+def choose_path(x: torch.Tensor, fmt: str, path: str = "auto", supported: bool = True, bits: int | None = None) -> str:
+    """Resolve ``"auto"`` to the concrete path for activations ``x: [M, K]`` and a weight of format ``fmt`` with
+    ``bits``-bit codes (see module docstring)."""
     if path != "auto":
         return path
     if x.device.type != "cuda":
         return "reference"
     if not triton_available() or x.dtype not in KERNEL_DTYPES or not supported:
         return "dequant"
-    return "triton" if x.shape[0] < dequant_min_m(fmt) else "dequant"
+    return "triton" if x.shape[0] < dequant_min_m(fmt, bits) else "dequant"
 
 
 def _triton_ready(x: torch.Tensor, module: ModuleType) -> None:
@@ -128,7 +129,7 @@ def _run(
     _check_inputs(x, weight, bias, path)
     supported = kernel_supported(weight)
     requested = path
-    path = choose_path(x, fmt, path, supported)
+    path = choose_path(x, fmt, path, supported, code_bits(weight))
     if x.shape[0] == 0:
         return x.new_zeros(0, weight.n)
     if path == "triton":
@@ -137,7 +138,7 @@ def _run(
                 "path='triton' needs every run of values of a packed field inside one quantization group; "
                 f"group size {_group(weight)} does not suit K={weight.k}: use path='dequant'."
             )
-        cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt, bits=getattr(weight, "bits", None),
+        cfg = config or pick_config(x.shape[0], weight.n, weight.k, fmt, bits=code_bits(weight),
                                     group=getattr(weight, "group", None))
         if cfg.kernel == "tc" and fmt == "lowbit" and tc_step_fields(weight.bits, weight.k, weight.group,
                                                                    cfg.block_k) is None:
@@ -157,6 +158,11 @@ def _run(
     module = _triton_module("gemv" if cfg.kernel == "gemv" else "lowbit" if fmt == "lowbit" else "sparse")
     _triton_ready(x, module)
     return getattr(module, f"{cfg.kernel}_{fmt}")(x, weight, bias, cfg)
+
+
+def code_bits(weight: PackedWeight) -> int | None:
+    """Bits per code of a low-bit or 2:4 + low-bit weight (``None``: 2:4 fp16), as the dispatch rule reads it."""
+    return None if isinstance(weight, Sparse24Weight) else weight.bits
 
 
 def _group(weight: PackedWeight) -> int:

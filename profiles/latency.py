@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbudget.errors import LayerbudgetError
-from layerbudget.kernels.configs import dequant_min_m, gemv_max_m
+from layerbudget.kernels.configs import dispatch_path
 from layerbudget.kernels.ops import packed_matmul
 from layerbudget.kernels.packing import PACK_BITS, k_multiple
 from layerbudget.kernels.quant_weight import PackedQuantWeight
@@ -99,8 +99,9 @@ def launches(option: Option, shape: tuple[int, int], m: int, hw: Hardware) -> tu
     if fmt is None:
         return None, "dense", [dense]
     packed = math.ceil(option.cost_bits(shape) / 8)
-    if hw.name != CPU and m < dequant_min_m(fmt):
-        return fmt, ("gemv" if m <= gemv_max_m(fmt) else "tc"), [Launch(packed + io, flops)]
+    path = dispatch_path(m, fmt, option.bits)
+    if hw.name != CPU and path != "dequant":
+        return fmt, path, [Launch(packed + io, flops)]
     return fmt, ("reference" if hw.name == CPU else "dequant"), [Launch(packed + a * n * k, 0.0), dense]
 
 

@@ -160,6 +160,29 @@ def test_fit_dispatch_bounds_the_thresholds_by_the_crossovers(tmp_path):
     assert lines[-1] == "DEQUANT_MIN_M = {'lowbit': 17}"
 
 
+def test_fit_dispatch_fits_a_code_width_apart_where_its_crossovers_differ(tmp_path):
+    nan = "nan"
+    rows = []
+    for n, k in ((4096, 4096), (8192, 8192)):
+        rows += [(n, k, 1, "w4g128", 1.0, 0.3, 0.5, 2.0, 0.0), (n, k, 16, "w4g128", 1.0, nan, 0.5, 0.4, 0.0),
+                 (n, k, 1, "w3g128", 1.0, 0.3, 0.4, 2.0, 0.0), (n, k, 16, "w3g128", 1.0, nan, 0.5, 0.4, 0.0),
+                 (n, k, 1, "w2g64", 1.0, 0.6, 0.3, 2.0, 0.0), (n, k, 16, "w2g64", 1.0, nan, 0.5, 0.4, 0.0),
+                 (n, k, 1, "2:4", 1.0, 0.6, 0.9, 2.0, 0.0)]
+    _bench_rows(tmp_path / "bench.csv", rows)
+    proc = bench("fit_dispatch.py", str(tmp_path / "bench.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    # the decode kernel wins at M = 1 for 3- and 4-bit codes only: the format keeps 4, 2-bit codes get 0
+    assert "  lowbit/2 (4 rows) fastest path by M: M=1: tc 2; M=16: dequant 2" in lines
+    assert any(line.startswith("    fitted GEMV_MAX_M=0 DEQUANT_MIN_M=16: rule/best 1.000;") for line in lines)
+    assert any(line.startswith("    fitted GEMV_MAX_M=4 DEQUANT_MIN_M=16: rule/best 1.000;") for line in lines)
+    # with 2-bit codes on the decode kernel (0.6 ms against 0.3, twice): 4.8 ms picked against 4.2 fastest
+    assert "  lowbit with a rule per code width: rule/best 1.000; configs.py now: rule/best 1.143" in lines
+    assert lines[-2] == "GEMV_MAX_M = {'lowbit': 4, 'lowbit/2': 0, 'sparse24': 4}"
+    assert lines[-1] == "DEQUANT_MIN_M = {'lowbit': 16, 'sparse24': 16}"
+    assert not any(line.lstrip().startswith("sparse24/") for line in lines)
+
+
 def test_latency_table_drops_only_the_racy_split_k_times_and_keeps_every_column(tmp_path):
     import csv
 

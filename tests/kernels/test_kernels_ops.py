@@ -8,7 +8,15 @@ import sys
 import pytest
 import torch
 
-from layerbudget.kernels.configs import DEQUANT_MIN_M, dequant_min_m
+from layerbudget.kernels.configs import (
+    DEQUANT_MIN_M,
+    GEMV_MAX_M,
+    check_thresholds,
+    dequant_min_m,
+    dispatch_path,
+    pick_config,
+    threshold_key,
+)
 from layerbudget.kernels.ops import choose_path, lowbit_matmul, packed_matmul, sparse24_matmul
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight
@@ -56,12 +64,63 @@ def test_dispatch_rule() -> None:
         dequant_min_m("nope")
 
 
+def test_the_threshold_tables_have_an_entry_per_format_and_only_known_keys() -> None:
+    check_thresholds(GEMV_MAX_M)
+    check_thresholds(DEQUANT_MIN_M)
+    with pytest.raises(ValueError, match=r"lacks \['sparse24_quant'\]"):
+        check_thresholds({"lowbit": 4, "sparse24": 4})
+    with pytest.raises(ValueError, match=r"unknown \['lowbit/5', 'sparse24/4'\]"):
+        check_thresholds({"lowbit": 4, "sparse24": 4, "sparse24_quant": 4, "sparse24/4": 1, "lowbit/5": 1})
+    with pytest.raises(ValueError, match="non-negative integers"):
+        check_thresholds({"lowbit": 4, "sparse24": 4, "sparse24_quant": 4, "lowbit/3": -1})
+    assert threshold_key("lowbit", 3) == "lowbit/3" and threshold_key("lowbit") == "lowbit"
+    assert threshold_key("sparse24", 16) == "sparse24"  # 2:4 fp16 has no codes
+    with pytest.raises(ValueError, match="`bits` must be one of"):
+        threshold_key("sparse24_quant", 5)
+
+
+@pytest.fixture
+def fresh_launches():
+    """Launches chosen after a test changes the threshold tables, and none of its choices kept after it."""
+    pick_config.cache_clear()
+    yield
+    pick_config.cache_clear()
+
+
+def test_a_code_width_entry_overrides_its_formats_threshold(monkeypatch, fresh_launches) -> None:
+    monkeypatch.setitem(GEMV_MAX_M, "lowbit/2", 0)
+    monkeypatch.setitem(DEQUANT_MIN_M, "sparse24_quant/4", 2)
+    assert [dispatch_path(1, "lowbit", b) for b in (2, 3, 4, 8, None)] == ["tc", "gemv", "gemv", "gemv", "gemv"]
+    assert [dispatch_path(m, "lowbit", 2) for m in (1, 15, 16)] == ["tc", "tc", "dequant"]
+    assert pick_config(1, 4096, 4096, "lowbit", bits=2, group=64).kernel == "tc"
+    assert pick_config(1, 4096, 4096, "lowbit", bits=4, group=128).kernel == "gemv"
+    assert [dispatch_path(m, "sparse24_quant", 4) for m in (1, 2)] == ["gemv", "dequant"]
+    assert dispatch_path(2, "sparse24_quant", 2) == "gemv" and dispatch_path(2, "sparse24") == "gemv"
+
+
+def test_the_modules_dispatch_by_their_weights_code_width(monkeypatch, fresh_launches, gen) -> None:
+    from layerbudget.kernels import ops
+
+    chosen = []
+    monkeypatch.setattr(ops, "pick_config", lambda *a, **kw: chosen.append(pick_config(*a, **kw)) or chosen[-1])
+    monkeypatch.setitem(GEMV_MAX_M, "lowbit/2", 0)
+    x = torch.randn(1, 128, generator=gen).half()
+    for bits in (2, 4):
+        w = PackedQuantWeight.from_dense(torch.randn(16, 128, generator=gen), bits, 64)
+        torch.testing.assert_close(lowbit_matmul(x, w, path="triton").float(),
+                                   lowbit_matmul(x, w, path="reference").float(), rtol=1e-2, atol=1e-2)
+    assert [c.kernel for c in chosen] == ["tc", "gemv"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="dispatch to Triton/cuBLAS needs CUDA tensors")
 def test_dispatch_rule_on_gpu() -> None:
-    for fmt, threshold in DEQUANT_MIN_M.items():
-        assert choose_path(torch.zeros(threshold - 1, 8, dtype=torch.float16, device="cuda"), fmt) == "triton"
-        assert choose_path(torch.zeros(threshold, 8, dtype=torch.float16, device="cuda"), fmt) == "dequant"
-        assert choose_path(torch.zeros(1, 8, device="cuda"), fmt) == "dequant"  # fp32 activations
+    for key in DEQUANT_MIN_M:
+        fmt, _, bits = key.partition("/")
+        bits = int(bits) if bits else None
+        threshold = dequant_min_m(fmt, bits)
+        assert choose_path(torch.zeros(threshold - 1, 8, dtype=torch.float16, device="cuda"), fmt, bits=bits) == "triton"
+        assert choose_path(torch.zeros(threshold, 8, dtype=torch.float16, device="cuda"), fmt, bits=bits) == "dequant"
+        assert choose_path(torch.zeros(1, 8, device="cuda"), fmt, bits=bits) == "dequant"  # fp32 activations
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

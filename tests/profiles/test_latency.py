@@ -10,6 +10,7 @@ import pytest
 from layerbudget.errors import LayerbudgetError
 from layerbudget.experiments.config import config_from_dict
 from layerbudget.kernels.bench import COLUMNS as BENCH_COLUMNS
+from layerbudget.kernels.configs import GEMV_MAX_M
 from layerbudget.options import parse_option
 from layerbudget.problem import Budget, Problem, Slot
 from layerbudget.profiles.hardware import GPUS, Hardware, known_targets
@@ -61,6 +62,13 @@ def test_roofline_at_decode_is_the_byte_ratio():
     _, path, kern = launches(parse_option("rtn-b4-g128"), (n, k), 4096, h100)
     assert path == "dequant" and len(kern) == 2
     assert roofline_us(h100, kern) > roofline_us(h100, launches(parse_option("dense"), (n, k), 4096, h100)[2])
+
+
+def test_the_roofline_takes_the_path_of_the_options_code_width(monkeypatch):
+    monkeypatch.setitem(GEMV_MAX_M, "lowbit/2", 0)
+    h100 = GPUS["h100"]
+    paths = [launches(parse_option(name), (4096, 4096), 1, h100)[1] for name in ("rtn-b2-g64", "rtn-b4-g128")]
+    assert paths == ["tc", "gemv"]
 
 
 def test_calibration_recovers_known_efficiencies():
