@@ -37,6 +37,11 @@ INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_P
 FP_FUSION = True
 
 
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` with the options every kernel of the project is compiled with (:data:`FP_FUSION`)."""
+    kernel[grid](*args, **kwargs, enable_fp_fusion=FP_FUSION)
+
+
 @triton.jit
 def field_code(words, high, e: tl.constexpr, BITS: tl.constexpr):
     """Field ``e`` of every unit as the fp32 value ``q * 2**(code_position(BITS) - 24)`` (``q`` the code; exact).

@@ -28,7 +28,7 @@ import triton.language as tl
 from .configs import LaunchConfig, field_dots
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import FP_FUSION, INLINE_PTX, INTERPRET, finish_tile, shift_to
+from .triton_common import INLINE_PTX, INTERPRET, finish_tile, launch, shift_to
 from .triton_gemv import _split_range
 from .workspace import tile_launch
 
@@ -164,10 +164,11 @@ def tc_fields(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
     m, k = x.shape
     n = weight.n
     grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
-    _tc_fields_kernel[grid](
+    launch(
+        _tc_fields_kernel, grid,
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         **launch_constants(weight.bits, weight.group, k, x.dtype == torch.bfloat16, cfg, bias is not None),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

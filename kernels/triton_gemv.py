@@ -30,7 +30,6 @@ from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
 from .triton_common import (
-    FP_FUSION,
     INTERPRET,
     arrive,
     below,
@@ -38,6 +37,7 @@ from .triton_common import (
     half_float,
     half_pair,
     half_to_float,
+    launch,
     load_if,
     pair_bits,
     prmt,
@@ -350,14 +350,15 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
     block_c, grid = _launch_shape(m, n, cfg, chunk, k)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = _buffers(x, m, n, grid, cfg.split_k)
-    _gemv_lowbit_kernel[grid](
+    launch(
+        _gemv_lowbit_kernel, grid,
         _aligned(x), weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=cu,
         FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)), EVEN=(k // chunk) % block_c == 0,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, PREFETCH=cfg.num_stages >= 2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -375,13 +376,14 @@ def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -
     block_c, grid = _launch_shape(m, n, cfg, chunk, k // 2)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = _buffers(x, m, n, grid, cfg.split_k)
-    _gemv_sparse24_kernel[grid](
+    launch(
+        _gemv_sparse24_kernel, grid,
         _aligned(x), _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
         QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush_fields(group, chunk, cu, e) if quant else 1,
         EVEN=(k // 2 // chunk) % block_c == 0, WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 

@@ -28,12 +28,12 @@ from .configs import LaunchConfig, tc_step_fields
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
 from .triton_common import (
-    FP_FUSION,
     INTERPRET,
     below,
     field_code,
     finish_tile,
     group_scale,
+    launch,
     pair_bits,
     pair_halves,
 )
@@ -183,12 +183,13 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
     n = weight.n
     jb = tc_step_fields(weight.bits, k, weight.group, cfg.block_k)  # not None: checked by ops
     grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
-    _tc_lowbit_kernel[grid](
+    launch(
+        _tc_lowbit_kernel, grid,
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         BITS=weight.bits, GROUP=weight.group, CU=chunk_units(weight.bits, k), JB=jb,
         HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, X_PERMUTED=x_permuted(cfg.block_m, cfg.block_n), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -200,9 +201,10 @@ def dequantize_lowbit(weight: PackedQuantWeight, dtype: torch.dtype) -> torch.Te
     block_c = max(1, 64 // cu)
     out = torch.empty(n, k, dtype=dtype, device=weight.device)
     grid = (triton.cdiv(n, 16), triton.cdiv(k // chunk, block_c))
-    _dequant_lowbit_kernel[grid](
+    launch(
+        _dequant_lowbit_kernel, grid,
         weight.packed, weight.scales, weight.zeros, out, n, k, weight.packed.stride(0), weight.scales.stride(0),
         out.stride(0), BITS=weight.bits, GROUP=weight.group, CU=cu, FLUSH=flush, BLOCK_N=16, BLOCK_C=block_c,
-        num_warps=4, enable_fp_fusion=FP_FUSION,
+        num_warps=4,
     )
     return out

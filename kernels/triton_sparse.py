@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .configs import LaunchConfig
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import FP_FUSION, INTERPRET, load_if, pair_halves, prmt, store_tile, sub_mul_f16x2
+from .triton_common import INTERPRET, launch, load_if, pair_halves, prmt, store_tile, sub_mul_f16x2
 from .triton_gemv import _aligned, flush_fields
 from .triton_pairs import code_pairs, field_parts, meta_pairs, pair_codes, pair_words, spread_selector
 from .workspace import tile_launch
@@ -238,13 +238,14 @@ def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: La
     fields = tc24_fields(cfg.block_m, cu, quant)
     block_c = tc24_chunks(cu, cfg.block_k, fields)
     grid, out, _, _ = tile_launch(x, n, cfg.block_n, cfg.block_m, 1)
-    _tc_sparse24_kernel[grid](
+    launch(
+        _tc_sparse24_kernel, grid,
         x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
         QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush, FIELDS=fields, EVEN=(k // 2 // chunk) % block_c == 0,
         WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=FP_FUSION,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -277,9 +278,10 @@ def dequantize_sparse24(weight: Sparse24Weight | Sparse24QuantWeight, dtype: tor
     block_c = max(1, 32 // cu)
     out = torch.empty(n, k, dtype=dtype, device=weight.device)
     grid = (triton.cdiv(n, 16), triton.cdiv((k // 2) // chunk, block_c))
-    _dequant_sparse24_kernel[grid](
+    launch(
+        _dequant_sparse24_kernel, grid,
         _aligned(values), _aligned(weight.meta), scales, zeros, out, n, k, values.stride(0), weight.meta.stride(0),
         scales.stride(0), out.stride(0), QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush,
-        WIDE=values.stride(0) % 2 == 0, BLOCK_N=16, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=FP_FUSION,
+        WIDE=values.stride(0) % 2 == 0, BLOCK_N=16, BLOCK_C=block_c, num_warps=4,
     )
     return out

@@ -52,20 +52,23 @@ def test_kernels_contract_multiply_adds_whatever_the_default() -> None:
 
 
 def test_every_kernel_launch_names_its_fusion() -> None:
-    """Each ``kernel[grid](...)`` launch passes ``enable_fp_fusion=FP_FUSION`` (the compiled code must not depend
-    on the installed Triton's default)."""
+    """Kernels launch only through ``triton_common.launch``, which passes ``enable_fp_fusion=FP_FUSION`` (the
+    compiled code must not depend on the installed Triton's default)."""
     import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "kernels"
-    launches = 0
+    direct, launches = [], 0
     for path in sorted(root.glob("triton_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):  # kernel[grid](...)
+                direct.append((path.name, node))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "launch":
                 launches += 1
-                kw = {k.arg: k.value for k in node.keywords}
-                assert isinstance(kw.get("enable_fp_fusion"), ast.Name) and kw["enable_fp_fusion"].id == "FP_FUSION", (
-                    f"{path.name}:{node.lineno}")
+    assert [(name, n.lineno) for name, n in direct if name != "triton_common.py"] == []
+    (_, only), = direct
+    kw = {k.arg: k.value for k in only.keywords}
+    assert isinstance(kw.get("enable_fp_fusion"), ast.Name) and kw["enable_fp_fusion"].id == "FP_FUSION"
     assert launches >= 7
 
 
