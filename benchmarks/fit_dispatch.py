@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         if not mine:
             print(f"{fmt}: no rows")
             continue
-        fitted = {None: report(fmt, mine, (gemv_max_m(fmt), dequant_min_m(fmt)))}
-        fitted_gemv[fmt], fitted_dequant[fmt] = fitted[None]
         widths = sorted({r["bits"] for r in mine if r["bits"] is not None})
+        only = widths[0] if len(widths) == 1 else None  # the thresholds in use: that width's where only one was measured
+        fitted = {None: report(fmt, mine, (gemv_max_m(fmt, only), dequant_min_m(fmt, only)))}
+        fitted_gemv[fmt], fitted_dequant[fmt] = fitted[None]
         if len(widths) < 2:
             continue
         now = {None: (gemv_max_m(fmt), dequant_min_m(fmt))}

@@ -183,6 +183,25 @@ def test_fit_dispatch_fits_a_code_width_apart_where_its_crossovers_differ(tmp_pa
     assert not any(line.lstrip().startswith("sparse24/") for line in lines)
 
 
+def test_fit_dispatch_compares_against_the_width_entry_in_use_when_one_width_was_measured(tmp_path, monkeypatch,
+                                                                                         capsys):
+    import importlib.util
+
+    from layerbudget.kernels import configs
+
+    spec = importlib.util.spec_from_file_location("fit_dispatch", ROOT / "benchmarks" / "fit_dispatch.py")
+    fit_dispatch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_dispatch)
+    monkeypatch.setitem(configs.GEMV_MAX_M, "lowbit/4", 0)  # 4-bit codes skip the decode kernel today
+    rows = [(n, 4096, m, "w4g128", 1.0, 0.3 if m == 1 else "nan", 0.5, 2.0, 0.0) for n in (4096, 8192) for m in (1, 2)]
+    _bench_rows(tmp_path / "bench.csv", rows)
+    assert fit_dispatch.main([str(tmp_path / "bench.csv")]) == 0
+    out = capsys.readouterr().out
+    # the rule in use sends M = 1 to the tensor-core kernel (0.5 against 0.3): 2.0 ms picked against 1.6 fastest
+    assert "fitted GEMV_MAX_M=1 DEQUANT_MIN_M=16: rule/best 1.000; configs.py now 0, 16: rule/best 1.250" in out
+    assert out.splitlines()[-2] == "GEMV_MAX_M = {'lowbit': 1}"
+
+
 def test_latency_table_drops_only_the_racy_split_k_times_and_keeps_every_column(tmp_path):
     import csv
 
