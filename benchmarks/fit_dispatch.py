@@ -30,10 +30,10 @@ import sys
 from collections import Counter, defaultdict
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
+from layerbudget.kernels.configs import FORMATS as KERNEL_FORMATS
 from layerbudget.kernels.configs import dequant_min_m, gemv_max_m, threshold_key
 
 PATHS = ("gemv", "tc", "dequant")
-KERNEL_FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 REQUIRED = ("m", "format", "n", "k", "ms_gemv", "ms_tc", "ms_dequant")
 
 

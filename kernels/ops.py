@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .configs import LaunchConfig, dequant_min_m, pick_config, tc_step_fields
+from .configs import LaunchConfig, dispatch_path, pick_config, tc_step_fields
 from .packing import chunk_units
 from .quant_weight import PackedQuantWeight
 from .reference import linear_ref, lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
@@ -104,7 +104,7 @@ def choose_path(x: torch.Tensor, fmt: str, path: str = "auto", supported: bool =
         return "reference"
     if not triton_available() or x.dtype not in KERNEL_DTYPES or not supported:
         return "dequant"
-    return "triton" if x.shape[0] < dequant_min_m(fmt, bits) else "dequant"
+    return "dequant" if dispatch_path(x.shape[0], fmt, bits) == "dequant" else "triton"
 
 
 def _triton_ready(x: torch.Tensor, module: ModuleType) -> None:
