@@ -3,7 +3,7 @@
 Imported lazily (through the kernel modules) on the first ``path="triton"`` call. ``INTERPRET`` is
 whether these kernels were built for the Triton interpreter (``TRITON_INTERPRET=1`` when this
 module was first imported). ``INLINE_PTX``: compiled kernels move bits with single PTX instructions
-(``prmt``, ``cvt.f32.f16``, ``sub/mul.f16x2``, register reuse); ``LAYERBUDGET_INLINE_PTX=0`` at
+(``prmt``, ``cvt.f32.f16``, ``sub/mul/fma.f16x2``, register reuse); ``LAYERBUDGET_INLINE_PTX=0`` at
 import builds them from plain Triton operations instead (the interpreter's code: same results,
 more instructions), the fallback where a GPU rejects or miscomputes the PTX.
 
@@ -91,6 +91,33 @@ def half_float(pair, HIGH: tl.constexpr):
             pair = pair >> 16
         out = pair.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     return out
+
+
+@triton.jit
+def field_less_zero(words, high, J: tl.constexpr, BITS: tl.constexpr, zero):
+    """Field ``J`` (a compile-time constant) of both halfwords of int32 units less the group's zero: the fp16
+    pair ``(q - z) * 2**(code_position(BITS) - 24)`` (exact), in :func:`field_code`'s units.
+
+    The field is masked where it sits, its bits under a zero exponent reading ``q * 2**(p - 24)``; a
+    field reaching past the mantissa's ten bits is first moved down by one shift by 8, shared by every
+    field it serves. One ``fma.f16x2`` then scales it by ``2**(code_position - p)`` and subtracts ``zero``
+    (:func:`half_pair` of ``z`` in those units). 3 bits: ``words`` is the low 2-bit plane and ``high``
+    the high-plane halfwords (bit ``J`` for the low halfword, ``J + 8`` for the high one).
+    """
+    W: tl.constexpr = 2 if BITS == 3 else BITS  # width of the field in ``words``
+    S: tl.constexpr = 0 if J * W + BITS <= 10 else 8
+    P: tl.constexpr = J * W - S  # the field's lowest bit after the shift
+    F: tl.constexpr = ((15 + code_position(BITS) - P) << 10) * 0x00010001  # fp16 2**(position - P), both halves
+    if S == 0:
+        moved = words
+    else:
+        moved = words >> S
+    bits = moved & (((1 << W) - 1) << P) * 0x00010001
+    if BITS == 3:
+        hw = high.to(tl.int32) & 0xFFFF
+        spread = hw | (hw << 8)  # bit J + 8 also at J + 16: one shift serves both halves
+        bits = bits | (shift_to(spread, words * 0 + P + 2 - J) & (1 << (P + 2)) * 0x00010001)
+    return mul_sub_f16x2(bits, words * 0 + F, zero)
 
 
 @triton.jit
@@ -187,20 +214,22 @@ def _at_half(v, h: tl.constexpr):
 
 
 @triton.jit
-def sub_f16x2(a, b):
-    """``a - b`` on the two fp16 halves of int32 words, rounded to fp16 (one ``sub.f16x2`` with ``INLINE_PTX``;
-    otherwise it works on the halves). Exact for codes and zeros in :func:`field_code`'s units."""
+def mul_sub_f16x2(a, b, c):
+    """``a * b - c`` on the two fp16 halves of int32 words, rounded once to fp16 (one ``fma.rn.f16x2``, its
+    addend negated in place, with ``INLINE_PTX``; otherwise it works on the halves, exact wherever the result
+    is representable)."""
     if INLINE_PTX:
-        out = tl.inline_asm_elementwise("sub.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
-                                        pack=1)
+        out = tl.inline_asm_elementwise("{ .reg .b32 t; neg.f16x2 t, $3; fma.rn.f16x2 $0, $1, $2, t; }", "=r,r,r,r",
+                                        [a, b, c], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        out = _at_half(_half16(a, 0) - _half16(b, 0), 0) | _at_half(_half16(a, 1) - _half16(b, 1), 1)
+        out = (_at_half(_half16(a, 0) * _half16(b, 0) - _half16(c, 0), 0)
+               | _at_half(_half16(a, 1) * _half16(b, 1) - _half16(c, 1), 1))
     return out
 
 
 @triton.jit
 def half_pair(v):
-    """fp32 ``v`` rounded to fp16, in both halves of an int32 word (the second operand of :func:`sub_f16x2`)."""
+    """fp32 ``v`` rounded to fp16, in both halves of an int32 word (what :func:`mul_sub_f16x2` subtracts)."""
     bits = v.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     return bits | (bits << 16)
 

@@ -8,9 +8,10 @@ units (16-byte loads along each chunk's ``C`` units), and for every field ``j`` 
 multiplies the extracted codes of the low and then the high halfwords with the activations they
 cover (a word of two activations serves both: the halfword layout of :mod:`layerbudget.kernels.packing`),
 accumulating in fp32 registers; no tensor-core tile, no reshape. Low-bit codes enter as ``q - z``
-times a power of two: the codes' bits under a zero fp16 exponent (:func:`~.triton_common.pair_bits`, two
-fields per word operation, one mask constant), less the zero in the same units with one ``sub.f16x2``
-for both (exact: integers below 2**10 times a power of two), then converted to fp32; the scale is
+times a power of two: a field of both halfwords masked where it sits under a zero fp16 exponent (one
+shift by 8 serves the fields past the mantissa), scaled to the codes' common unit and less the zero
+in one ``fma.f16x2`` (:func:`~.triton_common.field_less_zero`; exact: integers below 2**10 times a
+power of two), then converted to fp32; the scale is
 applied once per group and row: ``s * Σ (q - z) x``. With ``num_stages >= 2`` the low-bit kernel reads the
 next step's packed units, scales and zeros before it computes the current step (memory latency
 overlaps arithmetic, for more registers); with 1 it reads each step where it starts.
@@ -33,20 +34,19 @@ from .triton_common import (
     INTERPRET,
     arrive,
     below,
+    field_less_zero,
     group_scale,
     half_float,
     half_pair,
     half_to_float,
     launch,
     load_if,
-    pair_bits,
     prmt,
     release,
     store_out,
-    sub_f16x2,
     take,
 )
-from .triton_pairs import code_pairs, meta_pairs, pair_codes, pair_words, pick_selector
+from .triton_pairs import code_pairs, meta_pairs, pair_words, pick_selector
 from .workspace import split_k_buffers
 
 __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
@@ -181,7 +181,7 @@ def _gemv_lowbit_kernel(
                 p2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
             if t % 2 == 0:  # field t // 2 of both halfwords less the zero: (q - z) * 2**(position - 24), exact
-                fz = sub_f16x2(pair_bits(words, high, words * 0 + t // 2, BITS, False), half_pair(cz))
+                fz = field_less_zero(words, high, t // 2, BITS, half_pair(cz))
             f = half_float(fz, t % 2 == 1)
             if t % 2 == 0:  # the activation pairs of field t // 2, read once for both halfwords
                 pidx = pbase + (t // 2) * CU
@@ -237,7 +237,7 @@ def _gemv_sparse24_kernel(
     The two kept values of a group are handled together: their positions select the pair's two
     activations out of the group's four with one ``prmt`` (no gather), and their values (two
     16-bit values in one word, or two codes of neighbouring units less their group's zero, one
-    ``sub.f16x2`` for both, exact) are multiplied with them; a quantization group's sums take its scale
+    ``fma.f16x2`` for both, exact) are multiplied with them; a quantization group's sums take its scale
     once. A
     group's pair sits in neighbouring units of one field (``CU`` > 1) or in fields ``e, e + 1`` of one
     unit (``CU`` = 1); with ``QUANT`` code units and position units line up (see :mod:`.sparse24`).
@@ -289,7 +289,10 @@ def _gemv_sparse24_kernel(
                     p1 = p0
                     p2 = p0
                     p3 = p0
-                two = sub_f16x2(pair_codes(lo, hi, hw_lo, hw_hi, e >= H, e % H, BITS, False), zz)
+                if e >= H:  # field e % H of the upper halfwords
+                    two = field_less_zero(hi, hw_hi, e % H, BITS, zz)
+                else:
+                    two = field_less_zero(lo, hw_lo, e % H, BITS, zz)
                 wa = half_float(two, False)  # the pair's two codes less the zero, as field_code reads codes
                 wb = half_float(two, True)
             elif values_ptr.dtype.element_ty == tl.float32:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from layerbudget.kernels.configs import LaunchConfig, pick_config, split_for, tc_step_fields
 from layerbudget.kernels.ops import kernel_supported, lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
+from layerbudget.kernels.triton_common import field_less_zero, half_pair
 from layerbudget.kernels.workspace import split_k_buffers
 
 # (N, K, group_size): N ragged against every block size; groups covering whole chunks, chunks holding
@@ -131,6 +134,40 @@ def test_high_plane_programs_read_bits_as_floats(gen: torch.Generator) -> None:
             out = (((word << shift) & 0xFFFFFFFF) & int(lop.group(1), 16)) | int(lop.group(2), 16)
             for half, byte in enumerate((b0, b1)):
                 assert _half_value(out, half, torch.float16) == 32 + 4 * ((byte >> j) & 1), (j, b0, b1, half)
+
+
+# the bit of each halfword where field_code's units put a code's lowest bit (triton_common.code_position)
+CODE_POSITION = {2: 8, 3: 7, 4: 4, 8: 0}
+
+
+@triton.jit
+def _fields_less_zero(words_ptr, high_ptr, zero_ptr, out_ptr, J: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    out = field_less_zero(tl.load(words_ptr + offs), tl.load(high_ptr + offs), J, BITS,
+                          half_pair(tl.load(zero_ptr + offs)))
+    tl.store(out_ptr + offs, out)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8], ids=lambda b: f"b{b}")
+def test_field_less_zero_reads_every_field(bits: int, device: str, gen: torch.Generator) -> None:
+    """Field ``j`` of both halfwords (3 bits: two from the low plane, the third from bit ``j`` or ``j + 8`` of the
+    high-plane halfword), less the zero, comes out as the fp16 pair ``(q - z) * 2**(position - 24)``, exactly."""
+    n = 256
+    words = torch.randint(-2**31, 2**31, (n,), generator=gen, dtype=torch.int64).to(torch.int32)
+    high = torch.randint(-2**15, 2**15, (n,), generator=gen, dtype=torch.int64).to(torch.int16)
+    z = torch.randint(0, 2**bits, (n,), generator=gen).double()
+    unit = 2.0 ** (CODE_POSITION[bits] - 24)
+    width = 2 if bits == 3 else bits
+    w, h = words.long() & 0xFFFFFFFF, high.long() & 0xFFFF
+    out = torch.empty(n, dtype=torch.int32, device=device)
+    for j in range((16 if bits == 3 else 32 // bits) // 2):
+        _fields_less_zero[(1,)](words.to(device), high.to(device), (z * unit).float().to(device), out, j, bits, n)
+        got = out.cpu().view(torch.int16).view(torch.float16).double().view(n, 2)  # (low half, high half)
+        for half in (0, 1):
+            q = (w >> (16 * half + width * j)) & ((1 << width) - 1)
+            if bits == 3:
+                q = q | (((h >> (j + 8 * half)) & 1) << 2)
+            assert torch.equal(got[:, half], (q.double() - z) * unit), (j, half)
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "tc"])
