@@ -30,11 +30,10 @@ import sys
 from collections import Counter, defaultdict
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
+from layerbudget.kernels.configs import DISPATCH_PATHS, dequant_min_m, gemv_max_m, threshold_key
 from layerbudget.kernels.configs import FORMATS as KERNEL_FORMATS
-from layerbudget.kernels.configs import dequant_min_m, gemv_max_m, threshold_key
 
-PATHS = ("gemv", "tc", "dequant")
-REQUIRED = ("m", "format", "n", "k", "ms_gemv", "ms_tc", "ms_dequant")
+REQUIRED = ("m", "format", "n", "k", *(f"ms_{p}" for p in DISPATCH_PATHS))
 
 
 def _time(value: str) -> float:
@@ -56,7 +55,7 @@ def read_rows(paths: list[str]) -> list[dict]:
                 raise ValueError(f"{path} is not a kernel bench CSV: it has no column(s) {missing}.")
             for r in reader:
                 fmt = kernel_format(r["format"]) if r["format"] in FORMATS else None
-                times = {p: _time(r[f"ms_{p}"]) for p in PATHS}
+                times = {p: _time(r[f"ms_{p}"]) for p in DISPATCH_PATHS}
                 if _time(r.get("max_rel_err")) >= WRONG_REL_ERR:  # a fused path was wrong: only the dequantize path counts
                     times["gemv"] = times["tc"] = math.nan
                 if fmt is not None and any(not math.isnan(t) for t in times.values()):

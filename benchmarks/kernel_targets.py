@@ -29,7 +29,7 @@ import math
 import sys
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
-from layerbudget.kernels.configs import pick_config
+from layerbudget.kernels.configs import DISPATCH_PATHS, GEMV_ROWS, KERNELS, pick_config
 
 HEADLINE = ((8192, 8192), (8192, 28672))
 # (format, M) -> speedup over fp16 to reach at every headline shape
@@ -43,7 +43,6 @@ BENCH_COLUMNS = ("n", "k", "m", "format", "ms_fp16", "ms_gemv", "ms_tc", "ms_deq
 BLOCK_COLUMNS = ("plan", "speedup_vs_fp16")
 FP16_COLUMNS = ("n", "k", "m", "format", "ms_fp16")
 SASS_COLUMNS = ("variant", "instructions_per_weight")
-PATHS = ("gemv", "tc", "dequant")
 ISSUE_RATE = 132 * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
 
 
@@ -95,7 +94,7 @@ def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
     for (fmt, m), target in TARGETS.items():
         name = "2:4 fp16" if fmt == "2:4" else fmt
         kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group  # as the bench launches
-        for kernel in ("gemv", "tc") if m <= 4 else ("tc",):
+        for kernel in KERNELS if m <= max(GEMV_ROWS) else ("tc",):  # the static counts have decode kernels up to 4 rows
             count = sass.get(f"{kernel} M={m} {name}", math.nan)
             cells = []
             for n, k in HEADLINE:
@@ -114,7 +113,7 @@ def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
 def speedups(row: dict) -> tuple[float, float, float]:
     """(as dispatched, fastest right path, fastest right path over tinygemm) over fp16 for one bench row."""
     wrong = _num(row["max_rel_err"]) >= WRONG_REL_ERR
-    times = [t for t in (_num(row[f"ms_{p}"]) for p in (("dequant",) if wrong else PATHS)) if t > 0]
+    times = [t for t in (_num(row[f"ms_{p}"]) for p in (("dequant",) if wrong else DISPATCH_PATHS)) if t > 0]
     best = min(times) if times else math.nan
     auto = _num(row["ms_auto"]) if not wrong or row.get("path_auto") == "dequant" else math.nan
     fp16 = _num(row["ms_fp16"])

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
-from layerbudget.kernels.configs import dispatch_path
+from layerbudget.kernels.configs import DISPATCH_PATHS, dispatch_path
 
 
 def fix(row: dict) -> dict:
@@ -35,7 +35,7 @@ def fix(row: dict) -> dict:
     tc_ok = row["config_tc"] and not racy_split and float(row["max_rel_err"]) < WRONG_REL_ERR
     if not tc_ok:
         out["ms_tc"] = "nan"
-    times = {p: float(out[f"ms_{p}"]) for p in ("gemv", "tc", "dequant")}
+    times = {p: float(out[f"ms_{p}"]) for p in DISPATCH_PATHS}
     m, fmt = int(row["m"]), kernel_format(row["format"])
     path = dispatch_path(m, fmt, FORMATS[row["format"]].bits)
     if math.isnan(times[path]):

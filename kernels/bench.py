@@ -50,6 +50,7 @@ from .configs import (
     DEQUANT_MIN_M,
     GEMV_MAX_M,
     GEMV_ROWS,
+    KERNELS,
     LaunchConfig,
     dispatch_path,
     field_dots,
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown formats {unknown}; known: {list(FORMATS)}")
     kernels = args.kernels.split(",")
-    if set(kernels) - {"gemv", "tc"}:
+    if set(kernels) - set(KERNELS):
         parser.error(f"--kernels takes gemv and/or tc, got {args.kernels!r}")
     if not torch.cuda.is_available() or not triton_available():
         print("bench: needs a CUDA GPU and Triton; none on this host, so no numbers are reported.", file=sys.stderr)

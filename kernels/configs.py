@@ -30,6 +30,7 @@ from .packing import PACK_BITS, chunk_units, chunk_values, fields_per_unit
 
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 KERNELS = ("gemv", "tc")
+DISPATCH_PATHS = (*KERNELS, "dequant")  # what the dispatch rule picks among (the bench times each)
 
 # Decode kernel up to this many rows; tensor-core kernel below DEQUANT_MIN_M; dequantize + cuBLAS above.
 # Keys: a format, or "format/bits" for one code width of it (``benchmarks/fit_dispatch.py`` prints both).
@@ -103,7 +104,7 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     ``bits`` and ``group`` (``None``: whole rows): the low-bit width and group size, where they change the launch."""
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {KERNELS} or None, but got kernel={kernel!r}.")
-    kernel = kernel or ("gemv" if m <= gemv_max_m(fmt, bits) else "tc")
+    kernel = kernel or fused_kernel(m, fmt, bits)
     kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
     if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
         bm = gemv_rows(m)
@@ -188,6 +189,12 @@ def dispatch_path(m: int, fmt: str, bits: int | None = None) -> str:
     """``"gemv"``, ``"tc"`` or ``"dequant"``: the path the rule gives ``m`` rows of one format and code width."""
     if m >= dequant_min_m(fmt, bits):  # first, as in the modules: a decode range reaching past it is cut there
         return "dequant"
+    return fused_kernel(m, fmt, bits)
+
+
+def fused_kernel(m: int, fmt: str, bits: int | None = None) -> str:
+    """The fused kernel for ``m`` rows of one format and code width, whatever ``DEQUANT_MIN_M`` says: ``"gemv"``
+    up to ``GEMV_MAX_M``, else ``"tc"`` (what a launch on the Triton path takes)."""
     return "gemv" if m <= gemv_max_m(fmt, bits) else "tc"
 
 

@@ -95,6 +95,8 @@ def test_a_code_width_entry_overrides_its_formats_threshold(monkeypatch, fresh_l
     assert pick_config(1, 4096, 4096, "lowbit", bits=2, group=64).kernel == "tc"
     assert pick_config(1, 4096, 4096, "lowbit", bits=4, group=128).kernel == "gemv"
     assert [dispatch_path(m, "sparse24_quant", 4) for m in (1, 2)] == ["gemv", "dequant"]
+    # a launch on the Triton path past DEQUANT_MIN_M still takes the fused kernel the decode threshold gives
+    assert pick_config(2, 4096, 4096, "sparse24_quant", bits=4, group=64).kernel == "gemv"
     assert dispatch_path(2, "sparse24_quant", 2) == "gemv" and dispatch_path(2, "sparse24") == "gemv"
 
 
