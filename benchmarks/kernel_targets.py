@@ -18,6 +18,14 @@ the target speedup); above 100 % the target is out of reach of that kernel whate
 does. At M = 256 the tensor-core kernel takes each weight once per tile of activation rows
 (``block_m`` of its launch), so the floor counts it that many times. The counts are those of the
 launches at 8192x8192 (K does not change the loop body). fp16 times come from any CSV with ``n, k, m, format, ms_fp16`` columns (older bench CSVs too).
+
+A SASS CSV with the launches' registers, shared memory and stages also gives what the targets ask of
+memory-level parallelism: the weight bytes each SM has requested and not yet received, as the
+launch keeps them (programs resident per SM, by the compiled kernel's registers and shared memory
+and the launch's grid, times the bytes of one step of a program times the steps it reads ahead),
+and the memory latency those bytes hide at the bandwidth the target needs (the weight's bytes over
+the time the target allows): a kernel that waits longer for its loads than that cannot reach the
+target, whatever it issues. No latency is assumed; the GPU's is for the GPU check to set against it.
 Exit status 2 on a file that is none of these kinds.
 """
 
@@ -25,8 +33,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import sys
+
+import torch
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import DISPATCH_PATHS, GEMV_ROWS, KERNELS, pick_config
@@ -43,7 +54,12 @@ BENCH_COLUMNS = ("n", "k", "m", "format", "ms_fp16", "ms_gemv", "ms_tc", "ms_deq
 BLOCK_COLUMNS = ("plan", "speedup_vs_fp16")
 FP16_COLUMNS = ("n", "k", "m", "format", "ms_fp16")
 SASS_COLUMNS = ("variant", "instructions_per_weight")
-ISSUE_RATE = 132 * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
+FLIGHT_COLUMNS = ("regs", "warps", "stages", "shared_bytes", "weights_per_thread")  # for the memory-in-flight table
+SMS = 132
+ISSUE_RATE = SMS * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
+# What one SM of compute capability 9.0 holds at once: registers (allocated per warp, 256 at a time), warps,
+# programs, and shared memory (of which each program takes 1 KB more than it asks for)
+SM_REGISTERS, SM_WARPS, SM_PROGRAMS, SM_SHARED, PROGRAM_SHARED_RESERVE = 65536, 64, 32, 233472, 1024
 
 
 def _num(value: str | None) -> float:
@@ -78,13 +94,30 @@ def read(paths: list[str]) -> tuple[dict, dict, dict]:
     return bench, block, fp16
 
 
-def read_sass(path: str) -> dict[str, float]:
-    """Static instructions per weight by variant name (``gemv M=1 w4g128``) from an ``aot_check --sass`` CSV."""
+def read_sass(path: str) -> dict[str, dict]:
+    """Rows by variant name (``gemv M=1 w4g128``) from an ``aot_check --sass`` CSV."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         if not set(reader.fieldnames or ()).issuperset(SASS_COLUMNS):
             raise ValueError(f"{path} is not an aot_check --sass CSV (needs the columns {list(SASS_COLUMNS)}).")
-        return {" ".join(r["variant"].split()): _num(r["instructions_per_weight"]) for r in reader}
+        return {" ".join(r["variant"].split()): r for r in reader}
+
+
+def resident_programs(regs: int, warps: int, shared: int) -> int:
+    """Programs of one launch an SM holds at once, by registers per thread, warps and shared memory per program."""
+    by_regs = SM_REGISTERS // (-(-regs // 8) * 8 * 32 * warps)
+    return min(by_regs, SM_WARPS // warps, SM_PROGRAMS, SM_SHARED // (shared + PROGRAM_SHARED_RESERVE))
+
+
+@functools.cache
+def bytes_per_weight(fmt: str) -> float:
+    """Stored bytes per dense weight of a bench format (codes, scales, zeros, positions), as it packs a row of 8192."""
+    gen = torch.Generator().manual_seed(0)
+    return FORMATS[fmt].build((torch.randn(64, 8192, generator=gen) * 0.02).half()).bits_per_weight / 8
+
+
+def _variant(fmt: str, m: int, kernel: str) -> str:
+    return f"{kernel} M={m} {'2:4 fp16' if fmt == '2:4' else fmt}"
 
 
 def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
@@ -92,10 +125,9 @@ def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
     lines = ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
              "|---|---|---|" + "---|" * len(HEADLINE)]
     for (fmt, m), target in TARGETS.items():
-        name = "2:4 fp16" if fmt == "2:4" else fmt
         kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group  # as the bench launches
         for kernel in KERNELS if m <= max(GEMV_ROWS) else ("tc",):  # the static counts have decode kernels up to 4 rows
-            count = sass.get(f"{kernel} M={m} {name}", math.nan)
+            count = _num(sass.get(_variant(fmt, m, kernel), {}).get("instructions_per_weight"))
             cells = []
             for n, k in HEADLINE:
                 tiles = -(-m // pick_config(m, n, k, kind, kernel, bits, group).block_m)  # each weight once per tile
@@ -107,6 +139,39 @@ def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
             label = "decode" if kernel == "gemv" else "tensor-core"
             lines.append(f"| {fmt} | {m} | {label} ({'—' if math.isnan(count) else f'{count:.2f}'}) | "
                          + " | ".join(cells) + " |")
+    return lines
+
+
+def memory_in_flight(sass: dict[str, dict], fp16: dict) -> list[str]:
+    """Markdown rows: per target and kernel, the weight bytes in flight per SM and the latency they hide at the
+    bandwidth the target needs (see the module docstring)."""
+    lines = ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
+             "|---|---|---|" + "---|" * len(HEADLINE)]
+    for (fmt, m), target in TARGETS.items():
+        kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group  # as the bench launches
+        for kernel in KERNELS if m <= max(GEMV_ROWS) else ("tc",):
+            row = sass.get(_variant(fmt, m, kernel), {})
+            regs, warps, stages, shared, per_thread = (_num(row.get(c)) for c in FLIGHT_COLUMNS)
+            cells = []
+            for n, k in HEADLINE:
+                cfg = pick_config(m, n, k, kind, kernel, bits, group)
+                tiles = -(-m // cfg.block_m)
+                if any(math.isnan(v) for v in (regs, warps, stages, shared, per_thread)):
+                    cells.append("—")
+                    continue
+                grid = -(-n // cfg.block_n) * cfg.split_k * tiles
+                resident = min(resident_programs(int(regs), int(warps), int(shared)), -(-grid // SMS))
+                # the low-bit decode kernel reads one step ahead; the 2:4 ones read each step as it starts; the
+                # tensor-core kernels keep stages - 1 steps of loads in flight
+                ahead = 1 if kernel == "gemv" else max(1, int(stages) - 1)
+                dense_per_step = per_thread * 32 * warps * (2 if fmt.startswith("2:4") else 1)
+                flight = resident * dense_per_step * bytes_per_weight(fmt) * ahead  # bytes per SM
+                allowed_s = fp16.get((m, (n, k)), math.nan) / target * 1e-3
+                need = tiles * n * k * bytes_per_weight(fmt) / allowed_s  # bytes per second the target needs
+                hidden_us = flight * SMS / need * 1e6
+                cells.append("—" if math.isnan(hidden_us) else f"{hidden_us:.2f} µs ({flight / 1024:.0f} KB per SM)")
+            label = "decode" if kernel == "gemv" else "tensor-core"
+            lines.append(f"| {fmt} | {m} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -171,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nInstruction issue each target needs (static instructions per weight in brackets; floor of the "
               "kernel over the time the target allows):\n")
         print("\n".join(issue_shares(sass, fp16)))
+        print("\nMemory latency each kernel hides at the bandwidth each target needs (its weight bytes in flight "
+              "per SM in brackets):\n")
+        print("\n".join(memory_in_flight(sass, fp16)))
     return 0
 
 

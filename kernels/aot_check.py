@@ -175,8 +175,8 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
                       "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
                       "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
-            v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
-                      cfg.num_warps, name)
+            v = replace(_tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16",
+                              consts, cfg.num_warps, name), num_stages=cfg.num_stages)
             # the hot loop is the field loop: `fields` fields of BLOCK_C chunks
             per_field = chunk // e
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field * fields // (32 * cfg.num_warps)))
@@ -332,6 +332,7 @@ def _sass_report(arch: int, csv_path: Path | None, match: str = "") -> int:
         print(f"sm_{arch} {v.name:<24} loop={len(loop.body):>4} weights/thread={v.weights_per_iter:>3} "
               f"instr/weight={per_weight:5.2f} regs={regs:>3}  {top}")
         rows.append({"arch": f"sm_{arch}", "variant": v.name, "warps": v.num_warps, "regs": regs,
+                     "stages": v.num_stages, "shared_bytes": k.metadata.shared,
                      "loop_instructions": len(loop.body), "weights_per_thread": v.weights_per_iter,
                      "instructions_per_weight": round(per_weight, 3),
                      "mix": " ".join(f"{op}={n}" for op, n in sorted(mix.items()))})

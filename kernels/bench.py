@@ -228,6 +228,8 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | No
         shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, st) for bn, bk, w, st in alts]
     elif m <= 16:
         shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
+        if fmt != "lowbit":  # the table's tile two steps ahead instead of four
+            shapes.append(LaunchConfig("tc", base.block_m, base.block_n, base.block_k, 1, base.num_warps, 3))
         if fmt == "lowbit" and bits is not None and field_dots(bits, group, k, base.block_m):
             # a one-dot-per-field launch: the other tile width, and four warps
             other = 64 if base.block_n == 128 else 128

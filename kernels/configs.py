@@ -5,8 +5,9 @@ on a CPU host (interpreter tests) and on a GPU, and no timing runs at first call
 values and the dispatch thresholds are read off ``python -m layerbudget.kernels.bench --tune`` on
 an H200 (the fastest configuration per path, ``best_path`` for the crossovers; the CSV is under
 ``profiles/data/latency/``), except the tensor-core tile for M > 64, chosen from the compiled
-kernels' static counts (``aot_check --sass``: multiply-adds per issued instruction, no spills) and
-timed against its alternatives by ``--tune``. Split-K exists for the decode kernels and the low-bit
+kernels' static counts (``aot_check --sass``: multiply-adds per issued instruction, no spills), and
+the 2:4 tensor-core kernels' pipeline depth at up to 16 rows, chosen from the bytes it keeps in
+flight (``benchmarks/kernel_targets.py --sass``); ``--tune`` times both against their alternatives. Split-K exists for the decode kernels and the low-bit
 tensor-core kernel (the 2:4 tensor-core kernels refuse it).
 
 Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``) and code width, with CUDA
@@ -132,7 +133,10 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     split = 1
     if fmt == "lowbit":  # the 2:4 tensor-core kernels have no split-K
         split = split_for(_cdiv(n, bn) * _cdiv(m, bm), _cdiv(kvals, bk), target)
-    return LaunchConfig("tc", bm, bn, bk, split, warps, 3)
+    # the 2:4 kernels at few rows: one program per SM (no split-K) and a step of one field (a few KB), so their
+    # loads stay in flight by depth: four steps ahead (more makes the 2:4 + low-bit loop longer, aot_check --sass)
+    stages = 5 if fmt != "lowbit" and m <= 16 else 3
+    return LaunchConfig("tc", bm, bn, bk, split, warps, stages)
 
 
 def field_dots(bits: int, group: int | None, k: int, rows: int) -> bool:

@@ -261,6 +261,32 @@ def test_kernel_targets_give_the_issue_share_each_target_needs(tmp_path):
     assert "| w4g128 | 1 | — / — (— vs tinygemm) |" in proc.stdout  # its fused time is not read
 
 
+def test_kernel_targets_give_the_memory_latency_each_kernel_hides(tmp_path):
+    (tmp_path / "fp16.csv").write_text("n,k,m,format,ms_fp16\n8192,8192,1,fp16,0.048\n8192,8192,16,fp16,0.05\n")
+    (tmp_path / "sass.csv").write_text(
+        "arch,variant,warps,regs,stages,shared_bytes,weights_per_thread,instructions_per_weight\n"
+        "sm_90,gemv M=1 w4g128,8,74,2,512,64,4.3\n"  # 3 programs per SM by registers (80 x 256 threads each)
+        "sm_90,tc   M=16 w4g128,2,188,2,12800,256,2.0\n"  # 5 by registers, but a grid of 512 gives each SM 4
+        "sm_90,gemv M=1 w3g128,8,84,2,512,64,5.5\n"  # 84 registers take 88: 2 programs, not 3
+        "sm_90,tc   M=1 w3g128,2,128,2,6656,,3.6\n")  # a count without the launch's step: no figure
+    proc = bench("kernel_targets.py", str(tmp_path / "fp16.csv"), "--sass", str(tmp_path / "sass.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = proc.stdout.split("Memory latency")[1]
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in table.splitlines() if line.startswith("|")}
+    # w4g128 is 4.25 bits a weight: 3 programs x 16384 weights x 0.53125 B one step ahead = 26112 B per SM; the
+    # target (3x over 48 us) streams 8192^2 x 0.53125 B in 16 us, and 26112 B x 132 SMs last 1.55 us of that
+    assert "| 1.55 µs (26 KB per SM) | — |" in rows[("w4g128", "1", "decode")]
+    # 4 programs x 64 threads x 256 weights one step ahead = 34816 B; 8192^2 x 0.53125 B in 50 / 2.5 = 20 us
+    assert "| 2.58 µs (34 KB per SM) |" in rows[("w4g128", "16", "tensor-core")]
+    assert rows[("w3g128", "1", "tensor-core")].endswith("| — | — |")
+    # 3.25 bits a weight: 2 x 16384 x 0.40625 B = 13312 B per SM; 3.6x over 48 us; no fp16 time at 8192x28672
+    assert "| 0.86 µs (13 KB per SM) | — |" in rows[("w3g128", "1", "decode")]
+    # a CSV of an older aot_check (no launch columns) gives no memory figures, only the issue shares
+    (tmp_path / "old.csv").write_text("arch,variant,instructions_per_weight\nsm_90,gemv M=1 w4g128,2.0\n")
+    proc = bench("kernel_targets.py", str(tmp_path / "fp16.csv"), "--sass", str(tmp_path / "old.csv"))
+    assert proc.returncode == 0 and "KB per SM" not in proc.stdout and "| 25% (4.0 of 16.0 µs) |" in proc.stdout
+
+
 def test_kernel_targets_refuse_a_csv_of_another_kind_in_one_line(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     proc = bench("kernel_targets.py", str(tmp_path / "x.csv"))
