@@ -93,8 +93,12 @@ def _tc24(x: str, quant: bool, bits: int, cu: int, bm: int = 16) -> Variant:
     consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "FLUSH": 4 if cu > 1 else 1, "FIELDS": fields,
               "EVEN": cu == 1, "WIDE": bits != 3, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": 64,
               "BLOCK_C": 4 if cu == 1 else 2}
-    return _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
-                 f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm}")
+    from .configs import pick_config
+
+    stages = pick_config(bm, 8192, 8192, "sparse24_quant" if quant else "sparse24", "tc").num_stages  # as the table
+    v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
+              f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm}")
+    return replace(v, num_stages=stages)
 
 
 def _tile(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, name: str) -> Variant:
