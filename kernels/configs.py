@@ -7,8 +7,9 @@ an H200 (the fastest configuration per path, ``best_path`` for the crossovers; t
 ``profiles/data/latency/``), except the tensor-core tile for M > 64, chosen from the compiled
 kernels' static counts (``aot_check --sass``: multiply-adds per issued instruction, no spills), and
 the 2:4 tensor-core kernels' pipeline depth at up to 16 rows, chosen from the bytes it keeps in
-flight (``benchmarks/kernel_targets.py --sass``); ``--tune`` times both against their alternatives. Split-K exists for the decode kernels and the low-bit
-tensor-core kernel (the 2:4 tensor-core kernels refuse it).
+flight (``benchmarks/kernel_targets.py --sass``); ``--tune`` times both against their alternatives.
+Split-K exists for the decode kernels and the low-bit tensor-core kernel (the 2:4 tensor-core
+kernels refuse it).
 
 Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``) and code width, with CUDA
 tensors, fp16/bf16 activations and Triton installed (an entry ``"lowbit/3"`` of a threshold table
