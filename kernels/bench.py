@@ -231,10 +231,11 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | No
         if fmt != "lowbit":  # the table's tile two steps ahead instead of four
             shapes.append(LaunchConfig("tc", base.block_m, base.block_n, base.block_k, 1, base.num_warps, 3))
         if fmt == "lowbit" and bits is not None and field_dots(bits, group, k, base.block_m):
-            # a one-dot-per-field launch: the other tile width, and four warps
+            # a one-dot-per-field launch: the other tile width, four warps, and one chunk read ahead instead of two
             other = 64 if base.block_n == 128 else 128
-            shapes = [LaunchConfig("tc", base.block_m, other, base.block_k, 1, 2, 2),
-                      LaunchConfig("tc", base.block_m, 128, base.block_k, 1, 4, 2), *shapes]
+            shapes = [LaunchConfig("tc", base.block_m, other, base.block_k, 1, 2, base.num_stages),
+                      LaunchConfig("tc", base.block_m, 128, base.block_k, 1, 4, base.num_stages),
+                      LaunchConfig("tc", base.block_m, base.block_n, base.block_k, 1, 2, 2), *shapes]
     elif m <= 64:
         shapes = [LaunchConfig("tc", 64, 128, 128, 1, 8, 3)]
     else:  # smaller K steps, and a narrower tile with fewer warps

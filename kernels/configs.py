@@ -120,9 +120,10 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     rows = 8 if m <= 8 else 16
     if fmt == "lowbit" and m <= 16 and bits is not None and field_dots(bits, group, k, rows):
         # one dot per field (triton_fielddot), a chunk per step; half the tile for 2/3-bit codes, where 128 rows
-        # take (nearly) all 255 registers (and spill in the plain-Triton build, LAYERBUDGET_INLINE_PTX=0)
+        # take (nearly) all 255 registers (and spill in the plain-Triton build, LAYERBUDGET_INLINE_PTX=0); two
+        # chunks read ahead (3 stages): twice the bytes in flight of one for a few percent more instructions
         bn, bk = (128 if bits in (4, 8) else 64), chunk_values(bits, k)
-        return LaunchConfig("tc", rows, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, rows), _cdiv(k, bk)), 2, 2)
+        return LaunchConfig("tc", rows, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, rows), _cdiv(k, bk)), 2, 3)
     if m <= 16:
         bm, bn, bk, warps = 16, 64, 128, 4
     elif m <= 64:
