@@ -75,7 +75,12 @@ else
     --out "$out/bench-headline.csv" > "$out/bench-headline.txt" 2>&1
   grep -E "M=1 |M=16 |M=256" "$out/bench-headline.txt" | cut -c1-150 | head -40
   run "Llama block" "$(limit 25 3)" python3 benchmarks/llama_block.py --out "$out/block.csv" 2>&1 | tail -5
-  python3 benchmarks/kernel_targets.py "$out/bench-headline.csv" "$out/block.csv" | tee "$out/targets.md"
+  # the committed static counts for this Triton version (aot_check --sass), if any, add what each target asks of
+  # instruction issue and of memory in flight, next to the measured speedups
+  tv=$(python3 -c "import triton; print('.'.join(triton.__version__.split('.')[:2]))" 2>/dev/null)
+  sass=$(ls benchmarks/results/sass-sm90-triton"$tv"-20[0-9][0-9]-*.csv 2>/dev/null | tail -1)  # the newest dated
+  python3 benchmarks/kernel_targets.py "$out/bench-headline.csv" "$out/block.csv" ${sass:+--sass "$sass"} \
+    | tee "$out/targets.md"
   # which kernel wins at each M of the headline shapes (check mode refits on every CSV below)
   python3 benchmarks/fit_dispatch.py "$out/bench-headline.csv" > "$out/fit-dispatch-headline.txt" 2>&1
   tail -2 "$out/fit-dispatch-headline.txt"
