@@ -120,58 +120,66 @@ def _variant(fmt: str, m: int, kernel: str) -> str:
     return f"{kernel} M={m} {'2:4 fp16' if fmt == '2:4' else fmt}"
 
 
-def issue_shares(sass: dict[str, float], fp16: dict) -> list[str]:
-    """Markdown rows: per target and kernel, the issue floor over the time the target allows."""
-    lines = ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
-             "|---|---|---|" + "---|" * len(HEADLINE)]
+def _target_launches():
+    """``(format, M, target, kernel, launch per headline shape)`` for every target and each kernel the static counts
+    cover (decode kernels up to 4 rows), launched as the bench launches them."""
     for (fmt, m), target in TARGETS.items():
-        kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group  # as the bench launches
-        for kernel in KERNELS if m <= max(GEMV_ROWS) else ("tc",):  # the static counts have decode kernels up to 4 rows
-            count = _num(sass.get(_variant(fmt, m, kernel), {}).get("instructions_per_weight"))
-            cells = []
-            for n, k in HEADLINE:
-                tiles = -(-m // pick_config(m, n, k, kind, kernel, bits, group).block_m)  # each weight once per tile
-                weights = tiles * n * k // (2 if fmt.startswith("2:4") else 1)
-                floor_ms = count * weights / 32 / ISSUE_RATE * 1e3
-                allowed_ms = fp16.get((m, (n, k)), math.nan) / target
-                share = floor_ms / allowed_ms
-                cells.append("—" if math.isnan(share) else f"{share:.0%} ({floor_ms * 1e3:.1f} of {allowed_ms * 1e3:.1f} µs)")
-            label = "decode" if kernel == "gemv" else "tensor-core"
-            lines.append(f"| {fmt} | {m} | {label} ({'—' if math.isnan(count) else f'{count:.2f}'}) | "
-                         + " | ".join(cells) + " |")
+        kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group
+        for kernel in KERNELS if m <= max(GEMV_ROWS) else ("tc",):
+            yield fmt, m, target, kernel, [pick_config(m, n, k, kind, kernel, bits, group) for n, k in HEADLINE]
+
+
+def _head() -> list[str]:
+    return ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
+            "|---|---|---|" + "---|" * len(HEADLINE)]
+
+
+def _label(kernel: str) -> str:
+    return "decode" if kernel == "gemv" else "tensor-core"
+
+
+def issue_shares(sass: dict[str, dict], fp16: dict) -> list[str]:
+    """Markdown rows: per target and kernel, the issue floor over the time the target allows."""
+    lines = _head()
+    for fmt, m, target, kernel, cfgs in _target_launches():
+        count = _num(sass.get(_variant(fmt, m, kernel), {}).get("instructions_per_weight"))
+        cells = []
+        for (n, k), cfg in zip(HEADLINE, cfgs):
+            tiles = -(-m // cfg.block_m)  # each weight once per tile
+            weights = tiles * n * k // (2 if fmt.startswith("2:4") else 1)
+            floor_ms = count * weights / 32 / ISSUE_RATE * 1e3
+            allowed_ms = fp16.get((m, (n, k)), math.nan) / target
+            share = floor_ms / allowed_ms
+            cells.append("—" if math.isnan(share) else f"{share:.0%} ({floor_ms * 1e3:.1f} of {allowed_ms * 1e3:.1f} µs)")
+        lines.append(f"| {fmt} | {m} | {_label(kernel)} ({'—' if math.isnan(count) else f'{count:.2f}'}) | "
+                     + " | ".join(cells) + " |")
     return lines
 
 
 def memory_in_flight(sass: dict[str, dict], fp16: dict) -> list[str]:
     """Markdown rows: per target and kernel, the weight bytes in flight per SM and the latency they hide at the
     bandwidth the target needs (see the module docstring)."""
-    lines = ["| format | M | kernel | " + " | ".join(f"{n}x{k}" for n, k in HEADLINE) + " |",
-             "|---|---|---|" + "---|" * len(HEADLINE)]
-    for (fmt, m), target in TARGETS.items():
-        kind, bits, group = kernel_format(fmt), FORMATS[fmt].bits, FORMATS[fmt].group  # as the bench launches
-        for kernel in KERNELS if m <= max(GEMV_ROWS) else ("tc",):
-            row = sass.get(_variant(fmt, m, kernel), {})
-            regs, warps, stages, shared, per_thread = (_num(row.get(c)) for c in FLIGHT_COLUMNS)
-            cells = []
-            for n, k in HEADLINE:
-                cfg = pick_config(m, n, k, kind, kernel, bits, group)
+    lines = _head()
+    for fmt, m, target, kernel, cfgs in _target_launches():
+        row = sass.get(_variant(fmt, m, kernel), {})
+        regs, warps, stages, shared, per_thread = (_num(row.get(c)) for c in FLIGHT_COLUMNS)
+        cells = ["—"] * len(HEADLINE)
+        if not any(math.isnan(v) for v in (regs, warps, stages, shared, per_thread)):
+            # the low-bit decode kernel reads one step ahead; the 2:4 ones read each step as it starts; the
+            # tensor-core kernels keep stages - 1 steps of loads in flight
+            ahead = 1 if kernel == "gemv" else max(1, int(stages) - 1)
+            step = per_thread * 32 * warps * (2 if fmt.startswith("2:4") else 1) * bytes_per_weight(fmt)
+            programs = resident_programs(int(regs), int(warps), int(shared))
+            for i, ((n, k), cfg) in enumerate(zip(HEADLINE, cfgs)):
                 tiles = -(-m // cfg.block_m)
-                if any(math.isnan(v) for v in (regs, warps, stages, shared, per_thread)):
-                    cells.append("—")
-                    continue
                 grid = -(-n // cfg.block_n) * cfg.split_k * tiles
-                resident = min(resident_programs(int(regs), int(warps), int(shared)), -(-grid // SMS))
-                # the low-bit decode kernel reads one step ahead; the 2:4 ones read each step as it starts; the
-                # tensor-core kernels keep stages - 1 steps of loads in flight
-                ahead = 1 if kernel == "gemv" else max(1, int(stages) - 1)
-                dense_per_step = per_thread * 32 * warps * (2 if fmt.startswith("2:4") else 1)
-                flight = resident * dense_per_step * bytes_per_weight(fmt) * ahead  # bytes per SM
+                flight = min(programs, -(-grid // SMS)) * step * ahead  # bytes per SM
                 allowed_s = fp16.get((m, (n, k)), math.nan) / target * 1e-3
                 need = tiles * n * k * bytes_per_weight(fmt) / allowed_s  # bytes per second the target needs
                 hidden_us = flight * SMS / need * 1e6
-                cells.append("—" if math.isnan(hidden_us) else f"{hidden_us:.2f} µs ({flight / 1024:.0f} KB per SM)")
-            label = "decode" if kernel == "gemv" else "tensor-core"
-            lines.append(f"| {fmt} | {m} | {label} | " + " | ".join(cells) + " |")
+                if not math.isnan(hidden_us):
+                    cells[i] = f"{hidden_us:.2f} µs ({flight / 1024:.0f} KB per SM)"
+        lines.append(f"| {fmt} | {m} | {_label(kernel)} | " + " | ".join(cells) + " |")
     return lines
 
 

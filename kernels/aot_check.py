@@ -96,15 +96,14 @@ def _tc24(x: str, quant: bool, bits: int, cu: int, bm: int = 16) -> Variant:
     from .configs import pick_config
 
     stages = pick_config(bm, 8192, 8192, "sparse24_quant" if quant else "sparse24", "tc").num_stages  # as the table
-    v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
-              f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm}")
-    return replace(v, num_stages=stages)
+    return _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
+                 f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm}", stages)
 
 
-def _tile(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, name: str) -> Variant:
+def _tile(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, name: str, stages: int) -> Variant:
     """A tensor-core kernel variant (no split-K workspace)."""
     ptrs = {"x_ptr": x, **_PTRS[fmt], "bias_ptr": "*fp32", "out_ptr": x}
-    return Variant(module, kernel, ptrs, consts, warps, 3, name)
+    return Variant(module, kernel, ptrs, consts, warps, stages, name)
 
 
 def _dequant(bits: int) -> Variant:
@@ -179,8 +178,8 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
                       "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
                       "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
-            v = replace(_tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16",
-                              consts, cfg.num_warps, name), num_stages=cfg.num_stages)
+            v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
+                      cfg.num_warps, name, cfg.num_stages)
             # the hot loop is the field loop: `fields` fields of BLOCK_C chunks
             per_field = chunk // e
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field * fields // (32 * cfg.num_warps)))

@@ -341,7 +341,8 @@ def bench_shape(
                 ref = packed_matmul(x, w, path="reference")  # torch only: no kernel checks itself
                 failed: list[str] = []
                 times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
-                if kernel_supported(w):
+                supported, width = kernel_supported(w), code_bits(w)
+                if supported:
                     for kern in kernel_paths(m, fmt):
                         bits, group = FORMATS[name].bits, FORMATS[name].group
                         for cfg in (row_candidates(kern, m, n, k, fmt, bits, group) if tune
@@ -355,9 +356,9 @@ def bench_shape(
                 got = _checked_time(lambda: packed_matmul(x, w, path="dequant"), ref, timer, "dequant", failed)  # noqa: B023
                 ms_dequant = NAN if got is None else got[0]
                 err = err if got is None else max(err, got[1])
-                path = choose_path(x, fmt, supported=kernel_supported(w), bits=code_bits(w))
+                path = choose_path(x, fmt, supported=supported, bits=width)
                 if path == "triton":
-                    path = dispatch_path(m, fmt, code_bits(w))
+                    path = dispatch_path(m, fmt, width)
                 timed = {"gemv": times["gemv"], "tc": times["tc"], "dequant": ms_dequant}
                 if path not in timed:  # the CPU reference (a smoke run without a GPU)
                     timed[path] = timer(lambda: packed_matmul(x, w, path=path))  # noqa: B023

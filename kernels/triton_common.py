@@ -114,10 +114,18 @@ def field_less_zero(words, high, J: tl.constexpr, BITS: tl.constexpr, zero):
         moved = words >> S
     bits = moved & (((1 << W) - 1) << P) * 0x00010001
     if BITS == 3:
-        hw = high.to(tl.int32) & 0xFFFF
-        spread = hw | (hw << 8)  # bit J + 8 also at J + 16: one shift serves both halves
-        bits = bits | (shift_to(spread, words * 0 + P + 2 - J) & (1 << (P + 2)) * 0x00010001)
+        bits = bits | high_bit(high, words * 0 + J, P + 2)
     return mul_sub_f16x2(bits, words * 0 + F, zero)
+
+
+@triton.jit
+def high_bit(high, j, at):
+    """The 3-bit codes' high bit of field ``j`` as bit ``at`` of each half of an int32 word: bit ``j`` of the
+    high-plane halfwords ``high`` for the low half, bit ``j + 8`` for the high half (``j``, ``at`` tensors or
+    constants), all other bits zero."""
+    hw = high.to(tl.int32) & 0xFFFF
+    spread = hw | (hw << 8)  # bit j + 8 also at j + 16: one shift serves both halves
+    return shift_to(spread, at - j) & (1 << at) * 0x00010001
 
 
 @triton.jit
@@ -139,10 +147,7 @@ def pair_bits(words, high, j, BITS: tl.constexpr, EXP: tl.constexpr):
     else:
         pos = code_position(BITS)
     if BITS == 3:
-        low = shift_to(words, pos - 2 * j) & (3 << pos) * 0x00010001
-        hw = high.to(tl.int32) & 0xFFFF
-        spread = hw | (hw << 8)  # bit j + 8 also at j + 16: one shift serves both halves
-        out = low | (shift_to(spread, pos + 2 - j) & (1 << (pos + 2)) * 0x00010001)
+        out = (shift_to(words, pos - 2 * j) & (3 << pos) * 0x00010001) | high_bit(high, j, pos + 2)
     else:
         out = shift_to(words, pos - j * BITS) & (((1 << BITS) - 1) << pos) * 0x00010001
     if EXP:
