@@ -337,16 +337,15 @@ def bench_shape(
                            config_tc="", failed="")
             else:
                 w = weights[name]
-                fmt = format_of(w)
+                fmt, width, group = format_of(w), code_bits(w), FORMATS[name].group  # as the modules tell the table
                 ref = packed_matmul(x, w, path="reference")  # torch only: no kernel checks itself
                 failed: list[str] = []
                 times, configs, err = {"gemv": NAN, "tc": NAN}, {"gemv": "", "tc": ""}, 0.0
-                supported, width = kernel_supported(w), code_bits(w)
+                supported = kernel_supported(w)
                 if supported:
                     for kern in kernel_paths(m, fmt):
-                        bits, group = FORMATS[name].bits, FORMATS[name].group
-                        for cfg in (row_candidates(kern, m, n, k, fmt, bits, group) if tune
-                                    else [pick_config(m, n, k, fmt, kern, bits, group)]):
+                        for cfg in (row_candidates(kern, m, n, k, fmt, width, group) if tune
+                                    else [pick_config(m, n, k, fmt, kern, width, group)]):
                             got = _checked_time(lambda: packed_matmul(x, w, path="triton", config=cfg), ref,  # noqa: B023
                                                 timer, config_name(cfg), failed)
                             if got is not None:
