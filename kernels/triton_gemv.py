@@ -115,13 +115,13 @@ def _split_range(num_it, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
-def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks, stride_pn, stride_sn,
+def _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, limit, stride_pn, stride_sn,
                  BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, V: tl.constexpr, vv):
     """The HBM reads of one step: packed units ``[BN, BC, CU]`` (and the 3-bit high plane) of chunks ``c``, and
-    the scale and zero (:func:`~.triton_common.group_scale`) of each chunk's first group. Chunks past the row read its last one
-    (a read-ahead past the end, or a partial last step whose activations are masked), so no read is
-    masked."""
-    c = tl.minimum(c, num_chunks - 1)
+    the scale and zero (:func:`~.triton_common.group_scale`) of each chunk's first group. Chunks at or past
+    ``limit`` (at most the row's chunks) read chunk ``limit - 1`` (a read-ahead past a split's end, or a
+    partial last step whose activations are masked), so no read is masked."""
+    c = tl.minimum(c, limit - 1)
     u = c * CU + vv
     words = tl.load(packed_ptr + rows * stride_pn + u)
     high = words
@@ -157,15 +157,18 @@ def _gemv_lowbit_kernel(
     acc2 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     acc3 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
     high_base = packed_ptr.to(tl.pointer_type(tl.int16)) + rows * (2 * stride_pn) + K // 8
+    # the read-ahead past this split's last step reads that step's chunks again (its own, cached), not the next
+    # split's: no chunk is fetched by two programs
+    ahead = tl.minimum(it1 * BLOCK_C, num_chunks)
     if PREFETCH:
-        nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, it0 * BLOCK_C + cc, num_chunks,
+        nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, it0 * BLOCK_C + cc, ahead,
                            stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
     for it in range(it0, it1):
         c = it * BLOCK_C + cc  # [1, BC, 1] chunk
         c_ok = c < num_chunks
         if PREFETCH:  # this step's reads were issued by the step before; issue the next step's now
             words, high, s, cz = nxt
-            nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c + BLOCK_C, num_chunks,
+            nxt = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c + BLOCK_C, ahead,
                                stride_pn, stride_sn, BITS, GROUP, CU, V, vv)
         else:
             words, high, s, cz = _lowbit_step(packed_ptr, high_base, scales_ptr, zeros_ptr, rows, c, num_chunks,
@@ -174,7 +177,7 @@ def _gemv_lowbit_kernel(
         for t in tl.static_range(E):  # field t // 2 of the low halfwords, then of the high ones
             if t % FLUSH == 0:  # a new quantization group starts at this field
                 if t > 0:
-                    g = (tl.minimum(c, num_chunks - 1) * V + (t // 2) * (2 * CU)) // GROUP  # [1, BC, 1]
+                    g = (tl.minimum(c, ahead - 1) * V + (t // 2) * (2 * CU)) // GROUP  # [1, BC, 1]
                     s, cz = group_scale(scales_ptr, zeros_ptr, rows, stride_sn, g, None, BITS, True)
                 p0 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)
                 p1 = tl.zeros((BLOCK_N, BLOCK_C, CU), tl.float32)

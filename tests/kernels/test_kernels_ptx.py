@@ -1,0 +1,222 @@
+"""The compiled kernels' own PTX, run on the CPU (:mod:`layerbudget.kernels.ptx_sim`), computes what the
+torch reference does.
+
+The interpreter runs the kernels' plain-Triton code; a GPU runs the inline PTX of
+:mod:`layerbudget.kernels.triton_common` (``LAYERBUDGET_INLINE_PTX``) and Triton's own lowering of the
+rest (register packing, layouts, shuffles, ``mma.sync``, asynchronous copies, split-K atomics). Here each
+launch is recorded as the package makes it, compiled in a process without the interpreter (with inline PTX
+and as the plain build) and its PTX run on the same inputs: the decode, one-dot-per-field and dequantize
+kernels as built for sm_90, the kernels whose sm_90 build multiplies with ``wgmma`` (not run here) as built
+for sm_80, and the inline-PTX helpers bit for bit against the plain code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from layerbudget.kernels.configs import LaunchConfig
+from layerbudget.kernels.ops import lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
+from layerbudget.kernels.ptx_launch import Launch, as_tensor, compile_ptx, emulate, record
+from layerbudget.kernels.quant_weight import PackedQuantWeight
+from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
+from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
+from layerbudget.kernels.triton_common import (
+    field_less_zero,
+    half_float,
+    half_pair,
+    pair_halves,
+    prmt,
+    sub_mul_f16x2,
+)
+
+# On a GPU the compiled kernels themselves run (test_kernels_triton.py).
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels themselves")
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor) -> None:
+    """As tests/kernels/test_kernels_triton.py: accumulation order and where the scale enters differ (bf16: its
+    8-bit mantissa rounds every output and the reference's weights)."""
+    tol = 1e-2 if y.dtype == torch.bfloat16 else 1e-3
+    y, ref = y.double(), ref.double()
+    assert torch.isfinite(y).all()
+    assert (y - ref).norm() <= tol * ref.norm(), (y - ref).abs().max()
+    assert (y - ref).abs().max() <= 10 * tol * ref.abs().max()
+
+
+# --- the decode and dequantize kernels, whole -----------------------------------------------------------
+
+def _lowbit(bits, n, k, group, m, cfg, dtype=torch.float16, bias=False):
+    def make(gen):
+        w = PackedQuantWeight.from_dense(torch.randn(n, k, generator=gen), bits, group)
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        b = torch.randn(n, generator=gen) if bias else None
+        return (lambda: lowbit_matmul(x, w, b, path="triton", config=cfg)), lowbit_matmul_ref(x, w, b)
+    return make
+
+
+def _sparse(bits, group, m, cfg, n=40, k=256):
+    def make(gen):
+        dense = magnitude_prune_24(torch.randn(n, k, generator=gen))
+        x = torch.randn(m, k, generator=gen).half()
+        if bits is None:
+            w = Sparse24Weight.from_dense(dense, dtype=torch.float16)
+            return (lambda: sparse24_matmul(x, w, path="triton", config=cfg)), sparse24_matmul_ref(x, w)
+        w = Sparse24QuantWeight.from_dense(dense, bits, group)
+        return (lambda: sparse24_quant_matmul(x, w, path="triton", config=cfg)), sparse24_quant_matmul_ref(x, w)
+    return make
+
+
+def _dequant(bits, group, sparse=False):
+    def make(gen):
+        from layerbudget.kernels import triton_lowbit, triton_sparse
+
+        if sparse:
+            w = Sparse24QuantWeight.from_dense(magnitude_prune_24(torch.randn(40, 256, generator=gen)), bits, group)
+            return (lambda: triton_sparse.dequantize_sparse24(w, torch.float16)), w.to_dense(torch.float16)
+        w = PackedQuantWeight.from_dense(torch.randn(40, 256, generator=gen), bits, group)
+        return (lambda: triton_lowbit.dequantize_lowbit(w, torch.float16)), w.dequantize(torch.float16)
+    return make
+
+
+CASES = {
+    "gemv-b4-g128-m1": _lowbit(4, 40, 256, 128, 1, LaunchConfig("gemv", 1, 16, 64)),
+    "gemv-b3-g128-m1": _lowbit(3, 40, 256, 128, 1, LaunchConfig("gemv", 1, 16, 64)),
+    "gemv-b2-g32-m3-split3": _lowbit(2, 72, 256, 32, 3, LaunchConfig("gemv", 4, 16, 32, split_k=3), bias=True),
+    "gemv-b8-rows-m2-split2-inplace": _lowbit(8, 24, 160, None, 2,
+                                              LaunchConfig("gemv", 2, 32, 128, split_k=2, num_stages=1)),
+    "gemv-b4-g48-m1-bf16": _lowbit(4, 40, 192, 48, 1, LaunchConfig("gemv", 1, 16, 64), torch.bfloat16),
+    "gemv-2:4-m1": _sparse(None, None, 1, LaunchConfig("gemv", 1, 16, 64)),
+    "gemv-2:4+b4-g32-m2": _sparse(4, 32, 2, LaunchConfig("gemv", 2, 16, 64, split_k=2)),
+    "gemv-2:4+b3-g32-m1": _sparse(3, 32, 1, LaunchConfig("gemv", 1, 16, 64)),
+    # as the launch table launches them (8 warps, 128 rows, split-K to fill a GPU)
+    "table-b4-g128-m1": _lowbit(4, 128, 2048, 128, 1, None),
+    "table-b3-g128-m1": _lowbit(3, 128, 2048, 128, 1, None),
+    "table-b2-g64-m4": _lowbit(2, 128, 2048, 64, 4, None),
+    "table-b8-g128-m2": _lowbit(8, 128, 2048, 128, 2, None),
+    "table-2:4+b4-g64-m1": _sparse(4, 64, 1, None, 64, 2048),
+    # the one-dot-per-field tensor-core kernel (mma.sync): up to 16 rows of 2/3/4/8-bit codes
+    "fields-b4-g128-m1": _lowbit(4, 128, 2048, 128, 1, LaunchConfig("tc", 8, 128, 256, split_k=2, num_warps=2)),
+    "fields-b3-g128-m5": _lowbit(3, 64, 2048, 128, 5, LaunchConfig("tc", 8, 64, 512, num_warps=2)),
+    "fields-b2-g64-m16": _lowbit(2, 64, 1024, 64, 16, None, bias=True),
+    "fields-b8-g128-m9": _lowbit(8, 128, 1024, 128, 9, LaunchConfig("tc", 16, 128, 128, split_k=2, num_warps=2)),
+    # kernels whose sm_90 build multiplies with wgmma (not run here): their sm_80 build (mma.sync) instead
+    "sm80-tc-b4-g48-m16": _lowbit(4, 40, 192, 48, 16, LaunchConfig("tc", 16, 16, 64)),
+    "sm80-tile-b4-g128-m80": _lowbit(4, 128, 512, 128, 80, None),
+    "sm80-tile-b3-g128-m70": _lowbit(3, 128, 512, 128, 70, None, bias=True),
+    "sm80-tc-2:4-m16": _sparse(None, None, 16, None, 64, 1024),
+    "sm80-tc-2:4+b4-g64-m16": _sparse(4, 64, 16, None, 64, 1024),
+    "sm80-tile-2:4+b3-g32-m80": _sparse(3, 32, 80, None, 128, 512),
+    "dequant-b3-g32": _dequant(3, 32),
+    "dequant-b2-g128": _dequant(2, 128),
+    "dequant-2:4+b4-g32": _dequant(4, 32, sparse=True),
+}
+
+
+@pytest.fixture(scope="module")
+def compiled_cases() -> dict:
+    """Per case: its launches, their PTX in both builds (``True``: inline PTX), the output and the reference."""
+    pytest.importorskip("triton")
+    gen = torch.Generator().manual_seed(7)
+    cases, launches = {}, []
+    for name, make in CASES.items():
+        call, ref = make(gen)
+        out, recorded = record(call)
+        assert recorded, f"{name}: no kernel launched"
+        for launch in recorded:
+            launch.arch = 80 if name.startswith("sm80-") else 90
+        cases[name] = (recorded, out, ref)
+        launches += recorded
+    builds = {}
+    for inline in (True, False):
+        ptx = iter(compile_ptx(launches, inline))
+        builds[inline] = {name: [next(ptx) for _ in recorded] for name, (recorded, _, _) in cases.items()}
+    return {name: (recorded, {b: builds[b][name] for b in builds}, out, ref)
+            for name, (recorded, out, ref) in cases.items()}
+
+
+@pytest.mark.parametrize("inline_ptx", [True, False], ids=["inline-ptx", "plain"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_kernels_compute_the_reference(case: str, inline_ptx: bool, compiled_cases) -> None:
+    (launch,), builds, out, ref = compiled_cases[case]
+    arrays, traffic = emulate(launch, builds[inline_ptx][0])
+    name = next(n for n, v in launch.args.items() if v is out)  # the output the launcher returns
+    y = as_tensor(arrays[name], out)
+    if case.startswith("dequant"):
+        assert torch.equal(y, ref)
+    else:
+        _close(y, ref)
+    for scratch in ("ws_ptr", "lock_ptr"):  # split-K leaves its workspace and counters as it found them
+        if launch.constants.get("SPLIT_K", 1) > 1:
+            assert not arrays[scratch].any(), scratch
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("table-", "fields-"))])
+def test_compiled_kernels_fetch_each_weight_byte_once(case: str, compiled_cases) -> None:
+    """The launches the table makes fetch every byte of the packed weight into exactly one program (no program
+    reads a sector of another's: with L1 keeping what a program read, L2 serves each weight byte once), and
+    use at least half of every 32-byte sector a warp-wide load of it touches (``benchmarks/kernel_traffic.py``
+    reports these counts per format)."""
+    (launch,), builds, _, _ = compiled_cases[case]
+    _, traffic = emulate(launch, builds[True][0])
+    stream = "packed_ptr" if "packed_ptr" in launch.args else "values_ptr"
+    weight, t = launch.args[stream], traffic[stream]
+    assert t.unique >= weight.numel() * weight.element_size()
+    assert t.per_program == t.unique
+    assert t.sectors <= 2 * t.requested
+
+
+# --- the helpers of the tensor-core kernels, elementwise ----------------------------------------------
+
+@triton.jit
+def _fields_xor(a, b, zero, BITS: tl.constexpr):
+    """Every field of both halfwords less the zero (:func:`field_less_zero`), each times an odd number, xor-ed."""
+    acc = a * 0
+    for j in tl.static_range(8 if BITS == 3 else 16 // BITS):
+        acc = acc ^ (field_less_zero(a, b, j, BITS, zero) * (2 * j + 1))
+    return acc
+
+
+@triton.jit
+def _helpers_kernel(a_ptr, b_ptr, sel_ptr, ints_ptr, floats_ptr, halves_ptr, bhalves_ptr, BLOCK: tl.constexpr):
+    """Every helper with inline PTX, on words ``a``, ``b`` and byte selectors ``sel``: int32 results in
+    ``ints`` (``BLOCK`` each), fp32 in ``floats``, fp16/bf16 pairs in ``halves``/``bhalves``."""
+    offs = tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + offs)
+    b = tl.load(b_ptr + offs)
+    sel = tl.load(sel_ptr + offs)
+    tl.store(ints_ptr + offs, prmt(a, b, sel))
+    q = (a & 0x000F000F) | 0x64006400  # fp16 1024 + q less 1024 + z, times a scale: as the 2:4 kernels dequantize
+    z = (b & 0x000F000F) | 0x64006400
+    tl.store(ints_ptr + BLOCK + offs, sub_mul_f16x2(q, z, b & 0x3BFF3BFF))
+    zero = half_pair((b & 15).to(tl.float32))
+    tl.store(ints_ptr + 2 * BLOCK + offs, _fields_xor(a, b, zero, 2))
+    tl.store(ints_ptr + 3 * BLOCK + offs, _fields_xor(a, b, zero, 3))
+    tl.store(ints_ptr + 4 * BLOCK + offs, _fields_xor(a, b, zero, 4))
+    tl.store(ints_ptr + 5 * BLOCK + offs, _fields_xor(a, b, zero, 8))
+    tl.store(floats_ptr + offs, half_float(a & 0x7BFF7BFF, False))
+    tl.store(floats_ptr + BLOCK + offs, half_float(a & 0x7BFF7BFF, True))
+    two = tl.join(prmt(a, b, sel), prmt(a, b, sel >> 16))  # as the 2:4 tensor-core kernels pick their pairs
+    at = offs[:, None, None] * 4 + tl.arange(0, 2)[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
+    tl.store(halves_ptr + at, pair_halves(two & 0x7BFF7BFF, tl.float16))
+    tl.store(bhalves_ptr + at, pair_halves(two & 0x7F7F7F7F, tl.bfloat16))
+
+
+def test_inline_ptx_helpers_match_the_plain_code(gen: torch.Generator) -> None:
+    """Bit for bit: the interpreter's plain code against the compiled inline PTX, on random words."""
+    block = 128
+    a = torch.randint(-2**31, 2**31, (block,), generator=gen, dtype=torch.int64).to(torch.int32)
+    b = torch.randint(-2**31, 2**31, (block,), generator=gen, dtype=torch.int64).to(torch.int32)
+    sel = (torch.randint(0, 8, (block, 8), generator=gen) << (4 * torch.arange(8))).sum(1).to(torch.int32)
+    args = {"a_ptr": a, "b_ptr": b, "sel_ptr": sel, "ints_ptr": torch.zeros(6 * block, dtype=torch.int32),
+            "floats_ptr": torch.zeros(2 * block), "halves_ptr": torch.zeros(block, 2, 2, dtype=torch.float16),
+            "bhalves_ptr": torch.zeros(block, 2, 2, dtype=torch.bfloat16)}
+    launch = Launch(Path(__file__).stem, "_helpers_kernel", (1, 1, 1), args, {"BLOCK": block}, 1, 1)
+    arrays, _ = emulate(launch, compile_ptx([launch], paths=(str(Path(__file__).parent),))[0])
+    _helpers_kernel[(1,)](*args.values(), BLOCK=block, num_warps=1)  # the interpreter: the plain code
+    for name, want in list(args.items())[3:]:
+        assert torch.equal(as_tensor(arrays[name], want).view(torch.uint8), want.view(torch.uint8)), name
