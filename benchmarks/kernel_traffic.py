@@ -40,11 +40,12 @@ def _kernels(m: int, fmt: str) -> list[str]:
     return ["gemv", "tc"] if m <= GEMV_MAX_M[fmt] else ["tc"]
 
 
-def measure(name: str, n: int, k: int, m: int, kernel: str, gen: torch.Generator) -> dict | None:
-    """One launch's traffic per weight of one tile, or ``None`` where the kernel does not take the launch."""
+def measure(name: str, weight, m: int, kernel: str, gen: torch.Generator) -> dict | None:
+    """One launch of format ``name``'s packed ``weight`` at ``m`` rows: its traffic per weight of one tile, or
+    ``None`` where the kernel does not take the launch."""
     spec = FORMATS[name]
     fmt = kernel_format(name)
-    weight = spec.build(torch.randn(n, k, generator=gen, dtype=torch.float32).half() * 0.02)
+    n, k = weight.n, weight.k
     x = torch.randn(m, k, generator=gen).half()
     cfg = pick_config(m, n, k, fmt, kernel, spec.bits, spec.group)
     try:
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
              "| format | M | kernel | build | DRAM ≥ | L2 | L1 | weight stream: sector use, L2 reads | "
              "scales+zeros: L1, DRAM | activations: L1 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
+        weight = FORMATS[name].build(torch.randn(n, k, generator=gen).half() * 0.02)  # once per format
         for m in ms:
             for kernel in _kernels(m, kernel_format(name)):
-                r = measure(name, n, k, m, kernel, gen)
+                r = measure(name, weight, m, kernel, gen)
                 if r is None:
                     continue
                 lines.append(f"| {name} | {m} | {r['kernel']} | {r['arch']} | {r['dram']:.3f} | {r['l2']:.3f} | "

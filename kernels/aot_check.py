@@ -217,20 +217,27 @@ def variants(full: bool = False) -> list[Variant]:
 
 def compile_variant(v: Variant, arch: int):
     """Compile one variant to a cubin; returns Triton's compiled kernel (``metadata``, ``asm``)."""
+    fn = getattr(importlib.import_module(f"{__package__}.{v.module}"), v.kernel)
+    sig = {a: v.ptrs[a] if a in v.ptrs else "i32" for a in fn.arg_names if a in v.ptrs or a in _INTS}
+    # as the JIT specializes them at run time for real shapes: pointers and sizes divisible by 16
+    return compile_kernel(fn, sig, dict(v.consts), list(sig), v.num_warps, v.num_stages, arch)
+
+
+def compile_kernel(fn, signature: dict[str, str], constants: dict, aligned: list[str], num_warps: int,
+                   num_stages: int, arch: int):
+    """Compile Triton kernel ``fn`` for ``sm_<arch>`` with the options every launch of the project uses:
+    ``signature`` gives each runtime argument's type (constants are added as constexpr), ``aligned`` the
+    arguments marked divisible by 16 (as the JIT marks pointers and sizes that are)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
     from .triton_common import FP_FUSION
 
-    fn = getattr(importlib.import_module(f"{__package__}.{v.module}"), v.kernel)
-    sig = {a: v.ptrs[a] if a in v.ptrs else "i32" for a in fn.arg_names if a in v.ptrs or a in _INTS}
-    sig.update({c: "constexpr" for c in v.consts})
-    # as the JIT specializes them at run time for real shapes: pointers and sizes divisible by 16
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in sig if sig[a] != "constexpr"}
-    src = ASTSource(fn, sig, dict(v.consts), attrs)
-    opts = {"num_warps": v.num_warps, "num_stages": v.num_stages, "enable_fp_fusion": FP_FUSION}  # as launched
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    sig = {**signature, **{c: "constexpr" for c in constants}}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+    opts = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": FP_FUSION}  # as launched
+    return triton.compile(ASTSource(fn, sig, constants, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
 
 
 # Shared memory one program may use (opt-in maximum per block), by compute capability: a kernel that

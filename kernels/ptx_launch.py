@@ -28,20 +28,16 @@ _LAUNCHERS = ("triton_gemv", "triton_lowbit", "triton_fielddot", "triton_sparse"
 
 _COMPILE = r"""
 import importlib, json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler.compiler import ASTSource
-from layerbudget.kernels.triton_common import FP_FUSION, INLINE_PTX
+from layerbudget.kernels.aot_check import compile_kernel
+from layerbudget.kernels.triton_common import INLINE_PTX
 assert bool(INLINE_PTX) == (sys.argv[1] == "1"), "LAYERBUDGET_INLINE_PTX did not reach the kernels"
 sys.path[:0] = sys.argv[2:]
 out = []
 for spec in json.load(sys.stdin):
     fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec["aligned"]}
     consts = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["constants"].items()}
-    opts = {"num_warps": spec["num_warps"], "num_stages": spec["num_stages"], "enable_fp_fusion": FP_FUSION}
-    c = triton.compile(ASTSource(fn, spec["signature"], consts, attrs), target=GPUTarget("cuda", spec["arch"], 32),
-                       options=opts)
+    c = compile_kernel(fn, spec["signature"], consts, spec["aligned"], spec["num_warps"], spec["num_stages"],
+                       spec["arch"])
     out.append({"ptx": c.asm["ptx"], "shared": c.metadata.shared})
 json.dump(out, sys.stdout)
 """
@@ -64,7 +60,6 @@ class Launch:
     def spec(self) -> dict:
         """What the compiling process needs, as JSON: the signature Triton's JIT would specialize."""
         sig = {n: (f"*{_TYPES[v.dtype]}" if isinstance(v, torch.Tensor) else "i32") for n, v in self.args.items()}
-        sig.update({c: "constexpr" for c in self.constants})
         aligned = [n for n, v in self.args.items()
                    if isinstance(v, torch.Tensor) or (isinstance(v, int) and v % 16 == 0)]
         return {"module": self.module, "kernel": self.kernel, "signature": sig, "constants": self.constants,

@@ -50,12 +50,11 @@ class Traffic:
     """One buffer's global reads, in bytes: ``requested`` (every thread's, broadcasts included), ``sectors``
     (the 32-byte sectors each warp-wide load touches: what L1 serves), ``per_program`` (each program's
     distinct sectors, summed: what L2 serves if L1 keeps what a program read), ``unique`` (distinct sectors:
-    what DRAM serves at best); ``requests``: warp-wide load instructions."""
+    what DRAM serves at best)."""
 
     requested: int = 0
     sectors: int = 0
     per_program: int = 0
-    requests: int = 0
     seen: set = field(default_factory=set)
 
     @property
@@ -191,7 +190,6 @@ class Machine:
                 t.requested += len(start) * nbytes
                 t.sectors += 32 * len(sectors)
                 t.per_program += 32 * len(sectors - mine)
-                t.requests += 1
                 t.seen |= sectors
                 mine |= sectors
 
