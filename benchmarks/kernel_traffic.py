@@ -1,11 +1,10 @@
 """Memory traffic of the kernels' launches, from their compiled PTX run on the CPU (no GPU needed).
 
 Usage: ``python benchmarks/kernel_traffic.py [--shape 8192x8192] [--ms 1,16] [--formats w4g128,...]
-[--out FILE.md]``. For each format and M, each kernel the dispatch rule can pick there (decode and
+[--arch 90] [--out FILE.md]``. For each format and M, each kernel the dispatch rule can pick there (decode and
 tensor-core at M <= 4, tensor-core above) is launched as :func:`layerbudget.kernels.configs.pick_config`
-launches it at that shape, compiled with inline PTX (for sm_90; a kernel whose sm_90 build multiplies
-with ``wgmma``, which the PTX interpreter does not run, as built for sm_80, and the table says so), and
-the programs of one weight tile (every split-K slice, the first tile of activation rows) run through
+launches it at that shape, compiled with inline PTX for sm_90 (``--arch 80``: for sm_80, where the
+tensor-core kernels use ``mma.sync`` instead of ``wgmma``), and the programs of one weight tile (every split-K slice, the first tile of activation rows) run through
 :mod:`layerbudget.kernels.ptx_sim`. Per weight of that tile it prints the bytes of 32-byte sectors read
 at three levels (:class:`~layerbudget.kernels.ptx_sim.Traffic`): DRAM at least (distinct sectors), L2
 if L1 keeps what a program read (each program's distinct sectors), and L1 (each warp-wide load's
@@ -33,14 +32,13 @@ from layerbudget.kernels.ptx_launch import compile_ptx, emulate, record  # noqa:
 
 WEIGHT_BUFFERS = ("packed_ptr", "values_ptr", "meta_ptr")  # the weight stream; scales and zeros are metadata
 METADATA = ("scales_ptr", "zeros_ptr")
-WGMMA_KERNELS = ("_tc_sparse24_kernel", "_tc_lowbit_kernel")  # their sm_90 builds use wgmma (at some tiles)
 
 
 def _kernels(m: int, fmt: str) -> list[str]:
     return ["gemv", "tc"] if m <= GEMV_MAX_M[fmt] else ["tc"]
 
 
-def measure(name: str, weight, m: int, kernel: str, gen: torch.Generator) -> dict | None:
+def measure(name: str, weight, m: int, kernel: str, gen: torch.Generator, arch: int = 90) -> dict | None:
     """One launch of format ``name``'s packed ``weight`` at ``m`` rows: its traffic per weight of one tile, or
     ``None`` where the kernel does not take the launch."""
     spec = FORMATS[name]
@@ -53,9 +51,7 @@ def measure(name: str, weight, m: int, kernel: str, gen: torch.Generator) -> dic
     except ValueError:
         return None
     (launch,) = launches
-    # the wgmma kernels' tiles of more than 16 rows and the 2:4 tensor-core kernels: run their sm_80 build
-    sm80 = launch.kernel in WGMMA_KERNELS and (launch.kernel == "_tc_sparse24_kernel" or cfg.block_m > 16)
-    launch.arch = 80 if sm80 else 90
+    launch.arch = arch
     programs = [(0, s, 0) for s in range(launch.grid[1])]
     start = time.time()
     _, traffic = emulate(launch, compile_ptx([launch])[0], programs)
@@ -83,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="8192x8192", help="NxK of the weight (default 8192x8192)")
     parser.add_argument("--ms", default="1,16", help="activation rows, comma-separated (default 1,16)")
     parser.add_argument("--formats", default="w4g128,w3g128,w2g64,w8g128,2:4,2:4+w4g64")
+    parser.add_argument("--arch", type=int, choices=(80, 90), default=90, help="CUDA architecture to build for")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     try:
@@ -105,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         weight = FORMATS[name].build(torch.randn(n, k, generator=gen).half() * 0.02)  # once per format
         for m in ms:
             for kernel in _kernels(m, kernel_format(name)):
-                r = measure(name, weight, m, kernel, gen)
+                r = measure(name, weight, m, kernel, gen, args.arch)
                 if r is None:
                     continue
                 lines.append(f"| {name} | {m} | {r['kernel']} | {r['arch']} | {r['dram']:.3f} | {r['l2']:.3f} | "

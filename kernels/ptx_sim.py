@@ -4,9 +4,9 @@ One CTA at a time, all its threads in lockstep (a branch must go the same way fo
 as the project's kernels' loops do; a divergent one raises; a missing barrier goes unnoticed), global
 memory as the numpy arrays passed as pointer arguments (an access outside them raises), shared memory
 as one byte array per CTA. It knows the instructions Triton emits for the kernels of this package
-(``mma.sync``, ``ldmatrix``, ``cp.async`` included; not Hopper's ``wgmma``) and the PTX they inline; any
-other raises ``NotImplementedError`` naming it, so no kernel runs with an instruction skipped. What each
-instruction computes is in :mod:`.ptx_values`. :attr:`Machine.traffic` counts each buffer's global
+(``cp.async`` included; the matrix instructions, Hopper's ``wgmma`` among them, in :mod:`.ptx_matrix`) and
+the PTX they inline; any other raises ``NotImplementedError`` naming it, so no kernel runs with an
+instruction skipped. What each instruction computes is in :mod:`.ptx_values`. :attr:`Machine.traffic` counts each buffer's global
 reads as a GPU's memory system would see them: bytes asked for, 32-byte sectors per warp-wide request,
 and distinct sectors.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .ptx_matrix import MatrixUnit
 from .ptx_values import (
     FLOAT_FN,
     compare,
@@ -26,7 +27,6 @@ from .ptx_values import (
     from_float,
     integer,
     mask,
-    mma_m16n8k16,
     op_type,
     signed,
     to_float,
@@ -128,7 +128,7 @@ def parse(ptx: str) -> Kernel:
     return Kernel(head.group(1), params, code, labels)
 
 
-class Machine:
+class Machine(MatrixUnit):
     """Runs one parsed kernel over a grid of CTAs of ``num_warps`` warps with ``shared_bytes`` of shared memory."""
 
     def __init__(self, kernel: Kernel, num_warps: int, shared_bytes: int = 0):
@@ -306,6 +306,8 @@ class Machine:
             return self._matrix(root, op, a, active)
         if root == "mma":
             return self._mma(op, a, active)
+        if root == "wgmma":
+            return self._wgmma(op, a, active)
         if root == "cp" and op.startswith("cp.async"):
             return self._cp_async(op, a, active)
         if root == "cvt":
@@ -413,35 +415,6 @@ class Machine:
         j = np.where(ok, j, lane)
         self.put(d, v[warp0 + j], 32, active)
 
-    def _matrix(self, root: str, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
-        """``ldmatrix``/``stmatrix`` of 8x8 tiles of 16-bit values: lanes ``8 i .. 8 i + 7`` address tile ``i``'s
-        rows, and lane ``l`` holds elements ``(l // 4, 2 (l % 4) + {0, 1})`` of each tile (``.trans``: of its
-        transpose)."""
-        if not active.all():
-            raise NotImplementedError(f"a predicated {op}")
-        count = next(int(p[1:]) for p in op.split(".") if p in ("x1", "x2", "x4"))
-        trans = ".trans" in op
-        regs, addr = (a[0], a[1]) if root == "ldmatrix" else (a[1], a[0])
-        names = _split_args(regs.strip()[1:-1])
-        base, off = self._addr(addr)
-        rows = (base + np.uint64(off)) & mask(32)
-        lane = self.tid & np.uint64(31)
-        warp0 = (self.tid // np.uint64(32)) * np.uint64(32)
-        def at(i, row, col):  # byte address of element (row, col) of tile i, for every lane
-            return rows[(warp0 + np.uint64(8 * i) + row).astype(np.int64)] + np.uint64(2) * col
-
-        r, c = lane // np.uint64(4), np.uint64(2) * (lane % np.uint64(4))
-        for i, name in enumerate(names[:count]):
-            first, second = ((at(i, c, r), at(i, c + np.uint64(1), r)) if trans
-                             else (at(i, r, c), at(i, r, c + np.uint64(1))))
-            if root == "ldmatrix":
-                v = self._load("shared", first, 2, active) | (self._load("shared", second, 2, active) << np.uint64(16))
-                self.put(name, v, 32, active)
-            else:
-                v = self.get(name)
-                self._store("shared", first, 2, v & mask(16), active)
-                self._store("shared", second, 2, v >> np.uint64(16), active)
-
     def _cp_async(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
         """``cp.async`` done at once (a schedule the asynchronous copy allows: the program waits before it
         reads the destination); ``commit_group`` and ``wait_group`` have nothing left to do."""
@@ -458,22 +431,6 @@ class Machine:
         for i in range(size):
             byte = self._load("global", src + np.uint64(src_off + i), 1, active & (read > i))
             self._store("shared", dst + np.uint64(dst_off + i), 1, byte, active)
-
-    def _mma(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
-        parts = op.split(".")
-        if "m16n8k16" not in parts or parts[-4:] not in (["f32", "f16", "f16", "f32"], ["f32", "bf16", "bf16", "f32"]):
-            raise NotImplementedError(f"instruction {op!r}")
-        if not active.all():
-            raise NotImplementedError(f"a predicated {op}")
-        regs = [[self.get(r) for r in _split_args(x.strip()[1:-1])] for x in a[1:]]
-        out = [np.zeros(self.n, np.uint64) for _ in range(4)]
-        for w in range(self.n // 32):  # one warp at a time
-            sl = slice(32 * w, 32 * w + 32)
-            d = mma_m16n8k16(*([r[sl] for r in group] for group in regs), "bf" if parts[-3] == "bf16" else "f")
-            for i in range(4):
-                out[i][sl] = d[i]
-        for name, v in zip(_split_args(a[0].strip()[1:-1]), out, strict=True):
-            self.put(name, v, 32, active)
 
     def _cvt(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
         if op.startswith(("cvt.rn.f16x2.f32", "cvt.rn.bf16x2.f32")):  # d.hi from a, d.lo from b

@@ -5,13 +5,16 @@ The interpreter runs the kernels' plain-Triton code; a GPU runs the inline PTX o
 :mod:`layerbudget.kernels.triton_common` (``LAYERBUDGET_INLINE_PTX``) and Triton's own lowering of the
 rest (register packing, layouts, shuffles, ``mma.sync``, asynchronous copies, split-K atomics). Here each
 launch is recorded as the package makes it, compiled in a process without the interpreter (with inline PTX
-and as the plain build) and its PTX run on the same inputs: the decode, one-dot-per-field and dequantize
-kernels as built for sm_90, the kernels whose sm_90 build multiplies with ``wgmma`` (not run here) as built
-for sm_80, and the inline-PTX helpers bit for bit against the plain code.
+and as the plain build) and its PTX run on the same inputs: every kernel as built for sm_90 (the
+tensor-core kernels multiply with ``wgmma`` there) and the tensor-core kernels also as built for sm_80
+(``mma.sync``); the inline-PTX helpers bit for bit against the plain code; and plain ``tl.dot`` kernels
+against a float64 product, for the ``wgmma`` operand forms (swizzles, K- and MN-major, A in registers or
+shared memory) the interpreter reads.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,22 +107,27 @@ CASES = {
     "fields-b3-g128-m5": _lowbit(3, 64, 2048, 128, 5, LaunchConfig("tc", 8, 64, 512, num_warps=2)),
     "fields-b2-g64-m16": _lowbit(2, 64, 1024, 64, 16, None, bias=True),
     "fields-b8-g128-m9": _lowbit(8, 128, 1024, 128, 9, LaunchConfig("tc", 16, 128, 128, split_k=2, num_warps=2)),
-    # kernels whose sm_90 build multiplies with wgmma (not run here): their sm_80 build (mma.sync) instead
-    "sm80-tc-b4-g48-m16": _lowbit(4, 40, 192, 48, 16, LaunchConfig("tc", 16, 16, 64)),
-    "sm80-tile-b4-g128-m80": _lowbit(4, 128, 512, 128, 80, None),
-    "sm80-tile-b3-g128-m70": _lowbit(3, 128, 512, 128, 70, None, bias=True),
-    "sm80-tc-2:4-m16": _sparse(None, None, 16, None, 64, 1024),
-    "sm80-tc-2:4+b4-g64-m16": _sparse(4, 64, 16, None, 64, 1024),
-    "sm80-tile-2:4+b3-g32-m80": _sparse(3, 32, 80, None, 128, 512),
+    # the tensor-core kernels: the padded low-bit one (mma.sync), the 2:4 ones and the large tiles (wgmma on
+    # sm_90, mma.sync on sm_80: both builds run)
+    "tc-b4-g48-m16": _lowbit(4, 40, 192, 48, 16, LaunchConfig("tc", 16, 16, 64)),
+    "tile-b4-g128-m80": _lowbit(4, 128, 512, 128, 80, None),
+    "tile-b3-g128-m70": _lowbit(3, 128, 512, 128, 70, None, bias=True),
+    "tc-2:4-m16": _sparse(None, None, 16, None, 64, 1024),
+    "tc-2:4+b4-g64-m16": _sparse(4, 64, 16, None, 64, 1024),
+    "tile-2:4+b3-g32-m80": _sparse(3, 32, 80, None, 128, 512),
     "dequant-b3-g32": _dequant(3, 32),
     "dequant-b2-g128": _dequant(2, 128),
     "dequant-2:4+b4-g32": _dequant(4, 32, sparse=True),
 }
 
 
+BUILDS = [(c, 90) for c in CASES] + [(c, 80) for c in CASES if c.startswith(("tc-", "tile-"))]
+
+
 @pytest.fixture(scope="module")
 def compiled_cases() -> dict:
-    """Per case: its launches, their PTX in both builds (``True``: inline PTX), the output and the reference."""
+    """Per case and architecture: its launches, their PTX in both builds (``True``: inline PTX), the output and
+    the reference."""
     pytest.importorskip("triton")
     gen = torch.Generator().manual_seed(7)
     cases, launches = {}, []
@@ -127,22 +135,22 @@ def compiled_cases() -> dict:
         call, ref = make(gen)
         out, recorded = record(call)
         assert recorded, f"{name}: no kernel launched"
-        for launch in recorded:
-            launch.arch = 80 if name.startswith("sm80-") else 90
-        cases[name] = (recorded, out, ref)
-        launches += recorded
+        for case, arch in BUILDS:
+            if case == name:
+                cases[name, arch] = ([replace(ln, arch=arch) for ln in recorded], out, ref)
+                launches += cases[name, arch][0]
     builds = {}
     for inline in (True, False):
         ptx = iter(compile_ptx(launches, inline))
-        builds[inline] = {name: [next(ptx) for _ in recorded] for name, (recorded, _, _) in cases.items()}
-    return {name: (recorded, {b: builds[b][name] for b in builds}, out, ref)
-            for name, (recorded, out, ref) in cases.items()}
+        builds[inline] = {key: [next(ptx) for _ in recorded] for key, (recorded, _, _) in cases.items()}
+    return {key: (recorded, {b: builds[b][key] for b in builds}, out, ref)
+            for key, (recorded, out, ref) in cases.items()}
 
 
 @pytest.mark.parametrize("inline_ptx", [True, False], ids=["inline-ptx", "plain"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_compiled_kernels_compute_the_reference(case: str, inline_ptx: bool, compiled_cases) -> None:
-    (launch,), builds, out, ref = compiled_cases[case]
+@pytest.mark.parametrize(("case", "arch"), BUILDS, ids=[f"{c}-sm{a}" for c, a in BUILDS])
+def test_compiled_kernels_compute_the_reference(case: str, arch: int, inline_ptx: bool, compiled_cases) -> None:
+    (launch,), builds, out, ref = compiled_cases[case, arch]
     arrays, traffic = emulate(launch, builds[inline_ptx][0])
     name = next(n for n, v in launch.args.items() if v is out)  # the output the launcher returns
     y = as_tensor(arrays[name], out)
@@ -161,7 +169,7 @@ def test_compiled_kernels_fetch_each_weight_byte_once(case: str, compiled_cases)
     reads a sector of another's: with L1 keeping what a program read, L2 serves each weight byte once), and
     use at least half of every 32-byte sector a warp-wide load of it touches (``benchmarks/kernel_traffic.py``
     reports these counts per format)."""
-    (launch,), builds, _, _ = compiled_cases[case]
+    (launch,), builds, _, _ = compiled_cases[case, 90]
     _, traffic = emulate(launch, builds[True][0])
     stream = "packed_ptr" if "packed_ptr" in launch.args else "values_ptr"
     weight, t = launch.args[stream], traffic[stream]
@@ -220,3 +228,47 @@ def test_inline_ptx_helpers_match_the_plain_code(gen: torch.Generator) -> None:
     _helpers_kernel[(1,)](*args.values(), BLOCK=block, num_warps=1)  # the interpreter: the plain code
     for name, want in list(args.items())[3:]:
         assert torch.equal(as_tensor(arrays[name], want).view(torch.uint8), want.view(torch.uint8)), name
+
+
+# --- wgmma's operand forms, on plain products ----------------------------------------------------------
+
+@triton.jit
+def _dot_kernel(a_ptr, b_ptr, c_ptr, stride_am, stride_ak, stride_bk, stride_bn,
+                M: tl.constexpr, N: tl.constexpr, K: tl.constexpr, STEPS: tl.constexpr):
+    """``C = A @ B`` in ``STEPS`` dots of ``K`` columns, one program."""
+    rm, rn, rk = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    acc = tl.zeros((M, N), tl.float32)
+    for s in range(STEPS):
+        a = tl.load(a_ptr + rm[:, None] * stride_am + (s * K + rk)[None, :] * stride_ak)
+        b = tl.load(b_ptr + (s * K + rk)[:, None] * stride_bk + rn[None, :] * stride_bn)
+        acc = tl.dot(a, b, acc)
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc)
+
+
+# (M, N, K, A column-major, B column-major, dtype, warps): 16, 32 and 64 columns of K give 32, 64 and 128-byte
+# swizzles; B row-major is MN-major, column-major K-major; 128 rows on 8 warps are two warpgroups
+DOTS = [(64, 16, 16, False, False, torch.float16, 4), (64, 64, 32, False, True, torch.float16, 4),
+        (64, 32, 64, True, False, torch.bfloat16, 4), (128, 64, 64, False, False, torch.float16, 8),
+        (64, 128, 16, True, True, torch.float16, 4), (128, 128, 32, False, True, torch.bfloat16, 8)]
+
+
+def test_wgmma_operand_forms_compute_the_product(gen: torch.Generator) -> None:
+    """Triton's sm_90 ``tl.dot`` (``wgmma``, operands in swizzled shared memory or A in registers) gives the
+    float64 product of its fp16/bf16 operands to fp32 rounding."""
+    launches, refs = [], []
+    for m, n, k, a_cols, b_cols, dtype, warps in DOTS:
+        a = torch.randn(m, 2 * k, generator=gen).to(dtype)
+        b = torch.randn(2 * k, n, generator=gen).to(dtype)
+        a_in = a.t().contiguous().t() if a_cols else a
+        b_in = b.t().contiguous().t() if b_cols else b
+        args = {"a_ptr": a_in, "b_ptr": b_in, "c_ptr": torch.zeros(m, n), "stride_am": a_in.stride(0),
+                "stride_ak": a_in.stride(1), "stride_bk": b_in.stride(0), "stride_bn": b_in.stride(1)}
+        launches.append(Launch(Path(__file__).stem, "_dot_kernel", (1, 1, 1), args,
+                               {"M": m, "N": n, "K": k, "STEPS": 2}, warps, 2))
+        refs.append(a.double() @ b.double())
+    for launch, compiled, ref in zip(launches, compile_ptx(launches, paths=(str(Path(__file__).parent),)), refs,
+                                     strict=True):
+        assert "wgmma.mma_async" in compiled["ptx"]
+        arrays, _ = emulate(launch, compiled)
+        y = as_tensor(arrays["c_ptr"], launch.args["c_ptr"]).double()
+        assert (y - ref).abs().max() <= 1e-6 * ref.abs().max(), launch.constants
