@@ -1,6 +1,6 @@
 """Memory traffic of the kernels' launches, from their compiled PTX run on the CPU (no GPU needed).
 
-Usage: ``python benchmarks/kernel_traffic.py [--shape 8192x8192] [--ms 1,16] [--formats w4g128,...]
+Usage: ``python benchmarks/kernel_traffic.py [--shape 8192x8192] [--ms 1,16,256] [--formats w4g128,...]
 [--arch 90] [--out FILE.md]``. For each format and M, each kernel the dispatch rule can pick there (decode and
 tensor-core at M <= 4, tensor-core above) is launched as :func:`layerbudget.kernels.configs.pick_config`
 launches it at that shape, compiled with inline PTX for sm_90 (``--arch 80``: for sm_80, where the
@@ -77,7 +77,7 @@ def measure(name: str, weight, m: int, kernel: str, gen: torch.Generator, arch: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8192x8192", help="NxK of the weight (default 8192x8192)")
-    parser.add_argument("--ms", default="1,16", help="activation rows, comma-separated (default 1,16)")
+    parser.add_argument("--ms", default="1,16,256", help="activation rows, comma-separated (default 1,16,256)")
     parser.add_argument("--formats", default="w4g128,w3g128,w2g64,w8g128,2:4,2:4+w4g64")
     parser.add_argument("--arch", type=int, choices=(80, 90), default=90, help="CUDA architecture to build for")
     parser.add_argument("--out", help="also write the table to this markdown file")

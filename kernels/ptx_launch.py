@@ -105,7 +105,7 @@ def compile_ptx(launches: list[Launch], inline_ptx: bool = True, paths: tuple[st
 
 def _bytes(t: torch.Tensor) -> np.ndarray:
     """The tensor's storage from its first element on, as bytes (its strides keep their meaning)."""
-    raw = np.frombuffer(bytes(t.detach().cpu().untyped_storage()), np.uint8)
+    raw = torch.empty(0, dtype=torch.uint8).set_(t.detach().cpu().untyped_storage()).numpy()
     return raw[t.storage_offset() * t.element_size():].copy()
 
 
