@@ -163,14 +163,16 @@ def test_compiled_kernels_compute_the_reference(case: str, arch: int, inline_ptx
             assert not arrays[scratch].any(), scratch
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("table-", "fields-"))])
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("table-", "fields-", "tc-", "tile-"))])
 def test_compiled_kernels_fetch_each_weight_byte_once(case: str, compiled_cases) -> None:
-    """The launches the table makes fetch every byte of the packed weight into exactly one program (no program
-    reads a sector of another's: with L1 keeping what a program read, L2 serves each weight byte once), and
+    """The programs of one tile of activation rows (the table's launches, the tensor-core kernels' sm_90
+    builds) fetch every byte of the packed weight into exactly one program (no program reads a sector of
+    another's: with L1 keeping what a program read, L2 serves each weight byte once per tile of rows), and
     use at least half of every 32-byte sector a warp-wide load of it touches (``benchmarks/kernel_traffic.py``
     reports these counts per format)."""
     (launch,), builds, _, _ = compiled_cases[case, 90]
-    _, traffic = emulate(launch, builds[True][0])
+    first_rows = [(x, y, 0) for y in range(launch.grid[1]) for x in range(launch.grid[0])]
+    _, traffic = emulate(launch, builds[True][0], first_rows)
     stream = "packed_ptr" if "packed_ptr" in launch.args else "values_ptr"
     weight, t = launch.args[stream], traffic[stream]
     assert t.unique >= weight.numel() * weight.element_size()
