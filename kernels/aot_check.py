@@ -86,24 +86,16 @@ def _fields(x: str, bits: int, group: int, rows: int, bn: int, split: int, warps
                f"tc fields x={x} b{bits} g{group} tile={bn}x{rows} split={split} warps={warps}")
 
 
-def _tc24(x: str, quant: bool, bits: int, cu: int, bm: int = 16) -> Variant:
-    from .triton_sparse import tc24_fields
+def _tc24(x: str, quant: bool, bits: int, cu: int, bm: int = 16, split: int = 1) -> Variant:
+    from .configs import pick_config, tc24_fields
 
     fields = tc24_fields(bm, cu, quant)
     consts = {"QUANT": quant, "BITS": bits, "GROUP": 64, "CU": cu, "FLUSH": 4 if cu > 1 else 1, "FIELDS": fields,
-              "EVEN": cu == 1, "WIDE": bits != 3, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": 64,
+              "EVEN": cu == 1, "WIDE": bits != 3, "HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": bm, "BLOCK_N": 64,
               "BLOCK_C": 4 if cu == 1 else 2}
-    from .configs import pick_config
-
     stages = pick_config(bm, 8192, 8192, "sparse24_quant" if quant else "sparse24", "tc").num_stages  # as the table
-    return _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4,
-                 f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm}", stages)
-
-
-def _tile(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, name: str, stages: int) -> Variant:
-    """A tensor-core kernel variant (no split-K workspace)."""
-    ptrs = {"x_ptr": x, **_PTRS[fmt], "bias_ptr": "*fp32", "out_ptr": x}
-    return Variant(module, kernel, ptrs, consts, warps, stages, name)
+    return _mm("triton_sparse", "_tc_sparse24_kernel", "sparse_quant" if quant else "sparse", x, consts, 4, stages,
+               f"tc 2:4 x={x} quant={quant} b{bits} cu={cu} fields={fields} m={bm} split={split}")
 
 
 def _dequant(bits: int) -> Variant:
@@ -123,11 +115,10 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     """The decode kernels as :func:`~.configs.pick_config` launches them for ``[M, K] x [N, K]^T``,
     M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
     tensor-core kernels at M = 1, 16, 64, 256."""
-    from .configs import field_dots, pick_config, tc_step_fields
+    from .configs import field_dots, pick_config, tc24_chunks, tc24_fields, tc_step_fields
     from .packing import chunk_units, chunk_values, fields_per_unit
     from .sparse24 import meta_layout
     from .triton_gemv import _launch_shape, flush_fields
-    from .triton_sparse import tc24_chunks, tc24_fields
 
     out = []
     for m in (1, 2, 4):
@@ -176,10 +167,10 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
                       "FLUSH": flush_fields(group, chunk, cu, e) if quant else 1, "FIELDS": fields,
                       "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
-                      "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
+                      "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
             name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
-            v = _tile("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
-                      cfg.num_warps, name, cfg.num_stages)
+            v = _mm("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
+                    cfg.num_warps, cfg.num_stages, name)
             # the hot loop is the field loop: `fields` fields of BLOCK_C chunks
             per_field = chunk // e
             out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field * fields // (32 * cfg.num_warps)))
@@ -197,7 +188,8 @@ def variants(full: bool = False) -> list[Variant]:
             _tc("*fp16", 3, 16, 64, 2, 4, 128, 4), _tc("*bf16", 8, 16, 64, 2, 4, 128, 2),
             _fields("*fp16", 4, 128, 8, 128, 4, 2), _fields("*bf16", 2, 128, 8, 64, 1, 4),
             _fields("*fp16", 3, 128, 8, 64, 4, 2),
-            _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _dequant(4), _dequant24(True, 8),
+            _tc24("*fp16", False, 16, 16), _tc24("*bf16", True, 3, 1), _tc24("*fp16", True, 4, 16, 16, 4),
+            _dequant(4), _dequant24(True, 8),
         ]
     out = [_gemv(x, b, bm, s, f, pre) for x, b, bm, s, f, pre in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), (1, 2, 4), (1, 4), (1, 2), (True, False))]
@@ -209,8 +201,8 @@ def variants(full: bool = False) -> list[Variant]:
     out += [_fields(x, b, g, rows, bn, s, w) for x, b, g, rows, (bn, w), s in itertools.product(
         ("*fp16", "*bf16"), (2, 3, 4, 8), (32, 64, 128, 8192), (8, 16), ((128, 2), (64, 2), (64, 4)), (1, 4))
         if (x == "*fp16" or b in (2, 4)) and field_dots(b, g, 8192, rows)]
-    out += [_tc24(x, q, b, cu, bm) for x, q, b, cu, bm in itertools.product(
-        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (16, 64, 128)) if q or b == 4]
+    out += [_tc24(x, q, b, cu, bm, s) for x, q, b, cu, bm, s in itertools.product(
+        ("*fp16", "*bf16"), (False, True), (3, 4, 8), (1, 16), (16, 64, 128), (1, 4)) if q or b == 4]
     out += [_dequant(b) for b in (2, 3, 4, 8)] + [_dequant24(q, b) for q in (False, True) for b in (3, 4)]
     return out
 

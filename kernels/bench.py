@@ -56,6 +56,7 @@ from .configs import (
     field_dots,
     pick_config,
     split_for,
+    tc24_steps,
 )
 from .ops import (
     PackedWeight,
@@ -205,13 +206,12 @@ def candidates(kernel: str, m: int, quick: bool = False) -> list[LaunchConfig]:
     return [LaunchConfig("tc", bm, bn, bk, 1, w, s) for (bm, bn, w), bk, s in itertools.product(tiles, *steps)]
 
 
-def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str) -> list[LaunchConfig]:
-    """``cfg`` without split-K, and (decode kernels, low-bit tensor-core kernel) with the split-K the table's
-    rule would give its tiles."""
-    if cfg.kernel == "tc" and fmt != "lowbit":
-        return [cfg]
-    kvals = k if fmt == "lowbit" else k // 2
-    split = split_for(-(-n // cfg.block_n) * -(-m // cfg.block_m), -(-kvals // cfg.block_k))
+def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str, bits: int | None = None) -> list[LaunchConfig]:
+    """``cfg`` without split-K, and with the split-K the table's rule would give its tiles (``bits``: the 2:4
+    + low-bit format's code width, which sets the 2:4 tensor-core kernel's steps)."""
+    steps = (tc24_steps(k, bits if fmt == "sparse24_quant" else None, cfg.block_m, cfg.block_k)
+             if cfg.kernel == "tc" and fmt != "lowbit" else -(-(k if fmt == "lowbit" else k // 2) // cfg.block_k))
+    split = split_for(-(-n // cfg.block_n) * -(-m // cfg.block_m), steps)
     if split == 1:
         return [cfg]
     return [cfg, LaunchConfig(cfg.kernel, cfg.block_m, cfg.block_n, cfg.block_k, split, cfg.num_warps,
@@ -242,7 +242,7 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | No
         shapes = [LaunchConfig("tc", base.block_m, 128, 64, 1, 8, 3), LaunchConfig("tc", base.block_m, 64, 128, 1, 4, 3)]
     out = [base]
     for cfg in shapes:
-        for c in with_split(cfg, m, n, k, fmt):
+        for c in with_split(cfg, m, n, k, fmt, bits):
             if c not in out:
                 out.append(c)
     return out
@@ -393,7 +393,7 @@ def sweep_shape(n: int, k: int, ms: tuple[int, ...], formats: list[str], kernels
                     continue
                 best = math.inf
                 for base in candidates(kern, m, quick):
-                    for cfg in with_split(base, m, n, k, fmt):
+                    for cfg in with_split(base, m, n, k, fmt, FORMATS[name].bits):
                         try:
                             err = rel_err(packed_matmul(x, w, path="triton", config=cfg), ref)
                             t = timer(lambda: packed_matmul(x, w, path="triton", config=cfg))  # noqa: B023
@@ -424,7 +424,7 @@ def _jobs(shapes, ms, formats, sweep: bool, kernels: list[str], quick: bool = Fa
         jobs.append((name, m, None))
         if sweep:
             jobs += [(name, m, c) for kern in kernels if not (kern == "gemv" and m > max(GEMV_ROWS))
-                     for base in candidates(kern, m, quick) for c in with_split(base, m, n, k, fmt)]
+                     for base in candidates(kern, m, quick) for c in with_split(base, m, n, k, fmt, bits)]
         else:
             jobs += [(name, m, c) for kern in kernel_paths(m, fmt)
                      for c in (row_candidates(kern, m, n, k, fmt, bits, group) if tune

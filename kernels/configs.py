@@ -8,8 +8,7 @@ an H200 (the fastest configuration per path, ``best_path`` for the crossovers; t
 kernels' static counts (``aot_check --sass``: multiply-adds per issued instruction, no spills), and
 the 2:4 tensor-core kernels' pipeline depth at up to 16 rows, chosen from the bytes it keeps in
 flight (``benchmarks/kernel_targets.py --sass``); ``--tune`` times both against their alternatives.
-Split-K exists for the decode kernels and the low-bit tensor-core kernel (the 2:4 tensor-core
-kernels refuse it).
+Split-K exists for every fused kernel (decode and tensor-core).
 
 Dispatch rule, per format (``lowbit``, ``sparse24``, ``sparse24_quant``) and code width, with CUDA
 tensors, fp16/bf16 activations and Triton installed (an entry ``"lowbit/3"`` of a threshold table
@@ -132,11 +131,10 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
         # MMAs; the 2:4 kernels hold every kept value's position (and code) of the step, so their steps stay at 64
         bm, bn, bk, warps = (64 if m <= 128 else 128), 128, (128 if fmt == "lowbit" else 64), 8
         target = LARGE_TILE_PROGRAMS
-    split = 1
-    if fmt == "lowbit":  # the 2:4 tensor-core kernels have no split-K
-        split = split_for(_cdiv(n, bn) * _cdiv(m, bm), _cdiv(kvals, bk), target)
-    # the 2:4 kernels at few rows: one program per SM (no split-K) and a step of one field (a few KB), so their
-    # loads stay in flight by depth: four steps ahead (more makes the 2:4 + low-bit loop longer, aot_check --sass)
+    steps = _cdiv(kvals, bk) if fmt == "lowbit" else tc24_steps(k, bits if fmt == "sparse24_quant" else None, bm, bk)
+    split = split_for(_cdiv(n, bn) * _cdiv(m, bm), steps, target)
+    # the 2:4 kernels at few rows: a step of one field (a few KB), so their loads stay in flight by depth: four
+    # steps ahead (more makes the 2:4 + low-bit loop longer, aot_check --sass)
     stages = 5 if fmt != "lowbit" and m <= 16 else 3
     return LaunchConfig("tc", bm, bn, bk, split, warps, stages)
 
@@ -221,3 +219,30 @@ def tc_step_fields(bits: int, k: int, group: int, block_k: int) -> int | None:
         return None
     near = [jb for jb in fits if 2 * jb * cu <= max(16, block_k)]
     return max(near) if near else min(fits)
+
+
+def tc24_fields(block_m: int, cu: int, quant: bool) -> int:
+    """Fields per iteration of the 2:4 tensor-core kernel's field loop. Codes (``quant``) up to 64 activation
+    rows: 4, unrolled, so each field's position shifts (and for 2/4/8-bit codes its code shifts) are
+    constants and a group's scale is read once per run. Otherwise one step (a field, two with one unit
+    per chunk): above 64 rows one stage's activations stay within every architecture's shared memory,
+    and kept fp16/bf16 values, read per field, would be copied through shared memory when unrolled."""
+    return 4 if quant and block_m <= 64 else (1 if cu > 1 else 2)
+
+
+def tc24_chunks(cu: int, block_k: int, fields: int = 1) -> int:
+    """Chunks per 2:4 tensor-core step (a power of two): an iteration's ``fields`` fields span ``block_k``
+    dense columns, and one field's tile at least 16 (a dot's K)."""
+    per_chunk = 2 * cu if cu > 1 else 4  # dense columns one field (pair of fields) of a chunk covers
+    steps = fields if cu > 1 else max(1, fields // 2)
+    block_c = max(1, block_k // (per_chunk * steps), -(-16 // per_chunk))
+    return 1 << (block_c - 1).bit_length()
+
+
+def tc24_steps(k: int, bits: int | None, block_m: int, block_k: int) -> int:
+    """Steps (of :func:`tc24_chunks` chunks) of the 2:4 tensor-core kernel along a row of ``k`` dense columns
+    whose kept values are ``bits``-bit codes (``None``: 16-bit values, laid out as 2-bit codes)."""
+    b = 2 if bits is None else bits
+    e, chunk = fields_per_unit(b), chunk_values(b, k // 2)
+    cu = chunk // e
+    return _cdiv((k // 2) // chunk, tc24_chunks(cu, block_k, tc24_fields(block_m, cu, bits is not None)))

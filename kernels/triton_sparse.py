@@ -5,7 +5,7 @@ Imported lazily by :mod:`layerbudget.kernels.ops`; the launchers assume inputs v
 Triton has no sparse tensor-core dot, so each step expands the compressed weight to dense tiles in
 registers and runs a dense ``tl.dot`` (this saves bandwidth, not FLOPs). A step takes ``BLOCK_C``
 chunks; for each field ``e`` of their units (``FIELDS`` of them unrolled per iteration of a run-time
-loop, :func:`tc24_fields`), every group's two kept values (one word: two 16-bit values, or two codes
+loop, :func:`~.configs.tc24_fields`), every group's two kept values (one word: two 16-bit values, or two codes
 as the fp16 values ``2**b + q``) are spread over the group's four dense columns by two byte
 permutes (:func:`~.triton_pairs.spread_selector`). The tile comes out in dense
 column order, so the activations of a field are ``BLOCK_C`` contiguous runs of ``2 C`` columns,
@@ -13,7 +13,9 @@ multiplied in one ``tl.dot``. Codes are dequantized as the reference's ``W_hat``
 activations in the pair's word before spreading (``(t - (2**b + zero)) * scale`` on both halves), else
 spread with ``2**b + zero`` in the empty columns and dequantized as a tile (exact zeros there).
 
-Dequantize kernel: writes the same tiles as the dense ``[N, K]`` weight for ``F.linear`` at large M.
+Split-K: program ``(n, k, m)`` takes slice ``k`` of the steps; the slices meet in the workspace
+(:func:`~.triton_common.finish_tile`). Dequantize kernel: writes the same tiles as the dense ``[N, K]``
+weight for ``F.linear`` at large M.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import LaunchConfig
+from .configs import LaunchConfig, tc24_chunks, tc24_fields
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import INTERPRET, launch, load_if, pair_halves, prmt, store_tile, sub_mul_f16x2
-from .triton_gemv import _aligned, flush_fields
+from .triton_common import INTERPRET, finish_tile, launch, load_if, pair_halves, prmt, sub_mul_f16x2
+from .triton_gemv import _aligned, _split_range, flush_fields
 from .triton_pairs import code_pairs, field_parts, meta_pairs, pair_codes, pair_words, spread_selector
 from .workspace import tile_launch
 
@@ -109,15 +111,17 @@ def _field_tile(values_ptr, vrow, off, c_ok, u0, u1, lo, hi, hw_lo, hw_hi, s, z,
 
 @triton.jit
 def _tc_sparse24_kernel(
-    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
+    x_ptr, values_ptr, meta_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr,
     M, N, K, stride_xm, stride_vn, stride_mn, stride_sn, stride_om,
     QUANT: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, FLUSH: tl.constexpr,
-    FIELDS: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FIELDS: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``EVEN``: every step's chunks exist (no load is masked); ``WIDE``: code rows hold an even number of
     words; ``FLUSH``: fields per group run; ``FIELDS``: fields per iteration of the field loop (see
-    :func:`tc24_fields`). Rows past ``N`` read row ``N - 1`` and are never stored."""
+    :func:`~.configs.tc24_fields`); ``SPLIT_K``: slices of the steps, one per ``program_id(1)``, meeting in
+    the workspace (:func:`~.triton_common.finish_tile`). Rows past ``N`` read row ``N - 1`` and are never
+    stored."""
     E: tl.constexpr = (16 if BITS == 3 else 32 // BITS) if QUANT else 16
     V: tl.constexpr = E * CU
     CP: tl.constexpr = CU // 2 if CU > 1 else 1  # pairs per field of a chunk
@@ -140,7 +144,11 @@ def _tc_sparse24_kernel(
     s = tl.zeros((BLOCK_N, BLOCK_C, 1), scales_ptr.dtype.element_ty)
     z = s
     fill = tl.zeros((BLOCK_N, BLOCK_C, 1), tl.int32)
-    for it in range(0, tl.cdiv(num_chunks, BLOCK_C)):  # positions (and codes) of BLOCK_C chunks
+    if SPLIT_K == 1:
+        it0, it1 = 0, tl.cdiv(num_chunks, BLOCK_C)
+    else:
+        it0, it1 = _split_range(tl.cdiv(num_chunks, BLOCK_C), SPLIT_K)
+    for it in range(it0, it1):  # positions (and codes) of BLOCK_C chunks
         c = it * BLOCK_C + cc
         c_ok = c < num_chunks
         pidx = c * CP + ii
@@ -166,7 +174,9 @@ def _tc_sparse24_kernel(
                 else:
                     xt = tl.load(xs + 2 * e * CU, mask=x_ok[:, None], other=0.0)
                 acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
-    store_tile(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_BIAS)
+    tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
+    finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
+                SPLIT_K)
 
 
 @triton.jit
@@ -212,38 +222,18 @@ def _layout(k: int, quant: bool, bits: int, group: int) -> tuple[int, int, int, 
     return e, chunk, cu, flush_fields(group, chunk, cu, e) if quant else 1
 
 
-def tc24_fields(block_m: int, cu: int, quant: bool) -> int:
-    """Fields per iteration of the tensor-core kernel's field loop. Codes (``quant``) up to 64 activation
-    rows: 4, unrolled, so each field's position shifts (and for 2/4/8-bit codes its code shifts) are
-    constants and a group's scale is read once per run. Otherwise one step (a field, two with one unit
-    per chunk): above 64 rows one stage's activations stay within every architecture's shared memory,
-    and kept fp16/bf16 values, read per field, would be copied through shared memory when unrolled."""
-    return 4 if quant and block_m <= 64 else (1 if cu > 1 else 2)
-
-
-def tc24_chunks(cu: int, block_k: int, fields: int = 1) -> int:
-    """Chunks per tensor-core step (a power of two): an iteration's ``fields`` fields span ``block_k`` dense
-    columns, and one field's tile at least 16 (a dot's K)."""
-    per_chunk = 2 * cu if cu > 1 else 4  # dense columns one field (pair of fields) of a chunk covers
-    steps = fields if cu > 1 else max(1, fields // 2)
-    block_c = max(1, block_k // (per_chunk * steps), -(-16 // per_chunk))
-    return 1 << (block_c - 1).bit_length()
-
-
 def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: LaunchConfig) -> torch.Tensor:
-    if cfg.split_k != 1:
-        raise ValueError(f"the 2:4 tensor-core kernels have no split-K; `split_k` must be 1, got split_k={cfg.split_k}.")
     m, k = x.shape
     e, chunk, cu, flush = _layout(k, quant, bits, group)
     fields = tc24_fields(cfg.block_m, cu, quant)
     block_c = tc24_chunks(cu, cfg.block_k, fields)
-    grid, out, _, _ = tile_launch(x, n, cfg.block_n, cfg.block_m, 1)
+    grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
     launch(
         _tc_sparse24_kernel, grid,
-        x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out,
+        x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
         QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush, FIELDS=fields, EVEN=(k // 2 // chunk) % block_c == 0,
-        WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None,
+        WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

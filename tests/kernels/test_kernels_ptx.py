@@ -113,7 +113,8 @@ CASES = {
     "tile-b4-g128-m80": _lowbit(4, 128, 512, 128, 80, None),
     "tile-b3-g128-m70": _lowbit(3, 128, 512, 128, 70, None, bias=True),
     "tc-2:4-m16": _sparse(None, None, 16, None, 64, 1024),
-    "tc-2:4+b4-g64-m16": _sparse(4, 64, 16, None, 64, 1024),
+    "tc-2:4+b4-g64-m16": _sparse(4, 64, 16, None, 64, 1024),  # split-K 2, as the table launches it
+    "tc-2:4-m16-split2": _sparse(None, None, 16, LaunchConfig("tc", 16, 64, 128, split_k=2, num_stages=5), 64, 4096),
     "tile-2:4+b3-g32-m80": _sparse(3, 32, 80, None, 128, 512),
     "dequant-b3-g32": _dequant(3, 32),
     "dequant-b2-g128": _dequant(2, 128),

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from layerbudget.kernels.configs import LaunchConfig, pick_config, split_for, tc_step_fields
+from layerbudget.kernels.configs import LaunchConfig, pick_config, split_for, tc24_steps, tc_step_fields
 from layerbudget.kernels.ops import kernel_supported, lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
@@ -249,7 +249,7 @@ def test_sparse24_decode_kernel_takes_unaligned_activations(device: str, gen: to
 SPARSE_SHAPES = [(40, 192), (72, 96), (24, 512)]  # K/2 = 96, 48 (one unit per chunk), 256
 
 
-@pytest.mark.parametrize("config", [GEMV[0], GEMV[2], TC[0], TC[1]],
+@pytest.mark.parametrize("config", [GEMV[0], GEMV[2], TC[0], TC[1], TC_SPLIT[1]],
                          ids=lambda c: f"{c.kernel}-m{c.block_m}-s{c.split_k}")
 @pytest.mark.parametrize(("n", "k"), SPARSE_SHAPES, ids=[f"{n}x{k}" for n, k in SPARSE_SHAPES])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
@@ -266,7 +266,7 @@ def test_sparse24_kernels(dtype: torch.dtype, n: int, k: int, config: LaunchConf
 SQ_GRIDS = [(4, 32), (4, None), (3, 32), (2, 16), (8, 48)]
 
 
-@pytest.mark.parametrize("config", [GEMV[0], GEMV[1], TC[0], TC[1]],
+@pytest.mark.parametrize("config", [GEMV[0], GEMV[1], TC[0], TC[1], TC_SPLIT[0]],
                          ids=lambda c: f"{c.kernel}-m{c.block_m}-s{c.split_k}")
 @pytest.mark.parametrize(("bits", "group_size"), SQ_GRIDS, ids=[f"b{b}-g{g}" for b, g in SQ_GRIDS])
 def test_sparse24_quant_kernels(bits: int, group_size: int | None, config: LaunchConfig, device: str,
@@ -282,12 +282,15 @@ def test_sparse24_quant_kernels(bits: int, group_size: int | None, config: Launc
 
 
 @pytest.mark.parametrize("config", [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128),
-                                    LaunchConfig("tc", 128, 16, 64)], ids=lambda c: f"m{c.block_m}-k{c.block_k}")
+                                    LaunchConfig("tc", 128, 16, 64), LaunchConfig("tc", 16, 16, 64, split_k=4),
+                                    LaunchConfig("tc", 128, 16, 64, split_k=3)],
+                         ids=lambda c: f"m{c.block_m}-k{c.block_k}-s{c.split_k}")
 @pytest.mark.parametrize("bits", [2, 3, 4, 8, None], ids=lambda b: f"b{b}")
 def test_sparse24_tensor_core_kernels_on_long_rows(bits: int | None, config: LaunchConfig, device: str,
                                                    gen: torch.Generator) -> None:
     """Rows of many chunks (every field of every chunk reaches the dot); 16-row tiles take the codes' fields
-    four at a time, 128-row tiles one at a time (:func:`~layerbudget.kernels.triton_sparse.tc24_fields`)."""
+    four at a time, 128-row tiles one at a time (:func:`~layerbudget.kernels.configs.tc24_fields`); split-K
+    slices meet in the workspace."""
     n, k = 24, 1024
     dense = torch.randn(n, k, generator=gen)
     if bits is None:
@@ -368,8 +371,11 @@ def test_pick_config_fills_gpu(m: int, n: int, k: int) -> None:
     assert programs >= 128 or cfg.split_k == 16  # roughly one program per SM at least, or as split as allowed
     assert programs <= 2 * 4 * 132 or cfg.split_k == 1  # split-K never overfills the GPU
     assert -(-k // cfg.block_k) >= 2 * cfg.split_k  # every K slice gets >= 2 steps
-    for fmt in ("sparse24", "sparse24_quant"):  # the 2:4 tensor-core kernels have no split-K
-        assert pick_config(m, n, k, fmt, "tc").split_k == 1
+    for fmt, bits in (("sparse24", None), ("sparse24_quant", 4), ("sparse24_quant", 3)):  # the 2:4 tensor-core kernels
+        tc = pick_config(m, n, k, fmt, "tc", bits, 64)
+        tiles = -(-m // tc.block_m) * -(-n // tc.block_n)
+        assert tc24_steps(k, bits, tc.block_m, tc.block_k) >= 2 * tc.split_k
+        assert tiles * tc.split_k <= 2 * 4 * 132 or tc.split_k == 1
 
 
 def test_split_for() -> None:
