@@ -105,8 +105,8 @@ class MatrixUnit:
         m = _WGMMA.fullmatch(op)
         if m is None or m.group(2) != m.group(3):
             raise NotImplementedError(f"instruction {op!r}")
-        if not active.all():
-            raise NotImplementedError(f"a predicated {op}")
+        if not active.all() or self.n % 128:
+            raise NotImplementedError(f"a predicated {op}, or one in a CTA of {self.n} threads (not whole warpgroups)")
         n, kind = int(m.group(1)), "bf" if m.group(2) == "bf16" else "f"
         a_regs = a[1].strip().startswith("{")
         if len(a) != (7 if a_regs else 8):
