@@ -8,8 +8,8 @@ launch is recorded as the package makes it, compiled in a process without the in
 and as the plain build) and its PTX run on the same inputs: every kernel as built for sm_90 (the
 tensor-core kernels multiply with ``wgmma`` there) and the tensor-core kernels also as built for sm_80
 (``mma.sync``); the inline-PTX helpers bit for bit against the plain code; and plain ``tl.dot`` kernels
-against a float64 product, for the ``wgmma`` operand forms (swizzles, K- and MN-major, A in registers or
-shared memory) the interpreter reads.
+against a float64 product, for the ``wgmma`` operand forms the package's kernels do not use (A in shared
+memory, the 32-byte swizzle, MN-major operands).
 """
 
 from __future__ import annotations
@@ -256,8 +256,8 @@ DOTS = [(64, 16, 16, False, False, torch.float16, 4), (64, 64, 32, False, True, 
 
 
 def test_wgmma_operand_forms_compute_the_product(gen: torch.Generator) -> None:
-    """Triton's sm_90 ``tl.dot`` (``wgmma``, operands in swizzled shared memory or A in registers) gives the
-    float64 product of its fp16/bf16 operands to fp32 rounding."""
+    """Triton's sm_90 ``tl.dot`` (``wgmma``, both operands in swizzled shared memory) gives the float64
+    product of its fp16/bf16 operands to fp32 rounding."""
     launches, refs = [], []
     for m, n, k, a_cols, b_cols, dtype, warps in DOTS:
         a = torch.randn(m, 2 * k, generator=gen).to(dtype)
