@@ -54,9 +54,9 @@ from .configs import (
     LaunchConfig,
     dispatch_path,
     field_dots,
+    k_steps,
     pick_config,
     split_for,
-    tc24_steps,
 )
 from .ops import (
     PackedWeight,
@@ -209,9 +209,8 @@ def candidates(kernel: str, m: int, quick: bool = False) -> list[LaunchConfig]:
 def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str, bits: int | None = None) -> list[LaunchConfig]:
     """``cfg`` without split-K, and with the split-K the table's rule would give its tiles (``bits``: the 2:4
     + low-bit format's code width, which sets the 2:4 tensor-core kernel's steps)."""
-    steps = (tc24_steps(k, bits if fmt == "sparse24_quant" else None, cfg.block_m, cfg.block_k)
-             if cfg.kernel == "tc" and fmt != "lowbit" else -(-(k if fmt == "lowbit" else k // 2) // cfg.block_k))
-    split = split_for(-(-n // cfg.block_n) * -(-m // cfg.block_m), steps)
+    split = split_for(-(-n // cfg.block_n) * -(-m // cfg.block_m), k_steps(cfg.kernel, fmt, k, bits, cfg.block_m,
+                                                                          cfg.block_k))
     if split == 1:
         return [cfg]
     return [cfg, LaunchConfig(cfg.kernel, cfg.block_m, cfg.block_n, cfg.block_k, split, cfg.num_warps,

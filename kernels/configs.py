@@ -106,15 +106,14 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {KERNELS} or None, but got kernel={kernel!r}.")
     kernel = kernel or fused_kernel(m, fmt, bits)
-    kvals = k // 2 if fmt != "lowbit" else k  # values along K the kernel walks (kept values for 2:4)
     if kernel == "gemv":  # the H200's fastest at M = 1 on the Llama shapes, for most formats
         bm = gemv_rows(m)
         bn, bk, warps = (128, 128, 8) if fmt == "lowbit" else (64, 128, 4)
         if fmt == "lowbit" and bits == 8:  # one 64-value chunk a step: with two, 128 rows spill registers at
             bk = 64  # M = 4, and 64 rows make Triton 3.6 load and convert the activations twice (aot_check --sass)
-        steps = _cdiv(kvals, bk)
         stages = 2 if fmt == "lowbit" else 1  # low-bit: read the next step ahead (see triton_gemv)
-        return LaunchConfig("gemv", bm, bn, bk, split_for(_cdiv(n, bn) * _cdiv(m, bm), steps), warps, stages)
+        split = split_for(_cdiv(n, bn) * _cdiv(m, bm), k_steps("gemv", fmt, k, bits, bm, bk))
+        return LaunchConfig("gemv", bm, bn, bk, split, warps, stages)
     target = TARGET_PROGRAMS
     rows = 8 if m <= 8 else 16
     if fmt == "lowbit" and m <= 16 and bits is not None and field_dots(bits, group, k, rows):
@@ -131,8 +130,7 @@ def pick_config(m: int, n: int, k: int, fmt: str = "lowbit", kernel: str | None 
         # MMAs; the 2:4 kernels hold every kept value's position (and code) of the step, so their steps stay at 64
         bm, bn, bk, warps = (64 if m <= 128 else 128), 128, (128 if fmt == "lowbit" else 64), 8
         target = LARGE_TILE_PROGRAMS
-    steps = _cdiv(kvals, bk) if fmt == "lowbit" else tc24_steps(k, bits if fmt == "sparse24_quant" else None, bm, bk)
-    split = split_for(_cdiv(n, bn) * _cdiv(m, bm), steps, target)
+    split = split_for(_cdiv(n, bn) * _cdiv(m, bm), k_steps("tc", fmt, k, bits, bm, bk), target)
     # the 2:4 kernels at few rows: a step of one field (a few KB), so their loads stay in flight by depth: four
     # steps ahead (more makes the 2:4 + low-bit loop longer, aot_check --sass)
     stages = 5 if fmt != "lowbit" and m <= 16 else 3
@@ -246,3 +244,11 @@ def tc24_steps(k: int, bits: int | None, block_m: int, block_k: int) -> int:
     e, chunk = fields_per_unit(b), chunk_values(b, k // 2)
     cu = chunk // e
     return _cdiv((k // 2) // chunk, tc24_chunks(cu, block_k, tc24_fields(block_m, cu, bits is not None)))
+
+
+def k_steps(kernel: str, fmt: str, k: int, bits: int | None, block_m: int, block_k: int) -> int:
+    """Steps along a row of ``k`` columns of one launch (what split-K divides): ``block_k`` values of K (kept
+    values for 2:4) a step, but the 2:4 tensor-core kernel's steps of :func:`tc24_chunks` chunks."""
+    if kernel == "tc" and fmt != "lowbit":
+        return tc24_steps(k, bits if fmt == "sparse24_quant" else None, block_m, block_k)
+    return _cdiv(k if fmt == "lowbit" else k // 2, block_k)

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from .ptx_values import from_float, mask, mma_m16n8k16, to_float
+from .ptx_values import a_fragment, d_fragment, mask, mma_m16n8k16, to_float
 
 _SWIZZLE_BYTES = {1: 128, 2: 64, 3: 32}  # descriptor bits 62-63 -> bytes of one swizzled row
 _WGMMA = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.(b?f16)\.(b?f16)")
@@ -97,9 +97,10 @@ class MatrixUnit:
 
     def _wgmma(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
         """``wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}`` per warpgroup (four warps): A from
-        registers (warp ``w`` holds rows ``16 w ..``, as ``mma.sync``'s A) or a descriptor, B from a descriptor,
-        D in registers (per warp 16 rows; register ``4 j + r`` of a lane: row ``l // 4 + 8 (r // 2)``, column
-        ``8 j + 2 (l % 4) + r % 2``). ``fence``, ``commit_group`` and ``wait_group`` have nothing left to do."""
+        registers (warp ``w`` holds rows ``16 w ..`` as :func:`~.ptx_values.a_fragment`) or a descriptor, B from
+        a descriptor, D in registers (warp ``w``'s registers ``4 j .. 4 j + 3``: its rows' columns ``8 j ..``,
+        as :func:`~.ptx_values.d_fragment`). ``fence``, ``commit_group`` and ``wait_group`` have nothing left
+        to do."""
         if op.startswith(("wgmma.fence", "wgmma.commit_group", "wgmma.wait_group")):
             return
         m = _WGMMA.fullmatch(op)
@@ -120,28 +121,24 @@ class MatrixUnit:
         acc = [self.get(r) for r in d_names]
         a_vals = [self.get(r) for r in _regs(a[1])] if a_regs else None
         descs = [self.get(x) for x in ((a[1], a[2]) if not a_regs else (a[2],))]
-        lane = np.arange(128) % 32
-        row = (np.arange(128) // 32) * 16 + lane // 4  # the lane's first row of A and D
-        col = 2 * (lane % 4)
         out = [np.zeros(self.n, np.uint64) for _ in d_names]
         for g in range(self.n // 128):
             sl = slice(128 * g, 128 * g + 128)
             for name, v in [("scale-d", scale_d)] + [("descriptor", d) for d in descs]:
                 if (v[sl] != v[sl][0]).any():
                     raise NotImplementedError(f"{op} whose {name} differs within a warpgroup")
-            if a_regs:
-                A = np.zeros((64, 16))
-                for reg, dr, dc in zip(a_vals, (0, 8, 0, 8), (0, 0, 8, 8), strict=True):
-                    for h in (0, 1):
-                        A[row + dr, col + dc + h] = to_float(reg[sl] >> np.uint64(16 * h), kind, 16)
+            warps = [slice(128 * g + 32 * w, 128 * g + 32 * w + 32) for w in range(4)]
+            if a_regs:  # warp w holds rows 16 w .. 16 w + 15
+                A = np.concatenate([a_fragment([r[ws] for r in a_vals], kind) for ws in warps])
             else:
                 A = self._wgmma_operand(int(descs[0][sl][0]), 64, not trans_a, kind)
             B = self._wgmma_operand(int(descs[-1][sl][0]), n, not trans_b, kind).T  # [16, n]
             D = sign * (A @ B)
-            for j, reg in enumerate(acc):
-                r, c = row + 8 * ((j % 4) // 2), 8 * (j // 4) + col + j % 2
-                prior = to_float(reg[sl], "f", 32) if scale_d[sl][0] else 0.0
-                out[j][sl] = from_float(D[r, c] + prior, "f", 32)
+            for w, ws in enumerate(warps):  # registers 4 j .. 4 j + 3: columns 8 j .. 8 j + 7 of the warp's rows
+                for j in range(n // 8):
+                    prior = [acc[4 * j + i][ws] for i in range(4)] if scale_d[sl][0] else None
+                    for i, v in enumerate(d_fragment(D[16 * w:16 * w + 16, 8 * j:8 * j + 8], prior)):
+                        out[4 * j + i][ws] = v
         for name, v in zip(d_names, out, strict=True):
             self.put(name, v, 32, active)
 

@@ -135,24 +135,40 @@ def convert(op: str, v: np.ndarray) -> tuple[np.ndarray, int]:
     return out, db
 
 
-def mma_m16n8k16(a: list[np.ndarray], b: list[np.ndarray], c: list[np.ndarray], kind: str) -> list[np.ndarray]:
-    """One warp's ``mma.sync.aligned.m16n8k16.row.col.f32`` of fp16 (``kind`` ``"f"``) or bf16 (``"bf"``) tiles:
-    ``a`` (4 registers), ``b`` (2) and ``c`` (4 fp32), each an array over the warp's 32 lanes. Lane ``l`` holds
-    rows ``l // 4`` and ``l // 4 + 8`` of A and D, columns ``2 (l % 4) + {0, 1}`` (+ 8 in A's last two
-    registers), and B's column ``l // 4``, rows ``2 (l % 4) + {0, 1}`` (+ 8 in its second). Products and sums
-    exact, rounded once to fp32."""
+def a_fragment(a: list[np.ndarray], kind: str) -> np.ndarray:
+    """The 16x16 A tile of one warp's four 16-bit-pair registers (arrays over its 32 lanes), as ``mma.sync``
+    and ``wgmma`` (each warp's 16 rows) lay it out: lane ``l`` holds rows ``l // 4`` and ``l // 4 + 8``,
+    columns ``2 (l % 4) + {0, 1}``, + 8 in the last two registers."""
     lane = np.arange(32)
     g, t = lane // 4, lane % 4
-    A, B = np.zeros((16, 16)), np.zeros((16, 8))
+    A = np.zeros((16, 16))
     for reg, dr, dc in zip(a, (0, 8, 0, 8), (0, 0, 8, 8), strict=True):
         for h in (0, 1):
             A[g + dr, 2 * t + dc + h] = to_float(reg >> np.uint64(16 * h), kind, 16)
+    return A
+
+
+def d_fragment(D: np.ndarray, c: list[np.ndarray] | None) -> list[np.ndarray]:
+    """One warp's four fp32 registers of the 16x8 tile ``D`` plus accumulators ``c`` (``None``: zero), rounded
+    once: lane ``l`` holds rows ``l // 4`` and ``l // 4 + 8``, columns ``2 (l % 4) + {0, 1}``."""
+    lane = np.arange(32)
+    g, t = lane // 4, lane % 4
+    return [from_float(D[g + dr, 2 * t + dc] + (0.0 if c is None else to_float(c[i], "f", 32)), "f", 32)
+            for i, (dr, dc) in enumerate(zip((0, 0, 8, 8), (0, 1, 0, 1), strict=True))]
+
+
+def mma_m16n8k16(a: list[np.ndarray], b: list[np.ndarray], c: list[np.ndarray], kind: str) -> list[np.ndarray]:
+    """One warp's ``mma.sync.aligned.m16n8k16.row.col.f32`` of fp16 (``kind`` ``"f"``) or bf16 (``"bf"``) tiles:
+    ``a`` (4 registers, :func:`a_fragment`), ``b`` (2) and ``c`` (4 fp32, :func:`d_fragment`), each an array
+    over the warp's 32 lanes; lane ``l`` holds B's column ``l // 4``, rows ``2 (l % 4) + {0, 1}`` (+ 8 in its
+    second). Products and sums exact, rounded once to fp32."""
+    lane = np.arange(32)
+    g, t = lane // 4, lane % 4
+    B = np.zeros((16, 8))
     for reg, dk in zip(b, (0, 8), strict=True):
         for h in (0, 1):
             B[2 * t + dk + h, g] = to_float(reg >> np.uint64(16 * h), kind, 16)
-    D = A @ B
-    return [from_float(D[g + dr, 2 * t + dc] + to_float(acc, "f", 32), "f", 32)
-            for acc, dr, dc in zip(c, (0, 0, 8, 8), (0, 1, 0, 1), strict=True)]
+    return d_fragment(a_fragment(a, kind) @ B, c)
 
 
 def integer(root: str, op: str, s: list[np.ndarray], kind: str, bits: int) -> np.ndarray:
