@@ -11,7 +11,8 @@ if L1 keeps what a program read (each program's distinct sectors), and L1 (each 
 sectors: re-reads and partly used sectors included); for the weight stream itself, the share of each
 sector a load uses and how many times L2 serves each of its bytes; for the scales and zeros, their
 L1 and DRAM bytes. The activations count in DRAM once for the whole launch (every tile reads the same
-rows), in L2 and L1 once per program. Figures are counts of the programs' reads, not timings.
+rows), in L2 and L1 once per program. Figures are counts of the programs' reads, not timings. Each run is
+also checked for data races (:mod:`layerbudget.kernels.ptx_races`); one stops the benchmark.
 """
 
 from __future__ import annotations

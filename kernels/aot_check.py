@@ -223,13 +223,24 @@ def compile_kernel(fn, signature: dict[str, str], constants: dict, aligned: list
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
+    from triton.language import target_info
 
     from .triton_common import FP_FUSION
 
     sig = {**signature, **{c: "constexpr" for c in constants}}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
     opts = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": FP_FUSION}  # as launched
-    return triton.compile(ASTSource(fn, sig, constants, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+    target = GPUTarget("cuda", arch, 32)
+
+    def this_target():  # what a kernel asks of its target (``cuda_capability_geq``) is the one compiled for
+        return target
+
+    this_target.__triton_builtin__ = True
+    current, target_info.current_target = target_info.current_target, this_target
+    try:
+        return triton.compile(ASTSource(fn, sig, constants, attrs), target=target, options=opts)
+    finally:
+        target_info.current_target = current
 
 
 # Shared memory one program may use (opt-in maximum per block), by compute capability: a kernel that

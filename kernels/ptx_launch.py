@@ -4,7 +4,8 @@
 captured instead of run; :func:`compile_ptx` compiles the captured launches for a CUDA architecture in a
 process without the Triton interpreter (as a GPU build would: pointers and sizes divisible by 16
 marked so), with inline PTX or as the plain-Triton build; :func:`emulate` runs one launch's PTX on its
-own inputs and returns every pointer argument's bytes afterwards and the reads each one saw.
+own inputs (a data race raises) and returns every pointer argument's bytes afterwards and the reads each one
+saw.
 """
 
 from __future__ import annotations
@@ -109,15 +110,16 @@ def _bytes(t: torch.Tensor) -> np.ndarray:
     return raw[t.storage_offset() * t.element_size():].copy()
 
 
-def emulate(launch: Launch, compiled: dict, programs: list[tuple[int, int, int]] | None = None
-            ) -> tuple[dict[str, np.ndarray], dict[str, Traffic]]:
-    """Run the launch's PTX (its whole grid, or ``programs``) on copies of its inputs: every pointer argument's
-    bytes afterwards, and the global reads of each (by argument name)."""
+def emulate(launch: Launch, compiled: dict, programs: list[tuple[int, int, int]] | None = None,
+            check_races: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Traffic]]:
+    """Run the launch's PTX (its whole grid, or ``programs``, in that order) on copies of its inputs, checking
+    for data races (:mod:`.ptx_races`) unless told not to: every pointer argument's bytes afterwards, and the
+    global reads of each (by argument name)."""
     kernel = parse(compiled["ptx"])
     arrays = {n: _bytes(v) for n, v in launch.args.items() if isinstance(v, torch.Tensor)}
     values = [arrays.get(n, v) for n, v in launch.args.items()]
     values += [None] * (len(kernel.params) - len(values))  # the scratch pointers Triton adds
-    machine = Machine(kernel, launch.num_warps, compiled["shared"])
+    machine = Machine(kernel, launch.num_warps, compiled["shared"], check_races)
     machine.run(values, launch.grid, programs=programs)
     names = {p: n for (p, _), n in zip(kernel.params, launch.args, strict=False)}
     return arrays, {names[p]: t for p, t in machine.traffic.items()}

@@ -2,10 +2,10 @@
 warpgroup ``wgmma.mma_async``, as methods its :class:`~.ptx_sim.Machine` inherits.
 
 ``wgmma`` runs when it is issued (the program waits for its group before it reads the accumulators or
-rewrites the operands, so the result is the same); its shared-memory operands are read through their
-matrix descriptors (start address, leading and stride byte offsets, a 32/64/128-byte swizzle of the
-address's 16-byte unit by its bits 7 and up; not the unswizzled layout), K-major or, with the transpose
-flag, MN-major. Products and sums exact, rounded once to fp32; a form it does not know raises.
+rewrites the operands, so the result is the same; :mod:`.ptx_races` checks the operands' side of that);
+its shared-memory operands are read through their matrix descriptors (start address, leading and stride
+byte offsets, a 32/64/128-byte swizzle of the address's 16-byte unit by its bits 7 and up; not the
+unswizzled layout), K-major or, with the transpose flag, MN-major. Products and sums exact, rounded once to fp32; a form it does not know raises.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def operand_offsets(desc: int, mn: int, k_major: bool) -> np.ndarray:
 
 class MatrixUnit:
     """``ldmatrix``, ``stmatrix``, ``mma.sync`` and ``wgmma`` for :class:`~.ptx_sim.Machine` (which provides
-    ``n``, ``tid``, ``smem``, ``get``, ``put``, ``_addr``, ``_load`` and ``_store``)."""
+    ``n``, ``tid``, ``smem``, ``races``, ``get``, ``put``, ``_addr``, ``_load`` and ``_store``)."""
 
     def _matrix(self, root: str, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
         """``ldmatrix``/``stmatrix`` of 8x8 tiles of 16-bit values: lanes ``8 i .. 8 i + 7`` address tile ``i``'s
@@ -99,9 +99,13 @@ class MatrixUnit:
         """``wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}`` per warpgroup (four warps): A from
         registers (warp ``w`` holds rows ``16 w ..`` as :func:`~.ptx_values.a_fragment`) or a descriptor, B from
         a descriptor, D in registers (warp ``w``'s registers ``4 j .. 4 j + 3``: its rows' columns ``8 j ..``,
-        as :func:`~.ptx_values.d_fragment`). ``fence``, ``commit_group`` and ``wait_group`` have nothing left
-        to do."""
+        as :func:`~.ptx_values.d_fragment`). ``fence`` has nothing left to do, ``commit_group`` and
+        ``wait_group`` only tell the race check."""
         if op.startswith(("wgmma.fence", "wgmma.commit_group", "wgmma.wait_group")):
+            if self.races and op.startswith("wgmma.commit_group"):
+                self.races.operand_commit(active)
+            elif self.races and op.startswith("wgmma.wait_group"):
+                self.races.operand_wait(int(a[0], 0), active)
             return
         m = _WGMMA.fullmatch(op)
         if m is None or m.group(2) != m.group(3):
@@ -131,8 +135,8 @@ class MatrixUnit:
             if a_regs:  # warp w holds rows 16 w .. 16 w + 15
                 A = np.concatenate([a_fragment([r[ws] for r in a_vals], kind) for ws in warps])
             else:
-                A = self._wgmma_operand(int(descs[0][sl][0]), 64, not trans_a, kind)
-            B = self._wgmma_operand(int(descs[-1][sl][0]), n, not trans_b, kind).T  # [16, n]
+                A = self._wgmma_operand(int(descs[0][sl][0]), 64, not trans_a, kind, g)
+            B = self._wgmma_operand(int(descs[-1][sl][0]), n, not trans_b, kind, g).T  # [16, n]
             D = sign * (A @ B)
             for w, ws in enumerate(warps):  # registers 4 j .. 4 j + 3: columns 8 j .. 8 j + 7 of the warp's rows
                 for j in range(n // 8):
@@ -142,10 +146,13 @@ class MatrixUnit:
         for name, v in zip(d_names, out, strict=True):
             self.put(name, v, 32, active)
 
-    def _wgmma_operand(self, desc: int, mn: int, k_major: bool, kind: str) -> np.ndarray:
-        """The ``[mn, 16]`` values of a shared-memory operand (see :func:`operand_offsets`)."""
+    def _wgmma_operand(self, desc: int, mn: int, k_major: bool, kind: str, group: int) -> np.ndarray:
+        """The ``[mn, 16]`` values of a shared-memory operand (see :func:`operand_offsets`) of warpgroup
+        ``group``'s ``wgmma``."""
         addr = operand_offsets(desc, mn, k_major).astype(np.int64)
         if addr.min() < 0 or addr.max() + 2 > self.smem.size:
             raise IndexError(f"a wgmma operand past shared memory ({hex(desc)})")
+        if self.races:
+            self.races.operand_read(group, np.concatenate([addr, addr + 1]))
         bits = self.smem[addr].astype(np.uint64) | (self.smem[addr + 1].astype(np.uint64) << np.uint64(8))
         return to_float(bits, kind, 16)

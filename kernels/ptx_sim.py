@@ -1,7 +1,8 @@
 """A small PTX interpreter: runs a compiled kernel's own PTX on the CPU, to check what a GPU would compute.
 
 One CTA at a time, all its threads in lockstep (a branch must go the same way for every thread of the CTA,
-as the project's kernels' loops do; a divergent one raises; a missing barrier goes unnoticed), global
+as the project's kernels' loops do; a divergent one raises; what another schedule could change, a
+missing barrier or fence, :mod:`.ptx_races` finds and raises as a ``DataRace``), global
 memory as the numpy arrays passed as pointer arguments (an access outside them raises), shared memory
 as one byte array per CTA. It knows the instructions Triton emits for the kernels of this package
 (``cp.async`` included; the matrix instructions, Hopper's ``wgmma`` among them, in :mod:`.ptx_matrix`) and
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .ptx_matrix import MatrixUnit
+from .ptx_races import Ordering, RaceCheck
 from .ptx_values import (
     FLOAT_FN,
     compare,
@@ -128,13 +130,15 @@ def parse(ptx: str) -> Kernel:
     return Kernel(head.group(1), params, code, labels)
 
 
-class Machine(MatrixUnit):
-    """Runs one parsed kernel over a grid of CTAs of ``num_warps`` warps with ``shared_bytes`` of shared memory."""
+class Machine(MatrixUnit, Ordering):
+    """Runs one parsed kernel over a grid of CTAs of ``num_warps`` warps with ``shared_bytes`` of shared memory,
+    checking each run for data races (:class:`~.ptx_races.RaceCheck`) unless ``check_races`` is false."""
 
-    def __init__(self, kernel: Kernel, num_warps: int, shared_bytes: int = 0):
+    def __init__(self, kernel: Kernel, num_warps: int, shared_bytes: int = 0, check_races: bool = True):
         self.k, self.n = kernel, 32 * num_warps
         self.tid = np.arange(self.n, dtype=np.uint64)
-        self.shared_bytes = shared_bytes
+        self.shared_bytes, self.check_races = shared_bytes, check_races
+        self.races: RaceCheck | None = None
 
     def _where(self, space: str, addr: np.ndarray, active: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(lane mask, byte array, offsets) per buffer the active lanes' addresses fall in."""
@@ -149,7 +153,8 @@ class Machine(MatrixUnit):
             out.append((sel, self.mem[b], (addr - np.uint64((int(b) + 1) << _BASE_SHIFT)).astype(np.int64)))
         return out
 
-    def _load(self, space: str, addr: np.ndarray, nbytes: int, active: np.ndarray) -> np.ndarray:
+    def _load(self, space: str, addr: np.ndarray, nbytes: int, active: np.ndarray, track: bool = True) -> np.ndarray:
+        """Each active lane's ``nbytes`` at ``addr`` (``track``: a shared read the race check sees)."""
         val = np.zeros(self.n, np.uint64)
         for sel, buf, off in self._where(space, addr, active):
             if not sel.any():
@@ -157,17 +162,22 @@ class Machine(MatrixUnit):
             o = off[sel]
             if (o < 0).any() or (o + nbytes > buf.size).any():
                 raise IndexError(f"{space} load past the end of its buffer")
+            if space == "shared" and track and self.races:
+                self.races.shared_read(off, nbytes, sel)
             for i in range(nbytes):
                 val[sel] |= buf[o + i].astype(np.uint64) << np.uint64(8 * i)
         return val
 
-    def _store(self, space: str, addr: np.ndarray, nbytes: int, val: np.ndarray, active: np.ndarray) -> None:
+    def _store(self, space: str, addr: np.ndarray, nbytes: int, val: np.ndarray, active: np.ndarray,
+               track: bool = True) -> None:
         for sel, buf, off in self._where(space, addr, active):
             if not sel.any():
                 continue
             o, v = off[sel], val[sel]
             if (o < 0).any() or (o + nbytes > buf.size).any():
                 raise IndexError(f"{space} store past the end of its buffer")
+            if space == "shared" and track and self.races:
+                self.races.shared_write(off, nbytes, val, sel)
             for lane_o, lane_v in zip(o, v, strict=True):  # in lane order, as one warp-wide store resolves
                 for i in range(nbytes):
                     buf[lane_o + i] = (int(lane_v) >> (8 * i)) & 0xFF
@@ -253,6 +263,8 @@ class Machine(MatrixUnit):
         self.traffic: dict[str, Traffic] = {}  # by the PTX name of the pointer parameter
         if programs is None:
             programs = [(x, y, z) for z in range(grid[2]) for y in range(grid[1]) for x in range(grid[0])]
+        self.races = RaceCheck(self.n, self.shared_bytes, _BASE_SHIFT, [m.size for m in self.mem]) \
+            if self.check_races else None
         for pid in programs:
             if not all(0 <= p < g for p, g in zip(pid, grid, strict=True)):
                 raise ValueError(f"program {pid} is outside the grid {grid}")
@@ -262,6 +274,9 @@ class Machine(MatrixUnit):
     def _cta(self, max_steps: int) -> None:
         self.r: dict[str, np.ndarray] = {}
         self.smem = np.zeros(max(self.shared_bytes, 1), np.uint8)
+        if self.races:
+            x, y, z = self.pid
+            self.races.start_cta(x + self.grid[0] * (y + self.grid[1] * z), self.smem)
         self.symbols = {"global_smem": 0}
         self._program_seen: dict[str, set] = {}
         pc, steps, code = 0, 0, self.k.code
@@ -293,7 +308,7 @@ class Machine(MatrixUnit):
     def step(self, ins: Instruction, root: str, active: np.ndarray) -> None:
         op, a = ins.op, ins.args
         if root in ("bar", "barrier", "fence", "membar"):
-            return  # the CTA runs in lockstep: every earlier access is done
+            return self._sync(op, a, active)
         if root == "mov":
             return self._mov(op, a, active)
         if root in ("ld", "st"):
@@ -363,6 +378,8 @@ class Machine(MatrixUnit):
             raise NotImplementedError(f"{op} with {len(names)} registers")
         if root == "ld" and space == "global":
             self._count(base + np.uint64(off), vec * nbytes, active)
+        if space == "global" and self.races:
+            self._global_order(root, op, base + np.uint64(off), vec * nbytes, active)
         for i, nm in enumerate(names):
             at = base + np.uint64(off + i * nbytes)
             if root == "ld":
@@ -381,12 +398,14 @@ class Machine(MatrixUnit):
         d, rest = (a[0], a[1:]) if root == "atom" else ("_", a)
         base, off = self._addr(rest[0])
         at = base + np.uint64(off)
+        if space == "global" and self.races:
+            self._global_order(root, op, at, bits // 8, active)
         vals = [self.get(x) for x in rest[1:]]
         old = np.zeros(self.n, np.uint64)
         for i in np.nonzero(active)[0]:  # one lane after another, as the memory system serializes them
             lane = np.zeros(self.n, bool)
             lane[i] = True
-            cur = self._load(space, at, bits // 8, lane)
+            cur = self._load(space, at, bits // 8, lane, track=False)
             old[i] = cur[i]
             if action == "add" and kind == "f":
                 new = from_float(to_float(cur, kind, bits) + to_float(vals[0], kind, bits), kind, bits)
@@ -398,7 +417,7 @@ class Machine(MatrixUnit):
                 new = np.where((cur & mask(bits)) == (vals[0] & mask(bits)), vals[1], cur)
             else:
                 raise NotImplementedError(f"instruction {op!r}")
-            self._store(space, at, bits // 8, new, lane)
+            self._store(space, at, bits // 8, new, lane, track=False)
         self.put(d, old, bits, active)
 
     def _shfl(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
@@ -417,8 +436,13 @@ class Machine(MatrixUnit):
 
     def _cp_async(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
         """``cp.async`` done at once (a schedule the asynchronous copy allows: the program waits before it
-        reads the destination); ``commit_group`` and ``wait_group`` have nothing left to do."""
+        reads the destination, which the race check holds it to); ``commit_group`` and ``wait_group`` only
+        tell the race check."""
         if op.startswith(("cp.async.commit_group", "cp.async.wait_group", "cp.async.wait_all")):
+            if self.races and op.startswith("cp.async.commit_group"):
+                self.races.copy_commit(active)
+            elif self.races:
+                self.races.copy_wait(int(a[0], 0) if op.startswith("cp.async.wait_group") else None, active)
             return
         dst, dst_off = self._addr(a[0])
         src, src_off = self._addr(a[1])
@@ -428,9 +452,12 @@ class Machine(MatrixUnit):
         if (read % size != 0).any():
             raise NotImplementedError(f"{op} reading part of its {size} bytes")
         self._count(src + np.uint64(src_off), size, active & (read > 0))
+        if self.races:
+            self.races.global_access(False, src + np.uint64(src_off), size, active & (read > 0))
+            self.races.async_copy((dst + np.uint64(dst_off)) & mask(32), size, active)
         for i in range(size):
             byte = self._load("global", src + np.uint64(src_off + i), 1, active & (read > i))
-            self._store("shared", dst + np.uint64(dst_off + i), 1, byte, active)
+            self._store("shared", dst + np.uint64(dst_off + i), 1, byte, active, track=False)
 
     def _cvt(self, op: str, a: tuple[str, ...], active: np.ndarray) -> None:
         if op.startswith(("cvt.rn.f16x2.f32", "cvt.rn.bf16x2.f32")):  # d.hi from a, d.lo from b

@@ -20,6 +20,7 @@ import os
 
 import triton
 import triton.language as tl
+from triton.language.target_info import cuda_capability_geq
 
 try:  # kernels in this package were built for the interpreter (read as @triton.jit reads it)
     from triton import knobs
@@ -32,6 +33,13 @@ except ImportError:  # triton < 3.4 has no knobs
 GPU_FENCE = tl.constexpr(not INTERPRET)
 INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_PTX", "1").strip().lower()
                           not in ("0", "false", "off", "no"))
+# Triton before 3.9 lets a wgmma read shared memory that cp.async wrote with no ``fence.proxy.async`` between
+# (generic-proxy writes, async-proxy read: the PTX ISA asks for one; :mod:`.ptx_races` finds the gap); kernels
+# that multiply a copied operand put it there themselves (:func:`proxy_fenced`). Later Triton emits its own.
+# ``LAYERBUDGET_PROXY_FENCE=0`` at import leaves it out (to time what it costs).
+PROXY_FENCE = tl.constexpr(not INTERPRET and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
+                           and os.environ.get("LAYERBUDGET_PROXY_FENCE", "1").strip().lower()
+                           not in ("0", "false", "off", "no"))
 # Launch option of every kernel: multiplies and adds contract into FMAs (the decode kernels' one FMA per weight),
 # whatever the installed Triton's default (``TRITON_DEFAULT_FP_FUSION``, whose default Triton is changing).
 FP_FUSION = True
@@ -299,6 +307,19 @@ def fence(value):
         value = tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", "=r,r", [value],
                                           dtype=tl.int32, is_pure=False, pack=1)
     return value
+
+
+@triton.jit
+def proxy_fenced(w):
+    """``w`` (16-bit, the register operand of a ``tl.dot`` whose other operand Triton copies into shared memory
+    with ``cp.async``) through a ``fence.proxy.async`` in every thread (one per two registers), where
+    :data:`PROXY_FENCE` says Triton leaves it out. The ``wgmma`` comes after it; that it comes after the
+    copies landed is Triton's placement of the wait, which the race check of the compiled code confirms
+    (fencing a smaller value, a group's scales, put the fence before the wait)."""
+    if PROXY_FENCE and cuda_capability_geq(9, 0):  # (the instruction is sm_90's; wgmma too)
+        w = tl.inline_asm_elementwise("fence.proxy.async.shared::cta;\n\tmov.b32 $0, $2;\n\tmov.b32 $1, $3;",
+                                      "=r,=r,r,r", [w], dtype=w.dtype, is_pure=False, pack=4)
+    return w
 
 
 @triton.jit

@@ -36,6 +36,7 @@ from .triton_common import (
     launch,
     pair_bits,
     pair_halves,
+    proxy_fenced,
 )
 from .triton_gemv import _split_range, flush_fields
 from .workspace import tile_launch
@@ -125,7 +126,7 @@ def _tc_lowbit_kernel(
         xt = _x_tile(x_ptr, offs_m, M, stride_xm, c * V + j0 * (2 * CU), BLOCK_M, CU, JB, X_PERMUTED)
         if not X_PERMUTED:  # the weight tile takes the activations' (memory) order instead
             w = tl.permute(w, (0, 2, 1, 3))  # [BN, JB, CU, 2]
-        acc = tl.dot(tl.reshape(w, (BLOCK_N, 2 * JB * CU)), xt, acc)
+        acc = tl.dot(proxy_fenced(tl.reshape(w, (BLOCK_N, 2 * JB * CU))), xt, acc)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
                 SPLIT_K)

@@ -26,7 +26,16 @@ import triton.language as tl
 
 from .configs import LaunchConfig, tc24_chunks, tc24_fields
 from .sparse24 import Sparse24QuantWeight, Sparse24Weight, meta_layout
-from .triton_common import INTERPRET, finish_tile, launch, load_if, pair_halves, prmt, sub_mul_f16x2
+from .triton_common import (
+    INTERPRET,
+    finish_tile,
+    launch,
+    load_if,
+    pair_halves,
+    prmt,
+    proxy_fenced,
+    sub_mul_f16x2,
+)
 from .triton_gemv import _aligned, _split_range, flush_fields
 from .triton_pairs import code_pairs, field_parts, meta_pairs, pair_codes, pair_words, spread_selector
 from .workspace import tile_launch
@@ -173,7 +182,7 @@ def _tc_sparse24_kernel(
                     xt = tl.load(xs + 2 * e * CU)
                 else:
                     xt = tl.load(xs + 2 * e * CU, mask=x_ok[:, None], other=0.0)
-                acc = tl.dot(tl.reshape(w, (BLOCK_N, BK)), xt, acc)
+                acc = tl.dot(proxy_fenced(tl.reshape(w, (BLOCK_N, BK))), xt, acc)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
                 SPLIT_K)

@@ -9,11 +9,13 @@ and as the plain build) and its PTX run on the same inputs: every kernel as buil
 tensor-core kernels multiply with ``wgmma`` there) and the tensor-core kernels also as built for sm_80
 (``mma.sync``); the inline-PTX helpers bit for bit against the plain code; and plain ``tl.dot`` kernels
 against a float64 product, for the ``wgmma`` operand forms the package's kernels do not use (A in shared
-memory, the 32-byte swizzle, MN-major operands).
+memory, the 32-byte swizzle, MN-major operands). Every run checks for data races
+(:mod:`layerbudget.kernels.ptx_races`); edits of the compiled PTX that open one must raise.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import triton.language as tl
 from layerbudget.kernels.configs import LaunchConfig
 from layerbudget.kernels.ops import lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
 from layerbudget.kernels.ptx_launch import Launch, as_tensor, compile_ptx, emulate, record
+from layerbudget.kernels.ptx_races import DataRace
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.reference import lowbit_matmul_ref, sparse24_matmul_ref, sparse24_quant_matmul_ref
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
@@ -179,6 +182,83 @@ def test_compiled_kernels_fetch_each_weight_byte_once(case: str, compiled_cases)
     assert t.unique >= weight.numel() * weight.element_size()
     assert t.per_program == t.unique
     assert t.sectors <= 2 * t.requested
+
+
+# --- data races: what another schedule of the same program could change ---------------------------------
+
+def _after(ptx: str, first: str, then: str) -> str:
+    """``ptx`` less the first ``then`` line after each ``first`` line."""
+    out, armed = [], False
+    for line in ptx.split("\n"):
+        if first in line:
+            armed = True
+        elif armed and then in line:
+            armed = False
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def _before_arrive(ptx: str) -> str:
+    """``ptx`` less the barriers between the last GPU fence before the split-K counter's atomic and it."""
+    j = ptx.index("atom.global.gpu.acq_rel.add.u32")
+    i = ptx.rindex("fence.acq_rel.gpu", 0, j)
+    return ptx[:i] + ptx[i:j].replace("bar.sync \t0;", "") + ptx[j:]
+
+
+def _waits(op: str, more: int):
+    return lambda ptx: re.sub(rf"({op}\s+)(\d+)", lambda m: f"{m.group(1)}{int(m.group(2)) + more}", ptx)
+
+
+# each: an edit of the compiled PTX that opens a race, what the race check says of it; the kernels still
+# compute the reference run in lockstep (only the check sees it)
+RACES = {
+    "barrier-after-copy-wait": (lambda p: _after(p, "cp.async.wait_group", "bar.sync"), "no barrier between"),
+    "no-proxy-fence": (lambda p: p.replace("fence.proxy.async.shared::cta;", ""), "no fence.proxy.async"),
+    "copy-waits-one-less": (_waits("cp.async.wait_group", 1), "cp.async has not been waited for"),
+    "wgmma-waits-two-less": (_waits("wgmma.wait_group.sync.aligned", 2), "a wgmma may still read"),
+    "relaxed-arrive-no-fences": (lambda p: p.replace("gpu.acq_rel", "gpu.relaxed").replace("fence.acq_rel.gpu;", ""),
+                                 "not ordered after that write"),
+    "release-arrive-no-fences": (lambda p: p.replace("gpu.acq_rel", "gpu.release").replace("fence.acq_rel.gpu;", ""),
+                                 "not ordered after that write"),
+    "cta-scope-arrive": (lambda p: p.replace("atom.global.gpu.acq_rel", "atom.global.cta.acq_rel"),
+                         "not ordered after that write"),
+    "no-barrier-before-arrive": (_before_arrive, "not ordered after that write"),
+}
+RACE_CASES = [("tc-2:4-m16-split2", r) for r in RACES] + [("tile-b4-g128-m80", r) for r in RACES] + [
+    ("fields-b4-g128-m1", r) for r in RACES if "proxy" not in r and "wgmma" not in r] + [
+    ("gemv-b2-g32-m3-split3", r) for r in RACES if "arrive" in r and "barrier" not in r]  # its partials are
+# atomics, each followed by a barrier of Triton's own: no barrier before the arrive is missing there
+
+
+@pytest.mark.parametrize(("case", "race"), RACE_CASES, ids=[f"{c}-{r}" for c, r in RACE_CASES])
+def test_race_check_finds_a_missing_barrier_fence_or_wait(case: str, race: str, compiled_cases) -> None:
+    """The sm_90 builds as compiled are race-free (above); each edit that drops a barrier, a proxy or memory
+    fence, part of a wait or of the split-K protocol's ordering raises, though lockstep still computes the
+    reference."""
+    (launch,), builds, out, ref = compiled_cases[case, 90]
+    edit, says = RACES[race]
+    ptx = edit(builds[True][0]["ptx"])
+    assert ptx != builds[True][0]["ptx"], "the edit changed nothing"
+    racy = {**builds[True][0], "ptx": ptx}
+    name = next(n for n, v in launch.args.items() if v is out)
+    _close(as_tensor(emulate(launch, racy, check_races=False)[0][name], out), ref)
+    with pytest.raises(DataRace, match=says):
+        emulate(launch, racy)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "split" in c or c.startswith(("table-", "fields-", "tc-2:4+"))])
+def test_split_k_programs_in_reverse_order(case: str, compiled_cases) -> None:
+    """The grid run backwards (the last slice of each tile arrives first): the same result, no race, the
+    workspace and counters left zero."""
+    (launch,), builds, out, ref = compiled_cases[case, 90]
+    gx, gy, gz = launch.grid
+    programs = [(x, y, z) for z in range(gz) for y in range(gy) for x in range(gx)][::-1]
+    arrays, _ = emulate(launch, builds[True][0], programs)
+    _close(as_tensor(arrays[next(n for n, v in launch.args.items() if v is out)], out), ref)
+    for scratch in ("ws_ptr", "lock_ptr"):
+        if launch.constants.get("SPLIT_K", 1) > 1:
+            assert not arrays[scratch].any(), scratch
 
 
 # --- the helpers of the tensor-core kernels, elementwise ----------------------------------------------
