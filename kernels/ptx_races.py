@@ -9,7 +9,7 @@ with another warp's in the same phase when either writes (two writes of the same
 ``cp.async`` writes its bytes when its warp waits for the copy's group (``cp.async.wait_group``/
 ``wait_all``); reading or rewriting them before that conflicts. ``wgmma`` reads its shared operands
 until its warpgroup waits for the group (``wgmma.wait_group``), so a write to them before that
-conflicts; and as it reads through the async proxy, the bytes the generic proxy wrote (``st``,
+conflicts (after it, one by another warpgroup in the same phase); and as it reads through the async proxy, the bytes the generic proxy wrote (``st``,
 ``stmatrix``, ``cp.async``) need a ``fence.proxy.async`` after the write, by the writing warp or in a
 later phase.
 
@@ -78,6 +78,7 @@ class RaceCheck:
         self.copy_group = np.zeros(s, np.int32)
         self.copies = np.zeros(w, np.int64)  # groups committed per warp
         self.operand_group = np.full((max(w // 4, 1), s), -1, np.int32)  # wgmma reads pending, per warpgroup
+        self.operand_phase = np.full((max(w // 4, 1), s), -1, np.int32)  # and the phase each finished in
         self.products = np.zeros(max(w // 4, 1), np.int64)
         self.proxy = np.full((w, 2), -1, np.int64)  # each warp's last fence.proxy.async: clock, phase
         self.fences: list[tuple[int, np.ndarray]] = []  # GPU-scope fences: clock, threads
@@ -119,6 +120,9 @@ class RaceCheck:
         read = self.r_phase[:, idx] == self.phase
         read[warp, np.arange(idx.size)] = False
         self._raise("a write to bytes another warp read with no barrier between", idx, read.any(axis=0))
+        read = self.operand_phase[:, idx] == self.phase  # a finished wgmma: its own warpgroup waited for it
+        read[warp // 4, np.arange(idx.size)] = False
+        self._raise("a write to bytes another warpgroup's wgmma read with no barrier between", idx, read.any(axis=0))
         other = (self.w_warp[idx] >= 0) & (self.w_warp[idx] != warp) & (self.w_phase[idx] == self.phase)
         if new is not None:
             other &= self.shared[idx] != new
@@ -175,8 +179,7 @@ class RaceCheck:
         by_reader = (clock > self.w_clock[idx]) & (phase > self.w_phase[idx])
         self._raise("a wgmma read of bytes plain stores wrote with no fence.proxy.async after them", idx,
                     (writer >= 0) & ~by_writer & ~by_reader)
-        pending = self.operand_group[group, idx]
-        self.operand_group[group, idx] = np.where(pending >= 0, pending, self.products[group])
+        self.operand_group[group, idx] = self.products[group]  # free when the last group reading it is done
 
     def operand_commit(self, active: np.ndarray) -> None:
         self.products[np.unique(self.warp[active] // 4)] += 1
@@ -185,7 +188,7 @@ class RaceCheck:
         for g in np.unique(self.warp[active] // 4):
             row = self.operand_group[g]
             done = (row >= 0) & (row < self.products[g] - keep)
-            self.r_phase[4 * g:4 * g + 4, done] = self.phase
+            self.operand_phase[g, done] = self.phase
             row[done] = -1
 
     # --- global memory ----------------------------------------------------------------------------------
