@@ -32,6 +32,11 @@ import re
 import numpy as np
 
 
+def _spread(offs: np.ndarray, nbytes: int) -> np.ndarray:
+    """The byte offsets of ``nbytes`` at each of ``offs``, flat."""
+    return (offs.astype(np.int64)[:, None] + np.arange(nbytes)).ravel()
+
+
 class DataRace(RuntimeError):
     """Two accesses to the same bytes that a GPU may perform in either order."""
 
@@ -101,8 +106,7 @@ class RaceCheck:
 
     def _bytes(self, offs: np.ndarray, nbytes: int, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Byte index and warp of every byte the active lanes access."""
-        idx = (offs[active].astype(np.int64)[:, None] + np.arange(nbytes)).ravel()
-        return idx, np.repeat(self.warp[active], nbytes)
+        return _spread(offs[active], nbytes), np.repeat(self.warp[active], nbytes)
 
     def _raise(self, what: str, idx: np.ndarray, bad: np.ndarray) -> None:
         if bad.any():
@@ -210,13 +214,15 @@ class RaceCheck:
                     ok[sel] = (clock[sel] < every) | (clock[sel] < own[writer[sel]])
         return ok
 
-    def _bytes_of(self, addr: np.ndarray, nbytes: int, active: np.ndarray):
-        """Per buffer: byte offsets and the thread accessing each."""
+    def _bytes_of(self, addr: np.ndarray, nbytes: int, active: np.ndarray, only: tuple = ()):
+        """Per buffer (of those in the dicts ``only``, if given): byte offsets and the thread accessing each."""
         lanes = np.nonzero(active)[0]
         buf, off = self._where(addr[lanes])
         for b in np.unique(buf).tolist():
+            if only and not any(b in d for d in only):
+                continue
             sel = buf == b
-            yield b, (off[sel][:, None] + np.arange(nbytes)).ravel(), np.repeat(lanes[sel], nbytes)
+            yield b, _spread(off[sel], nbytes), np.repeat(lanes[sel], nbytes)
 
     def _check_global(self, b: int, idx: np.ndarray, thread: np.ndarray, what: str, plain_only: bool = False) -> None:
         """``what`` (an access of bytes ``idx`` of buffer ``b`` by ``thread``) comes after every write to them
@@ -244,7 +250,7 @@ class RaceCheck:
         if not write and not self.plain and not self.atomics:
             return
         clock = self._tick()
-        for b, idx, thread in self._bytes_of(addr, nbytes, active):
+        for b, idx, thread in self._bytes_of(addr, nbytes, active, () if write else (self.plain, self.atomics)):
             if b in self.plain or b in self.atomics:
                 self._check_global(b, idx, thread, "a write to" if write else "a read of")
             if write:
