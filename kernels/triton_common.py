@@ -40,6 +40,13 @@ INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_P
 PROXY_FENCE = tl.constexpr(not INTERPRET and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
                            and os.environ.get("LAYERBUDGET_PROXY_FENCE", "1").strip().lower()
                            not in ("0", "false", "off", "no"))
+# One ``fence.proxy.async`` per asm statement, which passes up to PROXY_PACK 16-bit elements through (Triton pads
+# a thread's fewer with undefined values): each thread fences once per dot operand it holds.
+_REGS = 32  # 32-bit registers in, as many out
+PROXY_PACK = tl.constexpr(2 * _REGS)
+PROXY_ASM = tl.constexpr("fence.proxy.async.shared::cta;"
+                         + "".join(f"\n\tmov.b32 ${i}, ${i + _REGS};" for i in range(_REGS)))
+PROXY_CONSTRAINTS = tl.constexpr(",".join(["=r"] * _REGS + ["r"] * _REGS))
 # Launch option of every kernel: multiplies and adds contract into FMAs (the decode kernels' one FMA per weight),
 # whatever the installed Triton's default (``TRITON_DEFAULT_FP_FUSION``, whose default Triton is changing).
 FP_FUSION = True
@@ -312,13 +319,13 @@ def fence(value):
 @triton.jit
 def proxy_fenced(w):
     """``w`` (16-bit, the register operand of a ``tl.dot`` whose other operand Triton copies into shared memory
-    with ``cp.async``) through a ``fence.proxy.async`` in every thread (one per two registers), where
+    with ``cp.async``) through a ``fence.proxy.async`` in every thread (one per :data:`PROXY_PACK` elements), where
     :data:`PROXY_FENCE` says Triton leaves it out. The ``wgmma`` comes after it; that it comes after the
     copies landed is Triton's placement of the wait, which the race check of the compiled code confirms
     (fencing a smaller value, a group's scales, put the fence before the wait)."""
     if PROXY_FENCE and cuda_capability_geq(9, 0):  # (the instruction is sm_90's; wgmma too)
-        w = tl.inline_asm_elementwise("fence.proxy.async.shared::cta;\n\tmov.b32 $0, $2;\n\tmov.b32 $1, $3;",
-                                      "=r,=r,r,r", [w], dtype=w.dtype, is_pure=False, pack=4)
+        w = tl.inline_asm_elementwise(PROXY_ASM, PROXY_CONSTRAINTS, [w], dtype=w.dtype, is_pure=False,
+                                      pack=PROXY_PACK)
     return w
 
 

@@ -253,6 +253,16 @@ def test_race_check_finds_a_missing_barrier_fence_or_wait(case: str, race: str, 
         emulate(launch, racy)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("tc-2:4", "tile-"))])
+def test_wgmma_kernels_fence_the_copies_at_most_once_per_wgmma(case: str, compiled_cases) -> None:
+    """Each ``fence.proxy.async`` waits for the thread's generic-proxy writes: the sm_90 builds have one
+    (Triton's, or :func:`~layerbudget.kernels.triton_common.proxy_fenced`'s where Triton leaves it out), and no
+    more of them than ``wgmma`` instructions."""
+    ptx = compiled_cases[case, 90][1][True][0]["ptx"]
+    fences, wgmmas = ptx.count("fence.proxy.async"), ptx.count("wgmma.mma_async")
+    assert 0 < fences <= wgmmas, (fences, wgmmas)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if "split" in c or c.startswith(("table-", "fields-", "tc-2:4+"))])
 def test_split_k_programs_in_reverse_order(case: str, compiled_cases) -> None:
     """The grid run backwards (the last slice of each tile arrives first): the same result, no race, the
