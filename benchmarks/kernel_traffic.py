@@ -8,7 +8,7 @@ tensor-core kernels use ``mma.sync`` instead of ``wgmma``), and the programs of 
 :mod:`layerbudget.kernels.ptx_sim`. Per weight of that tile it prints the bytes of 32-byte sectors read
 at three levels (:class:`~layerbudget.kernels.ptx_sim.Traffic`): DRAM at least (distinct sectors), L2
 if L1 keeps what a program read (each program's distinct sectors), and L1 (each warp-wide load's
-sectors: re-reads and partly used sectors included); for the weight stream itself, the share of each
+sectors: re-reads and partly used sectors included; loads of the PTX, some of which ``ptxas`` may merge); for the weight stream itself, the share of each
 sector a load uses and how many times L2 serves each of its bytes; for the scales and zeros, their
 L1 and DRAM bytes. The activations count in DRAM once for the whole launch (every tile reads the same
 rows), in L2 and L1 once per program. Figures are counts of the programs' reads, not timings. Each run is
