@@ -115,37 +115,32 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     """The decode kernels as :func:`~.configs.pick_config` launches them for ``[M, K] x [N, K]^T``,
     M = 1, 2, 4, fp16 activations (every low-bit width, 2:4 fp16 and 2:4 + low-bit), and the low-bit
     tensor-core kernels at M = 1, 16, 64, 256."""
-    from .configs import field_dots, pick_config, tc24_chunks, tc24_fields, tc_step_fields
-    from .packing import chunk_units, chunk_values, fields_per_unit
-    from .sparse24 import meta_layout
-    from .triton_gemv import _launch_shape, flush_fields
+    from .configs import field_dots, pick_config
+    from .packing import chunk_values, fields_per_unit
+    from .triton_gemv import lowbit_constants, sparse24_constants
+    from .triton_lowbit import launch_constants as tile_constants
+    from .triton_sparse import launch_constants as tc24_constants
+
+    def variant(module: str, kernel: str, fmt: str, consts: dict, cfg, name: str, weights: int) -> Variant:
+        """``weights``: what one program handles per pass through the hot loop, spread over its threads"""
+        v = _mm(module, kernel, fmt, "*fp16", consts, cfg.num_warps, cfg.num_stages, name)
+        return replace(v, weights_per_iter=weights // (32 * cfg.num_warps))
 
     out = []
     for m in (1, 2, 4):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
             cfg = pick_config(m, n, k, "lowbit", bits=bits)
-            cu, e = chunk_units(bits, k), fields_per_unit(bits)
-            block_c, _ = _launch_shape(m, n, cfg, e * cu, k)
-            consts = {"BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush_fields(group, e * cu, cu, e),
-                      "EVEN": (k // (e * cu)) % block_c == 0, "HAS_BIAS": False, "SPLIT_K": cfg.split_k, "PREFETCH": cfg.num_stages >= 2,
-                      "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
-            v = _mm("triton_gemv", "_gemv_lowbit_kernel", "lowbit", "*fp16", consts, cfg.num_warps, cfg.num_stages,
-                    f"gemv M={m} w{bits}g{group}")
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * cu * e // (32 * cfg.num_warps)))
+            c = lowbit_constants(bits, group, k, cfg, False)
+            out.append(variant("triton_gemv", "_gemv_lowbit_kernel", "lowbit", c, cfg, f"gemv M={m} w{bits}g{group}",
+                               cfg.block_n * c["BLOCK_C"] * c["CU"] * fields_per_unit(bits)))
         for quant, bits, group in ((False, 16, 1), (True, 4, 64)):
             cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24")
-            e, chunk = meta_layout(k, bits if quant else None)
-            block_c, _ = _launch_shape(m, n, cfg, chunk, k // 2)
-            cu = chunk // e
-            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
-                      "FLUSH": flush_fields(group, chunk, cu, e) if quant else 1,
-                      "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
-                      "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
-            name = f"gemv M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
-            v = _mm("triton_gemv", "_gemv_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
-                    cfg.num_warps, cfg.num_stages, name)
+            c = sparse24_constants(quant, bits, group, k, cfg, True, False)
+            e = fields_per_unit(bits if quant else 2)
             # the hot loop is the step loop: every kept value of BLOCK_C chunks
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * chunk // (32 * cfg.num_warps)))
+            out.append(variant("triton_gemv", "_gemv_sparse24_kernel", "sparse_quant16" if quant else "sparse", c, cfg,
+                               f"gemv M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16"),
+                               cfg.block_n * c["BLOCK_C"] * c["CU"] * e))
     for m in (1, 16, 64, 256):
         for bits, group in ((2, 64), (3, 128), (4, 128), (8, 128)):
             cfg = pick_config(m, n, k, "lowbit", "tc", bits, group)
@@ -154,26 +149,16 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
                 v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
                 out.append(replace(v, weights_per_iter=cfg.block_n * chunk_values(bits, k) // (32 * cfg.num_warps)))
                 continue
-            jb = tc_step_fields(bits, k, group, cfg.block_k)
-            v = _tc("*fp16", bits, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, group, jb)
-            v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
-            out.append(replace(v, weights_per_iter=cfg.block_n * 2 * jb * 16 // (32 * cfg.num_warps)))
+            c = tile_constants(bits, group, k, cfg, True)
+            out.append(variant("triton_lowbit", "_tc_lowbit_kernel", "lowbit", c, cfg, f"tc   M={m} w{bits}g{group}",
+                               cfg.block_n * 2 * c["JB"] * 16))
         for quant, bits, group in ((False, 16, 1), (True, 4, 64)):
             cfg = pick_config(m, n, k, "sparse24_quant" if quant else "sparse24", "tc")
-            e, chunk = meta_layout(k, bits if quant else None)
-            cu = chunk // e
-            fields = tc24_fields(cfg.block_m, cu, quant)
-            block_c = tc24_chunks(cu, cfg.block_k, fields)
-            consts = {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
-                      "FLUSH": flush_fields(group, chunk, cu, e) if quant else 1, "FIELDS": fields,
-                      "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": True, "HAS_BIAS": False,
-                      "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
-            name = f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16")
-            v = _mm("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", "*fp16", consts,
-                    cfg.num_warps, cfg.num_stages, name)
-            # the hot loop is the field loop: `fields` fields of BLOCK_C chunks
-            per_field = chunk // e
-            out.append(replace(v, weights_per_iter=cfg.block_n * block_c * per_field * fields // (32 * cfg.num_warps)))
+            c = tc24_constants(quant, bits, group, k, cfg, True, False)
+            # the hot loop is the field loop: `FIELDS` fields of BLOCK_C chunks
+            out.append(variant("triton_sparse", "_tc_sparse24_kernel", "sparse_quant16" if quant else "sparse", c, cfg,
+                               f"tc   M={m} 2:4" + (f"+w{bits}g{group}" if quant else " fp16"),
+                               cfg.block_n * c["BLOCK_C"] * c["CU"] * c["FIELDS"]))
     return out
 
 

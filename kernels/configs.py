@@ -28,6 +28,7 @@ import functools
 from dataclasses import dataclass
 
 from .packing import PACK_BITS, chunk_units, chunk_values, fields_per_unit
+from .sparse24 import meta_layout
 
 FORMATS = ("lowbit", "sparse24", "sparse24_quant")
 KERNELS = ("gemv", "tc")
@@ -240,8 +241,7 @@ def tc24_chunks(cu: int, block_k: int, fields: int = 1) -> int:
 def tc24_steps(k: int, bits: int | None, block_m: int, block_k: int) -> int:
     """Steps (of :func:`tc24_chunks` chunks) of the 2:4 tensor-core kernel along a row of ``k`` dense columns
     whose kept values are ``bits``-bit codes (``None``: 16-bit values, laid out as 2-bit codes)."""
-    b = 2 if bits is None else bits
-    e, chunk = fields_per_unit(b), chunk_values(b, k // 2)
+    e, chunk = meta_layout(k, bits)
     cu = chunk // e
     return _cdiv((k // 2) // chunk, tc24_chunks(cu, block_k, tc24_fields(block_m, cu, bits is not None)))
 

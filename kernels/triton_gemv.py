@@ -334,11 +334,38 @@ def flush_fields(group: int, chunk: int, cu: int, e: int) -> int:
     return 1
 
 
-def _launch_shape(m: int, n: int, cfg: LaunchConfig, chunk: int, kvals: int) -> tuple[int, tuple[int, int, int]]:
-    """(chunks per step, grid) for ``kvals`` values per row cut in chunks of ``chunk``."""
+def _step_chunks(cfg: LaunchConfig, chunk: int) -> int:
+    """Chunks of ``chunk`` values per step: ``cfg.block_k`` values, rounded down to a power of two (at least 1)."""
     block_c = max(1, cfg.block_k // chunk)
-    block_c = 1 << (block_c.bit_length() - 1)  # a power of two
-    return block_c, (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
+    return 1 << (block_c.bit_length() - 1)
+
+
+def _grid(m: int, n: int, cfg: LaunchConfig) -> tuple[int, int, int]:
+    return triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m)
+
+
+def lowbit_constants(bits: int, group: int, k: int, cfg: LaunchConfig, has_bias: bool) -> dict:
+    """The low-bit decode kernel's compile-time constants for one launch (``aot_check`` compiles the same)."""
+    cu, e = chunk_units(bits, k), fields_per_unit(bits)
+    chunk = e * cu
+    block_c = _step_chunks(cfg, chunk)
+    return {"BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush_fields(group, chunk, cu, e),
+            "EVEN": (k // chunk) % block_c == 0, "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k,
+            "PREFETCH": cfg.num_stages >= 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
+
+
+def sparse24_constants(quant: bool, bits: int, group: int, k: int, cfg: LaunchConfig, wide: bool,
+                       has_bias: bool) -> dict:
+    """The 2:4 decode kernel's compile-time constants for one launch (``aot_check`` compiles the same):
+    ``bits``-bit codes in groups of ``group`` where ``quant``, else 16-bit kept values; ``wide``: each row
+    of ``values`` holds an even number of elements (see :func:`~.triton_pairs.code_pairs`)."""
+    e, chunk = meta_layout(k, bits if quant else None)
+    cu = chunk // e
+    block_c = _step_chunks(cfg, chunk)
+    return {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu,
+            "FLUSH": flush_fields(group, chunk, cu, e) if quant else 1, "EVEN": (k // 2 // chunk) % block_c == 0,
+            "WIDE": wide, "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m,
+            "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
 
 
 def _buffers(x: torch.Tensor, m: int, n: int, grid: tuple[int, int, int], split_k: int):
@@ -351,19 +378,14 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
     """Launch the low-bit decode kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
     n = weight.n
-    cu = chunk_units(weight.bits, k)
-    chunk = fields_per_unit(weight.bits) * cu
-    block_c, grid = _launch_shape(m, n, cfg, chunk, k)
+    grid = _grid(m, n, cfg)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = _buffers(x, m, n, grid, cfg.split_k)
     launch(
         _gemv_lowbit_kernel, grid,
         _aligned(x), weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
-        BITS=weight.bits, GROUP=weight.group, CU=cu,
-        FLUSH=flush_fields(weight.group, chunk, cu, fields_per_unit(weight.bits)), EVEN=(k // chunk) % block_c == 0,
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, PREFETCH=cfg.num_stages >= 2,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
+        **lowbit_constants(weight.bits, weight.group, k, cfg, bias is not None),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -377,18 +399,14 @@ def _aligned(t: torch.Tensor, to: int = 16) -> torch.Tensor:
 
 def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -> torch.Tensor:
     m, k = x.shape
-    e, chunk = meta_layout(k, bits if quant else None)
-    cu = chunk // e
-    block_c, grid = _launch_shape(m, n, cfg, chunk, k // 2)
+    grid = _grid(m, n, cfg)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws, lock = _buffers(x, m, n, grid, cfg.split_k)
     launch(
         _gemv_sparse24_kernel, grid,
         _aligned(x), _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
-        QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush_fields(group, chunk, cu, e) if quant else 1,
-        EVEN=(k // 2 // chunk) % block_c == 0, WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
+        **sparse24_constants(quant, bits, group, k, cfg, values.stride(0) % 2 == 0, bias is not None),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -175,6 +175,14 @@ def x_permuted(block_m: int, block_n: int) -> bool:
     return block_m < block_n
 
 
+def launch_constants(bits: int, group: int, k: int, cfg: LaunchConfig, has_bias: bool) -> dict:
+    """The tile kernel's compile-time constants for one launch (``aot_check`` compiles the same);
+    :func:`~.configs.tc_step_fields` must allow the launch."""
+    return {"BITS": bits, "GROUP": group, "CU": chunk_units(bits, k), "JB": tc_step_fields(bits, k, group, cfg.block_k),
+            "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k, "X_PERMUTED": x_permuted(cfg.block_m, cfg.block_n),
+            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n}
+
+
 def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
     """Launch the tensor-core kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``; a few
     rows of 2/4/8-bit codes go to :mod:`.triton_fielddot` (one dot per field)."""
@@ -182,14 +190,12 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
         return triton_fielddot.tc_fields(x, weight, bias, cfg)
     m, k = x.shape
     n = weight.n
-    jb = tc_step_fields(weight.bits, k, weight.group, cfg.block_k)  # not None: checked by ops
     grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
     launch(
         _tc_lowbit_kernel, grid,
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
-        BITS=weight.bits, GROUP=weight.group, CU=chunk_units(weight.bits, k), JB=jb,
-        HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, X_PERMUTED=x_permuted(cfg.block_m, cfg.block_n), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        **launch_constants(weight.bits, weight.group, k, cfg, bias is not None),  # JB: checked by ops
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

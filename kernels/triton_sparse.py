@@ -231,19 +231,26 @@ def _layout(k: int, quant: bool, bits: int, group: int) -> tuple[int, int, int, 
     return e, chunk, cu, flush_fields(group, chunk, cu, e) if quant else 1
 
 
-def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: LaunchConfig) -> torch.Tensor:
-    m, k = x.shape
+def launch_constants(quant: bool, bits: int, group: int, k: int, cfg: LaunchConfig, wide: bool,
+                     has_bias: bool) -> dict:
+    """The tensor-core kernel's compile-time constants for one launch (``aot_check`` compiles the same), as
+    :func:`~.triton_gemv.sparse24_constants` for the decode kernel."""
     e, chunk, cu, flush = _layout(k, quant, bits, group)
     fields = tc24_fields(cfg.block_m, cu, quant)
     block_c = tc24_chunks(cu, cfg.block_k, fields)
+    return {"QUANT": quant, "BITS": bits, "GROUP": group, "CU": cu, "FLUSH": flush, "FIELDS": fields,
+            "EVEN": (k // 2 // chunk) % block_c == 0, "WIDE": wide, "HAS_BIAS": has_bias, "SPLIT_K": cfg.split_k,
+            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
+
+
+def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: LaunchConfig) -> torch.Tensor:
+    m, k = x.shape
     grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k)
     launch(
         _tc_sparse24_kernel, grid,
         x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
-        QUANT=quant, BITS=bits, GROUP=group, CU=cu, FLUSH=flush, FIELDS=fields, EVEN=(k // 2 // chunk) % block_c == 0,
-        WIDE=values.stride(0) % 2 == 0, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_C=block_c,
+        **launch_constants(quant, bits, group, k, cfg, values.stride(0) % 2 == 0, bias is not None),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -23,6 +23,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from kernel_checks import assert_near_reference
 
 from layerbudget.kernels.configs import LaunchConfig
 from layerbudget.kernels.ops import lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
@@ -42,16 +43,6 @@ from layerbudget.kernels.triton_common import (
 
 # On a GPU the compiled kernels themselves run (test_kernels_triton.py).
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels themselves")
-
-
-def _close(y: torch.Tensor, ref: torch.Tensor) -> None:
-    """As tests/kernels/test_kernels_triton.py: accumulation order and where the scale enters differ (bf16: its
-    8-bit mantissa rounds every output and the reference's weights)."""
-    tol = 1e-2 if y.dtype == torch.bfloat16 else 1e-3
-    y, ref = y.double(), ref.double()
-    assert torch.isfinite(y).all()
-    assert (y - ref).norm() <= tol * ref.norm(), (y - ref).abs().max()
-    assert (y - ref).abs().max() <= 10 * tol * ref.abs().max()
 
 
 # --- the decode and dequantize kernels, whole -----------------------------------------------------------
@@ -167,7 +158,7 @@ def _check_outputs(launch: Launch, arrays: dict, out: torch.Tensor, ref: torch.T
     if exact:
         assert torch.equal(y, ref)
     else:
-        _close(y, ref)
+        assert_near_reference(y, ref)
     for scratch in ("ws_ptr", "lock_ptr"):
         if launch.constants.get("SPLIT_K", 1) > 1:
             assert not arrays[scratch].any(), scratch
@@ -248,7 +239,7 @@ def test_race_check_finds_a_missing_barrier_fence_or_wait(case: str, race: str, 
     assert ptx != builds[True][0]["ptx"], "the edit changed nothing"
     racy = {**builds[True][0], "ptx": ptx}
     name = next(n for n, v in launch.args.items() if v is out)
-    _close(as_tensor(emulate(launch, racy, check_races=False)[0][name], out), ref)
+    assert_near_reference(as_tensor(emulate(launch, racy, check_races=False)[0][name], out), ref)
     with pytest.raises(DataRace, match=says):
         emulate(launch, racy)
 
