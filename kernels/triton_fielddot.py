@@ -28,7 +28,7 @@ import triton.language as tl
 from .configs import LaunchConfig, field_dots
 from .packing import chunk_units, fields_per_unit
 from .quant_weight import PackedQuantWeight
-from .triton_common import INLINE_PTX, INTERPRET, finish_tile, launch, shift_to
+from .triton_common import INLINE_PTX, INTERPRET, finish_tile, launch, proxy_fenced, shift_to
 from .triton_gemv import _split_range
 from .workspace import tile_launch
 
@@ -95,13 +95,14 @@ def _tc_fields_kernel(
     M, N, K, stride_xm, stride_pn, stride_sn, stride_om,
     BITS: tl.constexpr, GROUP: tl.constexpr, CU: tl.constexpr, RUN: tl.constexpr,
     PROGRAMS: tl.constexpr, HIGH: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, WARPGROUPS: tl.constexpr,
 ):
     """``RUN`` fields of each halfword lie in one group for every chunk (a divisor of both ``H`` and the
     fields per group, ``GROUP / 2 CU``); their dots share one pair of fp32 accumulators, closed with the run's
     scale and zero. 3 bits: the low plane's 2-bit fields give ``4 + lo`` and the high plane, read as bytes
     (byte ``s`` holds the high bits of halfword ``s``) widened to halfwords, ``32 + 4 hi`` in a second dot into the same sums:
-    ``36 + q`` in all."""
+    ``36 + q`` in all. ``WARPGROUPS``: the warps make whole warpgroups, so the dots may compile to ``wgmma``
+    (at 16 rows and more), whose copied activations need a proxy fence (:func:`~.triton_common.proxy_fenced`)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     H: tl.constexpr = 8 if BITS == 3 else 16 // BITS
     LOW: tl.constexpr = 2 if BITS == 3 else BITS  # bits of each halfword field
@@ -132,6 +133,8 @@ def _tc_fields_kernel(
             else:
                 w = _field(h16, j, LOW, DT)
             xt = _activations(x_rows, x_ok, c * V + j * (2 * CU))
+            if WARPGROUPS:
+                w = proxy_fenced(w)
             prod = tl.dot(w, xt, prod)
             if BITS == 3:
                 if INLINE_PTX:
@@ -156,7 +159,7 @@ def launch_constants(bits: int, group: int, k: int, bf16: bool, cfg: LaunchConfi
     cu, e = chunk_units(bits, k), fields_per_unit(bits)
     return {"BITS": bits, "GROUP": group, "CU": cu, "RUN": math.gcd(group // (2 * cu), e // 2),
             "PROGRAMS": field_programs(2 if bits == 3 else bits, bf16), "HIGH": high_programs(), "HAS_BIAS": has_bias,
-            "SPLIT_K": cfg.split_k, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n}
+            "SPLIT_K": cfg.split_k, "ROWS": cfg.block_m, "BLOCK_N": cfg.block_n, "WARPGROUPS": cfg.num_warps % 4 == 0}
 
 
 def tc_fields(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:

@@ -182,7 +182,10 @@ def _tc_sparse24_kernel(
                     xt = tl.load(xs + 2 * e * CU)
                 else:
                     xt = tl.load(xs + 2 * e * CU, mask=x_ok[:, None], other=0.0)
-                acc = tl.dot(proxy_fenced(tl.reshape(w, (BLOCK_N, BK))), xt, acc)
+                w = tl.reshape(w, (BLOCK_N, BK))
+                if f == 0:  # the run's activations land together: one fence before its first dot
+                    w = proxy_fenced(w)
+                acc = tl.dot(w, xt, acc)
     tile_id = tl.program_id(2) * tl.num_programs(0) + pid_n
     finish_tile(acc, out_ptr, bias_ptr, ws_ptr, lock_ptr, offs_n, offs_m, M, N, stride_om, tile_id, HAS_BIAS,
                 SPLIT_K)

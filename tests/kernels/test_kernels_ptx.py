@@ -101,6 +101,8 @@ CASES = {
     "fields-b3-g128-m5": _lowbit(3, 64, 2048, 128, 5, LaunchConfig("tc", 8, 64, 512, num_warps=2)),
     "fields-b2-g64-m16": _lowbit(2, 64, 1024, 64, 16, None, bias=True),
     "fields-b8-g128-m9": _lowbit(8, 128, 1024, 128, 9, LaunchConfig("tc", 16, 128, 128, split_k=2, num_warps=2)),
+    # a warpgroup and 16 rows: its dots compile to wgmma on sm_90 (one of the configurations the bench tunes)
+    "fields-wg-b3-g128-m16": _lowbit(3, 128, 1024, 128, 16, LaunchConfig("tc", 16, 128, 128, num_warps=4)),
     # the tensor-core kernels: the padded low-bit one (mma.sync), the 2:4 ones and the large tiles (wgmma on
     # sm_90, mma.sync on sm_80: both builds run)
     "tc-b4-g48-m16": _lowbit(4, 40, 192, 48, 16, LaunchConfig("tc", 16, 16, 64)),
@@ -224,6 +226,7 @@ RACES = {
 }
 RACE_CASES = [("tc-2:4-m16-split2", r) for r in RACES] + [("tile-b4-g128-m80", r) for r in RACES] + [
     ("fields-b4-g128-m1", r) for r in RACES if "proxy" not in r and "wgmma" not in r] + [
+    ("fields-wg-b3-g128-m16", "no-proxy-fence")] + [
     ("gemv-b2-g32-m3-split3", r) for r in RACES if "arrive" in r and "barrier" not in r]  # its partials are
 # atomics, each followed by a barrier of Triton's own: no barrier before the arrive is missing there
 
@@ -244,7 +247,7 @@ def test_race_check_finds_a_missing_barrier_fence_or_wait(case: str, race: str, 
         emulate(launch, racy)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("tc-2:4", "tile-"))])
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith(("tc-2:4", "tile-", "fields-wg"))])
 def test_wgmma_kernels_fence_the_copies_at_most_once_per_wgmma(case: str, compiled_cases) -> None:
     """Each ``fence.proxy.async`` waits for the thread's generic-proxy writes: the sm_90 builds have one
     (Triton's, or :func:`~layerbudget.kernels.triton_common.proxy_fenced`'s where Triton leaves it out), and no
