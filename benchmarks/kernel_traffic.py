@@ -1,26 +1,28 @@
 """Memory traffic of the kernels' launches, from their compiled PTX run on the CPU (no GPU needed).
 
 Usage: ``python benchmarks/kernel_traffic.py [--shape 8192x8192] [--ms 1,16,256] [--formats w4g128,...]
-[--arch 90] [--tune] [--out FILE.md]``. For each format and M, each kernel the dispatch rule can pick
-there (decode and tensor-core at M <= 4, tensor-core above) is launched as
-:func:`layerbudget.kernels.configs.pick_config` launches it at that shape (``--tune``: in every
-configuration ``kernels.bench --tune`` times), compiled with inline PTX for sm_90 (``--arch 80``: for
-sm_80, where the tensor-core kernels use ``mma.sync`` instead of ``wgmma``), and the programs of one
-weight tile (every split-K slice, the first tile of activation rows) run through
-:mod:`layerbudget.kernels.ptx_sim`. Per weight of that tile it prints the bytes of 32-byte sectors read
-at three levels (:class:`~layerbudget.kernels.ptx_sim.Traffic`): DRAM at least (distinct sectors), L2
+[--arch 90] [--tune | --launch tc:m16n128k128s1w4p3,...] [--out FILE.md]``. For each format and M, each
+kernel the dispatch rule can pick there (decode and tensor-core at M <= 4, tensor-core above) is
+launched as :func:`layerbudget.kernels.configs.pick_config` launches it at that shape (``--tune``: in
+every configuration ``kernels.bench --tune`` times; ``--launch``: in the configurations named), compiled
+with inline PTX for sm_90 (``--arch 80``: for sm_80, where the tensor-core kernels use ``mma.sync``
+instead of ``wgmma``), and the programs of one weight tile (every split-K slice, the first tile of
+activation rows) run through :mod:`layerbudget.kernels.ptx_sim`. Per weight of that tile it prints
+the bytes of 32-byte sectors read at three levels (:class:`~layerbudget.kernels.ptx_sim.Traffic`): DRAM at least (distinct sectors), L2
 if L1 keeps what a program read (each program's distinct sectors), and L1 (each warp-wide load's
 sectors: re-reads and partly used sectors included; the PTX's loads, some of which ``ptxas`` merges); for
 the weight stream itself, the share of each sector a load uses and how many times L2 serves each of its
 bytes; for the scales and zeros, their L1 and DRAM bytes. The activations count in DRAM once for the
-whole launch (every tile reads the same rows), in L2 and L1 once per program. Figures are counts of the programs' reads, not timings. Each run is
-also checked for data races (:mod:`layerbudget.kernels.ptx_races`); one stops the benchmark.
+whole launch (every tile reads the same rows), in L2 and L1 once per program. Figures are counts of the
+programs' reads, not timings. Each run is also checked for data races
+(:mod:`layerbudget.kernels.ptx_races`); one stops the benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -35,6 +37,16 @@ from layerbudget.kernels.ptx_launch import compile_ptx, emulate, record  # noqa:
 
 WEIGHT_BUFFERS = ("packed_ptr", "values_ptr", "meta_ptr")  # the weight stream; scales and zeros are metadata
 METADATA = ("scales_ptr", "zeros_ptr")
+
+
+def _launch_config(name: str) -> LaunchConfig:
+    """The configuration named as :func:`~layerbudget.kernels.bench.config_name` names it (the bench CSVs'
+    ``config_gemv``/``config_tc``), e.g. ``tc:m16n128k128s1w4p3``."""
+    got = re.fullmatch(r"(gemv|tc):m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", name.strip())
+    if got is None:
+        raise ValueError(f"--launch takes names like tc:m16n128k128s1w4p3 (kernel:m<rows>n<cols>k<depth>s<split>"
+                         f"w<warps>p<stages>), not {name!r}")
+    return LaunchConfig(got[1], *(int(v) for v in got.groups()[1:]))
 
 
 def _kernels(m: int, fmt: str) -> list[str]:
@@ -86,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, choices=(80, 90), default=90, help="CUDA architecture to build for")
     parser.add_argument("--tune", action="store_true",
                         help="every launch configuration `kernels.bench --tune` times, not only the table's")
+    parser.add_argument("--launch", default="",
+                        help="comma-separated configurations to run instead (as the bench CSVs name them), "
+                             "e.g. a sweep's winner before it enters kernels/configs.py")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     try:
@@ -93,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         ms = [int(v) for v in args.ms.split(",")]
     except ValueError:
         parser.error(f"--shape takes NxK and --ms comma-separated integers, not {args.shape!r} / {args.ms!r}")
+    try:
+        launches = [_launch_config(v) for v in args.launch.split(",") if v.strip()]
+    except ValueError as e:
+        parser.error(str(e))
     names = args.formats.split(",")
     unknown = [f for f in names if f not in FORMATS or FORMATS[f].build is None]
     if unknown:
@@ -109,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         weight = spec.build(torch.randn(n, k, generator=gen).half() * 0.02)  # once per format
         for m in ms:
             for kernel in _kernels(m, fmt):
-                configs = row_candidates(kernel, m, n, k, fmt, spec.bits, spec.group) if args.tune else [None]
+                if launches:
+                    configs = [c for c in launches if c.kernel == kernel]
+                elif args.tune:
+                    configs = row_candidates(kernel, m, n, k, fmt, spec.bits, spec.group)
+                else:
+                    configs = [None]
                 for cfg in configs:
                     r = measure(name, weight, m, kernel, gen, args.arch, cfg)
                     if r is None:

@@ -341,3 +341,17 @@ def test_gpu_check_refuses_a_time_budget_that_is_not_a_number(tmp_path):
     proc, limits, _ = _gpu_check(tmp_path, "4min", tests_rc=0)
     assert proc.returncode == 2 and limits == []
     assert proc.stderr.strip() == "gpu_check: GPU_CHECK_SECONDS must be a whole number of seconds, not '4min'"
+
+
+def test_kernel_traffic_checks_the_launches_named(tmp_path):
+    """``--launch`` runs the configurations named as the bench CSVs name them (a sweep's winner before it
+    enters the table), race-checked; a name it cannot read is a one-line error."""
+    pytest.importorskip("triton")
+    proc = bench("kernel_traffic.py", "--shape", "256x1024", "--formats", "w3g128", "--ms", "16",
+                 "--launch", "tc:m16n128k128s1w4p3,gemv:m1n64k128s1w4p2", "--out", str(tmp_path / "t.md"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith("| w3g128")]
+    assert len(rows) == 1 and "| tc_fields | tc:m16n128k128s1w4p3 | sm_90 |" in rows[0]  # no decode kernel at 16
+    bad = bench("kernel_traffic.py", "--launch", "tc:m16n128")
+    assert bad.returncode == 2 and "--launch takes names like tc:m16n128k128s1w4p3" in bad.stderr
+    assert "Traceback" not in bad.stderr
