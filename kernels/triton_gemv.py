@@ -47,7 +47,7 @@ from .triton_common import (
     take,
 )
 from .triton_pairs import code_pairs, meta_pairs, pair_words, pick_selector
-from .workspace import split_k_buffers
+from .workspace import tile_launch
 
 __all__ = ["INTERPRET", "gemv_lowbit", "gemv_sparse24", "gemv_sparse24_quant"]
 
@@ -340,10 +340,6 @@ def _step_chunks(cfg: LaunchConfig, chunk: int) -> int:
     return 1 << (block_c.bit_length() - 1)
 
 
-def _grid(m: int, n: int, cfg: LaunchConfig) -> tuple[int, int, int]:
-    return triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m)
-
-
 def lowbit_constants(bits: int, group: int, k: int, cfg: LaunchConfig, has_bias: bool) -> dict:
     """The low-bit decode kernel's compile-time constants for one launch (``aot_check`` compiles the same)."""
     cu, e = chunk_units(bits, k), fields_per_unit(bits)
@@ -368,19 +364,11 @@ def sparse24_constants(quant: bool, bits: int, group: int, k: int, cfg: LaunchCo
             "BLOCK_N": cfg.block_n, "BLOCK_C": block_c}
 
 
-def _buffers(x: torch.Tensor, m: int, n: int, grid: tuple[int, int, int], split_k: int):
-    if split_k == 1:
-        return x, x
-    return split_k_buffers(x.device, m * n, grid[0] * grid[2])
-
-
 def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | None, cfg: LaunchConfig) -> torch.Tensor:
     """Launch the low-bit decode kernel: ``x: [M, K]`` fp16/bf16 contiguous → ``[M, N]`` in ``x.dtype``."""
     m, k = x.shape
     n = weight.n
-    grid = _grid(m, n, cfg)
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws, lock = _buffers(x, m, n, grid, cfg.split_k)
+    grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k, slices=1)
     launch(
         _gemv_lowbit_kernel, grid,
         _aligned(x), weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
@@ -399,9 +387,7 @@ def _aligned(t: torch.Tensor, to: int = 16) -> torch.Tensor:
 
 def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -> torch.Tensor:
     m, k = x.shape
-    grid = _grid(m, n, cfg)
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws, lock = _buffers(x, m, n, grid, cfg.split_k)
+    grid, out, ws, lock = tile_launch(x, n, cfg.block_n, cfg.block_m, cfg.split_k, slices=1)
     launch(
         _gemv_sparse24_kernel, grid,
         _aligned(x), _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,

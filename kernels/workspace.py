@@ -26,13 +26,15 @@ def split_k_buffers(device: torch.device, values: int, tiles: int) -> tuple[torc
     return ws, lock
 
 
-def tile_launch(x: torch.Tensor, n: int, block_n: int, block_m: int, split_k: int
+def tile_launch(x: torch.Tensor, n: int, block_n: int, block_m: int, split_k: int, slices: int | None = None
                 ) -> tuple[tuple[int, int, int], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What a tensor-core launch of ``x: [M, K]`` against ``N`` weight rows needs: the grid (weight tiles,
-    split-K slices, activation tiles), the output ``[M, N]`` in ``x.dtype``, and the workspace (a slice per
-    split) and counters; without split-K the two are ``x`` (never touched)."""
+    """What a launch of ``x: [M, K]`` against ``N`` weight rows needs: the grid (weight tiles, split-K slices,
+    activation tiles), the output ``[M, N]`` in ``x.dtype``, and the workspace (``slices`` of ``[M, N]``, by
+    default one per split; the decode kernels add their partials into one) and counters; without split-K the
+    two are ``x`` (never touched)."""
     m = x.shape[0]
     grid = (-(-n // block_n), split_k, -(-m // block_m))
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    ws, lock = (x, x) if split_k == 1 else split_k_buffers(x.device, split_k * m * n, grid[0] * grid[2])
+    slices = split_k if slices is None else slices
+    ws, lock = (x, x) if split_k == 1 else split_k_buffers(x.device, slices * m * n, grid[0] * grid[2])
     return grid, out, ws, lock
