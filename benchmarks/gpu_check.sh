@@ -18,11 +18,18 @@ set -uo pipefail
 mode=${1:?sweep, quick or check}
 case "$mode" in sweep|quick|check) ;; *) echo "gpu_check: mode must be sweep, quick or check, not '$mode'" >&2; exit 2;; esac
 out=${2:?output folder}
+t0=${EPOCHREALTIME:-}  # microseconds from here (bash >= 5; else whole seconds of SECONDS)
+t0=${t0/[.,]/}
+# elapsed: whole seconds since the script started (SECONDS counts wall-clock second boundaries crossed instead,
+# a second early when the start falls late in a second)
+elapsed() {
+  if [ -n "$t0" ]; then local t=${EPOCHREALTIME/[.,]/}; echo $(((t - t0) / 1000000)); else echo "$SECONDS"; fi
+}
 total=${GPU_CHECK_SECONDS:-230}
 case "$total" in ''|*[!0-9]*) echo "gpu_check: GPU_CHECK_SECONDS must be a whole number of seconds, not '$total'" >&2; exit 2;; esac
 # limit CAP RESERVE: seconds for the next step, at most CAP % of the total, leaving RESERVE % of it for later steps
 limit() {
-  local cap=$((total * $1 / 100)) left=$((total - SECONDS - total * $2 / 100))
+  local cap=$((total * $1 / 100)) left=$((total - $(elapsed) - total * $2 / 100))
   echo $((left < cap ? left : cap))
 }
 exec 3>&1  # the script's own output, for notes from steps whose output goes to files
@@ -42,7 +49,7 @@ export PYTHONPATH="$shim" PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 cd "$root"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
-start=$SECONDS
+start=$(elapsed)
 tests="python3 -m pytest -q -n 14 -o cache_dir=$shim/pytest-cache tests/kernels"
 run tests "$(limit 45 55)" $tests --maxfail=20 --deselect tests/kernels/test_kernels_aot.py::test_kernels_compile_for_sm90_without_a_gpu \
   > "$out/tests.txt" 2>&1
@@ -60,7 +67,7 @@ if [ $rc -eq 1 ]; then
     echo "kernel tests fail with inline PTX and pass without: benchmarks run LAYERBUDGET_INLINE_PTX=0" | tee -a "$out/gpu.txt"
   fi
 fi
-echo "tests: $((SECONDS - start)) s"
+echo "tests: $(($(elapsed) - start)) s"
 bench="python3 -m layerbudget.kernels.bench --jobs 14"
 if [ "$mode" = sweep ]; then
   timeout 160 $bench --sweep --shapes 8192x8192 --ms 1,16,256 --formats w4g128 --out "$out/sweep-w4.csv" 2>&1 | grep -v "^  " | tail -8
@@ -96,4 +103,4 @@ else
     python3 benchmarks/fit_dispatch.py "$out"/bench-*.csv | tee "$out/fit-dispatch.txt" | tail -2
   fi
 fi
-echo "gpu_check $mode: $((SECONDS - start)) s"
+echo "gpu_check $mode: $(($(elapsed) - start)) s"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -30,23 +29,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the launches are recorded on C
 
 import torch  # noqa: E402
 
-from layerbudget.kernels.bench import FORMATS, config_name, kernel_format, row_candidates  # noqa: E402
+from layerbudget.kernels.bench import FORMATS, kernel_format, row_candidates  # noqa: E402
 from layerbudget.kernels.configs import GEMV_MAX_M, LaunchConfig, pick_config  # noqa: E402
 from layerbudget.kernels.ops import packed_matmul  # noqa: E402
 from layerbudget.kernels.ptx_launch import compile_ptx, emulate, record  # noqa: E402
 
 WEIGHT_BUFFERS = ("packed_ptr", "values_ptr", "meta_ptr")  # the weight stream; scales and zeros are metadata
 METADATA = ("scales_ptr", "zeros_ptr")
-
-
-def _launch_config(name: str) -> LaunchConfig:
-    """The configuration named as :func:`~layerbudget.kernels.bench.config_name` names it (the bench CSVs'
-    ``config_gemv``/``config_tc``), e.g. ``tc:m16n128k128s1w4p3``."""
-    got = re.fullmatch(r"(gemv|tc):m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", name.strip())
-    if got is None:
-        raise ValueError(f"--launch takes names like tc:m16n128k128s1w4p3 (kernel:m<rows>n<cols>k<depth>s<split>"
-                         f"w<warps>p<stages>), not {name!r}")
-    return LaunchConfig(got[1], *(int(v) for v in got.groups()[1:]))
 
 
 def _kernels(m: int, fmt: str) -> list[str]:
@@ -81,7 +70,7 @@ def measure(name: str, weight, m: int, kernel: str, gen: torch.Generator, arch: 
     x_once = traffic["x_ptr"].unique / (n * k) if "x_ptr" in traffic else 0.0
     return {
         "format": name, "m": m, "kernel": launch.kernel.strip("_").removesuffix("_kernel"),
-        "config": config_name(cfg), "arch": f"sm_{launch.arch}", "dram": per(stream + meta, "unique") + x_once, "l2": per(every, "per_program"),
+        "config": cfg.name, "arch": f"sm_{launch.arch}", "dram": per(stream + meta, "unique") + x_once, "l2": per(every, "per_program"),
         "l1": per(every, "sectors"), "stream_use": per(stream, "requested") / per(stream, "sectors"),
         "stream_l2": per(stream, "per_program") / per(stream, "unique"),
         "meta_l1": per(meta, "sectors") if meta else 0.0, "meta_dram": per(meta, "unique") if meta else 0.0,
@@ -109,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--shape takes NxK and --ms comma-separated integers, not {args.shape!r} / {args.ms!r}")
     try:
-        launches = [_launch_config(v) for v in args.launch.split(",") if v.strip()]
+        launches = [LaunchConfig.from_name(v) for v in args.launch.split(",") if v.strip()]
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(f"--launch: {e}")
     names = args.formats.split(",")
     unknown = [f for f in names if f not in FORMATS or FORMATS[f].build is None]
     if unknown:

@@ -247,10 +247,6 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | No
     return out
 
 
-def config_name(cfg: LaunchConfig) -> str:
-    return f"{cfg.kernel}:m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}s{cfg.split_k}w{cfg.num_warps}p{cfg.num_stages}"
-
-
 # ----- precompiling -----------------------------------------------------------------------------------
 def _small_weight(name: str, n: int = 256, k: int = 1024) -> PackedWeight:
     """A weight with the same kernel specialization (bits, group, chunk, divisibility) as the bench shapes."""
@@ -346,11 +342,11 @@ def bench_shape(
                         for cfg in (row_candidates(kern, m, n, k, fmt, width, group) if tune
                                     else [pick_config(m, n, k, fmt, kern, width, group)]):
                             got = _checked_time(lambda: packed_matmul(x, w, path="triton", config=cfg), ref,  # noqa: B023
-                                                timer, config_name(cfg), failed)
+                                                timer, cfg.name, failed)
                             if got is not None:
                                 err = max(err, got[1])
                                 if not got[0] >= times[kern]:  # first, or faster
-                                    times[kern], configs[kern] = got[0], config_name(cfg)
+                                    times[kern], configs[kern] = got[0], cfg.name
                 got = _checked_time(lambda: packed_matmul(x, w, path="dequant"), ref, timer, "dequant", failed)  # noqa: B023
                 ms_dequant = NAN if got is None else got[0]
                 err = err if got is None else max(err, got[1])

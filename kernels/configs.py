@@ -25,6 +25,7 @@ On CPU tensors the torch reference runs.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 from .packing import PACK_BITS, chunk_units, chunk_values, fields_per_unit
@@ -78,6 +79,24 @@ class LaunchConfig:
             raise ValueError(f"`split_k` must be in [1, {MAX_SPLIT_K}], but got split_k={self.split_k}.")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"`num_warps` must be one of 1, 2, 4, 8, 16, but got num_warps={self.num_warps}.")
+
+    @property
+    def name(self) -> str:
+        """The launch as the bench CSVs name it (``config_gemv``/``config_tc``), e.g. ``tc:m16n128k128s1w4p3``."""
+        return (f"{self.kernel}:m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}"
+                f"w{self.num_warps}p{self.num_stages}")
+
+    @classmethod
+    def from_name(cls, name: str) -> LaunchConfig:
+        """The configuration :attr:`name` names; a name of another form is a ``ValueError`` showing the form."""
+        got = _NAME.fullmatch(name.strip())
+        if got is None:
+            raise ValueError("a launch is named like tc:m16n128k128s1w4p3 (kernel:m<rows>n<cols>k<depth>s<split>"
+                             f"w<warps>p<stages>), not {name!r}")
+        return cls(got[1], *(int(v) for v in got.groups()[1:]))
+
+
+_NAME = re.compile(rf"({'|'.join(KERNELS)}):m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)")
 
 
 def _cdiv(a: int, b: int) -> int:

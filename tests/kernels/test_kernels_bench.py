@@ -88,3 +88,19 @@ def test_bench_rows_keep_going_past_a_failing_or_wrong_path(device: str, monkeyp
         assert "tc:" in row["failed"] and "RuntimeError: out of resource: shared memory" in row["failed"]
         assert "dequant: wrong (rel err 0.5)" in row["failed"]
         assert row["max_rel_err"] < bench.WRONG_REL_ERR
+
+
+def test_launch_names_read_back_as_the_configurations_the_bench_times() -> None:
+    """The names the bench CSVs give launches (``config_gemv``/``config_tc``) parse back to the same
+    configurations, so a sweep's winner can be race-checked or entered by name."""
+    from layerbudget.kernels.bench import candidates
+    from layerbudget.kernels.configs import LaunchConfig
+
+    every = [cfg for kernel in ("gemv", "tc") for m in (1, 16, 256) for cfg in candidates(kernel, m)]
+    assert len(every) > 20 and len({c.name for c in every}) == len(set(every))
+    for cfg in every:
+        assert LaunchConfig.from_name(cfg.name) == cfg
+    assert LaunchConfig.from_name(" gemv:m4n32k256s8w2p1 ") == LaunchConfig("gemv", 4, 32, 256, 8, 2, 1)
+    for bad in ("tc:m16n128", "mma:m16n128k128s1w4p3", "tc:m16n128k128s1w4p3x", "tc:m16n128k48s1w4p3"):
+        with pytest.raises(ValueError, match="tc:m16n128k128s1w4p3|block_k"):
+            LaunchConfig.from_name(bad)
