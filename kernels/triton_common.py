@@ -20,6 +20,7 @@ import os
 
 import triton
 import triton.language as tl
+from packaging.version import Version
 from triton.language.target_info import cuda_capability_geq
 
 try:  # kernels in this package were built for the interpreter (read as @triton.jit reads it)
@@ -33,11 +34,11 @@ except ImportError:  # triton < 3.4 has no knobs
 GPU_FENCE = tl.constexpr(not INTERPRET)
 INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_PTX", "1").strip().lower()
                           not in ("0", "false", "off", "no"))
-# Triton before 3.9 lets a wgmma read shared memory that cp.async wrote with no ``fence.proxy.async`` between
+# Triton before 3.7.1 lets a wgmma read shared memory that cp.async wrote with no ``fence.proxy.async`` between
 # (generic-proxy writes, async-proxy read: the PTX ISA asks for one; :mod:`.ptx_races` finds the gap); kernels
-# that multiply a copied operand put it there themselves (:func:`proxy_fenced`). Later Triton emits its own.
+# that multiply a copied operand put it there themselves (:func:`proxy_fenced`). From 3.7.1 Triton emits its own.
 # ``LAYERBUDGET_PROXY_FENCE=0`` at import leaves it out (to time what it costs).
-PROXY_FENCE = tl.constexpr(not INTERPRET and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
+PROXY_FENCE = tl.constexpr(not INTERPRET and Version(triton.__version__) < Version("3.7.1")
                            and os.environ.get("LAYERBUDGET_PROXY_FENCE", "1").strip().lower()
                            not in ("0", "false", "off", "no"))
 # One ``fence.proxy.async`` per asm statement, which passes up to PROXY_PACK 16-bit elements through (Triton pads
