@@ -17,7 +17,7 @@ from kernel_checks import assert_near_reference
 
 from layerbudget.kernels.bench import candidates, with_split
 from layerbudget.kernels.configs import LaunchConfig, pick_config
-from layerbudget.kernels.ops import kernel_supported, packed_matmul
+from layerbudget.kernels.ops import code_bits, format_of, kernel_supported, packed_matmul
 from layerbudget.kernels.quant_weight import PackedQuantWeight
 from layerbudget.kernels.sparse24 import Sparse24QuantWeight, Sparse24Weight, magnitude_prune_24
 
@@ -41,21 +41,20 @@ def _weight(rng: random.Random, gen: torch.Generator):
         except ValueError:  # a group that does not divide K
             continue
         if kernel_supported(weight):
-            return fmt, bits, group, weight
+            return weight
 
 
 def _case(seed: int, device: str):
     """One drawn case: weight, activations, bias and launch."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    fmt, bits, group, weight = _weight(rng, gen)
-    n, k = weight.n, weight.k
+    weight = _weight(rng, gen)
+    n, k, fmt, cbits = weight.n, weight.k, format_of(weight), code_bits(weight)
     m = rng.choice([1, 2, 3, 4, 5, 9, 16, 17, 33, 70])
     kernel = rng.choice(["gemv", "tc"]) if m <= 4 else "tc"
     # the interpreter's bf16 dot is wrong, so bf16 activations go to the decode kernels there
     dtype = rng.choice([torch.float16, torch.bfloat16]) if kernel == "gemv" or device == "cuda" else torch.float16
-    cbits, cgroup = (None if fmt == "sparse24" else bits), (group if fmt == "lowbit" else None)
-    pool = [pick_config(m, n, k, fmt, kernel, cbits, cgroup), *candidates(kernel, m, quick=True)]
+    pool = [pick_config(m, n, k, fmt, kernel, cbits, getattr(weight, "group", None)), *candidates(kernel, m, quick=True)]
     cfg = rng.choice([c for c in pool if kernel == "gemv" or m <= 16 or c.block_m >= 16])
     cfg = rng.choice(with_split(cfg, m, n, k, fmt, cbits))
     if rng.random() < 0.3:  # a split the table would not choose
