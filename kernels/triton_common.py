@@ -30,6 +30,26 @@ try:  # kernels in this package were built for the interpreter (read as @triton.
 except ImportError:  # triton < 3.4 has no knobs
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
+
+def _interpreter_scalar_index() -> None:
+    """Triton 3.6's interpreter turns a scalar into a Python int (a loop bound, ``range(it0, it1)``) with
+    ``int()`` on its one-element array, which numpy 2.4 refuses ("only 0-dimensional arrays can be
+    converted"); Triton 3.7 takes the element (``squeeze``). Under 3.6's interpreter the kernels' scalars
+    do the same, whatever numpy is installed."""
+    from triton.runtime import interpreter
+
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patched
+
+
+if INTERPRET and Version(triton.__version__) < Version("3.7"):
+    _interpreter_scalar_index()
+
 # Compiled kernels fence their split-K partial sums with PTX; the interpreter runs programs one by one.
 GPU_FENCE = tl.constexpr(not INTERPRET)
 INLINE_PTX = tl.constexpr(not INTERPRET and os.environ.get("LAYERBUDGET_INLINE_PTX", "1").strip().lower()

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 from kernel_checks import assert_near_reference
+from packaging.version import Version
 
 from layerbudget.kernels.configs import LaunchConfig, pick_config, split_for, tc24_steps, tc_step_fields
 from layerbudget.kernels.ops import kernel_supported, lowbit_matmul, sparse24_matmul, sparse24_quant_matmul
@@ -381,3 +382,38 @@ def test_split_for() -> None:
 def test_launch_config_validates(args: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LaunchConfig(*args)
+
+
+@triton.jit
+def _range_sum(out_ptr, lo, hi):
+    acc = lo * 0
+    for i in range(lo, hi):  # loop bounds that are run-time scalars
+        acc += i
+    tl.store(out_ptr, acc)
+
+
+def test_interpreter_takes_run_time_scalars_as_loop_bounds_under_the_triton_3_6_fix(monkeypatch) -> None:
+    """Under Triton 3.6's interpreter a scalar becomes a loop bound through ``int()`` on its one-element array,
+    which numpy 2.4 refuses; the kernels' module makes it take the element instead (applied on import there,
+    the fix is applied here on top of an interpreter that behaves as 3.6's does, whatever Triton is installed)."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    from layerbudget.kernels import triton_common
+
+    if not triton_common.INTERPRET:
+        pytest.skip("compiled kernels: the interpreter does not run")
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def as_triton_3_6(tensor, scope) -> None:  # Triton 3.6's conversion of a scalar to an int
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", as_triton_3_6)
+    out = torch.zeros(1, dtype=torch.int32)
+    if Version(np.__version__) >= Version("2.4"):
+        with pytest.raises(Exception, match="0-dimensional"):
+            _range_sum[(1,)](out, 3, 11)
+    triton_common._interpreter_scalar_index()
+    _range_sum[(1,)](out, 3, 11)
+    assert out.item() == sum(range(3, 11))
