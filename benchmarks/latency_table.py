@@ -2,8 +2,10 @@
 
 Usage: ``python benchmarks/latency_table.py BENCH.csv [BENCH.csv ...] --out profiles/data/latency/h200-DATE.csv``.
 
-Every row keeps its measured columns, with two corrections so that the table describes what the
-dispatch rule of the current kernels runs:
+A table named for a latency target (``<target>-<date>.csv``) takes only rows measured on that target's
+GPU (their ``gpu`` column): rows of another GPU exit 2 with nothing written. Every row keeps its
+measured columns, with two corrections so that the table describes what the dispatch rule of the
+current kernels runs:
 
 - a tensor-core time is kept only when the row's fused paths were right (``max_rel_err`` below
   ``WRONG_REL_ERR``) and, for CSVs written before the bench had an ``inline_ptx``
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import DISPATCH_PATHS, dispatch_path
+from layerbudget.profiles.latency import GPU_NAMES, is_target_gpu
 
 
 def fix(row: dict) -> dict:
@@ -49,6 +52,20 @@ def fix(row: dict) -> dict:
     return out
 
 
+def wrong_gpu(name: str, rows: list[dict]) -> str | None:
+    """Why rows cannot go into the table named ``name``: one named for a latency target
+    (``<target>-<date>.csv``, what the latency model reads) takes only rows measured on that target's GPU."""
+    target = next((t for t in GPU_NAMES if name.startswith(f"{t}-")), None)
+    if target is None:
+        return None
+    gpus = sorted({row.get("gpu") or "" for row in rows if not is_target_gpu(target, row.get("gpu") or "")})
+    if not gpus:
+        return None
+    hint = next((f"; name it {t}-<date>.csv" for t in GPU_NAMES if len(gpus) == 1 and is_target_gpu(t, gpus[0])), "")
+    return (f"{name} is the {target} table, for {GPU_NAMES[target]} rows, but rows were measured on "
+            f"{gpus[0] or 'an unnamed GPU (no gpu column)'!r}{hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+")
@@ -62,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += [fix(r) for r in reader]
     for row in rows:
         columns.update(dict.fromkeys(row))
+    problem = wrong_gpu(Path(args.out).name, rows)
+    if problem:
+        print(f"latency_table: {problem}", file=sys.stderr)
+        return 2
     tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), restval="")

@@ -157,12 +157,17 @@ def measure_cpu_us(option: Option, shape: tuple[int, int], m: int, *, min_second
 GPU_NAMES = {"h100": "H100", "h200": "H200", "a100": "A100", "l40s": "L40S", "rtx4090": "RTX 4090"}
 
 
+def is_target_gpu(target: str, name: str) -> bool:
+    """Whether a CUDA device named ``name`` (``NVIDIA H100 80GB HBM3``) is the GPU of latency target ``target``."""
+    return target in GPU_NAMES and GPU_NAMES[target].lower() in name.lower()
+
+
 def live_gpu(target: str) -> str | None:
     """The CUDA device name when ``target``'s GPU is present here (latency is then measured), else None."""
     if target not in GPU_NAMES or not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name()
-    return name if GPU_NAMES[target].lower() in name.lower() else None
+    return name if is_target_gpu(target, name) else None
 
 
 def measure_gpu_us(option: Option, shape: tuple[int, int], m: int) -> float:
@@ -192,7 +197,8 @@ def bench_format_name(option: Option, fmt: str | None) -> str:
 
 
 def measured_tables(target: str, root: Path | None = None) -> pd.DataFrame | None:
-    """Every committed ``kernels.bench`` CSV for ``target`` (``<target>-*.csv``), or ``None``."""
+    """Every committed ``kernels.bench`` CSV for ``target`` (``<target>-*.csv``), or ``None``; a
+    :class:`LayerbudgetError` if a table holds rows of another GPU (by their ``gpu`` column)."""
     base = Path(root) if root is not None else package_dir("layerbudget.profiles") / "data" / "latency"
     files = sorted(base.glob(f"{target}-*.csv")) if base.is_dir() else []
     if not files:
@@ -201,6 +207,10 @@ def measured_tables(target: str, root: Path | None = None) -> pd.DataFrame | Non
     for f in files:
         with open(f, newline="") as fh:
             frames.append(pd.DataFrame(list(csv.DictReader(fh))))
+        others = sorted({g for g in frames[-1].get("gpu", ()) if not is_target_gpu(target, g)})
+        if others:
+            raise LayerbudgetError(f"latency table {f} holds rows measured on {others[0]!r}; a {target}-*.csv table "
+                                   f"holds only {GPU_NAMES[target]} rows (a table is named for the GPU it was measured on)")
     df = pd.concat(frames, ignore_index=True)
     for col in ("n", "k", "m", "weight_bytes"):
         df[col] = df[col].astype(int)

@@ -357,3 +357,18 @@ def test_kernel_traffic_checks_the_launches_named(tmp_path):
     bad = bench("kernel_traffic.py", "--launch", "tc:m16n128")
     assert bad.returncode == 2 and "--launch: a launch is named like tc:m16n128k128s1w4p3" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_latency_table_named_for_a_gpu_takes_only_that_gpus_rows(tmp_path):
+    cols = "gpu,n,k,m,format,weight_bytes,copy_gbps,ms_fp16,ms_gemv,ms_tc,ms_dequant,ms_tinygemm,max_rel_err,config_tc"
+    (tmp_path / "bench.csv").write_text(f"{cols}\nNVIDIA H100 80GB HBM3,4096,4096,1,w4g128,100,1000,1.0,0.4,0.5,2.0,"
+                                        "1.0,0.0,tc:m16n64k128s1w4p3\n")
+    out = tmp_path / "h200-2026-12-06.csv"
+    proc = bench("latency_table.py", str(tmp_path / "bench.csv"), "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("latency_table: h200-2026-12-06.csv is the h200 table, for H200 rows, but rows were "
+                                   "measured on 'NVIDIA H100 80GB HBM3'; name it h100-<date>.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv"]
+    proc = bench("latency_table.py", str(tmp_path / "bench.csv"), "--out", str(tmp_path / "h100-2026-12-06.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "h100-2026-12-06.csv").read_text().splitlines()[1].startswith("NVIDIA H100 80GB HBM3,")

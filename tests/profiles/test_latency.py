@@ -22,6 +22,7 @@ from layerbudget.profiles.latency import (
     latency_table,
     launches,
     load_or_build_latency,
+    measured_tables,
     roofline_us,
     slot_latency_ns,
 )
@@ -113,6 +114,16 @@ def test_measured_gpu_tables_are_used_and_calibrate_the_rest(tmp_path):
     assert "fitted to 6 measured rows" in table.loc["rtn-b2-g64", "source"]
     assert table.loc["rtn-b2-g64", "latency_us"] == table.loc["rtn-b2-g64", "roofline_us"] > 0
     assert bench_format_name(parse_option("sparsegpt-2:4+gptq-b4-g128"), "sparse24_quant") == "2:4+w4g64"
+
+
+def test_a_gpu_table_holding_another_gpus_rows_is_refused(tmp_path):
+    base = {"date": "2026-01-01", "n": 64, "k": 64, "m": 1, "format": "fp16", "weight_bytes": 8192,
+            "path_auto": "cublas", "ms_auto": 0.01}
+    _write_bench_csv(tmp_path / "h200-2026-01-01.csv", [{**base, "gpu": "NVIDIA H200"},
+                                                         {**base, "gpu": "NVIDIA H100 80GB HBM3", "m": 16}])
+    with pytest.raises(LayerbudgetError, match="h200-2026-01-01.csv holds rows measured on 'NVIDIA H100 80GB HBM3'"):
+        measured_tables("h200", tmp_path)
+    assert len(measured_tables("h200")) > 0  # the committed tables hold their own GPU's rows
 
 
 def test_cpu_latency_is_measured():
