@@ -197,6 +197,19 @@ def _cell(v: float) -> str:
     return "—" if math.isnan(v) else f"{v:.2f}x"
 
 
+def measured_on(bench: dict) -> list[str]:
+    """The GPUs the bench rows name (their ``gpu`` column), and a warning when one is not the H200 the targets
+    are set for (nothing when the rows name none)."""
+    gpus = sorted({r["gpu"] for r in bench.values() if r.get("gpu")})
+    if not gpus:
+        return []
+    lines = [f"Measured on {', '.join(gpus)}."]
+    if any("h200" not in g.lower() for g in gpus):
+        lines.append("The targets are set on an H200: rows of another GPU do not settle them (nor do the issue and "
+                     "memory tables, worked out for an H200's 132 SMs at 1.98 GHz).")
+    return lines + [""]
+
+
 def report(bench: dict, block: dict) -> list[str]:
     """The markdown table of every target, and the Llama-block line."""
     shapes = " | ".join(f"{n}x{k} dispatched / best" for n, k in HEADLINE)
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"kernel_targets: {err}", file=sys.stderr)
         return 2
-    print("\n".join(report(bench, block)))
+    print("\n".join(measured_on(bench) + report(bench, block)))
     if sass is not None:
         print("\nInstruction issue each target needs (static instructions per weight in brackets; floor of the "
               "kernel over the time the target allows):\n")

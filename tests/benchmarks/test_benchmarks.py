@@ -221,6 +221,17 @@ def test_latency_table_drops_only_the_racy_split_k_times_and_keeps_every_column(
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_kernel_targets_name_the_gpu_and_say_when_it_is_not_the_targets_h200(tmp_path):
+    cols = "gpu,n,k,m,format,ms_fp16,ms_gemv,ms_tc,ms_dequant,ms_auto,path_auto,ms_tinygemm,max_rel_err"
+    for gpu, warned in (("NVIDIA H200", False), ("NVIDIA H100 80GB HBM3", True)):
+        (tmp_path / "bench.csv").write_text(f"{cols}\n{gpu},8192,8192,1,w4g128,3.2,1.0,1.5,4.0,1.5,tc,1.8,0.0\n")
+        proc = bench("kernel_targets.py", str(tmp_path / "bench.csv"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = proc.stdout.splitlines()
+        assert lines[0] == f"Measured on {gpu}."
+        assert lines[1].startswith("The targets are set on an H200") == warned
+
+
 def test_kernel_targets_compare_the_best_right_path_at_every_headline_shape(tmp_path):
     cols = "n,k,m,format,ms_fp16,ms_gemv,ms_tc,ms_dequant,ms_auto,path_auto,ms_tinygemm,max_rel_err"
     rows = ["8192,8192,1,w4g128,3.2,1.0,1.5,4.0,1.5,tc,1.8,0.0",  # best 3.2x, 1.8x of tinygemm
