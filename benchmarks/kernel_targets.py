@@ -41,6 +41,7 @@ import torch
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import DISPATCH_PATHS, GEMV_ROWS, KERNELS, pick_config
+from layerbudget.profiles.latency import is_target_gpu
 
 HEADLINE = ((8192, 8192), (8192, 28672))
 # (format, M) -> speedup over fp16 to reach at every headline shape
@@ -204,7 +205,7 @@ def measured_on(bench: dict) -> list[str]:
     if not gpus:
         return []
     lines = [f"Measured on {', '.join(gpus)}."]
-    if any("h200" not in g.lower() for g in gpus):
+    if not all(is_target_gpu("h200", g) for g in gpus):
         lines.append("The targets are set on an H200: rows of another GPU do not settle them (nor do the issue and "
                      "memory tables, worked out for an H200's 132 SMs at 1.98 GHz).")
     return lines + [""]
