@@ -51,8 +51,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 start=$(elapsed)
 tests="python3 -m pytest -q -n 14 -o cache_dir=$shim/pytest-cache tests/kernels"
+# the compile-only checks (every variant built for sm_90, the static instruction budgets) need no GPU and pass in CI:
+# left out here (about 40 s and 20 s on one core of the CI machine, time the CUDA tests need)
 run tests "$(limit 45 55)" $tests --maxfail=20 --deselect tests/kernels/test_kernels_aot.py::test_kernels_compile_for_sm90_without_a_gpu \
-  > "$out/tests.txt" 2>&1
+  --deselect tests/kernels/test_kernels_sass.py::test_kernels_stay_within_their_instruction_budget > "$out/tests.txt" 2>&1
 rc=$?
 tail -12 "$out/tests.txt" | cut -c1-300
 if [ $rc -eq 1 ]; then
