@@ -57,7 +57,8 @@ FP16_COLUMNS = ("n", "k", "m", "format", "ms_fp16")
 SASS_COLUMNS = ("variant", "instructions_per_weight")
 FLIGHT_COLUMNS = ("regs", "warps", "stages", "shared_bytes", "weights_per_thread")  # for the memory-in-flight table
 SMS = 132
-ISSUE_RATE = SMS * 4 * 1.98e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
+CLOCK_GHZ = 1.98
+ISSUE_RATE = SMS * 4 * CLOCK_GHZ * 1e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
 # What one SM of compute capability 9.0 holds at once: registers (allocated per warp, 256 at a time), warps,
 # programs, and shared memory (of which each program takes 1 KB more than it asks for)
 SM_REGISTERS, SM_WARPS, SM_PROGRAMS, SM_SHARED, PROGRAM_SHARED_RESERVE = 65536, 64, 32, 233472, 1024
@@ -207,7 +208,7 @@ def measured_on(bench: dict) -> list[str]:
     lines = [f"Measured on {', '.join(gpus)}."]
     if not all(is_target_gpu("h200", g) for g in gpus):
         lines.append("The targets are set on an H200: rows of another GPU do not settle them (nor do the issue and "
-                     "memory tables, worked out for an H200's 132 SMs at 1.98 GHz).")
+                     f"memory tables, worked out for an H200's {SMS} SMs at {CLOCK_GHZ} GHz).")
     return lines + [""]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from layerbudget.kernels.bench import FORMATS, WRONG_REL_ERR, kernel_format
 from layerbudget.kernels.configs import DISPATCH_PATHS, dispatch_path
-from layerbudget.profiles.latency import GPU_NAMES, is_target_gpu
+from layerbudget.profiles.latency import GPU_NAMES, foreign_gpus, is_target_gpu
 
 
 def fix(row: dict) -> dict:
@@ -58,10 +58,11 @@ def wrong_gpu(name: str, rows: list[dict]) -> str | None:
     target = next((t for t in GPU_NAMES if name.startswith(f"{t}-")), None)
     if target is None:
         return None
-    gpus = sorted({row.get("gpu") or "" for row in rows if not is_target_gpu(target, row.get("gpu") or "")})
+    gpus = foreign_gpus(target, (row.get("gpu") or "" for row in rows))
     if not gpus:
         return None
-    hint = next((f"; name it {t}-<date>.csv" for t in GPU_NAMES if len(gpus) == 1 and is_target_gpu(t, gpus[0])), "")
+    home = [t for t in GPU_NAMES if is_target_gpu(t, gpus[0])] if len(gpus) == 1 else []
+    hint = f"; name it {home[0]}-<date>.csv" if home else ""
     return (f"{name} is the {target} table, for {GPU_NAMES[target]} rows, but rows were measured on "
             f"{gpus[0] or 'an unnamed GPU (no gpu column)'!r}{hint}")
 

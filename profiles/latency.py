@@ -162,6 +162,11 @@ def is_target_gpu(target: str, name: str) -> bool:
     return target in GPU_NAMES and GPU_NAMES[target].lower() in name.lower()
 
 
+def foreign_gpus(target: str, names) -> list[str]:
+    """The device names among ``names`` that are not ``target``'s GPU (sorted, each once)."""
+    return sorted({g for g in names if not is_target_gpu(target, g)})
+
+
 def live_gpu(target: str) -> str | None:
     """The CUDA device name when ``target``'s GPU is present here (latency is then measured), else None."""
     if target not in GPU_NAMES or not torch.cuda.is_available():
@@ -207,7 +212,7 @@ def measured_tables(target: str, root: Path | None = None) -> pd.DataFrame | Non
     for f in files:
         with open(f, newline="") as fh:
             frames.append(pd.DataFrame(list(csv.DictReader(fh))))
-        others = sorted({g for g in frames[-1].get("gpu", ()) if not is_target_gpu(target, g)})
+        others = foreign_gpus(target, frames[-1].get("gpu", ()))
         if others:
             raise LayerbudgetError(f"latency table {f} holds rows measured on {others[0]!r}; a {target}-*.csv table "
                                    f"holds only {GPU_NAMES[target]} rows (a table is named for the GPU it was measured on)")
