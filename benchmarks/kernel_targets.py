@@ -58,7 +58,7 @@ SASS_COLUMNS = ("variant", "instructions_per_weight")
 FLIGHT_COLUMNS = ("regs", "warps", "stages", "shared_bytes", "weights_per_thread")  # for the memory-in-flight table
 SMS = 132
 CLOCK_GHZ = 1.98
-ISSUE_RATE = SMS * 4 * CLOCK_GHZ * 1e9  # warp instructions per second of an H200: 132 SMs, 4 schedulers, 1.98 GHz
+ISSUE_RATE = SMS * 4 * CLOCK_GHZ * 1e9  # warp instructions per second of an H200 (4 schedulers per SM)
 # What one SM of compute capability 9.0 holds at once: registers (allocated per warp, 256 at a time), warps,
 # programs, and shared memory (of which each program takes 1 KB more than it asks for)
 SM_REGISTERS, SM_WARPS, SM_PROGRAMS, SM_SHARED, PROGRAM_SHARED_RESERVE = 65536, 64, 32, 233472, 1024

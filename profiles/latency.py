@@ -162,7 +162,7 @@ def is_target_gpu(target: str, name: str) -> bool:
     return target in GPU_NAMES and GPU_NAMES[target].lower() in name.lower()
 
 
-def foreign_gpus(target: str, names) -> list[str]:
+def foreign_gpus(target: str, names: Iterable[str]) -> list[str]:
     """The device names among ``names`` that are not ``target``'s GPU (sorted, each once)."""
     return sorted({g for g in names if not is_target_gpu(target, g)})
 

@@ -105,12 +105,13 @@ def test_the_suites_options_build_a_files_shared_fixture_once_on_one_worker(tmp_
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(builds.read_text().split()) == ["test_first", "test_second"]
+    lines = runs.read_text().splitlines()
     workers: dict[str, set[str]] = {}
-    for line in runs.read_text().splitlines():
+    for line in lines:
         module, worker = line.split()
         workers.setdefault(module, set()).add(worker)
     assert all(len(w) == 1 and "-" not in w for w in workers.values()), workers
-    assert sum(1 for _ in runs.read_text().splitlines()) == 12
+    assert len(lines) == 12
 
 
 def _build_wheel(dest: Path) -> Path:
