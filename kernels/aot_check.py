@@ -5,11 +5,12 @@ compiler rejects; this check lowers kernel variants through Triton's CUDA backen
 PTX → cubin with the ``ptxas`` bundled in the triton wheel) and reports each one's registers,
 spills and shared memory (a variant needing more shared memory than the architecture gives a
 program fails: it would compile, then fail at launch). Usage: ``python -m
-layerbudget.kernels.aot_check [--arch 90] [--all] [--dump DIR] [--sass [--csv FILE]]`` (``--dump``
-writes each variant's TTGIR and PTX; ``--sass``
-compiles the decode kernels as :func:`~.configs.pick_config` launches them at 8192x8192 and
-reports the static instructions per weight of their K loop, see :mod:`.sass`); run it without
-``TRITON_INTERPRET`` set. Exit status 1 if any variant fails to compile.
+layerbudget.kernels.aot_check [--arch 90] [--all] [--dump DIR] [--sass [--csv FILE] [--max-registers N]]``
+(``--dump`` writes each variant's TTGIR and PTX; ``--sass`` compiles the decode kernels as
+:func:`~.configs.pick_config` launches them at 8192x8192 and reports the static instructions per weight
+of their K loop, see :mod:`.sass`, with their registers and spill stack, all capped at ``N`` registers
+with ``--max-registers``); run it without ``TRITON_INTERPRET`` set. Exit status 1 if any variant fails
+to compile.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Variant:
     num_stages: int = 2
     name: str = field(default="", compare=False)
     weights_per_iter: int = 0  # weights one thread handles per pass through the hot loop (0: not known)
+    max_registers: int | None = None  # the launch's ``maxnreg`` (None: the compiler's choice)
 
 
 def _mm(module: str, kernel: str, fmt: str, x: str, consts: dict, warps: int, stages: int, name: str) -> Variant:
@@ -124,7 +126,7 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
     def variant(module: str, kernel: str, fmt: str, consts: dict, cfg, name: str, weights: int) -> Variant:
         """``weights``: what one program handles per pass through the hot loop, spread over its threads"""
         v = _mm(module, kernel, fmt, "*fp16", consts, cfg.num_warps, cfg.num_stages, name)
-        return replace(v, weights_per_iter=weights // (32 * cfg.num_warps))
+        return replace(v, weights_per_iter=weights // (32 * cfg.num_warps), max_registers=cfg.max_registers)
 
     out = []
     for m in (1, 2, 4):
@@ -146,7 +148,8 @@ def decode_variants(n: int = 8192, k: int = 8192) -> list[Variant]:
             cfg = pick_config(m, n, k, "lowbit", "tc", bits, group)
             if field_dots(bits, group, k, cfg.block_m):  # tc_lowbit hands these to the one-dot-per-field kernel
                 v = _fields("*fp16", bits, group, cfg.block_m, cfg.block_n, cfg.split_k, cfg.num_warps, k)
-                v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages)
+                v = replace(v, name=f"tc   M={m} w{bits}g{group}", num_stages=cfg.num_stages,
+                            max_registers=cfg.max_registers)
                 out.append(replace(v, weights_per_iter=cfg.block_n * chunk_values(bits, k) // (32 * cfg.num_warps)))
                 continue
             c = tile_constants(bits, group, k, cfg, True)
@@ -197,14 +200,15 @@ def compile_variant(v: Variant, arch: int):
     fn = getattr(importlib.import_module(f"{__package__}.{v.module}"), v.kernel)
     sig = {a: v.ptrs[a] if a in v.ptrs else "i32" for a in fn.arg_names if a in v.ptrs or a in _INTS}
     # as the JIT specializes them at run time for real shapes: pointers and sizes divisible by 16
-    return compile_kernel(fn, sig, dict(v.consts), list(sig), v.num_warps, v.num_stages, arch)
+    return compile_kernel(fn, sig, dict(v.consts), list(sig), v.num_warps, v.num_stages, arch, v.max_registers)
 
 
 def compile_kernel(fn, signature: dict[str, str], constants: dict, aligned: list[str], num_warps: int,
-                   num_stages: int, arch: int):
+                   num_stages: int, arch: int, max_registers: int | None = None):
     """Compile Triton kernel ``fn`` for ``sm_<arch>`` with the options every launch of the project uses:
     ``signature`` gives each runtime argument's type (constants are added as constexpr), ``aligned`` the
-    arguments marked divisible by 16 (as the JIT marks pointers and sizes that are)."""
+    arguments marked divisible by 16 (as the JIT marks pointers and sizes that are), ``max_registers`` the
+    launch's register cap (``maxnreg``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -215,6 +219,8 @@ def compile_kernel(fn, signature: dict[str, str], constants: dict, aligned: list
     sig = {**signature, **{c: "constexpr" for c in constants}}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
     opts = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": FP_FUSION}  # as launched
+    if max_registers is not None:
+        opts["maxnreg"] = max_registers
     target = GPUTarget("cuda", arch, 32)
 
     def this_target():  # what a kernel asks of its target (``cuda_capability_geq``) is the one compiled for
@@ -269,14 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="with --sass: also write the counts to this CSV file")
     parser.add_argument("--match", default="",
                         help="with --sass: only the variants whose name contains this text (or one of several, comma-separated)")
+    parser.add_argument("--max-registers", type=int, metavar="N",
+                        help="with --sass: compile every variant with its registers capped at N (maxnreg), "
+                             "whatever the table says")
     args = parser.parse_args(argv)
     from . import triton_common
+    from .configs import MAX_REGISTERS, MIN_REGISTERS
 
     if triton_common.INTERPRET:
         print("aot_check: TRITON_INTERPRET is set; unset it to compile for CUDA.", file=sys.stderr)
         return 2
+    if args.max_registers is not None and not (args.sass and MIN_REGISTERS <= args.max_registers <= MAX_REGISTERS):
+        print(f"aot_check: --max-registers goes with --sass and takes a value in [{MIN_REGISTERS}, {MAX_REGISTERS}], "
+              f"not {args.max_registers}.", file=sys.stderr)
+        return 2
     if args.sass:
-        return _sass_report(args.arch, args.csv, args.match)
+        return _sass_report(args.arch, args.csv, args.match, args.max_registers)
     failed = 0
     for i, v in enumerate(variants(args.all)):
         try:
@@ -300,14 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _sass_report(arch: int, csv_path: Path | None, match: str = "") -> int:
-    """Print (and optionally write) the static instruction count per weight of each decode variant."""
+def _sass_report(arch: int, csv_path: Path | None, match: str = "", max_registers: int | None = None) -> int:
+    """Print (and optionally write) the static instruction count per weight of each decode variant, its
+    registers and the stack its spills take (``max_registers``: compile every variant with that cap)."""
     import csv
 
     from . import sass
 
     rows, failed = [], 0
     chosen = [v for v in decode_variants() if any(part in v.name for part in match.split(","))]
+    if max_registers is not None:
+        chosen = [replace(v, max_registers=max_registers) for v in chosen]
     if not chosen:
         print(f"aot_check: no variant name contains {match!r}; names look like 'gemv M=1 w4g128'.", file=sys.stderr)
         return 2
@@ -324,12 +341,14 @@ def _sass_report(arch: int, csv_path: Path | None, match: str = "") -> int:
             continue
         loop = sass.hot_loop(sass.parse(sass.disassemble(k.asm["cubin"])))
         mix = sass.loop_mix(loop)
-        regs, _ = resources(k.asm["cubin"])
+        regs, stack = resources(k.asm["cubin"])
         per_weight = len(loop.body) / v.weights_per_iter
         top = " ".join(f"{op}={n}" for op, n in mix.most_common(8))
+        cap = "" if v.max_registers is None else f"/{v.max_registers}"
         print(f"sm_{arch} {v.name:<24} loop={len(loop.body):>4} weights/thread={v.weights_per_iter:>3} "
-              f"instr/weight={per_weight:5.2f} regs={regs:>3}  {top}")
+              f"instr/weight={per_weight:5.2f} regs={regs:>3}{cap} stack={stack:>3}  {top}")
         rows.append({"arch": f"sm_{arch}", "variant": v.name, "warps": v.num_warps, "regs": regs,
+                     "max_registers": "" if v.max_registers is None else v.max_registers, "stack_bytes": stack,
                      "stages": v.num_stages, "shared_bytes": k.metadata.shared,
                      "loop_instructions": len(loop.body), "weights_per_thread": v.weights_per_iter,
                      "instructions_per_weight": round(per_weight, 3),

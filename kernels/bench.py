@@ -41,7 +41,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -213,8 +213,7 @@ def with_split(cfg: LaunchConfig, m: int, n: int, k: int, fmt: str, bits: int | 
                                                                           cfg.block_k))
     if split == 1:
         return [cfg]
-    return [cfg, LaunchConfig(cfg.kernel, cfg.block_m, cfg.block_n, cfg.block_k, split, cfg.num_warps,
-                              cfg.num_stages)]
+    return [cfg, replace(cfg, split_k=split)]
 
 
 def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | None = None,
@@ -225,6 +224,8 @@ def row_candidates(kernel: str, m: int, n: int, k: int, fmt: str, bits: int | No
     if kernel == "gemv":
         alts = [(64, 128, 4, 2), (128, 128, 8, 2), (128, 128, 8, 1), (128, 256, 4, 2)]  # stages 1: no read-ahead
         shapes = [LaunchConfig("gemv", base.block_m, bn, bk, 1, w, st) for bn, bk, w, st in alts]
+        if base.num_warps == 8:  # the table's launch held to two programs per SM (65536 registers): Triton 3.9
+            shapes.append(replace(base, max_registers=128))  # gives the 2-bit decode kernel 140 (one program)
     elif m <= 16:
         shapes = [LaunchConfig("tc", 16, 128, 128, 1, 4, 3)]
         if fmt != "lowbit":  # the table's tile two steps ahead instead of four

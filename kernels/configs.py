@@ -47,6 +47,9 @@ TARGET_PROGRAMS = 4 * 132
 LARGE_TILE_PROGRAMS = 132
 MAX_SPLIT_K = 16
 GEMV_ROWS = (1, 2, 4)
+# What a launch may cap a thread's registers to (``max_registers``): sm_90's ptxas uses 24 under any lower cap,
+# and a thread addresses at most 255.
+MIN_REGISTERS, MAX_REGISTERS = 24, 255
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class LaunchConfig:
 
     ``num_stages``: Triton's software-pipelining depth for the tensor-core kernels; for the low-bit
     decode kernel, 2 or more reads each step's packed words one step ahead and 1 reads them in place.
+    ``max_registers``: registers per thread the compiler may use (Triton's ``maxnreg``; ``None``: its own
+    choice), which sets how many programs an SM holds at once; ``ptxas`` also schedules by it (a cap above
+    what it picks alone can make it use more), so a cap is kept only where the bench times it faster.
     """
 
     kernel: str
@@ -64,6 +70,7 @@ class LaunchConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    max_registers: int | None = None
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -79,12 +86,17 @@ class LaunchConfig:
             raise ValueError(f"`split_k` must be in [1, {MAX_SPLIT_K}], but got split_k={self.split_k}.")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"`num_warps` must be one of 1, 2, 4, 8, 16, but got num_warps={self.num_warps}.")
+        r = self.max_registers
+        if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not MIN_REGISTERS <= r <= MAX_REGISTERS):
+            raise ValueError(f"`max_registers` must be None or an integer in [{MIN_REGISTERS}, {MAX_REGISTERS}], "
+                             f"but got max_registers={r!r}.")
 
     @property
     def name(self) -> str:
-        """The launch as the bench CSVs name it (``config_gemv``/``config_tc``), e.g. ``tc:m16n128k128s1w4p3``."""
+        """The launch as the bench CSVs name it (``config_gemv``/``config_tc``), e.g. ``tc:m16n128k128s1w4p3``,
+        with ``r<registers>`` at the end where registers are capped (``gemv:m1n128k128s8w8p2r128``)."""
         return (f"{self.kernel}:m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}"
-                f"w{self.num_warps}p{self.num_stages}")
+                f"w{self.num_warps}p{self.num_stages}" + ("" if self.max_registers is None else f"r{self.max_registers}"))
 
     @classmethod
     def from_name(cls, name: str) -> LaunchConfig:
@@ -92,11 +104,18 @@ class LaunchConfig:
         got = _NAME.fullmatch(name.strip())
         if got is None:
             raise ValueError("a launch is named like tc:m16n128k128s1w4p3 (kernel:m<rows>n<cols>k<depth>s<split>"
-                             f"w<warps>p<stages>), not {name!r}")
-        return cls(got[1], *(int(v) for v in got.groups()[1:]))
+                             f"w<warps>p<stages>, then r<registers> where they are capped), not {name!r}")
+        *sizes, regs = got.groups()[1:]
+        return cls(got[1], *(int(v) for v in sizes), None if regs is None else int(regs))
+
+    @property
+    def launch_options(self) -> dict[str, int]:
+        """Triton's launch options for this configuration (``num_warps``, ``num_stages``, and ``maxnreg`` if capped)."""
+        cap = {} if self.max_registers is None else {"maxnreg": self.max_registers}
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages, **cap}
 
 
-_NAME = re.compile(rf"({'|'.join(KERNELS)}):m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)")
+_NAME = re.compile(rf"({'|'.join(KERNELS)}):m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(?:r(\d+))?")
 
 
 def _cdiv(a: int, b: int) -> int:

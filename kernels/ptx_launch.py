@@ -38,7 +38,7 @@ for spec in json.load(sys.stdin):
     fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     consts = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["constants"].items()}
     c = compile_kernel(fn, spec["signature"], consts, spec["aligned"], spec["num_warps"], spec["num_stages"],
-                       spec["arch"])
+                       spec["arch"], spec["max_registers"])
     out.append({"ptx": c.asm["ptx"], "shared": c.metadata.shared})
 json.dump(out, sys.stdout)
 """
@@ -57,6 +57,7 @@ class Launch:
     num_warps: int
     num_stages: int
     arch: int = 90
+    max_registers: int | None = None  # the launch's ``maxnreg``
 
     def spec(self) -> dict:
         """What the compiling process needs, as JSON: the signature Triton's JIT would specialize."""
@@ -64,7 +65,8 @@ class Launch:
         aligned = [n for n, v in self.args.items()
                    if isinstance(v, torch.Tensor) or (isinstance(v, int) and v % 16 == 0)]
         return {"module": self.module, "kernel": self.kernel, "signature": sig, "constants": self.constants,
-                "aligned": aligned, "num_warps": self.num_warps, "num_stages": self.num_stages, "arch": self.arch}
+                "aligned": aligned, "num_warps": self.num_warps, "num_stages": self.num_stages, "arch": self.arch,
+                "max_registers": self.max_registers}
 
 
 def record(call: Callable[[], object]) -> tuple[object, list[Launch]]:
@@ -73,10 +75,11 @@ def record(call: Callable[[], object]) -> tuple[object, list[Launch]]:
     launches: list[Launch] = []
 
     def capture(kernel, grid, *args, **kwargs) -> None:
-        warps, stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
+        warps, stages, regs = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3), kwargs.pop("maxnreg", None)
         positional = [n for n in kernel.arg_names if n not in kwargs]
         launches.append(Launch(kernel.fn.__module__, kernel.fn.__name__, tuple(grid) + (1,) * (3 - len(grid)),
-                               dict(zip(positional, args, strict=True)), kwargs, warps, stages))
+                               dict(zip(positional, args, strict=True)), kwargs, warps, stages,
+                               max_registers=regs))
 
     modules = [importlib.import_module(f"{__package__}.{name}") for name in _LAUNCHERS]
     saved = [m.launch for m in modules]

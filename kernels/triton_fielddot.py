@@ -172,6 +172,6 @@ def tc_fields(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         **launch_constants(weight.bits, weight.group, k, x.dtype == torch.bfloat16, cfg, bias is not None),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options,
     )
     return out

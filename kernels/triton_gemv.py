@@ -374,7 +374,7 @@ def gemv_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor |
         _aligned(x), weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         **lowbit_constants(weight.bits, weight.group, k, cfg, bias is not None),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options,
     )
     return out
 
@@ -393,7 +393,7 @@ def _gemv_24(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg) -
         _aligned(x), _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
         **sparse24_constants(quant, bits, group, k, cfg, values.stride(0) % 2 == 0, bias is not None),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options,
     )
     return out
 

@@ -196,7 +196,7 @@ def tc_lowbit(x: torch.Tensor, weight: PackedQuantWeight, bias: torch.Tensor | N
         x, weight.packed, weight.scales, weight.zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), weight.packed.stride(0), weight.scales.stride(0), out.stride(0),
         **launch_constants(weight.bits, weight.group, k, cfg, bias is not None),  # JB: checked by ops
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options,
     )
     return out
 

@@ -254,7 +254,7 @@ def _launch(x, values, meta, scales, zeros, bias, n, quant, bits, group, cfg: La
         x, _aligned(values), _aligned(meta), scales, zeros, x if bias is None else bias, out, ws, lock,
         m, n, k, x.stride(0), values.stride(0), meta.stride(0), scales.stride(0), out.stride(0),
         **launch_constants(quant, bits, group, k, cfg, values.stride(0) % 2 == 0, bias is not None),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options,
     )
     return out
 

@@ -33,6 +33,24 @@ def test_kernels_compile_for_sm90_without_a_gpu(inline_ptx: str) -> None:
     assert "FP_FUSION" not in proc.stderr, proc.stderr  # the kernels name their fusion: no default is read
 
 
+def test_sass_report_compiles_under_a_register_cap(tmp_path) -> None:
+    """``--sass --max-registers N`` compiles the chosen decode launches with their registers capped at N (the CSV
+    says the cap, the registers within it and the stack its spills take); a cap out of range exits 2 in one line."""
+    pytest.importorskip("triton")
+    import csv
+
+    out = tmp_path / "sass.csv"
+    cmd = [sys.executable, "-m", "layerbudget.kernels.aot_check", "--sass", "--match", "gemv M=1 w4g128", "--csv", str(out)]
+    proc = subprocess.run([*cmd, "--max-registers", "40"], capture_output=True, text=True, timeout=300,
+                          env=_env_without_interpreter())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = csv.DictReader(out.open())
+    assert row["max_registers"] == "40" and 24 <= int(row["regs"]) <= 40 and int(row["stack_bytes"]) > 0, row
+    proc = subprocess.run([*cmd, "--max-registers", "300"], capture_output=True, text=True, timeout=300,
+                          env=_env_without_interpreter())
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "[24, 255]" in proc.stderr
+
+
 FUSED = """
 from layerbudget.kernels.aot_check import compile_variant, variants
 v = next(v for v in variants() if v.kernel == "_gemv_lowbit_kernel")

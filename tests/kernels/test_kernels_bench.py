@@ -93,14 +93,28 @@ def test_bench_rows_keep_going_past_a_failing_or_wrong_path(device: str, monkeyp
 def test_launch_names_read_back_as_the_configurations_the_bench_times() -> None:
     """The names the bench CSVs give launches (``config_gemv``/``config_tc``) parse back to the same
     configurations, so a sweep's winner can be race-checked or entered by name."""
-    from layerbudget.kernels.bench import candidates
+    from layerbudget.kernels.bench import candidates, row_candidates
     from layerbudget.kernels.configs import LaunchConfig
 
     every = [cfg for kernel in ("gemv", "tc") for m in (1, 16, 256) for cfg in candidates(kernel, m)]
+    timed = [cfg for kernel, m in (("gemv", 1), ("tc", 16), ("tc", 256)) for fmt, bits, group in
+             (("lowbit", 2, 64), ("lowbit", 4, 128), ("sparse24", None, None))
+             for cfg in row_candidates(kernel, m, 8192, 8192, fmt, bits, group)]
+    capped = [cfg for cfg in timed if cfg.max_registers is not None]
+    # the low-bit decode table's launch (8 warps) is also timed held to two programs per SM, split-K kept
+    assert capped and all(c.kernel == "gemv" and c.max_registers == 128 and c.split_k > 1 for c in capped)
+    every += timed
     assert len(every) > 20 and len({c.name for c in every}) == len(set(every))
     for cfg in every:
         assert LaunchConfig.from_name(cfg.name) == cfg
     assert LaunchConfig.from_name(" gemv:m4n32k256s8w2p1 ") == LaunchConfig("gemv", 4, 32, 256, 8, 2, 1)
-    for bad in ("tc:m16n128", "mma:m16n128k128s1w4p3", "tc:m16n128k128s1w4p3x", "tc:m16n128k48s1w4p3"):
-        with pytest.raises(ValueError, match="tc:m16n128k128s1w4p3|block_k"):
+    assert LaunchConfig.from_name("gemv:m1n128k128s8w8p2r128") == LaunchConfig("gemv", 1, 128, 128, 8, 8, 2, 128)
+    assert LaunchConfig("gemv", 1, 128, 128, 8, 8, 2, 96).launch_options == {"num_warps": 8, "num_stages": 2,
+                                                                            "maxnreg": 96}
+    assert "maxnreg" not in LaunchConfig("tc", 16, 64, 128).launch_options
+    for bad in ("tc:m16n128", "mma:m16n128k128s1w4p3", "tc:m16n128k128s1w4p3x", "tc:m16n128k48s1w4p3",
+                "tc:m16n128k128s1w4p3r", "gemv:m1n128k128s8w8p2r8", "gemv:m1n128k128s8w8p2r256"):
+        with pytest.raises(ValueError, match="tc:m16n128k128s1w4p3|block_k|max_registers"):
             LaunchConfig.from_name(bad)
+    with pytest.raises(ValueError, match="max_registers"):
+        LaunchConfig("gemv", 1, 128, 128, max_registers=True)

@@ -96,6 +96,9 @@ CASES = {
     "table-b2-g64-m4": _lowbit(2, 128, 2048, 64, 4, None),
     "table-b8-g128-m2": _lowbit(8, 128, 2048, 128, 2, None),
     "table-2:4+b4-g64-m1": _sparse(4, 64, 1, None, 64, 2048),
+    # a launch with its registers capped (Triton's maxnreg), as the bench times the table's decode launch too
+    "gemv-b2-g64-m1-capped": _lowbit(2, 128, 2048, 64, 1, LaunchConfig("gemv", 1, 128, 128, split_k=2, num_warps=8,
+                                                                       max_registers=128)),
     # the one-dot-per-field tensor-core kernel (mma.sync): up to 16 rows of 2/3/4/8-bit codes
     "fields-b4-g128-m1": _lowbit(4, 128, 2048, 128, 1, LaunchConfig("tc", 8, 128, 256, split_k=2, num_warps=2)),
     "fields-b3-g128-m5": _lowbit(3, 64, 2048, 128, 5, LaunchConfig("tc", 8, 64, 512, num_warps=2)),
@@ -150,6 +153,16 @@ def test_compiled_kernels_compute_the_reference(case: str, arch: int, inline_ptx
     (launch,), builds, out, ref = compiled_cases[case, arch]
     arrays, traffic = emulate(launch, builds[inline_ptx][0])
     _check_outputs(launch, arrays, out, ref, exact=case.startswith("dequant"))
+
+
+def test_a_register_cap_reaches_the_compiled_kernel(compiled_cases) -> None:
+    """A launch's ``max_registers`` is recorded as its own option (not a kernel constant) and compiled into the
+    PTX as ``.maxnreg``; an uncapped launch has none."""
+    (capped,), builds, _, _ = compiled_cases["gemv-b2-g64-m1-capped", 90]
+    assert capped.max_registers == 128 and "maxnreg" not in capped.constants
+    assert all(".maxnreg 128" in build[0]["ptx"] for build in builds.values())
+    (table,), builds, _, _ = compiled_cases["table-b2-g64-m4", 90]
+    assert table.max_registers is None and not any(".maxnreg" in build[0]["ptx"] for build in builds.values())
 
 
 def _check_outputs(launch: Launch, arrays: dict, out: torch.Tensor, ref: torch.Tensor, exact: bool = False) -> None:

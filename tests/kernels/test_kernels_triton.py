@@ -24,8 +24,9 @@ from layerbudget.kernels.workspace import split_k_buffers
 # (N, K, group_size): N ragged against every block size; groups covering whole chunks, chunks holding
 # several groups, and groups of 48 that start at irregular fields; per-channel.
 GRIDS = [(40, 256, 128), (72, 256, 32), (40, 192, 48), (24, 160, None)]
+# num_stages 1: the low-bit decode kernel reads in place; max_registers: a launch with its registers capped (maxnreg)
 GEMV = [LaunchConfig("gemv", 1, 16, 64), LaunchConfig("gemv", 2, 32, 128, split_k=2, num_stages=1),
-        LaunchConfig("gemv", 4, 16, 32, split_k=3)]  # num_stages 1: the low-bit decode kernel reads in place
+        LaunchConfig("gemv", 4, 16, 32, split_k=3, max_registers=64)]
 TC = [LaunchConfig("tc", 16, 16, 64), LaunchConfig("tc", 16, 32, 128), LaunchConfig("tc", 8, 64, 128, num_warps=2)]
 TC_SPLIT = [LaunchConfig("tc", 16, 16, 64, split_k=2), LaunchConfig("tc", 16, 32, 32, split_k=3),
             LaunchConfig("tc", 8, 16, 64, split_k=3, num_warps=2)]
